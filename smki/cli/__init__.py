@@ -1,0 +1,1 @@
+"""The `smki` command line: one click group per actor."""

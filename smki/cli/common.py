@@ -1,0 +1,81 @@
+"""Options and output helpers shared by every command group."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from smki.hsm.config import KeyRef, default_module_path, parse_key_id, parse_pkcs11_uri
+from smki.hsm.pins import PinSource
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+
+
+def pin_source_option(name: str = "--pin-source", default: str = "prompt", what: str = "the token's user PIN") -> Callable:
+    return click.option(
+        name, default=default, show_default=True, metavar="SOURCE",
+        help=f"Where to read {what}: env:NAME (an environment variable you name), fd:N (an open file "
+        "descriptor) or prompt. A PIN is never accepted on the command line.",
+    )
+
+
+def module_option() -> Callable:
+    return click.option(
+        "--module", "module_path", default=default_module_path, show_default="$SMKI_PKCS11_MODULE or SoftHSM2",
+        help="Path of the PKCS#11 module (a real HSM's library, or SoftHSM2's).",
+    )
+
+
+def key_options(func: Callable) -> Callable:
+    """--token/--key-label/--key-id or --key-uri: where a CA key is."""
+    for option in reversed([
+        click.option("--key-uri", help="RFC 7512 URI of the key, e.g. pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01"),
+        click.option("--token", "token_label", help="Label of the token holding the key."),
+        click.option("--key-label", help="CKA_LABEL of the key pair."),
+        click.option("--key-id", help="CKA_ID of the key pair, in hex (e.g. 01)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def key_ref_from_options(module_path: str, key_uri: str | None, token_label: str | None, key_label: str | None, key_id: str | None) -> KeyRef:
+    if key_uri:
+        ref = parse_pkcs11_uri(key_uri)
+        return ref if ref.module_path else KeyRef(ref.token_label, ref.key_label, ref.key_id, module_path)
+    if not (token_label and key_label and key_id):
+        raise click.UsageError("name the key with --key-uri, or with --token, --key-label and --key-id")
+    return KeyRef(token_label, key_label, parse_key_id(key_id), module_path)
+
+
+def read_pin(spec: str, purpose: str) -> str:
+    return PinSource.parse(spec).read(purpose)
+
+
+def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:
+    """Print `data` as JSON, or as the human text `human(data)` returns."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(human(data))
+
+
+def progress(iterable, length: int, label: str):
+    """A progress bar on a terminal only: scripts and CI get clean output."""
+    if sys.stderr.isatty():
+        return click.progressbar(iterable, length=length, label=label, file=sys.stderr)
+    return _NoProgress(iterable)
+
+
+class _NoProgress:
+    def __init__(self, iterable) -> None:
+        self._iterable = iterable
+
+    def __enter__(self):
+        return self._iterable
+
+    def __exit__(self, *exc_info) -> None:
+        return None

@@ -1,0 +1,119 @@
+"""`smki hsm`: tokens and CA keys in the HSM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from smki.cli.common import emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, read_pin
+from smki.hsm.keys import find_key_pair, generate_p256_key_pair, list_keys, public_key_of, read_attributes
+from smki.hsm.session import get_token, load_module, open_session
+from smki.hsm.softhsm import init_token, write_softhsm_conf
+from smki.profiles.keyids import key_identifier
+
+
+@click.group("hsm")
+def hsm_group() -> None:
+    """Tokens and CA keys in the HSM (PKCS#11; SoftHSM2 in development and tests)."""
+
+
+@hsm_group.command("softhsm-conf")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def softhsm_conf(directory: Path) -> None:
+    """Write DIRECTORY/softhsm2.conf and DIRECTORY/tokens for a private SoftHSM store.
+
+    Export SOFTHSM2_CONF=DIRECTORY/softhsm2.conf before any other smki command.
+    """
+    click.echo(write_softhsm_conf(directory))
+
+
+@hsm_group.command("init-token")
+@click.option("--label", required=True, help="Label of the new token (1 to 32 characters).")
+@pin_source_option("--so-pin-source", what="the new Security Officer PIN")
+@pin_source_option("--pin-source", what="the new user PIN")
+def init_token_command(label: str, so_pin_source: str, pin_source: str) -> None:
+    """Create a SoftHSM token (drives softhsm2-util; PINs never reach its command line).
+
+    On a real HSM, tokens are created with the vendor's tools; smki only needs their labels.
+    """
+    so_pin = read_pin(so_pin_source, f"new SO PIN for token {label}")
+    user_pin = read_pin(pin_source, f"new user PIN for token {label}")
+    init_token(label, so_pin, user_pin)
+    click.echo(f"token {label} created")
+
+
+@hsm_group.command("list")
+@module_option()
+@click.option("--token", "token_label", help="Show the keys on this token (logs in to see private keys).")
+@pin_source_option(default="")
+@json_option
+def list_command(module_path: str, token_label: str | None, pin_source: str, as_json: bool) -> None:
+    """List tokens, or the keys on one token with their security attributes.
+
+    Without --pin-source only public objects are listed.
+    """
+    if not token_label:
+        library = load_module(module_path)
+        tokens = [
+            {"label": token.label, "serial": token.serial.decode(errors="replace").strip() if isinstance(token.serial, bytes) else str(token.serial),
+             "manufacturer": token.manufacturer_id, "model": token.model}
+            for token in library.get_tokens() if token.label
+        ]
+        emit(as_json, {"module": module_path, "tokens": tokens},
+             lambda d: "\n".join(f"{t['label']}\tserial {t['serial']}\t{t['manufacturer']} {t['model']}" for t in d["tokens"]) or "no tokens")
+        return
+    pin = read_pin(pin_source, f"user PIN for token {token_label}") if pin_source else None
+    get_token(module_path, token_label)  # a clear error for an unknown label before login
+    session = open_session(module_path, token_label, pin)
+    keys = []
+    for label, key_id, object_class in list_keys(session):
+        entry = {"label": label, "id": key_id.hex(), "class": object_class}
+        if object_class == "private":
+            _, private_object = find_key_pair(session, label, key_id)
+            entry["attributes"] = read_attributes(private_object).as_json()
+        elif object_class == "public":
+            public_object, _ = find_key_pair(session, label, key_id) if pin else (None, None)
+            if public_object is not None:
+                entry["subject_key_identifier"] = key_identifier(public_key_of(public_object)).hex().upper()
+        keys.append(entry)
+    emit(as_json, {"token": token_label, "keys": keys}, _keys_text)
+
+
+def _keys_text(data: dict) -> str:
+    lines = [f"token {data['token']}"]
+    for key in data["keys"]:
+        extra = ""
+        if "attributes" in key:
+            attributes = key["attributes"]
+            extra = "  " + " ".join(f"{name}={attributes[name]}" for name in ("sensitive", "extractable", "local", "never_extractable", "always_sensitive", "derive"))
+        elif "subject_key_identifier" in key:
+            extra = f"  SKI {key['subject_key_identifier']}"
+        lines.append(f"  {key['class']:<8} {key['label']} id={key['id']}{extra}")
+    return "\n".join(lines)
+
+
+@hsm_group.command("keygen")
+@module_option()
+@key_options
+@pin_source_option()
+@json_option
+def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_source, as_json) -> None:
+    """Generate a P-256 CA key pair inside the token.
+
+    The private key is a token object, SENSITIVE, not EXTRACTABLE, sign-only, with the
+    given CKA_ID; its attributes are read back and printed.
+    """
+    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+    pin = read_pin(pin_source, f"user PIN for token {key.token_label}")
+    session = open_session(key.module, key.token_label, pin, rw=True)
+    public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
+    attributes = read_attributes(private_object)
+    data = {
+        "key_uri": key.uri,
+        "subject_key_identifier": key_identifier(public_key_of(public_object)).hex().upper(),
+        "attributes": attributes.as_json(),
+        "violations": attributes.violations(),
+    }
+    emit(as_json, data, lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
+         + ("attributes as required" if not d["violations"] else "ATTRIBUTES WRONG: " + ", ".join(d["violations"])))

@@ -1,0 +1,142 @@
+"""Where a CA key lives: PKCS#11 module, token and key, from configuration only.
+
+A real HSM differs from SoftHSM only here: a module path and a token, given either as
+options or as an RFC 7512 ``pkcs11:`` URI such as
+
+    pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01?module-path=/usr/lib/vendor/pkcs11.so
+
+The token layout file (``hsm-config/token-layout.yaml``) says which token holds which
+authority's key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import yaml
+
+from smki.errors import BadInputError
+
+# Where Debian and other distributions put SoftHSM2's module; first existing wins.
+SOFTHSM_MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+MODULE_ENV = "SMKI_PKCS11_MODULE"
+
+
+def default_module_path() -> str:
+    """$SMKI_PKCS11_MODULE, else the installed SoftHSM2 module."""
+    configured = os.environ.get(MODULE_ENV)
+    if configured:
+        return configured
+    for candidate in SOFTHSM_MODULE_CANDIDATES:
+        if Path(candidate).exists():
+            return candidate
+    return SOFTHSM_MODULE_CANDIDATES[0]
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A key pair on a token: found by object class + label + CKA_ID."""
+
+    token_label: str
+    key_label: str
+    key_id: bytes
+    module_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.token_label:
+            raise BadInputError("key reference names no token")
+        if not self.key_label:
+            raise BadInputError(f"key reference on token {self.token_label!r} names no key label")
+        if not self.key_id:
+            raise BadInputError(f"key {self.key_label!r} has no CKA_ID (an explicit id is required)")
+
+    @property
+    def module(self) -> str:
+        return self.module_path or default_module_path()
+
+    @property
+    def uri(self) -> str:
+        """The RFC 7512 URI of this key (no PIN, ever)."""
+        key_id = "".join(f"%{b:02x}" for b in self.key_id)
+        uri = f"pkcs11:token={_pct(self.token_label)};object={_pct(self.key_label)};id={key_id}"
+        return uri + (f"?module-path={_pct(self.module_path)}" if self.module_path else "")
+
+
+def _pct(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-._~" else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
+
+
+def parse_key_id(text: str) -> bytes:
+    """A CKA_ID given as hex (``01``, ``0a1b``)."""
+    try:
+        key_id = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raise BadInputError(f"key id {text!r} is not hexadecimal") from None
+    if not key_id:
+        raise BadInputError("key id is empty")
+    return key_id
+
+
+def parse_pkcs11_uri(uri: str) -> KeyRef:
+    """Parse the parts of an RFC 7512 URI that locate a key. PINs in the URI are refused."""
+    if not uri.startswith("pkcs11:"):
+        raise BadInputError(f"{uri!r} is not a pkcs11: URI")
+    path, _, query = uri[len("pkcs11:"):].partition("?")
+    attrs: dict[str, bytes] = {}
+    for part in filter(None, path.split(";")):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise BadInputError(f"pkcs11 URI attribute {part!r} has no value")
+        attrs[name] = unquote_to_bytes(value)
+    for part in filter(None, query.split("&")):
+        name, _, value = part.partition("=")
+        if name == "pin-value":
+            raise BadInputError("pkcs11 URI carries pin-value: PINs are never accepted in a URI")
+        attrs[name] = unquote_to_bytes(value)
+    unknown = set(attrs) - {"token", "object", "id", "module-path", "type", "serial", "model", "manufacturer"}
+    if unknown:
+        raise BadInputError(f"pkcs11 URI attribute(s) not supported: {', '.join(sorted(unknown))}")
+    return KeyRef(
+        token_label=attrs.get("token", b"").decode(),
+        key_label=attrs.get("object", b"").decode(),
+        key_id=attrs.get("id", b""),
+        module_path=attrs.get("module-path", b"").decode(),
+    )
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which token holds which authority's key (hsm-config/token-layout.yaml)."""
+
+    keys: dict[str, KeyRef]
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenLayout":
+        try:
+            document = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise BadInputError(f"{path}: token layout file not found") from None
+        except yaml.YAMLError as exc:
+            raise BadInputError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(document, dict) or set(document) != {"authorities"}:
+            raise BadInputError(f"{path}: expected exactly one top-level key 'authorities'")
+        keys = {}
+        for name, entry in (document["authorities"] or {}).items():
+            if not isinstance(entry, dict) or set(entry) != {"token", "key_label", "key_id"}:
+                raise BadInputError(f"{path}: authorities.{name} needs exactly token, key_label, key_id")
+            keys[name] = KeyRef(str(entry["token"]), str(entry["key_label"]), parse_key_id(str(entry["key_id"])))
+        return cls(keys)
+
+    def key(self, authority: str) -> KeyRef:
+        try:
+            return self.keys[authority]
+        except KeyError:
+            raise BadInputError(f"token layout has no authority {authority!r} (known: {', '.join(self.keys)})") from None

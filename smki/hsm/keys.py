@@ -1,0 +1,165 @@
+"""CA key pairs on a PKCS#11 token: generation, lookup by class + label + id, attributes.
+
+Keys are generated inside the token as token objects, SENSITIVE and not EXTRACTABLE,
+able to sign and verify and nothing else, with an explicit CKA_ID. They are found by
+object class + label + id, never by label alone across classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pkcs11
+import pkcs11.exceptions as p11x
+from asn1crypto import core
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from smki.errors import ConflictError, HsmError
+
+P256_OID = "1.2.840.10045.3.1.7"
+
+# What every CA private key must show when read back (policy 6.1/6.2 and the ceremony transcript).
+REQUIRED_PRIVATE_KEY_ATTRIBUTES = {
+    "token": True,
+    "private": True,
+    "sensitive": True,
+    "always_sensitive": True,
+    "extractable": False,
+    "never_extractable": True,
+    "local": True,
+    "sign": True,
+    "derive": False,
+    "decrypt": False,
+    "unwrap": False,
+}
+
+_PUBLIC_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.VERIFY: True,
+    Attribute.ENCRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.DERIVE: False,
+}
+_PRIVATE_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DERIVE: False,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+}
+
+
+@dataclass(frozen=True)
+class KeyAttributes:
+    """The security attributes of a private key, as the token reports them."""
+
+    label: str
+    key_id: bytes
+    token: bool
+    private: bool
+    sensitive: bool
+    always_sensitive: bool
+    extractable: bool
+    never_extractable: bool
+    local: bool
+    sign: bool
+    derive: bool
+    decrypt: bool
+    unwrap: bool
+
+    def violations(self) -> list[str]:
+        """Attributes that differ from what a CA key must have, e.g. 'extractable=True'."""
+        actual = asdict(self)
+        return [f"{name}={actual[name]}" for name, want in REQUIRED_PRIVATE_KEY_ATTRIBUTES.items() if actual[name] != want]
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["key_id"] = self.key_id.hex()
+        return data
+
+
+def read_attributes(private_key: pkcs11.PrivateKey) -> KeyAttributes:
+    def flag(attribute: Attribute) -> bool:
+        try:
+            return bool(private_key[attribute])
+        except (p11x.AttributeTypeInvalid, p11x.AttributeSensitive):
+            return False
+
+    return KeyAttributes(
+        label=private_key.label,
+        key_id=bytes(private_key[Attribute.ID]),
+        token=flag(Attribute.TOKEN),
+        private=flag(Attribute.PRIVATE),
+        sensitive=flag(Attribute.SENSITIVE),
+        always_sensitive=flag(Attribute.ALWAYS_SENSITIVE),
+        extractable=flag(Attribute.EXTRACTABLE),
+        never_extractable=flag(Attribute.NEVER_EXTRACTABLE),
+        local=flag(Attribute.LOCAL),
+        sign=flag(Attribute.SIGN),
+        derive=flag(Attribute.DERIVE),
+        decrypt=flag(Attribute.DECRYPT),
+        unwrap=flag(Attribute.UNWRAP),
+    )
+
+
+def public_key_of(public_key_object: pkcs11.PublicKey) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key of a token object, as a cryptography key."""
+    # CKA_EC_POINT is the DER encoding of an OCTET STRING holding the 65-byte point.
+    point = core.OctetString.load(bytes(public_key_object[Attribute.EC_POINT])).native
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+
+
+def _objects(session: pkcs11.Session, object_class: ObjectClass, label: str | None, key_id: bytes | None) -> list:
+    template = {Attribute.CLASS: object_class}
+    if label is not None:
+        template[Attribute.LABEL] = label
+    if key_id is not None:
+        template[Attribute.ID] = key_id
+    return list(session.get_objects(template))
+
+
+def generate_p256_key_pair(session: pkcs11.Session, label: str, key_id: bytes) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
+    """Generate a P-256 key pair inside the token. Refuses a label or id already in use."""
+    if len(key_id) == 0:
+        raise HsmError("a key needs an explicit, non-empty CKA_ID")
+    for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        if _objects(session, object_class, label, None) or _objects(session, object_class, None, key_id):
+            raise ConflictError(f"token already holds a key labelled {label!r} or with id {key_id.hex()}")
+    parameters = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(P256_OID)}, local=True
+    )
+    try:
+        return parameters.generate_keypair(
+            store=True, label=label, id=key_id,
+            public_template=_PUBLIC_TEMPLATE, private_template=_PRIVATE_TEMPLATE,
+        )
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"key generation for {label!r} failed in the token: {type(exc).__name__}") from None
+
+
+def find_key_pair(session: pkcs11.Session, label: str, key_id: bytes | None = None) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
+    """The one key pair with this label (and id). Missing or ambiguous keys are errors."""
+    found = {}
+    for object_class, name in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public")):
+        objects = _objects(session, object_class, label, key_id)
+        where = f"label {label!r}" + (f", id {key_id.hex()}" if key_id else "")
+        if not objects:
+            raise HsmError(f"no {name} key with {where} on the token")
+        if len(objects) > 1:
+            raise HsmError(f"{len(objects)} {name} keys match {where}: the key reference is ambiguous (give the id)")
+        found[name] = objects[0]
+    return found["public"], found["private"]
+
+
+def list_keys(session: pkcs11.Session) -> list[tuple[str, bytes, str]]:
+    """(label, id, class) of every key object the session can see."""
+    rows = []
+    for object_class, name in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public"), (ObjectClass.SECRET_KEY, "secret")):
+        for obj in _objects(session, object_class, None, None):
+            rows.append((obj.label, bytes(obj[Attribute.ID]), name))
+    return sorted(rows)

@@ -1,0 +1,68 @@
+"""A pool of signing processes, each with its own PKCS#11 library and session.
+
+python-pkcs11 is not thread-safe against SoftHSM, and a forked child inherits a
+half-usable library state, so workers are started with `spawn` and each logs in once.
+The PIN reaches workers over the pool's pipe, never through argv or the environment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Iterator
+
+from smki.hsm.config import KeyRef
+
+_worker_signer = None
+
+
+def _start_worker(key: KeyRef, pin: str) -> None:
+    global _worker_signer
+    from smki.hsm.keys import find_key_pair, public_key_of
+    from smki.hsm.session import open_session
+    from smki.hsm.signer import Pkcs11Signer
+
+    session = open_session(key.module, key.token_label, pin)
+    public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
+    _worker_signer = Pkcs11Signer(private_object, public_key_of(public_object))
+
+
+def _sign_chunk(digests: list[bytes]) -> list[bytes]:
+    return [_worker_signer.sign_digest(digest) for digest in digests]
+
+
+class SigningPool:
+    """`with SigningPool(key, pin, workers=2) as pool: pool.sign_digests(digests)`."""
+
+    def __init__(self, key: KeyRef, pin: str, workers: int, chunk_size: int = 256) -> None:
+        self._key, self._pin, self.workers, self.chunk_size = key, pin, workers, chunk_size
+        self._pool = None
+
+    def __enter__(self) -> "SigningPool":
+        context = multiprocessing.get_context("spawn")
+        self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self._key, self._pin))
+        self._pin = ""  # the workers have it; this object no longer needs it
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.terminate() if exc_info[0] else self._pool.close()
+        self._pool.join()
+
+    def sign_digests(self, digests: Iterable[bytes]) -> Iterator[bytes]:
+        """Signatures (verified DER) in the order of the digests."""
+        chunks = _chunked(digests, self.chunk_size)
+        for signed in self._pool.imap(_sign_chunk, chunks):
+            yield from signed
+
+    def start_method(self) -> str:
+        return self._pool._ctx.get_start_method()
+
+
+def _chunked(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,98 @@
+"""Opening PKCS#11 modules and tokens, one login per process.
+
+python-pkcs11 loads one module per process and is not thread-safe against SoftHSM, and a
+second C_Login on a token raises UserAlreadyLoggedIn. So each process keeps one library
+and one logged-in session per token here; parallel work uses processes (see `pool`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pkcs11
+import pkcs11.exceptions as p11x
+
+from smki.errors import HsmError
+
+_libraries: dict[str, pkcs11.lib] = {}
+_sessions: dict[tuple[str, str], "_OpenSession"] = {}
+_lock = threading.Lock()  # guards the caches only; a session is used from one thread
+
+
+@dataclass
+class _OpenSession:
+    session: pkcs11.Session
+    logged_in: bool
+    rw: bool
+
+
+def load_module(module_path: str) -> pkcs11.lib:
+    """Load (once per process) the PKCS#11 module at `module_path`."""
+    with _lock:
+        if module_path not in _libraries:
+            try:
+                _libraries[module_path] = pkcs11.lib(module_path)
+            except (p11x.PKCS11Error, OSError) as exc:
+                reason = str(exc).split(": ")[-1] or type(exc).__name__
+                raise HsmError(f"cannot load PKCS#11 module {module_path}: {reason}") from None
+        return _libraries[module_path]
+
+
+def token_labels(module_path: str) -> list[str]:
+    """Labels of the initialised tokens the module offers."""
+    return [token.label for token in load_module(module_path).get_tokens() if token.label]
+
+
+def get_token(module_path: str, token_label: str) -> pkcs11.Token:
+    library = load_module(module_path)
+    try:
+        return library.get_token(token_label=token_label)
+    except p11x.NoSuchToken:
+        known = ", ".join(token_labels(module_path)) or "none"
+        raise HsmError(f"token {token_label!r} not found in {module_path} (tokens: {known})") from None
+    except p11x.MultipleTokensReturned:
+        raise HsmError(f"more than one token is labelled {token_label!r}; labels must be unique") from None
+
+
+def open_session(module_path: str, token_label: str, pin: str | None, *, rw: bool = False) -> pkcs11.Session:
+    """A logged-in session on the token, shared by every caller in this process.
+
+    `pin=None` opens a public session (only public objects are visible). The PIN is
+    checked by the token at the first login of the process and never kept here.
+    """
+    key = (module_path, token_label)
+    with _lock:
+        cached = _sessions.get(key)
+    if cached is not None and (pin is None or cached.logged_in) and (cached.rw or not rw):
+        return cached.session
+    token = get_token(module_path, token_label)
+    try:
+        session = token.open(user_pin=pin, rw=rw)
+    except p11x.PinIncorrect:
+        raise HsmError(f"PIN incorrect for token {token_label!r}") from None
+    except p11x.PinLocked:
+        raise HsmError(f"PIN locked on token {token_label!r}") from None
+    except p11x.PinLenRange:
+        raise HsmError(f"PIN has the wrong length for token {token_label!r}") from None
+    except p11x.UserAlreadyLoggedIn:
+        # Logged in by another session of this process: PKCS#11 login state is per
+        # application and token, so a plain session already has the user's rights.
+        session = token.open(rw=rw)
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"cannot open token {token_label!r}: {type(exc).__name__}") from None
+    with _lock:
+        _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)
+    return session
+
+
+def close_all() -> None:
+    """Close every session this process opened (used by tests and long-lived workers)."""
+    with _lock:
+        sessions = [cached.session for cached in _sessions.values()]
+        _sessions.clear()
+    for session in sessions:
+        try:
+            session.close()
+        except p11x.PKCS11Error:
+            pass

@@ -1,0 +1,52 @@
+"""Subject and issuer names of the SMKI profiles, with their exact string types."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
+
+from smki.errors import BadInputError
+from smki.identifiers import EUI64, RemotePartyRole
+
+# Attribute short names a policy may use for CA names.
+CA_NAME_ATTRIBUTES = {
+    "CN": NameOID.COMMON_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "C": NameOID.COUNTRY_NAME,
+}
+_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
+
+
+def ca_name(attributes: Sequence[tuple[str, str]]) -> x509.Name:
+    """A CA name, one PrintableString attribute per RDN in the order given (e.g. OU=00, CN=ZA)."""
+    if not attributes:
+        raise BadInputError("a CA name needs at least one attribute")
+    rdns = []
+    for short_name, value in attributes:
+        if short_name not in CA_NAME_ATTRIBUTES:
+            raise BadInputError(f"CA name attribute {short_name!r} is not one of {', '.join(CA_NAME_ATTRIBUTES)}")
+        if not _PRINTABLE.fullmatch(value or ""):
+            raise BadInputError(f"CA name {short_name}={value!r} is not a PrintableString")
+        rdns.append(x509.NameAttribute(CA_NAME_ATTRIBUTES[short_name], value, _ASN1Type.PrintableString))
+    return x509.Name(rdns)
+
+
+def organisation_subject(role: RemotePartyRole, entity_id: EUI64, common_name: str | None = None) -> x509.Name:
+    """CN (UTF8String, optional), OU (UTF8String role code), uniqueIdentifier (BIT STRING EUI-64)."""
+    rdns = []
+    if common_name is not None:
+        if not common_name or len(common_name) > 64:
+            raise BadInputError(f"organisation common name {common_name!r} must be 1 to 64 characters")
+        rdns.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name, _ASN1Type.UTF8String))
+    rdns.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.ou, _ASN1Type.UTF8String))
+    # cryptography takes a BIT STRING's contents: the unused-bits octet (0) then the bits.
+    rdns.append(x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, b"\x00" + entity_id.octets, _ASN1Type.BitString))
+    return x509.Name(rdns)
+
+
+EMPTY_NAME = x509.Name([])
