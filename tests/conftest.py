@@ -68,7 +68,7 @@ def hsm_token() -> TestToken:
     return TestToken(label, os.environ[PIN_ENV], default_module_path())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def new_hsm_key(hsm_token):
     """Factory: generate a fresh P-256 key pair in the test token, return (KeyRef, Pkcs11Signer)."""
     from smki.hsm.keys import generate_p256_key_pair, public_key_of

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from smki.cli.common import emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, read_pin
-from smki.hsm.keys import find_key_pair, generate_p256_key_pair, list_keys, public_key_of, read_attributes
+from smki.files import write_new_file
+from smki.hsm.keys import find_key_pair, find_public_key, generate_p256_key_pair, list_keys, public_key_of, read_attributes
 from smki.hsm.session import get_token, load_module, open_session
 from smki.hsm.softhsm import init_token, write_softhsm_conf
 from smki.profiles.keyids import key_identifier
@@ -117,3 +118,22 @@ def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_sou
     }
     emit(as_json, data, lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
          + ("attributes as required" if not d["violations"] else "ATTRIBUTES WRONG: " + ", ".join(d["violations"])))
+
+
+@hsm_group.command("pubkey")
+@module_option()
+@key_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the PEM here (never overwritten); default stdout.")
+def pubkey_command(module_path, key_uri, token_label, key_label, key_id, out) -> None:
+    """Export a key pair's public key (PEM SubjectPublicKeyInfo). Needs no PIN."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+    session = open_session(key.module, key.token_label, None)
+    public_object = find_public_key(session, key.key_label, key.key_id)
+    pem = public_key_of(public_object).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if out:
+        write_new_file(out, pem)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(pem.decode(), nl=False)

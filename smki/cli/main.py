@@ -11,6 +11,7 @@ import sys
 import click
 
 from smki import __version__
+from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
 from smki.errors import SmkiError
 
@@ -30,6 +31,7 @@ def cli() -> None:
 
 
 cli.add_command(hsm_group)
+cli.add_command(cert_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -142,18 +142,26 @@ def generate_p256_key_pair(session: pkcs11.Session, label: str, key_id: bytes) -
         raise HsmError(f"key generation for {label!r} failed in the token: {type(exc).__name__}") from None
 
 
+def _one_object(session: pkcs11.Session, object_class: ObjectClass, label: str, key_id: bytes | None):
+    objects = _objects(session, object_class, label, key_id)
+    name = "private" if object_class == ObjectClass.PRIVATE_KEY else "public"
+    where = f"label {label!r}" + (f", id {key_id.hex()}" if key_id else "")
+    if not objects:
+        raise HsmError(f"no {name} key with {where} on the token")
+    if len(objects) > 1:
+        raise HsmError(f"{len(objects)} {name} keys match {where}: the key reference is ambiguous (give the id)")
+    return objects[0]
+
+
+def find_public_key(session: pkcs11.Session, label: str, key_id: bytes | None = None) -> pkcs11.PublicKey:
+    """The one public key with this label (and id); visible without login."""
+    return _one_object(session, ObjectClass.PUBLIC_KEY, label, key_id)
+
+
 def find_key_pair(session: pkcs11.Session, label: str, key_id: bytes | None = None) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
     """The one key pair with this label (and id). Missing or ambiguous keys are errors."""
-    found = {}
-    for object_class, name in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public")):
-        objects = _objects(session, object_class, label, key_id)
-        where = f"label {label!r}" + (f", id {key_id.hex()}" if key_id else "")
-        if not objects:
-            raise HsmError(f"no {name} key with {where} on the token")
-        if len(objects) > 1:
-            raise HsmError(f"{len(objects)} {name} keys match {where}: the key reference is ambiguous (give the id)")
-        found[name] = objects[0]
-    return found["public"], found["private"]
+    private_object = _one_object(session, ObjectClass.PRIVATE_KEY, label, key_id)
+    return find_public_key(session, label, key_id), private_object
 
 
 def list_keys(session: pkcs11.Session) -> list[tuple[str, bytes, str]]:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what smki needs on a fresh Debian machine: SoftHSM2, OpenSC, OpenSSL (apt-get),
+# a virtualenv in .venv and the package with its test extra. Idempotent; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool  >/dev/null || need_apt+=(opensc)
+command -v openssl      >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (apt-get)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating virtualenv .venv"
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
+  echo "== installing smki into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv/.smki-installed
+fi

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The smki demo: the SMKI life cycle on SoftHSM2, from an empty machine, with every step
+# printed so a newcomer can follow. Usage: bash scripts/demo.sh [OUTPUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+REPO=$(pwd)
+SMKI="$REPO/.venv/bin/smki"
+
+OUT="${1:-$REPO/demo-out/$(date -u +%Y%m%dT%H%M%SZ)}"
+if [ -e "$OUT" ]; then echo "demo: $OUT already exists; give a new directory" >&2; exit 5; fi
+mkdir -p "$OUT"
+cd "$OUT"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run()  { printf '$ %s\n' "$*"; "$@"; }
+
+step "1. A private SoftHSM2 store for this demo (a real HSM needs only another module path)"
+run "$SMKI" hsm softhsm-conf hsm
+export SOFTHSM2_CONF="$OUT/hsm/softhsm2.conf"
+# PINs live only in environment variables whose names we pass: never on a command line.
+export DEMO_SO_PIN=$(openssl rand -hex 12) DEMO_PIN=$(openssl rand -hex 12)
+echo "PINs: random, in \$DEMO_SO_PIN and \$DEMO_PIN (smki reads them with --pin-source env:NAME)"
+
+step "2. One token per authority, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
+for authority in root-oca root-dca issuing-oca issuing-dca; do
+  token=$(echo "SMKI-$authority" | tr a-z A-Z)
+  run "$SMKI" hsm init-token --label "$token" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
+  run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN
+done
+run "$SMKI" hsm list
+run "$SMKI" hsm list --token SMKI-ROOT-OCA --pin-source env:DEMO_PIN
+
+ORG_POLICY=1.2.826.0.1.8641679.1.2.1.4      # ZAZ1 test-environment Organisation policy OID
+DEVICE_POLICY=1.2.826.0.1.1800000.1.2.1.4   # ZAZ1 test-environment Device policy OID
+HW_TYPE=1.2.826.0.1.8641679.1.2.2.1         # hwType of the test PKI's device certificates
+TODAY=$(date -u +%Y-%m-%d)
+year() { echo $(( $(date -u +%Y) + $1 ))-$(date -u +%m-%d)T00:00:00Z; }
+minus1s() { date -u -d "$1 - 1 second" +%Y-%m-%dT%H:%M:%SZ; }
+
+step "3. Root OCA and Root DCA: self-signed, keys never leave their tokens"
+run "$SMKI" cert root --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN \
+  --subject "OU=00,CN=ZA" --policy-oid $ORG_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-oca.pem
+run "$SMKI" cert root --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN \
+  --subject "OU=00,CN=ZD" --policy-oid $DEVICE_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-dca.pem
+
+step "4. The roots certify the Issuing Authorities' keys (exported public keys only)"
+run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out issuing-oca.pub.pem
+run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out issuing-dca.pub.pem
+run "$SMKI" cert issuing-ca --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN \
+  --issuer-cert root-oca.pem --public-key issuing-oca.pub.pem --subject "OU=07,CN=Z1" --policy-oid $ORG_POLICY \
+  --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-oca.pem
+run "$SMKI" cert issuing-ca --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN \
+  --issuer-cert root-dca.pem --public-key issuing-dca.pub.pem --subject "CN=E357" --policy-oid $DEVICE_POLICY \
+  --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-dca.pem
+
+step "5. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them"
+run openssl ecparam -name prime256v1 -genkey -noout -out supplier-ds.key
+run openssl ec -in supplier-ds.key -pubout -out supplier-ds.pub.pem
+run "$SMKI" cert organisation --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --pin-source env:DEMO_PIN \
+  --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 \
+  --usage DS --common-name DEMOSUPPLIER --policy-oid $ORG_POLICY --not-before "$TODAY" \
+  --not-after "$(minus1s "$(year 10)")" --out org-supplier-ds.pem
+run openssl ecparam -name prime256v1 -genkey -noout -out device-ka.key
+run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
+run "$SMKI" cert device --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --pin-source env:DEMO_PIN \
+  --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME \
+  --hw-type-oid $HW_TYPE --usage KA --policy-oid $DEVICE_POLICY --not-before "$TODAY" --out device-ka.pem
+
+step "6. Independent check: openssl verifies both chains"
+run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-ds.pem
+run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
+run openssl x509 -in device-ka.pem -noout -text
+
+step "Done. Everything is in $OUT"

@@ -1,0 +1,37 @@
+"""Writing outputs: atomically, and never over an existing file.
+
+A ceremony or issuance output that already exists is a sign of a repeated or confused
+run; it is refused rather than replaced. Readers never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from smki.errors import ConflictError
+
+
+def refuse_existing(path: Path) -> None:
+    if Path(path).exists():
+        raise ConflictError(f"{path} already exists; not overwriting it")
+
+
+def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to a temporary file beside `path`, then link it into place if `path` is still free."""
+    path = Path(path)
+    refuse_existing(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, mode)
+        os.link(temporary, path)  # atomic, and fails if `path` appeared meanwhile
+    except FileExistsError:
+        raise ConflictError(f"{path} already exists; not overwriting it") from None
+    finally:
+        os.unlink(temporary)

@@ -1,0 +1,155 @@
+"""The Foundation commands through the real CLI: happy paths and every bad input of issue 2."""
+
+import json
+import subprocess
+
+import pytest
+from cryptography import x509
+
+from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM
+
+ORG_POLICY = "1.2.826.0.1.8641679.1.2.1.4"
+DEVICE_POLICY = "1.2.826.0.1.1800000.1.2.1.4"
+HW_TYPE = "1.2.826.0.1.8641679.1.2.2.1"
+PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
+
+
+def one_line_error(result, code, *fragments):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smki: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory, hsm_token, new_hsm_key):
+    """A CLI-made root and Issuing OCA/DCA in the test token, plus subscriber keys made by openssl."""
+    from conftest import openssl
+    import os, sys
+    directory = tmp_path_factory.mktemp("cli-ca")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "smki.cli.main", *a], capture_output=True, text=True, env=os.environ.copy())
+    for label, key_id in (("cli-root", "c1"), ("cli-issuing", "c2")):
+        assert run("hsm", "keygen", "--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN).returncode == 0
+    root, issuing = directory / "root.pem", directory / "issuing.pem"
+    result = run("cert", "root", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN,
+                 "--subject", "OU=00,CN=ZA", "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2055-12-31T23:59:59Z", "--out", str(root))
+    assert result.returncode == 0, result.stderr
+    assert run("hsm", "pubkey", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", "--out", str(directory / "issuing.pub")).returncode == 0
+    result = run("cert", "issuing-ca", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN,
+                 "--issuer-cert", str(root), "--public-key", str(directory / "issuing.pub"), "--subject", "OU=07,CN=Z1",
+                 "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2050-12-31T23:59:59Z", "--out", str(issuing))
+    assert result.returncode == 0, result.stderr
+    for name, curve, form in (("good", "prime256v1", "uncompressed"), ("compressed", "prime256v1", "compressed"), ("p384", "secp384r1", "uncompressed")):
+        assert openssl("ecparam", "-name", curve, "-genkey", "-noout", "-out", str(directory / f"{name}.key")).returncode == 0
+        assert openssl("ec", "-in", str(directory / f"{name}.key"), "-pubout", "-conv_form", form, "-out", str(directory / f"{name}.pub")).returncode == 0
+    return directory
+
+
+def org_args(ca, out, **overrides):
+    values = {"--token": None, "--key-label": "cli-issuing", "--key-id": "c2", "--issuer-cert": str(ca / "issuing.pem"),
+              "--public-key": str(ca / "good.pub"), "--role": "supplier", "--entity-id": "90-B3-D5-1F-30-01-00-00",
+              "--usage": "DS", "--policy-oid": ORG_POLICY, "--not-before": "2026-02-01", "--not-after": "2036-01-31T23:59:59Z",
+              "--out": str(out)}
+    values.update(overrides)
+    return values
+
+
+def as_argv(values):
+    argv = []
+    for option, value in values.items():
+        argv += [option, value]
+    return argv + PIN
+
+
+def test_cli_issues_an_organisation_certificate(run_smki, ca, hsm_token, tmp_path):
+    out = tmp_path / "org.pem"
+    result = run_smki("cert", "organisation", *as_argv(org_args(ca, out, **{"--token": hsm_token.label})), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    certificate = x509.load_pem_x509_certificate(out.read_bytes())
+    assert report["serial"] == f"{certificate.serial_number:032X}"
+    assert certificate.issuer == x509.load_pem_x509_certificate((ca / "issuing.pem").read_bytes()).subject
+
+
+@pytest.mark.parametrize("override, code, fragments", [
+    ({"--entity-id": "90-B3-D5-1F-30-01-00"}, EXIT_BAD_INPUT, ["malformed EUI-64", "expected 16 hex digits"]),
+    ({"--entity-id": "90B3D51F3001000X"}, EXIT_BAD_INPUT, ["malformed EUI-64", "not hexadecimal"]),
+    ({"--role": "plumber"}, EXIT_BAD_INPUT, ["unknown RemotePartyRole 'plumber'"]),
+    ({"--usage": "XX"}, EXIT_BAD_INPUT, ["unknown key usage 'XX'"]),
+    ({"--public-key": "compressed.pub"}, EXIT_BAD_INPUT, ["compressed.pub", "not uncompressed"]),
+    ({"--public-key": "p384.pub"}, EXIT_BAD_INPUT, ["p384.pub", "not P-256"]),
+    ({"--key-label": "no-such-key"}, EXIT_HSM, ["no private key with label 'no-such-key'"]),
+    ({"--key-label": "cli-root", "--key-id": "c1"}, EXIT_BAD_INPUT, ["does not match the issuer certificate"]),
+    ({"--token": "NO-SUCH-TOKEN"}, EXIT_HSM, ["token 'NO-SUCH-TOKEN' not found"]),
+    ({"--not-after": "2099-01-01"}, EXIT_BAD_INPUT, ["outside the issuer"]),
+])
+def test_bad_inputs_give_one_line_and_write_nothing(run_smki, ca, hsm_token, tmp_path, override, code, fragments):
+    override = {k: (str(ca / v) if k == "--public-key" else v) for k, v in override.items()}
+    values = org_args(ca, tmp_path / "org.pem", **{"--token": hsm_token.label, **override})
+    one_line_error(run_smki("cert", "organisation", *as_argv(values)), code, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_device_type(run_smki, ca, hsm_token, tmp_path):
+    result = run_smki("cert", "device", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", *PIN,
+                      "--issuer-cert", str(ca / "issuing.pem"), "--public-key", str(ca / "good.pub"), "--device-id", "00DB1234567890A0",
+                      "--device-type", "TOASTER", "--hw-type-oid", HW_TYPE, "--usage", "KA", "--policy-oid", DEVICE_POLICY, "--out", str(tmp_path / "d.pem"))
+    one_line_error(result, EXIT_BAD_INPUT, "unknown device type 'TOASTER'")
+    assert not (tmp_path / "d.pem").exists()
+
+
+def test_wrong_pin(run_smki, ca, hsm_token, tmp_path):
+    values = org_args(ca, tmp_path / "org.pem", **{"--token": hsm_token.label})
+    argv = as_argv(values)[:-2] + ["--pin-source", "env:WRONG_PIN"]
+    line = one_line_error(run_smki("cert", "organisation", *argv, env={"WRONG_PIN": "00000000"}), EXIT_HSM, "PIN incorrect")
+    assert "00000000" not in line
+    assert not (tmp_path / "org.pem").exists()
+
+
+def test_wrong_module_path(run_smki, hsm_token):
+    one_line_error(run_smki("hsm", "list", "--module", "/nonexistent/libpkcs11.so"), EXIT_HSM, "cannot load PKCS#11 module /nonexistent/libpkcs11.so")
+    one_line_error(run_smki("hsm", "list", "--token", hsm_token.label, "--module", "/usr/lib/x86_64-linux-gnu/libc.so.6"), EXIT_HSM, "cannot load PKCS#11 module")
+
+
+def test_ambiguous_key_label(run_smki, hsm_token):
+    """smki keygen refuses duplicates, but another tool may have made two keys with one label and id."""
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+    from smki.hsm.keys import P256_OID
+    from smki.hsm.session import open_session
+    session = open_session(hsm_token.module, hsm_token.label, hsm_token.pin, rw=True)
+    for _ in range(2):
+        params = session.create_domain_parameters(KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(P256_OID)}, local=True)
+        params.generate_keypair(store=True, label="dup-cli", id=b"\xa1")
+    one_line_error(run_smki("hsm", "pubkey", "--key-uri", f"pkcs11:token={hsm_token.label};object=dup-cli;id=%a1"),
+                   EXIT_HSM, "2 public keys match label 'dup-cli', id a1", "ambiguous")
+    one_line_error(run_smki("hsm", "pubkey", "--key-uri", f"pkcs11:token={hsm_token.label};object=dup-cli"),
+                   EXIT_BAD_INPUT, "no CKA_ID")
+
+
+def test_pin_never_accepted_on_the_command_line(run_smki, hsm_token):
+    one_line_error(run_smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "x", "--key-id", "99", "--pin-source", "1234"),
+                   EXIT_BAD_INPUT, "a PIN itself is never accepted")
+
+
+def test_output_is_never_overwritten(run_smki, ca, hsm_token, tmp_path):
+    out = tmp_path / "org.pem"
+    out.write_text("precious")
+    one_line_error(run_smki("cert", "organisation", *as_argv(org_args(ca, out, **{"--token": hsm_token.label}))), EXIT_CONFLICT, "already exists")
+    assert out.read_text() == "precious"
+
+
+def test_init_token_keygen_and_list(run_smki, tmp_path):
+    result = run_smki("hsm", "init-token", "--label", "cli-made", "--so-pin-source", "env:SMKI_TEST_SO_PIN", "--pin-source", "env:SMKI_TEST_PIN")
+    assert result.returncode == 0, result.stderr
+    one_line_error(run_smki("hsm", "init-token", "--label", "cli-made", "--so-pin-source", "env:SMKI_TEST_SO_PIN", "--pin-source", "env:SMKI_TEST_PIN"),
+                   EXIT_CONFLICT, "already exists")
+    result = run_smki("hsm", "keygen", "--token", "cli-made", "--key-label", "root-oca", "--key-id", "01", *PIN, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["violations"] == []
+    listing = json.loads(run_smki("hsm", "list", "--token", "cli-made", *PIN, "--json").stdout)
+    private = [k for k in listing["keys"] if k["class"] == "private"]
+    assert private[0]["attributes"]["never_extractable"] is True and private[0]["attributes"]["extractable"] is False
+    assert "cli-made" in [t["label"] for t in json.loads(run_smki("hsm", "list", "--json").stdout)["tokens"]]
