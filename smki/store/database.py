@@ -1,0 +1,96 @@
+"""Opening an authority's database and bringing its schema up to date.
+
+Schema changes are versioned migrations, applied in order, each in its own transaction and
+recorded in `schema_migrations`; a database newer than this code is refused rather than
+guessed at. SQLite is the embedded default.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from smki.errors import BadInputError, ConflictError
+
+# (version, description, SQL). Append only: never edit a migration that has shipped.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "issued certificates", """
+        CREATE TABLE certificates (
+            serial_hex       TEXT NOT NULL,
+            issuer_key_id    TEXT NOT NULL,      -- the issuing CA's SKI (hex): serials are unique per issuer
+            certificate_type TEXT NOT NULL,      -- root, issuing-ca, organisation, device
+            subject_key_id   TEXT NOT NULL,
+            entity_id        TEXT,               -- EUI-64 (hex) of the organisation or device
+            role             TEXT,               -- RemotePartyRole OU code, organisation certificates
+            key_usage        TEXT,               -- DS or KA, end-entity certificates
+            status           TEXT NOT NULL,      -- RepositoryStatus code: P, I, N, E, R
+            not_before       TEXT NOT NULL,
+            not_after        TEXT NOT NULL,
+            policy_name      TEXT,
+            policy_version   TEXT,
+            policy_sha256    TEXT,
+            request_sha256   TEXT,               -- digest of the request (CSR or public key) it answered
+            issued_at        TEXT NOT NULL,
+            der              BLOB NOT NULL,
+            PRIMARY KEY (issuer_key_id, serial_hex)
+        );
+        CREATE INDEX certificates_entity ON certificates (entity_id, key_usage);
+        CREATE INDEX certificates_subject_key ON certificates (subject_key_id);
+    """),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def open_database(path: Path, *, create: bool = False) -> sqlite3.Connection:
+    """Open (or, with create=True, create) the database at `path` and migrate it."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise BadInputError(f"{path}: no smki database here")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None, timeout=30)  # explicit transactions only
+    connection.row_factory = sqlite3.Row
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        migrate(connection)
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise BadInputError(f"{path}: not an smki database ({exc})") from None
+    return connection
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)")
+    return connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Apply the migrations this database lacks; return the schema version."""
+    current = schema_version(connection)
+    if current > SCHEMA_VERSION:
+        raise ConflictError(f"database schema version {current} is newer than this smki ({SCHEMA_VERSION}); upgrade smki")
+    for version, description, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        with transaction(connection):
+            for statement in filter(str.strip, sql.split(";")):
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                               (version, description, datetime.now(timezone.utc).isoformat()))
+    return SCHEMA_VERSION
