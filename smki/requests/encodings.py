@@ -1,0 +1,44 @@
+"""PKCS#10 intake encodings accepted by the SMKI interface.
+
+Base64 DER with `BEGIN CERTIFICATE REQUEST` or `BEGIN NEW CERTIFICATE REQUEST` armour, or
+bare Base64 (one line, or wrapped at 64 or 76 characters, LF or CRLF), or plain DER.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from smki.requests.outcomes import Outcome, RequestRejected
+
+_ARMOUR = re.compile(
+    rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----(?P<body>.*?)-----END (NEW )?CERTIFICATE REQUEST-----", re.DOTALL
+)
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/=]*")
+MAX_REQUEST_SIZE = 16 * 1024  # an SMKI CSR is under 1 KiB; anything far larger is not one
+
+
+def decode_request(data: bytes, where: str = "") -> bytes:
+    """The DER of a CSR given in any accepted encoding."""
+    if len(data) > MAX_REQUEST_SIZE:
+        raise RequestRejected(Outcome.NOT_DECODABLE, f"request is {len(data)} bytes, over the {MAX_REQUEST_SIZE}-byte limit", where)
+    if data[:1] == b"\x30":
+        return data
+    armour = _ARMOUR.search(data)
+    body = armour["body"] if armour else data
+    lines = [line.strip() for line in body.replace(b"\r\n", b"\n").split(b"\n")]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise RequestRejected(Outcome.NOT_DECODABLE, "request is empty", where)
+    if not armour and any(line.startswith(b"-----") for line in lines):
+        raise RequestRejected(Outcome.NOT_DECODABLE, "armour is not CERTIFICATE REQUEST or NEW CERTIFICATE REQUEST", where)
+    if not all(_BASE64_LINE.fullmatch(line) for line in lines):
+        raise RequestRejected(Outcome.NOT_DECODABLE, "request is neither DER nor Base64", where)
+    try:
+        der = base64.b64decode(b"".join(lines), validate=True)
+    except binascii.Error:
+        raise RequestRejected(Outcome.NOT_DECODABLE, "request has invalid Base64", where) from None
+    if der[:1] != b"\x30":
+        raise RequestRejected(Outcome.NOT_PKCS10, "decoded request is not a DER SEQUENCE", where)
+    return der
