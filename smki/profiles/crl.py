@@ -1,0 +1,100 @@
+"""The Organisation CRL and the ARLs: v2, issuer byte-identical to the CA subject, AKI
+(8 octets), a monotonic cRLNumber, reasonCode per entry where known.
+
+The TBSCertList is encoded here directly (see `der`): the revoked-certificate list is the
+bulk of a CRL and cryptography's builder costs ~6 us an entry; precomputed pieces cost a
+fraction of that. The result is parsed back and its signature verified before release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+
+from smki.errors import BadInputError, HsmError
+from smki.hsm.signer import Signer
+from smki.profiles import der
+
+ECDSA_WITH_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))  # parameters absent
+_AKI_OID = bytes.fromhex("0603551d23")
+_CRL_NUMBER_OID = bytes.fromhex("0603551d14")
+_REASON_CODE_OID = bytes.fromhex("0603551d15")
+
+# RFC 5280 CRLReason values that may appear in a reasonCode entry extension (8 is unused).
+REASON_CODES = {
+    "unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3, "superseded": 4,
+    "cessationOfOperation": 5, "certificateHold": 6, "privilegeWithdrawn": 9, "aACompromise": 10,
+}  # removeFromCRL (8) only has meaning in delta CRLs, which SMKI does not issue
+_REASON_EXTENSIONS = {
+    code: der.sequence(der.sequence(_REASON_CODE_OID, der.tlv(0x04, der.tlv(0x0A, bytes((code,))))))
+    for code in REASON_CODES.values()
+}
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial_number: int
+    revocation_date_utc: datetime
+    reason: str | None = None  # a key of REASON_CODES; None leaves reasonCode out
+
+    def __post_init__(self) -> None:
+        if self.reason is not None and self.reason not in REASON_CODES:
+            raise BadInputError(f"reason {self.reason!r} is not an RFC 5280 CRL reason ({', '.join(REASON_CODES)})")
+
+
+_SHORT_LENGTH = [bytes((n,)) for n in range(128)]
+
+
+def _revoked_certificates(entries: Iterable[RevokedEntry]) -> bytes:
+    """revokedCertificates, encoded in one pass (the hot loop of a million-entry CRL).
+
+    Each entry is under 128 bytes (16-octet serial, time, reasonCode), so its lengths are
+    single octets; each revocation instant is encoded once.
+    """
+    times: dict[datetime, bytes] = {}
+    reasons = {None: b"", **{name: _REASON_EXTENSIONS[code] for name, code in REASON_CODES.items()}}
+    short = _SHORT_LENGTH
+    encoded = []
+    append = encoded.append
+    for entry in entries:
+        serial = entry.serial_number
+        octets = serial.to_bytes((serial.bit_length() >> 3) + 1, "big")
+        when = times.get(entry.revocation_date_utc)
+        if when is None:
+            when = times[entry.revocation_date_utc] = der.time(entry.revocation_date_utc)
+        body = b"\x02" + short[len(octets)] + octets + when + reasons[entry.reason]
+        append(b"\x30" + short[len(body)] + body)
+    return der.tlv(0x30, b"".join(encoded)) if encoded else b""
+
+
+def _ca_key_identifier(issuer: x509.Certificate) -> bytes:
+    try:
+        return issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        raise BadInputError("the CRL issuer's certificate has no subjectKeyIdentifier") from None
+
+
+def build_crl(issuer: x509.Certificate, signer: Signer, *, crl_number: int, this_update_utc: datetime,
+              next_update_utc: datetime, entries: Iterable[RevokedEntry]) -> x509.CertificateRevocationList:
+    """A signed, verified CRL (or ARL, when the issuer is a root)."""
+    if next_update_utc <= this_update_utc:
+        raise BadInputError("nextUpdate must be after thisUpdate")
+    if crl_number < 0 or crl_number.bit_length() > 159:
+        raise BadInputError("cRLNumber must be a non-negative integer of at most 20 octets")
+    if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
+        raise BadInputError("the signing key is not the CRL issuer's certificate key")
+    issuer_name = issuer.subject.public_bytes()  # byte-identical to the CA's encoded subject
+    extensions = der.tlv(0xA0, der.sequence(
+        der.sequence(_AKI_OID, der.tlv(0x04, der.sequence(der.tlv(0x80, _ca_key_identifier(issuer))))),
+        der.sequence(_CRL_NUMBER_OID, der.tlv(0x04, der.integer(crl_number))),
+    ))
+    tbs = der.sequence(der.integer(1), ECDSA_WITH_SHA256, issuer_name, der.time(this_update_utc),
+                       der.time(next_update_utc), _revoked_certificates(entries), extensions)
+    signature = signer.sign(tbs)  # the Signer verifies it against the CA key before returning
+    crl = x509.load_der_x509_crl(der.sequence(tbs, ECDSA_WITH_SHA256, der.tlv(0x03, b"\x00" + signature)))
+    if crl.tbs_certlist_bytes != tbs:  # parsing back proves the hand-built DER is one well-formed CRL
+        raise HsmError("the encoded CRL does not parse back to what was signed; not released")
+    return crl

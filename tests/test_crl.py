@@ -1,0 +1,96 @@
+"""CRL/ARL profile: v2, byte-identical issuer, 8-octet AKI, cRLNumber, reasonCode; checked with openssl."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from asn1crypto import crl as asn1_crl
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from conftest import openssl
+from smki.errors import BadInputError
+from smki.hsm.signer import SoftwareSigner
+from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
+from smki.profiles import (IssuingCaCertificateParams, OrganisationCertificateParams, RootCertificateParams, Validity,
+                           ca_name, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate)
+from smki.profiles.crl import RevokedEntry, build_crl
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+POLICY = "1.2.826.0.1.8641679.1.2.1.4"
+
+
+@pytest.fixture(scope="module")
+def pki(new_hsm_key):
+    _, root_key = new_hsm_key()
+    _, issuing_key = new_hsm_key()
+    root = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", "ZA")]), (POLICY,), Validity(START, START.replace(year=2056))), root_key.public_key), root_key)
+    issuing = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(ca_name([("OU", "07"), ("CN", "Z1")]), (POLICY,), Validity(START, START.replace(year=2051))), issuing_key.public_key, root), root_key)
+    leaves = [sign_certificate(organisation_certificate(OrganisationCertificateParams(
+        RemotePartyRole.SUPPLIER, EUI64(bytes(7) + bytes((i,))), KeyUsage.DIGITAL_SIGNATURE, POLICY, Validity(START, START.replace(year=2036))),
+        ec.generate_private_key(ec.SECP256R1()).public_key(), issuing), issuing_key) for i in range(3)]
+    return root, root_key, issuing, issuing_key, leaves
+
+
+def write(path, *objects):
+    path.write_bytes(b"".join(o.public_bytes(Encoding.PEM) for o in objects))
+    return str(path)
+
+
+def test_organisation_crl_contents_and_openssl(pki, tmp_path):
+    root, _, issuing, issuing_key, leaves = pki
+    revoked = leaves[0]
+    crl = build_crl(issuing, issuing_key, crl_number=42, this_update_utc=START + timedelta(days=2),
+                    next_update_utc=START + timedelta(days=3),
+                    entries=[RevokedEntry(revoked.serial_number, START + timedelta(days=1), "keyCompromise"),
+                             RevokedEntry(leaves[1].serial_number, START + timedelta(days=1, hours=1))])
+    parsed = asn1_crl.CertificateList.load(crl.public_bytes(Encoding.DER))
+    tbs = parsed["tbs_cert_list"]
+    assert tbs["version"].native == "v2"
+    assert tbs["issuer"].dump() == issuing.subject.public_bytes()
+    assert parsed["signature_algorithm"].dump() == bytes.fromhex("300a06082a8648ce3d040302")
+    assert [e["extn_id"].native for e in tbs["crl_extensions"]] == ["authority_key_identifier", "crl_number"]
+    assert tbs["crl_extensions"][0]["extn_value"].parsed.native == {"key_identifier": issuing.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest, "authority_cert_issuer": None, "authority_cert_serial_number": None}
+    assert tbs["crl_extensions"][1]["extn_value"].parsed.native == 42
+    entries = tbs["revoked_certificates"]
+    assert entries[0]["crl_entry_extensions"][0]["extn_value"].parsed.native == "key_compromise"
+    assert len(entries[1]["crl_entry_extensions"]) == 0
+    text = openssl("crl", "-in", write(tmp_path / "crl.pem", crl), "-noout", "-text").stdout.decode()
+    assert "X509v3 CRL Number: \n                42" in text and "Key Compromise" in text
+    assert f"Serial Number: {revoked.serial_number:032X}" in text
+    at = str(int((START + timedelta(days=2, hours=1)).timestamp()))
+    chain = write(tmp_path / "chain.pem", root, issuing)
+    bad = openssl("verify", "-attime", at, "-crl_check", "-CAfile", chain, "-CRLfile", str(tmp_path / "crl.pem"), write(tmp_path / "leaf0.pem", revoked))
+    assert bad.returncode != 0 and b"certificate revoked" in bad.stdout + bad.stderr
+    good = openssl("verify", "-attime", at, "-crl_check", "-CAfile", chain, "-CRLfile", str(tmp_path / "crl.pem"), write(tmp_path / "leaf2.pem", leaves[2]))
+    assert good.returncode == 0, good.stdout + good.stderr
+
+
+def test_arl_from_the_root_revokes_an_issuing_authority(pki, tmp_path):
+    root, root_key, issuing, _, _ = pki
+    arl = build_crl(root, root_key, crl_number=1, this_update_utc=START + timedelta(days=2), next_update_utc=START + timedelta(days=400),
+                    entries=[RevokedEntry(issuing.serial_number, START + timedelta(days=1), "cACompromise")])
+    assert arl.is_signature_valid(root.public_key())
+    assert arl.get_revoked_certificate_by_serial_number(issuing.serial_number).extensions[0].value.reason == x509.ReasonFlags.ca_compromise
+    at = str(int((START + timedelta(days=3)).timestamp()))
+    result = openssl("verify", "-attime", at, "-crl_check", "-CAfile", write(tmp_path / "root.pem", root),
+                     "-CRLfile", write(tmp_path / "arl.pem", arl), write(tmp_path / "issuing.pem", issuing))
+    assert result.returncode != 0 and b"certificate revoked" in result.stdout + result.stderr
+
+
+def test_an_empty_crl_is_well_formed(pki):
+    _, _, issuing, issuing_key, _ = pki
+    crl = build_crl(issuing, issuing_key, crl_number=0, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
+    assert len(crl) == 0 and crl.is_signature_valid(issuing.public_key())
+
+
+def test_bad_crl_inputs(pki):
+    _, root_key, issuing, issuing_key, _ = pki
+    with pytest.raises(BadInputError, match="not an RFC 5280 CRL reason"):
+        RevokedEntry(1, START, "fellOffTheBack")
+    with pytest.raises(BadInputError, match="nextUpdate must be after thisUpdate"):
+        build_crl(issuing, issuing_key, crl_number=1, this_update_utc=START, next_update_utc=START, entries=[])
+    with pytest.raises(BadInputError, match="not the CRL issuer's certificate key"):
+        build_crl(issuing, root_key, crl_number=1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
+    with pytest.raises(BadInputError, match="cRLNumber"):
+        build_crl(issuing, issuing_key, crl_number=-1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
