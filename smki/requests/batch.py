@@ -1,0 +1,125 @@
+"""Batch intake: a ZIP (or a directory) of up to 50,000 `.csr` files.
+
+Batch-level faults refuse the whole batch before anything is issued: not a ZIP, too many
+entries, an empty batch, nested or `..` paths, entries that are not `.csr`, duplicate
+names, and anything that looks like a decompression bomb (declared sizes and ratios are
+checked first, and reading stops at the limit whatever the header claimed).
+Entries are then streamed one at a time: a batch is never held in memory whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from smki.errors import BadInputError
+
+MAX_ENTRY_SIZE = 16 * 1024  # one CSR in Base64 is about 700 bytes
+MAX_COMPRESSION_RATIO = 100  # Base64 text compresses about 1.3:1; 100:1 is a bomb
+SUFFIX = ".csr"
+
+
+class BatchRefused(BadInputError):
+    """A fault of the batch as a whole: nothing in it is issued."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    name: str  # the file name, from which the response's `.crt` name is made
+    data: bytes
+
+    @property
+    def response_name(self) -> str:
+        return self.name[: -len(SUFFIX)] + ".crt"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A checked batch: its entry names, its identity, and a way to stream its entries."""
+
+    source: Path
+    names: tuple[str, ...]
+    batch_id: str  # SHA-256 of the batch file (or of the directory's names and contents)
+
+    def entries(self) -> Iterator[BatchEntry]:
+        if self.source.is_dir():
+            for name in self.names:
+                yield BatchEntry(name, _read_limited_file(self.source / name))
+            return
+        with zipfile.ZipFile(self.source) as archive:
+            for name in self.names:
+                with archive.open(name) as stream:
+                    data = stream.read(MAX_ENTRY_SIZE + 1)
+                if len(data) > MAX_ENTRY_SIZE:
+                    raise BatchRefused(f"{self.source}: entry {name} inflates beyond {MAX_ENTRY_SIZE} bytes")
+                yield BatchEntry(name, data)
+
+
+def _check_name(source: Path, name: str) -> None:
+    path = PurePosixPath(name)
+    if "\\" in name or path.is_absolute() or len(path.parts) != 1 or name in ("", ".", ".."):
+        raise BatchRefused(f"{source}: entry {name!r} has a path; a batch holds plain .csr file names only")
+    if not name.endswith(SUFFIX) or name == SUFFIX:
+        raise BatchRefused(f"{source}: entry {name!r} is not a .csr file")
+
+
+def _check_count(source: Path, count: int, limit: int) -> None:
+    if count == 0:
+        raise BatchRefused(f"{source}: the batch is empty")
+    if count > limit:
+        raise BatchRefused(f"{source}: {count} entries, more than the batch limit of {limit}")
+
+
+def _read_limited_file(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        data = stream.read(MAX_ENTRY_SIZE + 1)
+    if len(data) > MAX_ENTRY_SIZE:
+        raise BatchRefused(f"{path}: larger than {MAX_ENTRY_SIZE} bytes; not a CSR")
+    return data
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_batch(source: Path, limit: int) -> Batch:
+    """Check a batch ZIP or directory; refuse it whole on any batch-level fault."""
+    source = Path(source)
+    if source.is_dir():
+        names = sorted(entry.name for entry in source.iterdir())
+        _check_count(source, len(names), limit)
+        digest = hashlib.sha256()
+        for name in names:
+            _check_name(source, name)
+            if not (source / name).is_file():
+                raise BatchRefused(f"{source}: entry {name!r} is not a regular file")
+            digest.update(name.encode() + b"\0" + hashlib.sha256(_read_limited_file(source / name)).digest())
+        return Batch(source, tuple(names), digest.hexdigest())
+    try:
+        with zipfile.ZipFile(source) as archive:
+            infos = archive.infolist()
+    except FileNotFoundError:
+        raise BatchRefused(f"{source}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BatchRefused(f"{source}: not a ZIP file ({exc})") from None
+    _check_count(source, len(infos), limit)
+    seen = set()
+    for info in infos:
+        _check_name(source, info.filename)
+        if info.filename in seen:
+            raise BatchRefused(f"{source}: entry {info.filename!r} appears twice")
+        seen.add(info.filename)
+        if info.file_size > MAX_ENTRY_SIZE:
+            raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes, over {MAX_ENTRY_SIZE}")
+        if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+            raise BatchRefused(f"{source}: entry {info.filename} compresses {info.file_size // info.compress_size}:1 (a zip bomb?)")
+        if info.flag_bits & 0x1:
+            raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
+    return Batch(source, tuple(info.filename for info in infos), _file_sha256(source))
