@@ -74,3 +74,15 @@ def list_certificates(connection: sqlite3.Connection, *, certificate_type: str |
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = connection.execute(f"SELECT * FROM certificates {where} ORDER BY issued_at, serial_hex LIMIT ?", (*values, limit)).fetchall()
     return [_record(row) for row in rows]
+
+
+def search_certificates(connection: sqlite3.Connection, *, entity_id: str, certificate_type: str,
+                        key_usage: str | None = None, role: str | None = None, status: str | None = None) -> list[CertificateRecord]:
+    """Every certificate for an EUI-64 of one type (a party may hold several live ones): clients pick by serial."""
+    clauses, values = ["entity_id = ?", "certificate_type = ?"], [entity_id, certificate_type]
+    for column, value in (("key_usage", key_usage), ("role", role), ("status", status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            values.append(value)
+    rows = connection.execute(f"SELECT * FROM certificates WHERE {' AND '.join(clauses)} ORDER BY issued_at, serial_hex", values).fetchall()
+    return [_record(row) for row in rows]
