@@ -72,4 +72,26 @@ run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
 run openssl x509 -in device-ka.pem -noout -text
 
+step "7. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
+run "$SMKI" librarian lodge --db repository.db --trust-root root-oca.pem root-dca.pem
+run "$SMKI" librarian lodge --db repository.db issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
+run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
+
+step "8. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
+export DEMO_API_KEY=$(openssl rand -hex 16)
+PORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SMKI" librarian serve --db repository.db --port "$PORT" --api-key-source env:DEMO_API_KEY &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+SEARCH='<CertificateSearchRequest><CertificateSubjectAltName>00-DB-12-34-56-78-90-A0</CertificateSubjectAltName></CertificateSearchRequest>'
+printf '$ POST /services/certificatesearch  %s\n' "$SEARCH"
+"$REPO/.venv/bin/python" - "$PORT" "$SEARCH" <<'PY'
+import os, sys, urllib.request
+port, body = sys.argv[1], sys.argv[2].encode()
+request = urllib.request.Request(f"http://127.0.0.1:{port}/services/certificatesearch?apikey={os.environ['DEMO_API_KEY']}", body, {"Content-Type": "application/xml"})
+print(urllib.request.urlopen(request).read().decode())
+PY
+kill $SERVER; wait $SERVER 2>/dev/null || true
+
 step "Done. Everything is in $OUT"

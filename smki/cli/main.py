@@ -13,6 +13,7 @@ import click
 from smki import __version__
 from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
+from smki.cli.librarian import librarian_group
 from smki.errors import SmkiError
 
 
@@ -32,6 +33,7 @@ def cli() -> None:
 
 cli.add_command(hsm_group)
 cli.add_command(cert_group)
+cli.add_command(librarian_group)
 
 
 def main(argv: list[str] | None = None) -> None:

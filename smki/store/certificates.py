@@ -65,9 +65,13 @@ def find_certificate(connection: sqlite3.Connection, serial_hex: str) -> list[Ce
 
 
 def list_certificates(connection: sqlite3.Connection, *, certificate_type: str | None = None, entity_id: str | None = None,
-                      status: str | None = None, limit: int = 1000) -> list[CertificateRecord]:
+                      status: str | None = None, role: str | None = None, key_usage: str | None = None,
+                      subject_key_id: str | None = None, limit: int = 1000) -> list[CertificateRecord]:
+    """Records matching every filter given (None: any), oldest first."""
     clauses, values = [], []
-    for column, value in (("certificate_type", certificate_type), ("entity_id", entity_id), ("status", status)):
+    filters = (("certificate_type", certificate_type), ("entity_id", entity_id), ("status", status), ("role", role),
+               ("key_usage", key_usage), ("subject_key_id", subject_key_id))
+    for column, value in filters:
         if value is not None:
             clauses.append(f"{column} = ?")
             values.append(value)
