@@ -105,6 +105,12 @@ def _not_before(text: str | None) -> datetime:
     return parse_utc(text, "--not-before") if text else utc_midnight(datetime.now(timezone.utc))
 
 
+def issued_key_options(func):
+    """--issuer-cert (the CA certifying) and --public-key (the key it certifies)."""
+    func = click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The public key to certify (PEM or DER SubjectPublicKeyInfo).")(func)
+    return click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The issuing CA's certificate.")(func)
+
+
 @click.group("cert")
 def cert_group() -> None:
     """Build and sign single certificates of the six GBCS profiles (low-level; values as options)."""
@@ -130,8 +136,7 @@ def root_command(module_path, key_uri, token_label, key_label, key_id, pin_sourc
 @cert_group.command("issuing-ca")
 @signing_options
 @common_output
-@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The root's certificate.")
-@click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The Issuing Authority's public key (PEM/DER SPKI).")
+@issued_key_options
 @click.option("--subject", required=True, help="CA name, e.g. 'OU=07,CN=Z1'.")
 @click.option("--policy-oid", "policy_oids", multiple=True, required=True, help="certificatePolicies OID (repeatable).")
 @click.option("--not-after", required=True, help="End of validity, ISO 8601.")
@@ -142,16 +147,13 @@ def issuing_ca_command(module_path, key_uri, token_label, key_label, key_id, pin
     issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
     params = IssuingCaCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
                                         Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
-    builder = issuing_ca_certificate(params, subject_key, issuer)
-    refuse_existing(out)
-    _signed_output(sign_certificate(builder, _issuer_signer(key, pin_source, issuer)), out, as_json)
+    _issue(issuing_ca_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
 
 
 @cert_group.command("organisation")
 @signing_options
 @common_output
-@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing OCA's certificate.")
-@click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The subscriber's public key (PEM/DER SPKI).")
+@issued_key_options
 @click.option("--role", required=True, help="RemotePartyRole: name (supplier) or code (02).")
 @click.option("--entity-id", required=True, help="The organisation's EUI-64 (16 hex digits).")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
@@ -164,16 +166,13 @@ def organisation_command(module_path, key_uri, token_label, key_label, key_id, p
     params = OrganisationCertificateParams(RemotePartyRole.parse(role), EUI64.parse(entity_id), KeyUsage.parse(usage), policy_oid,
                                            Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), common_name)
     issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-    builder = organisation_certificate(params, subject_key, issuer)
-    refuse_existing(out)
-    _signed_output(sign_certificate(builder, _issuer_signer(key, pin_source, issuer)), out, as_json)
+    _issue(organisation_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
 
 
 @cert_group.command("device")
 @signing_options
 @common_output
-@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing DCA's certificate.")
-@click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The device's public key (PEM/DER SPKI).")
+@issued_key_options
 @click.option("--device-id", required=True, help="The device's EUI-64 (16 hex digits).")
 @click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2.")
 @click.option("--hw-type-oid", required=True, help="HardwareModuleName hwType OID for this device type.")
@@ -186,14 +185,13 @@ def device_command(module_path, key_uri, token_label, key_label, key_id, pin_sou
     params = DeviceCertificateParams(EUI64.parse(device_id), hw_type_oid, KeyUsage.parse(usage), policy_oid,
                                      Validity(_not_before(not_before), DEVICE_NOT_AFTER))
     issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-    builder = device_certificate(params, subject_key, issuer)
+    _issue(device_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+
+
+def _issue(builder: x509.CertificateBuilder, key, pin_source: str, issuer: x509.Certificate, out: Path, as_json: bool) -> None:
+    """Sign with the issuer's HSM key, which must be the issuer certificate's key, and write the output."""
     refuse_existing(out)
-    _signed_output(sign_certificate(builder, _issuer_signer(key, pin_source, issuer)), out, as_json)
-
-
-def _issuer_signer(key, pin_source: str, issuer: x509.Certificate):
-    """The HSM key must be the issuer certificate's key: checked before anything is signed."""
     signer = open_signer(key, PinSource.parse(pin_source))
     if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
         raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
-    return signer
+    _signed_output(sign_certificate(builder, signer), out, as_json)
