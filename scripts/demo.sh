@@ -23,7 +23,7 @@ export DEMO_SO_PIN=$(openssl rand -hex 12) DEMO_PIN=$(openssl rand -hex 12)
 echo "PINs: random, in \$DEMO_SO_PIN and \$DEMO_PIN (smki reads them with --pin-source env:NAME)"
 
 step "2. One token per authority, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
-for authority in root-oca root-dca issuing-oca issuing-dca; do
+for authority in root-oca root-dca issuing-oca issuing-dca librarian-audit; do
   token=$(echo "SMKI-$authority" | tr a-z A-Z)
   run "$SMKI" hsm init-token --label "$token" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
   run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN
@@ -73,8 +73,12 @@ run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
 run openssl x509 -in device-ka.pem -noout -text
 
 step "7. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
-run "$SMKI" librarian lodge --db repository.db --trust-root root-oca.pem root-dca.pem
-run "$SMKI" librarian lodge --db repository.db issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
+AUDIT_KEY='pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01'
+run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN --trust-root root-oca.pem root-dca.pem
+run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
+  issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
+echo "(lodging the same certificate twice is refused, and the refusal is audited too:)"
+"$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN device-ka.pem || true
 run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
 
 step "8. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
@@ -93,5 +97,11 @@ request = urllib.request.Request(f"http://127.0.0.1:{port}/services/certificates
 print(urllib.request.urlopen(request).read().decode())
 PY
 kill $SERVER; wait $SERVER 2>/dev/null || true
+
+step "9. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
+run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
+run "$SMKI" audit show --db repository.db
+run "$SMKI" audit export --db repository.db --out audit-trail.json
+run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
 
 step "Done. Everything is in $OUT"

@@ -85,3 +85,21 @@ def test_librarian_cli_lodge_and_find(tmp_path, hierarchy, run_smki):
     assert run_smki("librarian", "find", "--db", db, "--eui64", "0000000000000009").returncode == 1
     bad = run_smki("librarian", "find", "--db", db, "--eui64", "12345")
     assert bad.returncode == 3 and bad.stderr.startswith("smki: error: malformed EUI-64")
+
+
+def test_every_lodging_and_refusal_is_audited(tmp_path, hierarchy):
+    from smki.audit.verify import rows_from_database, verify_trail
+    root, issuing, org, _ = hierarchy
+    connection = open_database(tmp_path / "repo.db", create=True)
+    signer = SoftwareSigner()
+    from smki.audit import AuditTrail
+    audit = AuditTrail(connection, signer)
+    lodge_certificate(connection, root, trust_root=True, audit=audit, actor="lib-op")
+    with pytest.raises(RefusedError):
+        lodge_certificate(connection, org[0], audit=audit, actor="lib-op")  # its issuer is not lodged yet
+    entries, _ = rows_from_database(connection)
+    assert [(e["operation"], e["outcome"], e["actor"]) for e in entries] == [("certificate.lodge", "success", "lib-op"), ("certificate.lodge", "refused", "lib-op")]
+    assert json.loads(entries[1]["subject"])["serial"] == f"{org[0].serial_number:032X}"
+    assert "issuer unknown" in json.loads(entries[1]["details"])["reason"]
+    assert connection.execute("SELECT COUNT(*) FROM certificates").fetchone()[0] == 1
+    assert verify_trail(entries, [], signer.public_key).ok

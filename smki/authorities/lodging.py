@@ -12,8 +12,9 @@ import sqlite3
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.records import record_for
-from smki.errors import ConflictError, RefusedError
+from smki.errors import ConflictError, RefusedError, SmkiError
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
 
@@ -27,9 +28,7 @@ def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, recor
     return x509.load_der_x509_certificate(candidates[0].der)
 
 
-def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certificate, *, trust_root: bool = False) -> str:
-    """Check and record one certificate; return its serial. Roots need `trust_root` (an explicit operator decision)."""
-    record = record_for(certificate)
+def _check(connection: sqlite3.Connection, certificate: x509.Certificate, record, trust_root: bool) -> None:
     if record.certificate_type == "root" and not trust_root:
         raise RefusedError("a root certificate is lodged only when the operator trusts it explicitly (--trust-root)")
     issuer = _issuer(connection, certificate, record)
@@ -37,9 +36,26 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
         certificate.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise RefusedError(f"certificate {record.serial_hex}: not validly signed by its issuer ({exc or 'bad signature'})") from None
+
+
+def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certificate, *, trust_root: bool = False,
+                      audit: AuditTrail | None = None, actor: str = "librarian") -> str:
+    """Check and record one certificate with its audit entry in one transaction; return its serial.
+
+    Roots need `trust_root` (an explicit operator decision). A refusal is audited too, then raised.
+    """
+    audit = audit or AuditTrail(connection)
+    record = record_for(certificate)
+    subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
+               "entity_id": record.entity_id}
     try:
+        _check(connection, certificate, record, trust_root)
         with transaction(connection):
             insert_certificate(connection, record)
-    except ConflictError:
-        raise ConflictError(f"certificate {record.serial_hex} is already lodged") from None
+            audit.append(AuditEntry(actor, "certificate.lodge", "success", subject))
+    except SmkiError as exc:
+        reason = f"certificate {record.serial_hex} is already lodged" if isinstance(exc, ConflictError) else str(exc)
+        with transaction(connection):
+            audit.append(AuditEntry(actor, "certificate.lodge", "refused", subject, {"reason": reason}))
+        raise type(exc)(reason) from None
     return record.serial_hex

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,34 @@ def key_ref_from_options(module_path: str, key_uri: str | None, token_label: str
     if not (token_label and key_label and key_id):
         raise click.UsageError("name the key with --key-uri, or with --token, --key-label and --key-id")
     return KeyRef(token_label, key_label, parse_key_id(key_id), module_path)
+
+
+def audit_options(func: Callable) -> Callable:
+    """--actor, and the audit key (--audit-key-uri, --pin-source) that signs the run's checkpoint."""
+    func = click.option("--pin-source", default="prompt", show_default=True, metavar="SOURCE",
+                        help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")(func)
+    func = click.option("--audit-key-uri", help="pkcs11: URI of the audit key; when given, the run ends with a signed checkpoint.")(func)
+    return click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+                        help="Who is acting, as recorded in the audit trail.")(func)
+
+
+def audit_trail(connection, audit_key_uri: str | None, pin_source: str):
+    """The database's audit trail, with the HSM audit key attached when one is named."""
+    from smki.audit.trail import AuditTrail
+    from smki.hsm.signer import open_signer
+
+    signer = open_signer(key_ref_from_options(default_module_path(), audit_key_uri, None, None, None),
+                         PinSource.parse(pin_source)) if audit_key_uri else None
+    return AuditTrail(connection, signer)
+
+
+def checkpoint(audit, context: str) -> None:
+    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached."""
+    if audit.signer is not None:
+        from smki.store.database import transaction
+
+        with transaction(audit.connection):
+            audit.checkpoint(context)
 
 
 def read_pin(spec: str, purpose: str) -> str:

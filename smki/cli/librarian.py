@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smki.authorities.repository_service import RepositoryService, make_server
-from smki.cli.common import emit, json_option
+from smki.cli.common import audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.cli.cert import read_certificate
 from smki.errors import BadInputError, SmkiError
@@ -28,21 +28,27 @@ def librarian_group() -> None:
 @db_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust-root", is_flag=True, help="Accept self-signed roots among FILES as trust anchors.")
+@audit_options
 @json_option
-def lodge_command(database, files, trust_root, as_json) -> None:
+def lodge_command(database, files, trust_root, actor, audit_key_uri, pin_source, as_json) -> None:
     """Lodge certificates (PEM or DER) in the repository, issuers first.
 
     Each must chain by AKI -> SKI to a lodged certificate (or a root given with --trust-root)
     whose key verifies its signature. Stops at the first refusal; what was lodged before it stays.
     """
     connection = open_database(database, create=True)
+    audit = audit_trail(connection, audit_key_uri, pin_source)
     lodged = []
-    for path in files:
-        try:
-            lodged.append({"file": str(path), "serial": lodge_certificate(connection, read_certificate(path), trust_root=trust_root)})
-        except SmkiError as exc:
-            exc.args = (f"{path}: {exc}",)
-            raise
+    try:
+        for path in files:
+            try:
+                serial = lodge_certificate(connection, read_certificate(path), trust_root=trust_root, audit=audit, actor=actor)
+            except SmkiError as exc:
+                exc.args = (f"{path}: {exc}",)
+                raise
+            lodged.append({"file": str(path), "serial": serial})
+    finally:
+        checkpoint(audit, f"lodge of {len(files)} file(s)")
     emit(as_json, lodged, lambda rows: "\n".join(f"lodged {r['file']}  serial {r['serial']}" for r in rows))
 
 

@@ -11,6 +11,7 @@ import sys
 import click
 
 from smki import __version__
+from smki.cli.audit import audit_group
 from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
 from smki.cli.librarian import librarian_group
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(hsm_group)
 cli.add_command(cert_group)
 cli.add_command(librarian_group)
+cli.add_command(audit_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from smki.audit.trail import SCHEMA as AUDIT_SCHEMA
 from smki.errors import BadInputError, ConflictError
 
 # (version, description, SQL). Append only: never edit a migration that has shipped.
@@ -40,6 +41,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX certificates_entity ON certificates (entity_id, key_usage);
         CREATE INDEX certificates_subject_key ON certificates (subject_key_id);
     """),
+    (2, "audit trail", AUDIT_SCHEMA),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,162 @@
+"""Appending to the audit trail, inside the caller's own transaction.
+
+Each entry holds time, actor, operation, subject (serials, EUI-64s), the policy that applied,
+the outcome and details, plus `prev_hash` (the previous entry's hash) and its own
+`entry_hash = SHA-256(prev_hash || canonical(entry))`; the first entry chains from
+`GENESIS_HASH`. Because `append` uses the caller's connection and never commits, an
+operation's state and its entry are committed together or not at all.
+
+Checkpoints sign the chain head (sequence number, head hash, time, context) with the audit
+key, held in the HSM: per batch, per ceremony, and every `checkpoint_every` entries.
+This layer takes the signer as a duck type (`.public_key`, `.sign(data) -> DER`): it sits
+below the HSM layer and never imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from smki.audit.canonical import canonical, canonical_text
+from smki.errors import BadInputError
+
+GENESIS_HASH = hashlib.sha256(b"smki audit trail genesis v1").hexdigest()
+OUTCOMES = ("success", "refused", "failed")
+# Keys that would put a secret in the trail: refused wherever they appear in subject or details.
+_SECRET_KEY = re.compile(r"pin|passphrase|password|secret|share|private", re.IGNORECASE)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_entries (
+    seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, operation TEXT NOT NULL,
+    subject TEXT NOT NULL, policy TEXT, outcome TEXT NOT NULL, details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY, head_hash TEXT NOT NULL, time TEXT NOT NULL, context TEXT NOT NULL,
+    key_id TEXT NOT NULL, signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_keys (key_id TEXT PRIMARY KEY, public_key_pem TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_entries_operation ON audit_entries (operation);
+"""
+
+
+class CheckpointSigner(Protocol):
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+def _refuse_secrets(value: object, where: str) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if _SECRET_KEY.search(str(key)):
+                raise BadInputError(f"audit {where} key {key!r} looks like a secret; secrets never enter the audit trail")
+            _refuse_secrets(inner, where)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            _refuse_secrets(inner, where)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    operation: str  # e.g. key.generate, certificate.issue, batch.issue, certificate.lodge
+    outcome: str = "success"
+    subject: dict = field(default_factory=dict)  # serials, EUI-64s, key URIs
+    details: dict = field(default_factory=dict)
+    policy: dict | None = None  # {"name", "version", "sha256"} of the policy that applied
+    time: str = ""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise BadInputError(f"audit outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if not self.actor or not self.operation:
+            raise BadInputError("an audit entry needs an actor and an operation")
+        _refuse_secrets(self.subject, "subject")
+        _refuse_secrets(self.details, "details")
+        if not self.time:
+            object.__setattr__(self, "time", datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+
+    def body(self, seq: int) -> dict:
+        """What the entry hash covers (with the previous hash)."""
+        return {"seq": seq, "time": self.time, "actor": self.actor, "operation": self.operation, "subject": self.subject,
+                "policy": self.policy, "outcome": self.outcome, "details": self.details}
+
+
+def entry_hash(prev_hash: str, body: dict) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(body)).hexdigest()
+
+
+def _body_text(seq: int, time: str, actor: str, operation: str, subject: str, policy: str, outcome: str, details: str) -> str:
+    """canonical(body) assembled from parts already in canonical form: keys in sorted order."""
+    return (f'{{"actor":{canonical_text(actor)},"details":{details},"operation":{canonical_text(operation)},'
+            f'"outcome":{canonical_text(outcome)},"policy":{policy},"seq":{seq},"subject":{subject},"time":{canonical_text(time)}}}')
+
+
+def checkpoint_message(seq: int, head_hash: str, time: str, context: str) -> bytes:
+    return canonical({"type": "smki-audit-checkpoint/1", "seq": seq, "head_hash": head_hash, "time": time, "context": context})
+
+
+def key_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
+    return hashlib.sha256(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()[:16]
+
+
+class AuditTrail:
+    """The audit trail in one SQLite database (the authority's own; its tables come from the store's migrations)."""
+
+    def __init__(self, connection: sqlite3.Connection, checkpoint_signer: CheckpointSigner | None = None,
+                 checkpoint_every: int = 1000) -> None:
+        if checkpoint_every < 1:
+            raise BadInputError("checkpoint_every must be at least 1")
+        self.connection, self.signer, self.checkpoint_every = connection, checkpoint_signer, checkpoint_every
+
+    def head(self) -> tuple[int, str]:
+        row = self.connection.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def append(self, *entries: AuditEntry) -> int:
+        """Append entries in the caller's transaction (the caller commits); return the last sequence number."""
+        if not self.connection.in_transaction:
+            raise RuntimeError("audit entries are appended inside the transaction of the state they describe")
+        seq, previous = self.head()
+        first_seq = seq
+        rows = []
+        policy_object, policy_text = object(), ""  # batches share one policy: encode it once
+        for entry in entries:
+            seq += 1
+            if entry.policy is not policy_object:
+                policy_object, policy_text = entry.policy, canonical_text(entry.policy)
+            subject, details = canonical_text(entry.subject), canonical_text(entry.details)
+            body = _body_text(seq, entry.time, entry.actor, entry.operation, subject, policy_text, entry.outcome, details)
+            current = hashlib.sha256(bytes.fromhex(previous) + body.encode("utf-8")).hexdigest()
+            rows.append((seq, entry.time, entry.actor, entry.operation, subject,
+                         None if entry.policy is None else policy_text, entry.outcome, details, previous, current))
+            previous = current
+        self.connection.executemany("INSERT INTO audit_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.signer is not None and seq // self.checkpoint_every > first_seq // self.checkpoint_every:
+            self.checkpoint(f"every {self.checkpoint_every} entries")
+        return seq
+
+    def checkpoint(self, context: str) -> int:
+        """Sign the current chain head with the audit key (in the caller's transaction); return its sequence number."""
+        if self.signer is None:
+            raise BadInputError("no audit key attached: cannot sign a checkpoint")
+        seq, head_hash = self.head()
+        if seq == 0:
+            return 0
+        when = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        key_id = key_id_of(self.signer.public_key)
+        pem = self.signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+        self.connection.execute("INSERT OR IGNORE INTO audit_keys VALUES (?, ?)", (key_id, pem))
+        signature = self.signer.sign(checkpoint_message(seq, head_hash, when, context))
+        self.connection.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                                (seq, head_hash, when, context, key_id, signature))
+        return seq

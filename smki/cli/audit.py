@@ -1,0 +1,113 @@
+"""`smki audit`: verify, show and export an authority's audit trail."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from smki.audit.verify import export_trail, load_export, rows_from_database, verify_trail
+from smki.cli.common import emit, json_option
+from smki.errors import BadInputError, RefusedError
+from smki.files import write_new_file
+from smki.store import open_database
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail: hash-chained entries, checkpoints signed in the HSM."""
+
+
+def _public_key(pem: bytes, where: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise BadInputError(f"{where}: not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise BadInputError(f"{where}: not an EC public key")
+    return key
+
+
+def _key_from_file(path: Path) -> ec.EllipticCurvePublicKey:
+    try:
+        return _public_key(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
+
+
+def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey:
+    rows = connection.execute("SELECT public_key_pem FROM audit_keys").fetchall()
+    if len(rows) != 1:
+        raise BadInputError(f"the database holds {len(rows)} audit keys: name the one to trust with --public-key")
+    return _public_key(rows[0][0].encode(), "audit key stored in the database")
+
+
+@audit_group.command("verify")
+@click.option("--db", "database", type=click.Path(dir_okay=False, path_type=Path), help="An authority's database.")
+@click.option("--export", "export_file", type=click.Path(dir_okay=False, path_type=Path), help="An exported trail.")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The audit public key (PEM) to trust. Without it, the key stored with the trail is used, and said so.")
+@json_option
+def verify_command(database, export_file, public_key, as_json) -> None:
+    """Check the whole chain and every checkpoint signature; name the first broken entry.
+
+    Exit 0 when intact, 1 when broken.
+    """
+    if (database is None) == (export_file is None):
+        raise click.UsageError("give exactly one of --db or --export")
+    trusted_from = str(public_key) if public_key else "the key stored with the trail (give --public-key to pin it)"
+    if database:
+        connection = open_database(database)
+        entries, checkpoints = rows_from_database(connection)
+        key = _key_from_file(public_key) if public_key else _stored_key(connection)
+    else:
+        entries, checkpoints, pem = load_export(export_file)
+        key = _key_from_file(public_key) if public_key else _public_key(pem.encode(), f"{export_file} audit_public_key")
+    report = verify_trail(entries, checkpoints, key)
+    data = {**report.as_json(), "public_key_from": trusted_from}
+    emit(as_json, data, lambda d: (
+        f"audit trail intact: {d['entries']} entries, {d['checkpoints']} checkpoints, signed up to entry {d['last_signed_seq']} "
+        f"(audit key: {d['public_key_from']})" if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@audit_group.command("show")
+@click.option("--db", "database", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--operation", help="Only this operation (e.g. certificate.lodge), or a prefix ending in '.' (certificate.).")
+@click.option("--outcome", type=click.Choice(["success", "refused", "failed"]))
+@click.option("--since", help="Only entries at or after this ISO 8601 time.")
+@click.option("--subject", help="Only entries whose subject mentions this text (a serial, an EUI-64).")
+@json_option
+def show_command(database, operation, outcome, since, subject, as_json) -> None:
+    """Print audit entries, oldest first, filtered."""
+    entries, _ = rows_from_database(open_database(database))
+    selected = [e for e in entries
+                if (not operation or e["operation"] == operation or (operation.endswith(".") and e["operation"].startswith(operation)))
+                and (not outcome or e["outcome"] == outcome) and (not since or e["time"] >= since)
+                and (not subject or subject.upper() in e["subject"].upper())]
+    for entry in selected:
+        for name in ("subject", "details", "policy"):
+            entry[name] = json.loads(entry[name]) if entry[name] else None
+    emit(as_json, selected, lambda rows: "\n".join(
+        f"{e['seq']:>6} {e['time']} {e['actor']:<12} {e['operation']:<22} {e['outcome']:<8} {json.dumps(e['subject'], sort_keys=True)}"
+        for e in rows) or "no entries")
+
+
+@audit_group.command("export")
+@click.option("--db", "database", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The export file (never overwritten).")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The audit public key to include (default: the stored one).")
+def export_command(database, out, public_key) -> None:
+    """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
+    connection = open_database(database)
+    key_pem = (public_key.read_text() if public_key else
+               next(iter(connection.execute("SELECT public_key_pem FROM audit_keys").fetchone() or []), None))
+    if not key_pem:
+        raise RefusedError("the trail has no checkpoint key yet; give --public-key")
+    write_new_file(out, export_trail(connection, key_pem))
+    click.echo(f"wrote {out}")
