@@ -23,10 +23,17 @@ export DEMO_SO_PIN=$(openssl rand -hex 12) DEMO_PIN=$(openssl rand -hex 12)
 echo "PINs: random, in \$DEMO_SO_PIN and \$DEMO_PIN (smki reads them with --pin-source env:NAME)"
 
 step "2. One token per authority, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
+echo "Each authority keeps its state (issued certificates, audit trail) in state/<authority>/smki.db, and an"
+echo "audit key beside its CA key: every operation ends with a checkpoint signed by that key."
+audit_uri() { echo "pkcs11:token=$(echo "SMKI-$1" | tr a-z A-Z);object=$1-audit;id=%02"; }
 for authority in root-oca root-dca issuing-oca issuing-dca librarian-audit; do
   token=$(echo "SMKI-$authority" | tr a-z A-Z)
   run "$SMKI" hsm init-token --label "$token" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
-  run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN
+  if [ "$authority" != librarian-audit ]; then
+    run "$SMKI" hsm keygen --token "$token" --key-label "$authority-audit" --key-id 02 --pin-source env:DEMO_PIN --state "state/$authority"
+  fi
+  run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN --state "state/$authority" \
+    $( [ "$authority" != librarian-audit ] && echo --audit-key-uri "$(audit_uri "$authority")" --audit-pin-source env:DEMO_PIN )
 done
 run "$SMKI" hsm list
 run "$SMKI" hsm list --token SMKI-ROOT-OCA --pin-source env:DEMO_PIN
@@ -39,31 +46,31 @@ year() { echo $(( $(date -u +%Y) + $1 ))-$(date -u +%m-%d)T00:00:00Z; }
 minus1s() { date -u -d "$1 - 1 second" +%Y-%m-%dT%H:%M:%SZ; }
 
 step "3. Root OCA and Root DCA: self-signed, keys never leave their tokens"
-run "$SMKI" cert root --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert root --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN --state state/root-oca --audit-key-uri "$(audit_uri root-oca)" --audit-pin-source env:DEMO_PIN \
   --subject "OU=00,CN=ZA" --policy-oid $ORG_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-oca.pem
-run "$SMKI" cert root --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert root --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN --state state/root-dca --audit-key-uri "$(audit_uri root-dca)" --audit-pin-source env:DEMO_PIN \
   --subject "OU=00,CN=ZD" --policy-oid $DEVICE_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-dca.pem
 
 step "4. The roots certify the Issuing Authorities' keys (exported public keys only)"
 run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out issuing-oca.pub.pem
 run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out issuing-dca.pub.pem
-run "$SMKI" cert issuing-ca --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert issuing-ca --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN --state state/root-oca --audit-key-uri "$(audit_uri root-oca)" --audit-pin-source env:DEMO_PIN \
   --issuer-cert root-oca.pem --public-key issuing-oca.pub.pem --subject "OU=07,CN=Z1" --policy-oid $ORG_POLICY \
   --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-oca.pem
-run "$SMKI" cert issuing-ca --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert issuing-ca --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN --state state/root-dca --audit-key-uri "$(audit_uri root-dca)" --audit-pin-source env:DEMO_PIN \
   --issuer-cert root-dca.pem --public-key issuing-dca.pub.pem --subject "CN=E357" --policy-oid $DEVICE_POLICY \
   --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-dca.pem
 
 step "5. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them"
 run openssl ecparam -name prime256v1 -genkey -noout -out supplier-ds.key
 run openssl ec -in supplier-ds.key -pubout -out supplier-ds.pub.pem
-run "$SMKI" cert organisation --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert organisation --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --pin-source env:DEMO_PIN --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN \
   --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 \
   --usage DS --common-name DEMOSUPPLIER --policy-oid $ORG_POLICY --not-before "$TODAY" \
   --not-after "$(minus1s "$(year 10)")" --out org-supplier-ds.pem
 run openssl ecparam -name prime256v1 -genkey -noout -out device-ka.key
 run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
-run "$SMKI" cert device --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --pin-source env:DEMO_PIN \
+run "$SMKI" cert device --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --pin-source env:DEMO_PIN --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN \
   --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME \
   --hw-type-oid $HW_TYPE --usage KA --policy-oid $DEVICE_POLICY --not-before "$TODAY" --out device-ka.pem
 
@@ -103,5 +110,9 @@ run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --db repository.db
 run "$SMKI" audit export --db repository.db --out audit-trail.json
 run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
+for authority in root-oca root-dca issuing-oca issuing-dca; do   # key generation and issuance: each authority's own trail
+  run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
+  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
+done
 
 step "Done. Everything is in $OUT"

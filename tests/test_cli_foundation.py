@@ -1,6 +1,7 @@
 """The Foundation commands through the real CLI: happy paths and every bad input of issue 2."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ ORG_POLICY = "1.2.826.0.1.8641679.1.2.1.4"
 DEVICE_POLICY = "1.2.826.0.1.1800000.1.2.1.4"
 HW_TYPE = "1.2.826.0.1.8641679.1.2.2.1"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
+STATE: list[str] = []  # set by the `ca` fixture: ["--state", <the test authority's state directory>]
 
 
 def one_line_error(result, code, *fragments):
@@ -30,15 +32,16 @@ def ca(tmp_path_factory, hsm_token, new_hsm_key):
     from conftest import openssl
     import os, sys
     directory = tmp_path_factory.mktemp("cli-ca")
+    STATE[:] = ["--state", str(directory / "state")]
     run = lambda *a: subprocess.run([sys.executable, "-m", "smki.cli.main", *a], capture_output=True, text=True, env=os.environ.copy())
     for label, key_id in (("cli-root", "c1"), ("cli-issuing", "c2")):
-        assert run("hsm", "keygen", "--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN).returncode == 0
+        assert run("hsm", "keygen", "--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN, *STATE).returncode == 0
     root, issuing = directory / "root.pem", directory / "issuing.pem"
-    result = run("cert", "root", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN,
+    result = run("cert", "root", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN, *STATE,
                  "--subject", "OU=00,CN=ZA", "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2055-12-31T23:59:59Z", "--out", str(root))
     assert result.returncode == 0, result.stderr
     assert run("hsm", "pubkey", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", "--out", str(directory / "issuing.pub")).returncode == 0
-    result = run("cert", "issuing-ca", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN,
+    result = run("cert", "issuing-ca", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN, *STATE,
                  "--issuer-cert", str(root), "--public-key", str(directory / "issuing.pub"), "--subject", "OU=07,CN=Z1",
                  "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2050-12-31T23:59:59Z", "--out", str(issuing))
     assert result.returncode == 0, result.stderr
@@ -61,7 +64,7 @@ def as_argv(values):
     argv = []
     for option, value in values.items():
         argv += [option, value]
-    return argv + PIN
+    return argv + STATE + PIN
 
 
 def test_cli_issues_an_organisation_certificate(run_smki, ca, hsm_token, tmp_path):
@@ -94,7 +97,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(run_smki, ca, hsm_token, tmp
 
 
 def test_unknown_device_type(run_smki, ca, hsm_token, tmp_path):
-    result = run_smki("cert", "device", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", *PIN,
+    result = run_smki("cert", "device", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", *PIN, *STATE,
                       "--issuer-cert", str(ca / "issuing.pem"), "--public-key", str(ca / "good.pub"), "--device-id", "00DB1234567890A0",
                       "--device-type", "TOASTER", "--hw-type-oid", HW_TYPE, "--usage", "KA", "--policy-oid", DEVICE_POLICY, "--out", str(tmp_path / "d.pem"))
     one_line_error(result, EXIT_BAD_INPUT, "unknown device type 'TOASTER'")
@@ -130,8 +133,8 @@ def test_ambiguous_key_label(run_smki, hsm_token):
                    EXIT_BAD_INPUT, "no CKA_ID")
 
 
-def test_pin_never_accepted_on_the_command_line(run_smki, hsm_token):
-    one_line_error(run_smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "x", "--key-id", "99", "--pin-source", "1234"),
+def test_pin_never_accepted_on_the_command_line(run_smki, hsm_token, tmp_path):
+    one_line_error(run_smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "x", "--key-id", "99", "--pin-source", "1234", "--state", str(tmp_path)),
                    EXIT_BAD_INPUT, "a PIN itself is never accepted")
 
 
@@ -147,9 +150,40 @@ def test_init_token_keygen_and_list(run_smki, tmp_path):
     assert result.returncode == 0, result.stderr
     one_line_error(run_smki("hsm", "init-token", "--label", "cli-made", "--so-pin-source", "env:SMKI_TEST_SO_PIN", "--pin-source", "env:SMKI_TEST_PIN"),
                    EXIT_CONFLICT, "already exists")
-    result = run_smki("hsm", "keygen", "--token", "cli-made", "--key-label", "root-oca", "--key-id", "01", *PIN, "--json")
+    result = run_smki("hsm", "keygen", "--token", "cli-made", "--key-label", "root-oca", "--key-id", "01", *PIN, "--state", str(tmp_path), "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["violations"] == []
     listing = json.loads(run_smki("hsm", "list", "--token", "cli-made", *PIN, "--json").stdout)
     private = [k for k in listing["keys"] if k["class"] == "private"]
     assert private[0]["attributes"]["never_extractable"] is True and private[0]["attributes"]["extractable"] is False
     assert "cli-made" in [t["label"] for t in json.loads(run_smki("hsm", "list", "--json").stdout)["tokens"]]
+
+
+def test_issuance_and_key_generation_are_recorded_and_audited(run_smki, ca, hsm_token, tmp_path):
+    """Every CLI operation above wrote its record and audit entry into the authority's state; refusals too."""
+    from smki.store import open_database
+    assert run_smki("cert", "organisation", *as_argv(org_args(ca, tmp_path / "bad.pem", **{"--token": hsm_token.label, "--entity-id": "XYZ"}))).returncode == EXIT_BAD_INPUT
+    connection = open_database(ca / "state" / "smki.db")
+    operations = [(row["operation"], row["outcome"]) for row in connection.execute("SELECT operation, outcome FROM audit_entries ORDER BY seq")]
+    assert operations[:4] == [("key.generate", "success"), ("key.generate", "success"), ("certificate.issue.root", "success"),
+                              ("certificate.issue.issuing-ca", "success")]
+    assert ("certificate.issue.organisation", "refused") in operations
+    refused = connection.execute("SELECT details FROM audit_entries WHERE outcome = 'refused' ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    assert "malformed EUI-64" in refused and os.environ["SMKI_TEST_PIN"] not in refused
+    types = {row[0] for row in connection.execute("SELECT certificate_type FROM certificates")}
+    assert {"root", "issuing-ca"} <= types
+    result = run_smki("audit", "verify", "--db", str(ca / "state" / "smki.db"))
+    assert result.returncode == 0 and "audit chain intact" in result.stdout
+
+
+def test_an_operation_with_an_audit_key_ends_with_a_signed_checkpoint(run_smki, ca, hsm_token, new_hsm_key, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    audit_key, audit_signer = new_hsm_key("cli-audit")
+    state = tmp_path / "signed-state"
+    values = org_args(ca, tmp_path / "org.pem", **{"--token": hsm_token.label})
+    argv = as_argv(values)
+    argv[argv.index("--state") + 1] = str(state)
+    result = run_smki("cert", "organisation", *argv, "--audit-key-uri", audit_key.uri, "--audit-pin-source", "env:SMKI_TEST_PIN")
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "audit.pub").write_bytes(audit_signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    report = json.loads(run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(tmp_path / "audit.pub"), "--json").stdout)
+    assert report["ok"] and report["checkpoints"] == 1 and report["last_signed_seq"] == report["entries"] == 1

@@ -30,7 +30,7 @@ from smki.errors import BadInputError
 GENESIS_HASH = hashlib.sha256(b"smki audit trail genesis v1").hexdigest()
 OUTCOMES = ("success", "refused", "failed")
 # Keys that would put a secret in the trail: refused wherever they appear in subject or details.
-_SECRET_KEY = re.compile(r"pin|passphrase|password|secret|share|private", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"pin|passphrase|password|secret|share", re.IGNORECASE)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_entries (

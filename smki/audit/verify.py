@@ -60,8 +60,11 @@ def _body(row: dict) -> dict:
             "outcome": row["outcome"], "details": json.loads(row["details"])}
 
 
-def verify_trail(entries: list[dict], checkpoints: list[dict], public_key: ec.EllipticCurvePublicKey) -> VerificationReport:
-    """Check the chain in stored order, then every checkpoint; report the first broken entry."""
+def verify_trail(entries: list[dict], checkpoints: list[dict], public_key: ec.EllipticCurvePublicKey | None) -> VerificationReport:
+    """Check the chain in stored order, then every checkpoint; report the first broken entry.
+
+    Without a public key only a trail with no checkpoints can be checked (the chain alone).
+    """
     hashes_by_seq: dict[int, str] = {}
     previous, expected_seq = GENESIS_HASH, 1
 
@@ -82,6 +85,10 @@ def verify_trail(entries: list[dict], checkpoints: list[dict], public_key: ec.El
             return broken(seq, f"entry {seq} was altered (its hash does not match its contents)")
         hashes_by_seq[seq] = previous = recomputed
         expected_seq += 1
+    if public_key is None:
+        if checkpoints:
+            return broken(checkpoints[0]["seq"], "the trail has signed checkpoints but no audit public key was given")
+        return VerificationReport(len(entries), 0, 0)
     key_id = key_id_of(public_key)
     last_signed = 0
     for checkpoint in checkpoints:

@@ -39,8 +39,10 @@ def _key_from_file(path: Path) -> ec.EllipticCurvePublicKey:
         raise BadInputError(f"{path}: {exc.strerror}") from None
 
 
-def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey:
+def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | None:
     rows = connection.execute("SELECT public_key_pem FROM audit_keys").fetchall()
+    if not rows:
+        return None  # no checkpoint was ever signed: the chain alone is checked
     if len(rows) != 1:
         raise BadInputError(f"the database holds {len(rows)} audit keys: name the one to trust with --public-key")
     return _public_key(rows[0][0].encode(), "audit key stored in the database")
@@ -70,8 +72,10 @@ def verify_command(database, export_file, public_key, as_json) -> None:
     report = verify_trail(entries, checkpoints, key)
     data = {**report.as_json(), "public_key_from": trusted_from}
     emit(as_json, data, lambda d: (
-        f"audit trail intact: {d['entries']} entries, {d['checkpoints']} checkpoints, signed up to entry {d['last_signed_seq']} "
-        f"(audit key: {d['public_key_from']})" if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
+        (f"audit trail intact: {d['entries']} entries, {d['checkpoints']} checkpoints, signed up to entry {d['last_signed_seq']} "
+         f"(audit key: {d['public_key_from']})" if d["checkpoints"] else
+         f"audit chain intact: {d['entries']} entries, no signed checkpoint yet (attach an audit key with --audit-key-uri)")
+        if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
     if not report.ok:
         raise SystemExit(1)
 

@@ -15,7 +15,12 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.cli.common import emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option
+from smki.audit.trail import AuditEntry
+from smki.authorities.records import record_for
+from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
+                             pin_source_option, state_option)
+from smki.store.certificates import insert_certificate
+from smki.store.database import transaction
 from smki.errors import BadInputError
 from smki.files import refuse_existing, write_new_file
 from smki.hsm.pins import PinSource
@@ -78,7 +83,14 @@ def read_public_key(path: Path):
     return check_subject_public_key_info(data, str(path))
 
 
-def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool) -> None:
+def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation) -> None:
+    """Record the certificate and its audit entry in one transaction, then release it as a file."""
+    record = record_for(certificate)
+    operation.subject = {"serial": record.serial_hex, "type": record.certificate_type, "entity_id": record.entity_id,
+                         "issuer_key_id": record.issuer_key_id, "file": str(out)}
+    with transaction(operation.connection):
+        insert_certificate(operation.connection, record)
+        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject))
     write_new_file(out, certificate.public_bytes(Encoding.PEM))
     data = {"file": str(out), "serial": serial_hex(certificate.serial_number), "subject": certificate.subject.rfc4514_string(),
             "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
@@ -86,7 +98,7 @@ def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool) -> N
 
 
 def signing_options(func):
-    for option in reversed([module_option(), pin_source_option()]):
+    for option in reversed([module_option(), pin_source_option(), state_option]):
         func = option(func)
     return key_options(func)
 
@@ -123,14 +135,15 @@ def cert_group() -> None:
 @click.option("--policy-oid", "policy_oids", multiple=True, required=True, help="certificatePolicies OID (repeatable).")
 @click.option("--not-after", required=True, help="End of validity, ISO 8601.")
 @click.option("--path-length", type=int, default=1, show_default=True, help="basicConstraints pathLenConstraint.")
-def root_command(module_path, key_uri, token_label, key_label, key_id, pin_source, out, not_before, as_json, subject, policy_oids, not_after, path_length):
+def root_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, subject, policy_oids, not_after, path_length):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM."""
-    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    params = RootCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
-                                   Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
-    refuse_existing(out)
-    signer = open_signer(key, PinSource.parse(pin_source))
-    _signed_output(sign_certificate(root_certificate(params, signer.public_key), signer), out, as_json)
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.root") as operation:
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        params = RootCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
+                                       Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
+        refuse_existing(out)
+        signer = open_signer(key, PinSource.parse(pin_source))
+        _signed_output(sign_certificate(root_certificate(params, signer.public_key), signer), out, as_json, operation)
 
 
 @cert_group.command("issuing-ca")
@@ -141,13 +154,14 @@ def root_command(module_path, key_uri, token_label, key_label, key_id, pin_sourc
 @click.option("--policy-oid", "policy_oids", multiple=True, required=True, help="certificatePolicies OID (repeatable).")
 @click.option("--not-after", required=True, help="End of validity, ISO 8601.")
 @click.option("--path-length", type=int, default=0, show_default=True)
-def issuing_ca_command(module_path, key_uri, token_label, key_label, key_id, pin_source, out, not_before, as_json, issuer_cert, public_key, subject, policy_oids, not_after, path_length):
+def issuing_ca_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, subject, policy_oids, not_after, path_length):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
-    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-    params = IssuingCaCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
-                                        Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
-    _issue(issuing_ca_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.issuing-ca") as operation:
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
+        params = IssuingCaCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
+                                            Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
+        _issue(operation, issuing_ca_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
 
 
 @cert_group.command("organisation")
@@ -160,13 +174,14 @@ def issuing_ca_command(module_path, key_uri, token_label, key_label, key_id, pin
 @click.option("--common-name", help="Optional friendly name (CN).")
 @click.option("--policy-oid", required=True, help="The Organisation policy OID.")
 @click.option("--not-after", required=True, help="End of validity, ISO 8601.")
-def organisation_command(module_path, key_uri, token_label, key_label, key_id, pin_source, out, not_before, as_json, issuer_cert, public_key, role, entity_id, usage, common_name, policy_oid, not_after):
+def organisation_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, role, entity_id, usage, common_name, policy_oid, not_after):
     """An Organisation Certificate, signed by the Issuing OCA key in the HSM."""
-    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    params = OrganisationCertificateParams(RemotePartyRole.parse(role), EUI64.parse(entity_id), KeyUsage.parse(usage), policy_oid,
-                                           Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), common_name)
-    issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-    _issue(organisation_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.organisation") as operation:
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        params = OrganisationCertificateParams(RemotePartyRole.parse(role), EUI64.parse(entity_id), KeyUsage.parse(usage), policy_oid,
+                                               Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), common_name)
+        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
+        _issue(operation, organisation_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
 
 
 @cert_group.command("device")
@@ -178,20 +193,21 @@ def organisation_command(module_path, key_uri, token_label, key_label, key_id, p
 @click.option("--hw-type-oid", required=True, help="HardwareModuleName hwType OID for this device type.")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
 @click.option("--policy-oid", required=True, help="The Device policy OID.")
-def device_command(module_path, key_uri, token_label, key_label, key_id, pin_source, out, not_before, as_json, issuer_cert, public_key, device_id, device_type, hw_type_oid, usage, policy_oid):
+def device_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, device_id, device_type, hw_type_oid, usage, policy_oid):
     """A Device Certificate (empty subject, notAfter 99991231235959Z), signed by the Issuing DCA key."""
-    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    DeviceType.parse(device_type)  # validated here; the hwType OID for it comes from the policy
-    params = DeviceCertificateParams(EUI64.parse(device_id), hw_type_oid, KeyUsage.parse(usage), policy_oid,
-                                     Validity(_not_before(not_before), DEVICE_NOT_AFTER))
-    issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-    _issue(device_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device") as operation:
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        DeviceType.parse(device_type)  # validated here; the hwType OID for it comes from the policy
+        params = DeviceCertificateParams(EUI64.parse(device_id), hw_type_oid, KeyUsage.parse(usage), policy_oid,
+                                         Validity(_not_before(not_before), DEVICE_NOT_AFTER))
+        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
+        _issue(operation, device_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
 
 
-def _issue(builder: x509.CertificateBuilder, key, pin_source: str, issuer: x509.Certificate, out: Path, as_json: bool) -> None:
+def _issue(operation: AuditedOperation, builder: x509.CertificateBuilder, key, pin_source: str, issuer: x509.Certificate, out: Path, as_json: bool) -> None:
     """Sign with the issuer's HSM key, which must be the issuer certificate's key, and write the output."""
     refuse_existing(out)
     signer = open_signer(key, PinSource.parse(pin_source))
     if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
         raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
-    _signed_output(sign_certificate(builder, signer), out, as_json)
+    _signed_output(sign_certificate(builder, signer), out, as_json, operation)

@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from pathlib import Path
+
+from smki.errors import SmkiError
 from smki.hsm.config import KeyRef, default_module_path, parse_key_id, parse_pkcs11_uri
 from smki.hsm.pins import PinSource
 
@@ -69,6 +72,52 @@ def audit_trail(connection, audit_key_uri: str | None, pin_source: str):
     signer = open_signer(key_ref_from_options(default_module_path(), audit_key_uri, None, None, None),
                          PinSource.parse(pin_source)) if audit_key_uri else None
     return AuditTrail(connection, signer)
+
+
+STATE_DATABASE = "smki.db"
+
+
+def state_option(func: Callable) -> Callable:
+    """--state, --actor, and the authority's audit key (--audit-key-uri, --audit-pin-source)."""
+    for option in reversed([
+        click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="The authority's state directory: its database (issued certificates, audit trail) lives here."),
+        click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+                     help="Who is acting, as recorded in the audit trail."),
+        click.option("--audit-key-uri", help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
+        click.option("--audit-pin-source", default="prompt", show_default=True, metavar="SOURCE",
+                     help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt."),
+    ]):
+        func = option(func)
+    return func
+
+
+class AuditedOperation:
+    """Opens the authority's state, and records the operation's refusal or failure if it does not succeed.
+
+    Success is recorded by the operation itself, in the same transaction as the state it changes.
+    """
+
+    def __init__(self, state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: str, operation: str) -> None:
+        from smki.store import open_database
+
+        self.connection = open_database(Path(state_dir) / STATE_DATABASE, create=True)
+        self.audit = audit_trail(self.connection, audit_key_uri, pin_source)
+        self.actor, self.operation, self.subject = actor, operation, {}
+
+    def __enter__(self) -> "AuditedOperation":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        from smki.audit.trail import AuditEntry
+        from smki.store.database import transaction
+
+        if error is not None and not isinstance(error, click.exceptions.Exit):
+            outcome = "refused" if isinstance(error, SmkiError) else "failed"
+            reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
+            with transaction(self.connection):
+                self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
+        checkpoint(self.audit, self.operation)
 
 
 def checkpoint(audit, context: str) -> None:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from smki.cli.common import emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, read_pin
+from smki.audit.trail import AuditEntry
+from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
+                             pin_source_option, read_pin, state_option)
+from smki.store.database import transaction
 from smki.files import write_new_file
 from smki.hsm.keys import find_key_pair, find_public_key, generate_p256_key_pair, list_keys, public_key_of, read_attributes
 from smki.hsm.session import get_token, load_module, open_session
@@ -98,24 +101,31 @@ def _keys_text(data: dict) -> str:
 @module_option()
 @key_options
 @pin_source_option()
+@state_option
 @json_option
-def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_source, as_json) -> None:
-    """Generate a P-256 CA key pair inside the token.
+def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, as_json) -> None:
+    """Generate a P-256 CA key pair inside the token, and audit it in the authority's state.
 
     The private key is a token object, SENSITIVE, not EXTRACTABLE, sign-only, with the
-    given CKA_ID; its attributes are read back and printed.
+    given CKA_ID; its attributes are read back, printed and recorded.
     """
-    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    pin = read_pin(pin_source, f"user PIN for token {key.token_label}")
-    session = open_session(key.module, key.token_label, pin, rw=True)
-    public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
-    attributes = read_attributes(private_object)
-    data = {
-        "key_uri": key.uri,
-        "subject_key_identifier": key_identifier(public_key_of(public_object)).hex().upper(),
-        "attributes": attributes.as_json(),
-        "violations": attributes.violations(),
-    }
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "key.generate") as operation:
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        operation.subject = {"key_uri": key.uri}
+        pin = read_pin(pin_source, f"user PIN for token {key.token_label}")
+        session = open_session(key.module, key.token_label, pin, rw=True)
+        public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
+        attributes = read_attributes(private_object)
+        data = {
+            "key_uri": key.uri,
+            "subject_key_identifier": key_identifier(public_key_of(public_object)).hex().upper(),
+            "attributes": attributes.as_json(),
+            "violations": attributes.violations(),
+        }
+        operation.subject["subject_key_identifier"] = data["subject_key_identifier"]
+        with transaction(operation.connection):
+            operation.audit.append(AuditEntry(actor, "key.generate", "success", operation.subject,
+                                              {"attributes": attributes.as_json(), "violations": data["violations"]}))
     emit(as_json, data, lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
          + ("attributes as required" if not d["violations"] else "ATTRIBUTES WRONG: " + ", ".join(d["violations"])))
 
