@@ -286,3 +286,24 @@ def test_pre_issuance_check_runs_before_the_hsm_signs(new_hsm_key, hierarchy):
     with pytest.raises(BadInputError, match="lint says no"):
         sign_certificate(builder, signer, pre_issuance_check=refuse)
     assert calls and calls[-1][0] == "lint" and "hsm" not in calls
+
+
+def test_pkilint_rfc5280_reports_no_warning_or_error(hierarchy, fixtures_dir):
+    from pkix_lint import rfc5280_findings
+    for name, certificate in hierarchy.items():
+        assert rfc5280_findings(der(certificate)) == [], name
+    for fixture in sorted(fixtures_dir.glob("*.pem")):  # the checker itself accepts the real certificates
+        assert rfc5280_findings(der(load_fixture(fixtures_dir, fixture.name))) == [], fixture.name
+
+
+def test_pkilint_check_can_fail(hierarchy):
+    """A certificate with a non-critical basicConstraints on a CA: pkilint must flag it."""
+    from pkix_lint import rfc5280_findings
+    from cryptography import x509 as cx
+    signer = SoftwareSigner()
+    builder = (cx.CertificateBuilder().serial_number(1).issuer_name(ca_name([("CN", "X")])).subject_name(ca_name([("CN", "X")]))
+               .not_valid_before(START).not_valid_after(years(1)).public_key(signer.public_key)
+               .add_extension(cx.KeyUsage(False, False, False, False, False, True, True, False, False), critical=False)
+               .add_extension(cx.BasicConstraints(ca=True, path_length=None), critical=False))
+    findings = rfc5280_findings(der(sign_certificate(builder, signer)))
+    assert findings, "pkilint found nothing wrong with a CA lacking SKI and with non-critical basicConstraints"
