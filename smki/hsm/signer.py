@@ -118,12 +118,17 @@ class SignerPrivateKey(ec.EllipticCurvePrivateKey):
 
     def __init__(self, signer: Signer) -> None:
         self._signer = signer
+        # The bytes last signed and their (verified) signature, so a caller can confirm that
+        # what the builder released is exactly what the Signer verified.
+        self.last_signed: tuple[bytes, bytes] | None = None
 
     def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         algorithm = getattr(signature_algorithm, "algorithm", None)
         if not isinstance(signature_algorithm, ec.ECDSA) or not isinstance(algorithm, hashes.SHA256):
             raise ValueError("SMKI keys sign with ecdsa-with-SHA256 only")
-        return self._signer.sign(data)
+        signature = self._signer.sign(data)
+        self.last_signed = (data, signature)
+        return signature
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._signer.public_key

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ObjectIdentifier
@@ -221,11 +220,12 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: Signer, *, pre_is
         draft = builder.sign(SoftwareSigner().private_key, hashes.SHA256())
         pre_issuance_check(draft)
         draft_tbs = draft.tbs_certificate_bytes
-    certificate = builder.sign(SignerPrivateKey(signer), hashes.SHA256())
+    signing_key = SignerPrivateKey(signer)
+    certificate = builder.sign(signing_key, hashes.SHA256())
     if draft_tbs is not None and certificate.tbs_certificate_bytes != draft_tbs:
         raise HsmError("the signed certificate differs from the one that was linted; not released")
-    try:
-        signer.public_key.verify(certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise HsmError("the certificate signature does not verify under the CA public key; not released") from None
+    # The Signer verified its signature over the bytes it was given; the certificate must carry
+    # exactly that signature over exactly those bytes (a comparison, not a second ECDSA verify).
+    if signing_key.last_signed != (certificate.tbs_certificate_bytes, certificate.signature):
+        raise HsmError("the certificate does not carry the verified signature over its own TBS; not released")
     return certificate
