@@ -38,48 +38,47 @@ done
 run "$SMKI" hsm list
 run "$SMKI" hsm list --token SMKI-ROOT-OCA --pin-source env:DEMO_PIN
 
-ORG_POLICY=1.2.826.0.1.8641679.1.2.1.4      # ZAZ1 test-environment Organisation policy OID
-DEVICE_POLICY=1.2.826.0.1.1800000.1.2.1.4   # ZAZ1 test-environment Device policy OID
-HW_TYPE=1.2.826.0.1.8641679.1.2.2.1         # hwType of the test PKI's device certificates
-TODAY=$(date -u +%Y-%m-%d)
-year() { echo $(( $(date -u +%Y) + $1 ))-$(date -u +%m-%d)T00:00:00Z; }
-minus1s() { date -u -d "$1 - 1 second" +%Y-%m-%dT%H:%M:%SZ; }
+step "3. Each authority adopts its Certificate Policy: every OID, name and validity comes from it"
+ORG_POLICY="--policy $REPO/policies/organisation.yaml --environment test"
+DEVICE_POLICY="--policy $REPO/policies/device.yaml --environment test"
+run "$SMKI" policy check "$REPO/policies/organisation.yaml" "$REPO/policies/device.yaml"
+run "$SMKI" policy show "$REPO/policies/device.yaml" --environment test
+for authority in root-oca issuing-oca; do run "$SMKI" policy adopt "$REPO/policies/organisation.yaml" --state "state/$authority" --audit-key-uri "$(audit_uri $authority)" --audit-pin-source env:DEMO_PIN; done
+for authority in root-dca issuing-dca; do run "$SMKI" policy adopt "$REPO/policies/device.yaml" --state "state/$authority" --audit-key-uri "$(audit_uri $authority)" --audit-pin-source env:DEMO_PIN; done
+sign_as() {  # the key, state and audit key of one authority
+  echo --token "$(echo "SMKI-$1" | tr a-z A-Z)" --key-label "$1" --key-id 01 --pin-source env:DEMO_PIN \
+       --state "state/$1" --audit-key-uri "$(audit_uri "$1")" --audit-pin-source env:DEMO_PIN
+}
 
-step "3. Root OCA and Root DCA: self-signed, keys never leave their tokens"
-run "$SMKI" cert root --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN --state state/root-oca --audit-key-uri "$(audit_uri root-oca)" --audit-pin-source env:DEMO_PIN \
-  --subject "OU=00,CN=ZA" --policy-oid $ORG_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-oca.pem
-run "$SMKI" cert root --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN --state state/root-dca --audit-key-uri "$(audit_uri root-dca)" --audit-pin-source env:DEMO_PIN \
-  --subject "OU=00,CN=ZD" --policy-oid $DEVICE_POLICY --not-before "$TODAY" --not-after "$(minus1s "$(year 30)")" --out root-dca.pem
+step "4. Root OCA and Root DCA: self-signed, keys never leave their tokens"
+run "$SMKI" cert root $(sign_as root-oca) $ORG_POLICY --out root-oca.pem
+run "$SMKI" cert root $(sign_as root-dca) $DEVICE_POLICY --out root-dca.pem
 
-step "4. The roots certify the Issuing Authorities' keys (exported public keys only)"
+step "5. The roots certify the Issuing Authorities' keys (exported public keys only)"
 run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out issuing-oca.pub.pem
 run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out issuing-dca.pub.pem
-run "$SMKI" cert issuing-ca --token SMKI-ROOT-OCA --key-label root-oca --key-id 01 --pin-source env:DEMO_PIN --state state/root-oca --audit-key-uri "$(audit_uri root-oca)" --audit-pin-source env:DEMO_PIN \
-  --issuer-cert root-oca.pem --public-key issuing-oca.pub.pem --subject "OU=07,CN=Z1" --policy-oid $ORG_POLICY \
-  --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-oca.pem
-run "$SMKI" cert issuing-ca --token SMKI-ROOT-DCA --key-label root-dca --key-id 01 --pin-source env:DEMO_PIN --state state/root-dca --audit-key-uri "$(audit_uri root-dca)" --audit-pin-source env:DEMO_PIN \
-  --issuer-cert root-dca.pem --public-key issuing-dca.pub.pem --subject "CN=E357" --policy-oid $DEVICE_POLICY \
-  --not-before "$TODAY" --not-after "$(minus1s "$(year 25)")" --out issuing-dca.pem
+run "$SMKI" cert issuing-ca $(sign_as root-oca) $ORG_POLICY --issuer-cert root-oca.pem --public-key issuing-oca.pub.pem --out issuing-oca.pem
+run "$SMKI" cert issuing-ca $(sign_as root-dca) $DEVICE_POLICY --issuer-cert root-dca.pem --public-key issuing-dca.pub.pem --out issuing-dca.pem
 
-step "5. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them"
+step "6. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them under the policy"
 run openssl ecparam -name prime256v1 -genkey -noout -out supplier-ds.key
 run openssl ec -in supplier-ds.key -pubout -out supplier-ds.pub.pem
-run "$SMKI" cert organisation --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --pin-source env:DEMO_PIN --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN \
-  --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 \
-  --usage DS --common-name DEMOSUPPLIER --policy-oid $ORG_POLICY --not-before "$TODAY" \
-  --not-after "$(minus1s "$(year 10)")" --out org-supplier-ds.pem
+run "$SMKI" cert organisation $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem \
+  --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 --usage DS --common-name DEMOSUPPLIER --out org-supplier-ds.pem
+echo "(the policy refuses what it forbids: a network operator may not request a supplier's certificate)"
+"$SMKI" cert organisation $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem \
+  --requester networkOperator --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 --usage KA --out refused.pem || true
 run openssl ecparam -name prime256v1 -genkey -noout -out device-ka.key
 run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
-run "$SMKI" cert device --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --pin-source env:DEMO_PIN --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN \
-  --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME \
-  --hw-type-oid $HW_TYPE --usage KA --policy-oid $DEVICE_POLICY --not-before "$TODAY" --out device-ka.pem
+run "$SMKI" cert device $(sign_as issuing-dca) $DEVICE_POLICY --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem \
+  --requester supplier --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME --usage KA --out device-ka.pem
 
-step "6. Independent check: openssl verifies both chains"
+step "7. Independent check: openssl verifies both chains"
 run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-ds.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
 run openssl x509 -in device-ka.pem -noout -text
 
-step "7. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
+step "8. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
 AUDIT_KEY='pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01'
 run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN --trust-root root-oca.pem root-dca.pem
 run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
@@ -88,7 +87,7 @@ echo "(lodging the same certificate twice is refused, and the refusal is audited
 "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN device-ka.pem || true
 run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
 
-step "8. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
+step "9. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
 export DEMO_API_KEY=$(openssl rand -hex 16)
 PORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$SMKI" librarian serve --db repository.db --port "$PORT" --api-key-source env:DEMO_API_KEY &
@@ -105,7 +104,7 @@ print(urllib.request.urlopen(request).read().decode())
 PY
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
-step "9. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
+step "10. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
 run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --db repository.db
 run "$SMKI" audit export --db repository.db --out audit-trail.json

@@ -7,11 +7,13 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM
+from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, EXIT_REFUSED
 
-ORG_POLICY = "1.2.826.0.1.8641679.1.2.1.4"
-DEVICE_POLICY = "1.2.826.0.1.1800000.1.2.1.4"
-HW_TYPE = "1.2.826.0.1.8641679.1.2.2.1"
+from pathlib import Path
+
+POLICIES = Path(__file__).resolve().parents[1] / "policies"
+ORG_POLICY = ["--policy", str(POLICIES / "organisation.yaml"), "--environment", "test"]
+DEVICE_POLICY = ["--policy", str(POLICIES / "device.yaml"), "--environment", "test"]
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 STATE: list[str] = []  # set by the `ca` fixture: ["--state", <the test authority's state directory>]
 
@@ -34,16 +36,17 @@ def ca(tmp_path_factory, hsm_token, new_hsm_key):
     directory = tmp_path_factory.mktemp("cli-ca")
     STATE[:] = ["--state", str(directory / "state")]
     run = lambda *a: subprocess.run([sys.executable, "-m", "smki.cli.main", *a], capture_output=True, text=True, env=os.environ.copy())
+    assert run("policy", "adopt", ORG_POLICY[1], *STATE).returncode == 0
     for label, key_id in (("cli-root", "c1"), ("cli-issuing", "c2")):
         assert run("hsm", "keygen", "--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN, *STATE).returncode == 0
     root, issuing = directory / "root.pem", directory / "issuing.pem"
     result = run("cert", "root", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN, *STATE,
-                 "--subject", "OU=00,CN=ZA", "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2055-12-31T23:59:59Z", "--out", str(root))
+                 *ORG_POLICY, "--not-before", "2026-01-01", "--out", str(root))
     assert result.returncode == 0, result.stderr
     assert run("hsm", "pubkey", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", "--out", str(directory / "issuing.pub")).returncode == 0
     result = run("cert", "issuing-ca", "--token", hsm_token.label, "--key-label", "cli-root", "--key-id", "c1", *PIN, *STATE,
-                 "--issuer-cert", str(root), "--public-key", str(directory / "issuing.pub"), "--subject", "OU=07,CN=Z1",
-                 "--policy-oid", ORG_POLICY, "--not-before", "2026-01-01", "--not-after", "2050-12-31T23:59:59Z", "--out", str(issuing))
+                 "--issuer-cert", str(root), "--public-key", str(directory / "issuing.pub"),
+                 *ORG_POLICY, "--not-before", "2026-01-01", "--out", str(issuing))
     assert result.returncode == 0, result.stderr
     for name, curve, form in (("good", "prime256v1", "uncompressed"), ("compressed", "prime256v1", "compressed"), ("p384", "secp384r1", "uncompressed")):
         assert openssl("ecparam", "-name", curve, "-genkey", "-noout", "-out", str(directory / f"{name}.key")).returncode == 0
@@ -54,8 +57,7 @@ def ca(tmp_path_factory, hsm_token, new_hsm_key):
 def org_args(ca, out, **overrides):
     values = {"--token": None, "--key-label": "cli-issuing", "--key-id": "c2", "--issuer-cert": str(ca / "issuing.pem"),
               "--public-key": str(ca / "good.pub"), "--role": "supplier", "--entity-id": "90-B3-D5-1F-30-01-00-00",
-              "--usage": "DS", "--policy-oid": ORG_POLICY, "--not-before": "2026-02-01", "--not-after": "2036-01-31T23:59:59Z",
-              "--out": str(out)}
+              "--usage": "DS", "--policy": ORG_POLICY[1], "--environment": "test", "--not-before": "2026-02-01", "--out": str(out)}
     values.update(overrides)
     return values
 
@@ -87,7 +89,9 @@ def test_cli_issues_an_organisation_certificate(run_smki, ca, hsm_token, tmp_pat
     ({"--key-label": "no-such-key"}, EXIT_HSM, ["no private key with label 'no-such-key'"]),
     ({"--key-label": "cli-root", "--key-id": "c1"}, EXIT_BAD_INPUT, ["does not match the issuer certificate"]),
     ({"--token": "NO-SUCH-TOKEN"}, EXIT_HSM, ["token 'NO-SUCH-TOKEN' not found"]),
-    ({"--not-after": "2099-01-01"}, EXIT_BAD_INPUT, ["outside the issuer"]),
+    ({"--requester": "networkOperator"}, EXIT_REFUSED, ["policy 4.1 eligibility", "networkOperator may not request certificates for role supplier"]),
+    ({"--environment": "staging"}, EXIT_BAD_INPUT, ["unknown environment 'staging'"]),
+    ({"--policy": str(POLICIES / "device.yaml")}, EXIT_CONFLICT, ["no device policy adopted"]),
 ])
 def test_bad_inputs_give_one_line_and_write_nothing(run_smki, ca, hsm_token, tmp_path, override, code, fragments):
     override = {k: (str(ca / v) if k == "--public-key" else v) for k, v in override.items()}
@@ -99,8 +103,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(run_smki, ca, hsm_token, tmp
 def test_unknown_device_type(run_smki, ca, hsm_token, tmp_path):
     result = run_smki("cert", "device", "--token", hsm_token.label, "--key-label", "cli-issuing", "--key-id", "c2", *PIN, *STATE,
                       "--issuer-cert", str(ca / "issuing.pem"), "--public-key", str(ca / "good.pub"), "--device-id", "00DB1234567890A0",
-                      "--device-type", "TOASTER", "--hw-type-oid", HW_TYPE, "--usage", "KA", "--policy-oid", DEVICE_POLICY, "--out", str(tmp_path / "d.pem"))
-    one_line_error(result, EXIT_BAD_INPUT, "unknown device type 'TOASTER'")
+                      "--device-type", "TOASTER", "--requester", "supplier", "--usage", "KA", *DEVICE_POLICY, "--out", str(tmp_path / "d.pem"))
+    one_line_error(result, EXIT_CONFLICT, "no device policy adopted")  # the state adopted only the organisation policy
     assert not (tmp_path / "d.pem").exists()
 
 
@@ -164,8 +168,11 @@ def test_issuance_and_key_generation_are_recorded_and_audited(run_smki, ca, hsm_
     assert run_smki("cert", "organisation", *as_argv(org_args(ca, tmp_path / "bad.pem", **{"--token": hsm_token.label, "--entity-id": "XYZ"}))).returncode == EXIT_BAD_INPUT
     connection = open_database(ca / "state" / "smki.db")
     operations = [(row["operation"], row["outcome"]) for row in connection.execute("SELECT operation, outcome FROM audit_entries ORDER BY seq")]
-    assert operations[:4] == [("key.generate", "success"), ("key.generate", "success"), ("certificate.issue.root", "success"),
-                              ("certificate.issue.issuing-ca", "success")]
+    assert operations[:5] == [("policy.adopt", "success"), ("key.generate", "success"), ("key.generate", "success"),
+                              ("certificate.issue.root", "success"), ("certificate.issue.issuing-ca", "success")]
+    policies = {row[0] for row in connection.execute("SELECT policy_sha256 FROM certificates")}
+    from smki.policy import load_policy
+    assert policies == {load_policy(POLICIES / "organisation.yaml").sha256}  # every record names the policy that allowed it
     assert ("certificate.issue.organisation", "refused") in operations
     refused = connection.execute("SELECT details FROM audit_entries WHERE outcome = 'refused' ORDER BY seq DESC LIMIT 1").fetchone()[0]
     assert "malformed EUI-64" in refused and os.environ["SMKI_TEST_PIN"] not in refused
@@ -179,6 +186,7 @@ def test_an_operation_with_an_audit_key_ends_with_a_signed_checkpoint(run_smki, 
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     audit_key, audit_signer = new_hsm_key("cli-audit")
     state = tmp_path / "signed-state"
+    assert run_smki("policy", "adopt", ORG_POLICY[1], "--state", str(state)).returncode == 0
     values = org_args(ca, tmp_path / "org.pem", **{"--token": hsm_token.label})
     argv = as_argv(values)
     argv[argv.index("--state") + 1] = str(state)
@@ -186,4 +194,4 @@ def test_an_operation_with_an_audit_key_ends_with_a_signed_checkpoint(run_smki, 
     assert result.returncode == 0, result.stderr
     (tmp_path / "audit.pub").write_bytes(audit_signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     report = json.loads(run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(tmp_path / "audit.pub"), "--json").stdout)
-    assert report["ok"] and report["checkpoints"] == 1 and report["last_signed_seq"] == report["entries"] == 1
+    assert report["ok"] and report["checkpoints"] == 1 and report["last_signed_seq"] == report["entries"] == 2  # adoption + issuance

@@ -1,7 +1,10 @@
-"""`smki cert`: build and sign one certificate of each GBCS profile with an HSM key.
+"""`smki cert`: sign one certificate of each GBCS profile with an HSM key, under the policy.
 
-These are the low-level building blocks: every value is an option. Ceremonies and the
-Issuing Authorities drive the same profiles with values taken from the Certificate Policy.
+Every OID, name, validity and path length comes from the Certificate Policy file the
+authority has adopted (`smki policy adopt`); the request-specific values (role, EUI-64,
+usage, device type, the public key) are options. Each certificate is checked against the
+policy, recorded in the authority's state with the policy's version and digest, audited,
+and only then written out.
 """
 
 from __future__ import annotations
@@ -19,21 +22,19 @@ from smki.audit.trail import AuditEntry
 from smki.authorities.records import record_for
 from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option)
-from smki.store.certificates import insert_certificate
-from smki.store.database import transaction
 from smki.errors import BadInputError
 from smki.files import refuse_existing, write_new_file
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
-from smki.profiles import (
-    DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
-    RootCertificateParams, Validity, ca_name, device_certificate, issuing_ca_certificate, organisation_certificate,
-    root_certificate, sign_certificate,
-)
+from smki.policy import Environment, load_policy
+from smki.policy.adoption import require_adopted
+from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.profiles.serials import serial_hex
 from smki.profiles.validity import utc_midnight
+from smki.store.certificates import insert_certificate, list_certificates
+from smki.store.database import transaction
 
 
 def parse_utc(text: str, option: str) -> datetime:
@@ -43,17 +44,6 @@ def parse_utc(text: str, option: str) -> datetime:
     except ValueError:
         raise BadInputError(f"{option}: {text!r} is not an ISO 8601 date or date-time") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
-
-def parse_ca_subject(text: str) -> x509.Name:
-    """'OU=00,CN=ZA' -> a CA name with PrintableString attributes in that order."""
-    pairs = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise BadInputError(f"--subject: {part!r} is not ATTRIBUTE=value")
-        pairs.append((name.strip().upper(), value.strip()))
-    return ca_name(pairs)
 
 
 def read_certificate(path: Path) -> x509.Certificate:
@@ -83,34 +73,34 @@ def read_public_key(path: Path):
     return check_subject_public_key_info(data, str(path))
 
 
-def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation) -> None:
+def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy) -> None:
     """Record the certificate and its audit entry in one transaction, then release it as a file."""
-    record = record_for(certificate)
+    record = record_for(certificate, policy_identity=(policy.name, policy.version, policy.sha256))
     operation.subject = {"serial": record.serial_hex, "type": record.certificate_type, "entity_id": record.entity_id,
                          "issuer_key_id": record.issuer_key_id, "file": str(out)}
     with transaction(operation.connection):
         insert_certificate(operation.connection, record)
-        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject))
+        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject, policy=policy.identity))
     write_new_file(out, certificate.public_bytes(Encoding.PEM))
-    data = {"file": str(out), "serial": serial_hex(certificate.serial_number), "subject": certificate.subject.rfc4514_string(),
-            "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
-    emit(as_json, data, lambda d: f"wrote {d['file']}  serial {d['serial']}  issuer {d['issuer'] or '(empty)'}")
+    data = {"file": str(out), "serial": record.serial_hex, "subject": certificate.subject.rfc4514_string(),
+            "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat(),
+            "policy": policy.identity}
+    emit(as_json, data, lambda d: f"wrote {d['file']}  serial {d['serial']}  issuer {d['issuer'] or '(empty)'}  policy {d['policy']['version']}")
 
 
 def signing_options(func):
-    for option in reversed([module_option(), pin_source_option(), state_option]):
-        func = option(func)
-    return key_options(func)
-
-
-def common_output(func):
+    """Where the signing key is, the authority's state, the policy and the output."""
     for option in reversed([
+        module_option(), pin_source_option(), state_option,
+        click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="The Certificate Policy file the authority has adopted (policies/organisation.yaml or device.yaml)."),
+        click.option("--environment", required=True, help="test or production: which OIDs of the policy apply."),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PEM file (never overwritten)."),
         click.option("--not-before", help="Start of validity, ISO 8601 (default: today 00:00:00Z)."),
         json_option,
     ]):
         func = option(func)
-    return func
+    return key_options(func)
 
 
 def _not_before(text: str | None) -> datetime:
@@ -123,91 +113,101 @@ def issued_key_options(func):
     return click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The issuing CA's certificate.")(func)
 
 
+class _Issuance:
+    """What every `smki cert` command does around its profile: state, adopted policy, key, output."""
+
+    def __init__(self, options: dict, operation_name: str) -> None:
+        self.options = options
+        self.operation = AuditedOperation(options["state_dir"], options["actor"], options["audit_key_uri"],
+                                          options["audit_pin_source"], operation_name)
+
+    def __enter__(self):
+        self.operation.__enter__()
+        o = self.options
+        self.environment = Environment.parse(o["environment"])
+        self.policy = load_policy(o["policy_file"])
+        require_adopted(self.operation.connection, self.policy)
+        self.key = key_ref_from_options(o["module_path"], o["key_uri"], o["token_label"], o["key_label"], o["key_id"])
+        self.not_before = _not_before(o["not_before"])
+        refuse_existing(o["out"])
+        return self
+
+    def __exit__(self, *exc_info):
+        return self.operation.__exit__(*exc_info)
+
+    def sign(self, builder: x509.CertificateBuilder, issuer: x509.Certificate | None = None) -> None:
+        """Sign with the HSM key, which must be the issuer certificate's key, record, audit, write."""
+        signer = open_signer(self.key, PinSource.parse(self.options["pin_source"]))
+        if issuer is not None and signer.public_key.public_numbers() != issuer.public_key().public_numbers():
+            raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
+        _signed_output(sign_certificate(builder(signer.public_key) if callable(builder) else builder, signer),
+                       self.options["out"], self.options["as_json"],
+                       self.operation, self.policy)
+
+
 @click.group("cert")
 def cert_group() -> None:
-    """Build and sign single certificates of the six GBCS profiles (low-level; values as options)."""
+    """Sign single certificates of the six GBCS profiles under the adopted Certificate Policy."""
 
 
 @cert_group.command("root")
 @signing_options
-@common_output
-@click.option("--subject", required=True, help="CA name, e.g. 'OU=00,CN=ZA' (PrintableString, in this order).")
-@click.option("--policy-oid", "policy_oids", multiple=True, required=True, help="certificatePolicies OID (repeatable).")
-@click.option("--not-after", required=True, help="End of validity, ISO 8601.")
-@click.option("--path-length", type=int, default=1, show_default=True, help="basicConstraints pathLenConstraint.")
-def root_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, subject, policy_oids, not_after, path_length):
-    """A self-signed Root OCA or Root DCA certificate for the key in the HSM."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.root") as operation:
-        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-        params = RootCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
-                                       Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
-        refuse_existing(out)
-        signer = open_signer(key, PinSource.parse(pin_source))
-        _signed_output(sign_certificate(root_certificate(params, signer.public_key), signer), out, as_json, operation)
+def root_command(**options):
+    """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
+    with _Issuance(options, "certificate.issue.root") as issuance:
+        params = issuance.policy.root_certificate_params(issuance.environment, issuance.not_before)
+        issuance.sign(lambda public_key: root_certificate(params, public_key))
 
 
 @cert_group.command("issuing-ca")
 @signing_options
-@common_output
 @issued_key_options
-@click.option("--subject", required=True, help="CA name, e.g. 'OU=07,CN=Z1'.")
-@click.option("--policy-oid", "policy_oids", multiple=True, required=True, help="certificatePolicies OID (repeatable).")
-@click.option("--not-after", required=True, help="End of validity, ISO 8601.")
-@click.option("--path-length", type=int, default=0, show_default=True)
-def issuing_ca_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, subject, policy_oids, not_after, path_length):
+def issuing_ca_command(**options):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.issuing-ca") as operation:
-        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-        params = IssuingCaCertificateParams(parse_ca_subject(subject), tuple(policy_oids),
-                                            Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), path_length)
-        _issue(operation, issuing_ca_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+    with _Issuance(options, "certificate.issue.issuing-ca") as issuance:
+        issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
+        params = issuance.policy.issuing_ca_certificate_params(issuance.environment, issuance.not_before)
+        issuance.sign(issuing_ca_certificate(params, subject_key, issuer), issuer)
 
 
 @cert_group.command("organisation")
 @signing_options
-@common_output
 @issued_key_options
-@click.option("--role", required=True, help="RemotePartyRole: name (supplier) or code (02).")
+@click.option("--requester", help="The requesting party's role (default: the subject's role), checked for eligibility (4.1).")
+@click.option("--role", required=True, help="RemotePartyRole of the subject: name (supplier) or code (02).")
 @click.option("--entity-id", required=True, help="The organisation's EUI-64 (16 hex digits).")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
-@click.option("--common-name", help="Optional friendly name (CN).")
-@click.option("--policy-oid", required=True, help="The Organisation policy OID.")
-@click.option("--not-after", required=True, help="End of validity, ISO 8601.")
-def organisation_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, role, entity_id, usage, common_name, policy_oid, not_after):
+@click.option("--common-name", help="Friendly name (CN), as the policy allows.")
+def organisation_command(**options):
     """An Organisation Certificate, signed by the Issuing OCA key in the HSM."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.organisation") as operation:
-        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-        params = OrganisationCertificateParams(RemotePartyRole.parse(role), EUI64.parse(entity_id), KeyUsage.parse(usage), policy_oid,
-                                               Validity(_not_before(not_before), parse_utc(not_after, "--not-after")), common_name)
-        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-        _issue(operation, organisation_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+    with _Issuance(options, "certificate.issue.organisation") as issuance:
+        role = RemotePartyRole.parse(options["role"])
+        requester = RemotePartyRole.parse(options["requester"]) if options["requester"] else role
+        params = issuance.policy.organisation_certificate_params(
+            issuance.environment, requester=requester, role=role, entity_id=EUI64.parse(options["entity_id"]),
+            key_usage=KeyUsage.parse(options["usage"]), common_name=options["common_name"], not_before=issuance.not_before)
+        issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
+        issuance.sign(organisation_certificate(params, subject_key, issuer), issuer)
 
 
 @cert_group.command("device")
 @signing_options
-@common_output
 @issued_key_options
+@click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
 @click.option("--device-id", required=True, help="The device's EUI-64 (16 hex digits).")
-@click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2.")
-@click.option("--hw-type-oid", required=True, help="HardwareModuleName hwType OID for this device type.")
+@click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2 (hwType from the policy).")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
-@click.option("--policy-oid", required=True, help="The Device policy OID.")
-def device_command(module_path, key_uri, token_label, key_label, key_id, pin_source, state_dir, actor, audit_key_uri, audit_pin_source, out, not_before, as_json, issuer_cert, public_key, device_id, device_type, hw_type_oid, usage, policy_oid):
-    """A Device Certificate (empty subject, notAfter 99991231235959Z), signed by the Issuing DCA key."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device") as operation:
-        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-        DeviceType.parse(device_type)  # validated here; the hwType OID for it comes from the policy
-        params = DeviceCertificateParams(EUI64.parse(device_id), hw_type_oid, KeyUsage.parse(usage), policy_oid,
-                                         Validity(_not_before(not_before), DEVICE_NOT_AFTER))
-        issuer, subject_key = read_certificate(issuer_cert), read_public_key(public_key)
-        _issue(operation, device_certificate(params, subject_key, issuer), key, pin_source, issuer, out, as_json)
+def device_command(**options):
+    """A Device Certificate (empty subject, notAfter 99991231235959Z), signed by the Issuing DCA key.
 
-
-def _issue(operation: AuditedOperation, builder: x509.CertificateBuilder, key, pin_source: str, issuer: x509.Certificate, out: Path, as_json: bool) -> None:
-    """Sign with the issuer's HSM key, which must be the issuer certificate's key, and write the output."""
-    refuse_existing(out)
-    signer = open_signer(key, PinSource.parse(pin_source))
-    if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
-        raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
-    _signed_output(sign_certificate(builder, signer), out, as_json, operation)
+    The per-device cap counts the certificates this authority already issued for the device.
+    """
+    with _Issuance(options, "certificate.issue.device") as issuance:
+        device_id = EUI64.parse(options["device_id"])
+        existing = len(list_certificates(issuance.operation.connection, certificate_type="device", entity_id=device_id.hex))
+        params = issuance.policy.device_certificate_params(
+            issuance.environment, requester=RemotePartyRole.parse(options["requester"]), device_id=device_id,
+            device_type=DeviceType.parse(options["device_type"]), key_usage=KeyUsage.parse(options["usage"]),
+            not_before=issuance.not_before, existing_certificates=existing, single_request=False)
+        issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
+        issuance.sign(device_certificate(params, subject_key, issuer), issuer)

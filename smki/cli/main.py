@@ -15,6 +15,7 @@ from smki.cli.audit import audit_group
 from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
 from smki.cli.librarian import librarian_group
+from smki.cli.policy import policy_group
 from smki.errors import SmkiError
 
 
@@ -36,6 +37,7 @@ cli.add_command(hsm_group)
 cli.add_command(cert_group)
 cli.add_command(librarian_group)
 cli.add_command(audit_group)
+cli.add_command(policy_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX certificates_subject_key ON certificates (subject_key_id);
     """),
     (2, "audit trail", AUDIT_SCHEMA),
+    (3, "adopted policies", """
+        CREATE TABLE adopted_policies (
+            kind TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL,
+            adopted_at TEXT NOT NULL, actor TEXT NOT NULL
+        )
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,119 @@
+"""Loading a policy file: YAML (duplicate keys refused), the published JSON Schema, then the
+cross-field rules. Every error names file, line and field in one line, e.g.
+
+    policies/device.yaml:42: eligibility.per_device_cap: 'many' is not of type 'integer'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from smki.errors import BadInputError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "policies" / "policy.schema.json"
+
+
+class PolicyError(BadInputError):
+    """A policy file that cannot be used; the message is `file:line: field: what is wrong`."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_map(node, path=(), lines=None) -> dict[tuple, int]:
+    """JSON path (tuple of keys/indexes) -> 1-based line of the value (keys: of the key itself)."""
+    lines = {} if lines is None else lines
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = path + (key_node.value,)
+            lines[child] = key_node.start_mark.line + 1
+            _line_map(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, path + (index,), lines)
+    return lines
+
+
+def _field(path) -> str:
+    return ".".join(str(part) for part in path) or "(document)"
+
+
+def _line(lines: dict, path: tuple) -> int:
+    while path not in lines and path:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
+    """(data, line map, file bytes) of a policy file that is valid YAML and valid under the schema."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PolicyError(f"{path}:0: (file): policy file not found") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}:0: (file): {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        node = yaml.compose(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
+        line = mark.line + 1 if mark else 0
+        raise PolicyError(f"{path}:{line}: (yaml): {exc.problem or exc.context}") from None
+    if node is None or not isinstance(data, dict):
+        raise PolicyError(f"{path}:1: (document): a policy is a mapping of RFC 3647 sections")
+    lines = _line_map(node)
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (_line(lines, tuple(e.absolute_path)), list(e.absolute_path)))
+    if errors:
+        raise PolicyError(_describe(path, lines, _deepest(errors[0])))
+    return data, lines, raw
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """The most specific cause (schema branches wrap the real mistake)."""
+    while error.context:
+        error = min(error.context, key=lambda e: (-len(e.absolute_path), e.message))
+    return error
+
+
+def _describe(path: Path, lines: dict, error: jsonschema.ValidationError) -> str:
+    where = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(key for key in error.instance if key not in allowed)
+        if unknown:
+            where = where + (unknown[0],)
+            return f"{path}:{_line(lines, where)}: {_field(where)}: unknown key (allowed: {', '.join(sorted(allowed))})"
+    if "propertyNames" in list(error.absolute_schema_path):  # a key that is not an allowed name
+        where = where + (error.instance,)
+        return f"{path}:{_line(lines, where)}: {_field(where)}: not an allowed name ({error.message})"
+    if error.validator == "pattern" and "[0-2]" in str(error.validator_value):
+        return f"{path}:{_line(lines, where)}: {_field(where)}: {error.instance!r} is not a well-formed OID"
+    return f"{path}:{_line(lines, where)}: {_field(where)}: {error.message}"
+
+
+def sha256_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+

@@ -1,0 +1,236 @@
+"""The Certificate Policy as typed objects, and what the authorities ask of it.
+
+`load_policy(path)` returns a `CertificatePolicy`: identity (name, version, SHA-256 of the
+file), the CA hierarchy, the subscriber profile, eligibility, revocation, key management and
+audit sections. It builds the profile parameters (every OID, name, validity and key usage
+comes from here) and answers the checks an authority makes before issuing or revoking; a
+refusal is a `PolicyRefusal` naming the rule (policy section) that refused.
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from smki.errors import BadInputError, RefusedError
+from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.policy.loading import PolicyError, _field, _line, read_policy_document, sha256_of
+from smki.profiles import (DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
+                           RootCertificateParams, Validity, ca_name)
+from smki.profiles.crl import REASON_CODES
+
+
+class Environment(enum.Enum):
+    TEST = "test"
+    PRODUCTION = "production"
+
+    @classmethod
+    def parse(cls, text: str) -> "Environment":
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            raise BadInputError(f"unknown environment {text!r} (test or production)") from None
+
+
+class PolicyRefusal(RefusedError):
+    """The policy forbids the operation: `rule` names the section, the message says why."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        self.rule = rule
+        super().__init__(f"policy {rule}: {message}")
+
+
+@dataclass(frozen=True)
+class Duration:
+    years: int = 0
+    days: int = 0
+    seconds: int = 0
+
+    def after(self, start: datetime) -> datetime:
+        year = start.year + self.years
+        day = min(start.day, calendar.monthrange(year, start.month)[1])
+        return start.replace(year=year, day=day) + timedelta(days=self.days, seconds=self.seconds)
+
+
+@dataclass(frozen=True)
+class CaProfile:
+    subject: tuple[tuple[str, str], ...]
+    validity: Duration
+    path_length: int
+
+    @property
+    def name(self) -> x509.Name:
+        return ca_name(self.subject)
+
+
+@dataclass(frozen=True)
+class CertificatePolicy:
+    path: Path
+    kind: str  # organisation or device
+    name: str
+    version: str
+    sha256: str
+    document: dict  # the validated sections, as read (for show/diff and the rules below)
+
+    @property
+    def identity(self) -> dict:
+        """What every issued record and audit entry names: name, version, SHA-256 of the file."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    # -- 1.2 identification ------------------------------------------------------------
+    def policy_oid(self, environment: Environment) -> str:
+        return self.document["identification"]["policy_oids"][environment.value]
+
+    def hw_type_oid(self, environment: Environment, device_type: DeviceType) -> str:
+        oids = self.document["identification"]["hw_type_oids"][environment.value]
+        if device_type.name not in oids:
+            raise PolicyRefusal("7.1 device types", f"device type {device_type.name} has no hwType OID in {environment.value}")
+        return oids[device_type.name]
+
+    # -- 1.3.1 / 3.1 the CA hierarchy ---------------------------------------------------
+    def ca(self, level: str) -> CaProfile:
+        section = self.document["ca_hierarchy"][level]
+        return CaProfile(tuple(tuple(pair) for pair in section["subject"]), Duration(**section["validity"]), section["path_length"])
+
+    def root_certificate_params(self, environment: Environment, not_before: datetime, contingency_extension=None) -> RootCertificateParams:
+        root = self.ca("root")
+        return RootCertificateParams(root.name, (self.policy_oid(environment),), Validity(not_before, root.validity.after(not_before)),
+                                     root.path_length, contingency_extension)
+
+    def issuing_ca_certificate_params(self, environment: Environment, not_before: datetime) -> IssuingCaCertificateParams:
+        issuing = self.ca("issuing")
+        return IssuingCaCertificateParams(issuing.name, (self.policy_oid(environment),),
+                                          Validity(not_before, issuing.validity.after(not_before)), issuing.path_length)
+
+    # -- 7.1 subscriber profiles and 4.1 eligibility --------------------------------------
+    def organisation_certificate_params(self, environment: Environment, *, requester: RemotePartyRole, role: RemotePartyRole,
+                                        entity_id: EUI64, key_usage: KeyUsage, common_name: str | None,
+                                        not_before: datetime) -> OrganisationCertificateParams:
+        self._require_kind("organisation")
+        self.check_organisation_issuance(requester, role, key_usage, common_name)
+        validity = Duration(**self.document["subscriber_certificates"]["validity"])
+        return OrganisationCertificateParams(role, entity_id, key_usage, self.policy_oid(environment),
+                                             Validity(not_before, validity.after(not_before)), common_name)
+
+    def check_organisation_issuance(self, requester: RemotePartyRole, role: RemotePartyRole, key_usage: KeyUsage,
+                                    common_name: str | None) -> None:
+        self._require_kind("organisation")
+        profile = self.document["subscriber_certificates"]
+        allowed = profile["roles"].get(role.camel_name)
+        if allowed is None:
+            raise PolicyRefusal("7.1 roles", f"role {role.camel_name} may not hold Organisation Certificates")
+        if key_usage.value not in allowed:
+            raise PolicyRefusal("7.1 roles", f"role {role.camel_name} may not hold a {key_usage.value} certificate")
+        if profile["common_name"] == "required" and not common_name:
+            raise PolicyRefusal("7.1 common_name", "a common name (CN) is required")
+        if profile["common_name"] == "forbidden" and common_name:
+            raise PolicyRefusal("7.1 common_name", "a common name (CN) is not allowed")
+        may_request = self.document["eligibility"]["requesters"].get(requester.camel_name, [])
+        if role.camel_name not in may_request:
+            raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request certificates for role {role.camel_name}")
+
+    def device_certificate_params(self, environment: Environment, *, requester: RemotePartyRole, device_id: EUI64,
+                                  device_type: DeviceType, key_usage: KeyUsage, not_before: datetime,
+                                  existing_certificates: int, single_request: bool) -> DeviceCertificateParams:
+        self.check_device_issuance(requester, device_type, key_usage, existing_certificates, single_request)
+        return DeviceCertificateParams(device_id, self.hw_type_oid(environment, device_type), key_usage,
+                                       self.policy_oid(environment), Validity(not_before, DEVICE_NOT_AFTER))
+
+    def check_device_issuance(self, requester: RemotePartyRole, device_type: DeviceType, key_usage: KeyUsage,
+                              existing_certificates: int, single_request: bool) -> None:
+        self._require_kind("device")
+        allowed = self.document["subscriber_certificates"]["device_types"].get(device_type.name)
+        if allowed is None:
+            raise PolicyRefusal("7.1 device types", f"device type {device_type.name} may not hold Device Certificates")
+        if key_usage.value not in allowed:
+            raise PolicyRefusal("7.1 device types", f"a {device_type.name} may not hold a {key_usage.value} certificate")
+        eligibility = self.document["eligibility"]
+        if requester.camel_name not in eligibility["requesters"]:
+            raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request Device Certificates")
+        if existing_certificates >= eligibility["per_device_cap"]:
+            raise PolicyRefusal("4.2 per_device_cap", f"the device already has {existing_certificates} certificates (cap {eligibility['per_device_cap']})")
+        if single_request and eligibility["single_request_requires_existing"] and existing_certificates == 0:
+            raise PolicyRefusal("4.2 single_request_requires_existing", "a single device request replaces a certificate: the device has none")
+
+    def check_batch_size(self, entries: int) -> None:
+        self._require_kind("device")
+        limit = self.document["eligibility"]["batch_limit"]
+        if entries > limit:
+            raise PolicyRefusal("4.2 batch_limit", f"{entries} requests, more than the batch limit of {limit}")
+
+    # -- 4.9 revocation -------------------------------------------------------------------
+    def check_revocation(self, certificate_type: str, reason: str) -> str:
+        """The revocation method (crl, arl, status) for this certificate type and reason, or a refusal."""
+        revocation = self.document["revocation"]
+        if certificate_type in ("issuing-ca", "root"):
+            method = "arl"
+        elif certificate_type == self.kind:
+            method = revocation["method"]
+        else:
+            raise PolicyRefusal("4.9 revocation", f"this {self.kind} policy does not govern {certificate_type} certificates")
+        if reason not in revocation["reasons"] and not (method == "arl" and reason in REASON_CODES):
+            raise PolicyRefusal("4.9 reasons", f"reason {reason!r} is not allowed (allowed: {', '.join(revocation['reasons'])})")
+        return method
+
+    def next_update(self, list_type: str, this_update: datetime) -> datetime:
+        section = self.document["revocation"].get(list_type)
+        if section is None:
+            raise PolicyRefusal("4.9 revocation", f"this {self.kind} policy issues no {list_type.upper()}")
+        return this_update + timedelta(hours=section["next_update_hours"])
+
+    # -- 6.1 / 6.2 key management --------------------------------------------------------
+    def custody(self, level: str) -> tuple[int, int]:
+        section = self.document["key_management"]["custody"][level]
+        return section["threshold"], section["custodians"]
+
+    def required_key_attributes(self) -> dict[str, bool]:
+        return dict(self.document["key_management"]["key_attributes"])
+
+    def audit_events(self) -> list[str]:
+        return list(self.document["audit"]["events"])
+
+    def _require_kind(self, kind: str) -> None:
+        if self.kind != kind:
+            raise PolicyRefusal("1.2 identification", f"{self.path} is the {self.kind} policy, not the {kind} policy")
+
+
+def _cross_field_rules(path: Path, document: dict, lines: dict) -> None:
+    """Rules a schema cannot state: thresholds within custodians, a leaf inside its issuer."""
+    def fail(where: tuple, message: str) -> None:
+        raise PolicyError(f"{path}:{_line(lines, where)}: {_field(where)}: {message}")
+
+    for level in ("root", "issuing"):
+        custody = document["key_management"]["custody"][level]
+        if custody["threshold"] > custody["custodians"]:
+            fail(("key_management", "custody", level, "threshold"), f"threshold {custody['threshold']} is larger than the {custody['custodians']} custodians")
+    start = datetime(2026, 1, 1)  # validity nesting is checked on a reference start; durations are start-independent
+    root = Duration(**document["ca_hierarchy"]["root"]["validity"]).after(start)
+    issuing = Duration(**document["ca_hierarchy"]["issuing"]["validity"]).after(start)
+    if issuing > root:
+        fail(("ca_hierarchy", "issuing", "validity"), "the Issuing CA's validity is longer than its root's")
+    if document["ca_hierarchy"]["issuing"]["path_length"] >= document["ca_hierarchy"]["root"]["path_length"]:
+        fail(("ca_hierarchy", "issuing", "path_length"), "must be smaller than the root's path_length")
+    subscriber = document["subscriber_certificates"]
+    if "validity" in subscriber and Duration(**subscriber["validity"]).after(start) > issuing:
+        fail(("subscriber_certificates", "validity"), "a leaf's validity is longer than its issuer's")
+    if document["identification"]["policy_oids"]["test"] == document["identification"]["policy_oids"]["production"]:
+        fail(("identification", "policy_oids", "production"), "the production OID must differ from the test OID")
+    for pair_path, pair in (((("ca_hierarchy", level, "subject")), document["ca_hierarchy"][level]["subject"]) for level in ("root", "issuing")):
+        try:
+            ca_name([tuple(item) for item in pair])
+        except BadInputError as exc:
+            fail(pair_path, str(exc))
+
+
+def load_policy(path: Path) -> CertificatePolicy:
+    """Read, validate (schema and cross-field rules) and type a policy file."""
+    path = Path(path)
+    document, lines, raw = read_policy_document(path)
+    _cross_field_rules(path, document, lines)
+    identification = document["identification"]
+    return CertificatePolicy(path, identification["kind"], identification["name"], identification["version"], sha256_of(raw), document)
