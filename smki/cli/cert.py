@@ -30,6 +30,7 @@ from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import require_adopted
 from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
+from smki.profiles.lint import pre_issuance_check
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.profiles.serials import serial_hex
 from smki.profiles.validity import utc_midnight
@@ -135,14 +136,17 @@ class _Issuance:
     def __exit__(self, *exc_info):
         return self.operation.__exit__(*exc_info)
 
-    def sign(self, builder: x509.CertificateBuilder, issuer: x509.Certificate | None = None) -> None:
-        """Sign with the HSM key, which must be the issuer certificate's key, record, audit, write."""
+    def sign(self, certificate_type: str, build, issuer: x509.Certificate | None = None) -> None:
+        """Lint the draft, sign with the HSM key (which must be the issuer certificate's key), record, audit, write.
+
+        `build(signing_public_key)` returns the certificate builder (a root certifies the signing key itself).
+        """
         signer = open_signer(self.key, PinSource.parse(self.options["pin_source"]))
         if issuer is not None and signer.public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
-        _signed_output(sign_certificate(builder(signer.public_key) if callable(builder) else builder, signer),
-                       self.options["out"], self.options["as_json"],
-                       self.operation, self.policy)
+        lint = pre_issuance_check(certificate_type, (self.policy.policy_oid(self.environment),), issuer=issuer)
+        certificate = sign_certificate(build(signer.public_key), signer, pre_issuance_check=lint)
+        _signed_output(certificate, self.options["out"], self.options["as_json"], self.operation, self.policy)
 
 
 @click.group("cert")
@@ -156,7 +160,7 @@ def root_command(**options):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
     with _Issuance(options, "certificate.issue.root") as issuance:
         params = issuance.policy.root_certificate_params(issuance.environment, issuance.not_before)
-        issuance.sign(lambda public_key: root_certificate(params, public_key))
+        issuance.sign("root", lambda public_key: root_certificate(params, public_key))
 
 
 @cert_group.command("issuing-ca")
@@ -167,7 +171,7 @@ def issuing_ca_command(**options):
     with _Issuance(options, "certificate.issue.issuing-ca") as issuance:
         issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
         params = issuance.policy.issuing_ca_certificate_params(issuance.environment, issuance.not_before)
-        issuance.sign(issuing_ca_certificate(params, subject_key, issuer), issuer)
+        issuance.sign("issuing-ca", lambda _: issuing_ca_certificate(params, subject_key, issuer), issuer)
 
 
 @cert_group.command("organisation")
@@ -187,7 +191,7 @@ def organisation_command(**options):
             issuance.environment, requester=requester, role=role, entity_id=EUI64.parse(options["entity_id"]),
             key_usage=KeyUsage.parse(options["usage"]), common_name=options["common_name"], not_before=issuance.not_before)
         issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
-        issuance.sign(organisation_certificate(params, subject_key, issuer), issuer)
+        issuance.sign("organisation", lambda _: organisation_certificate(params, subject_key, issuer), issuer)
 
 
 @cert_group.command("device")
@@ -210,4 +214,4 @@ def device_command(**options):
             device_type=DeviceType.parse(options["device_type"]), key_usage=KeyUsage.parse(options["usage"]),
             not_before=issuance.not_before, existing_certificates=existing, single_request=False)
         issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
-        issuance.sign(device_certificate(params, subject_key, issuer), issuer)
+        issuance.sign("device", lambda _: device_certificate(params, subject_key, issuer), issuer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from asn1crypto import core
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
@@ -50,3 +51,31 @@ def organisation_subject(role: RemotePartyRole, entity_id: EUI64, common_name: s
 
 
 EMPTY_NAME = x509.Name([])
+
+
+class RawAttributeTypeAndValue(core.Sequence):
+    """X.501 AttributeTypeAndValue with the value kept raw, so its exact ASN.1 type can be checked."""
+
+    _fields = [("type", core.ObjectIdentifier), ("value", core.Any)]
+
+
+class RawRelativeDistinguishedName(core.SetOf):
+    _child_spec = RawAttributeTypeAndValue
+
+
+class RawRdnSequence(core.SequenceOf):
+    """A Name read without interpreting attribute values (a wrong string type is seen, not refused)."""
+
+    _child_spec = RawRelativeDistinguishedName
+
+
+def raw_attributes(name_der: bytes) -> list[list[tuple[str, int, bytes]]]:
+    """Per RDN: (type OID, identifier octet, contents) of each attribute, in encoded order."""
+    rdns = []
+    for rdn in RawRdnSequence.load(name_der):
+        attributes = []
+        for attribute in rdn:
+            raw = attribute["value"].dump()
+            attributes.append((attribute["type"].dotted, raw[0], core.Asn1Value.load(raw).contents))
+        rdns.append(attributes)
+    return rdns

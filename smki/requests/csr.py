@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from asn1crypto import core
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from smki.errors import BadInputError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles.extensions import ID_ON_HARDWARE_MODULE_NAME, parse_hardware_module_name
+from smki.profiles.names import raw_attributes
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.requests.encodings import decode_request
 from smki.requests.outcomes import Outcome, RequestRejected
@@ -30,20 +30,6 @@ from smki.requests.outcomes import Outcome, RequestRejected
 ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 COMMON_NAME, ORGANIZATIONAL_UNIT, UNIQUE_IDENTIFIER = "2.5.4.3", "2.5.4.11", "2.5.4.45"
 KEY_USAGE, SUBJECT_ALT_NAME = "2.5.29.15", "2.5.29.17"
-
-
-class _AttributeTypeAndValue(core.Sequence):
-    """X.501 AttributeTypeAndValue with the value kept raw, so its exact ASN.1 type can be checked."""
-
-    _fields = [("type", core.ObjectIdentifier), ("value", core.Any)]
-
-
-class _RelativeDistinguishedName(core.SetOf):
-    _child_spec = _AttributeTypeAndValue
-
-
-class _RdnSequence(core.SequenceOf):
-    _child_spec = _RelativeDistinguishedName
 
 
 @dataclass(frozen=True)
@@ -123,13 +109,13 @@ def _one_key_usage(extensions: x509.Extensions, where: str) -> KeyUsage:
 def parse_organisation_request(data: bytes, where: str = "") -> OrganisationRequest:
     checked = _check_common(data, where, {KEY_USAGE})
     attributes = {}
-    for rdn in _RdnSequence.load(checked.subject_der):
+    for rdn in raw_attributes(checked.subject_der):
         if len(rdn) != 1:
             raise RequestRejected(Outcome.WRONG_SUBJECT, "a subject RDN holds more than one attribute", where)
-        oid = rdn[0]["type"].dotted
+        oid, identifier, contents = rdn[0]
         if oid not in (COMMON_NAME, ORGANIZATIONAL_UNIT, UNIQUE_IDENTIFIER) or oid in attributes:
             raise RequestRejected(Outcome.WRONG_SUBJECT, f"subject attribute {oid} is not allowed (only CN, OU and uniqueIdentifier, once each)", where)
-        attributes[oid] = rdn[0]["value"]
+        attributes[oid] = (identifier, contents)
     if ORGANIZATIONAL_UNIT not in attributes or UNIQUE_IDENTIFIER not in attributes:
         raise RequestRejected(Outcome.WRONG_SUBJECT, "subject must hold OU (role) and uniqueIdentifier (EUI-64)", where)
     try:
@@ -141,22 +127,16 @@ def parse_organisation_request(data: bytes, where: str = "") -> OrganisationRequ
                                checked.key_usage, checked.public_key, checked.request_sha256)
 
 
-def _identifier_and_contents(value: core.Any) -> tuple[int, bytes]:
-    """The identifier octet and the contents of a raw attribute value."""
-    loaded = core.Asn1Value.load(value.dump())
-    return value.dump()[0], loaded.contents
-
-
-def _directory_string(value: core.Any) -> str:
-    identifier, contents = _identifier_and_contents(value)
+def _directory_string(value: tuple[int, bytes]) -> str:
+    identifier, contents = value
     if identifier not in (0x0C, 0x13):  # UTF8String, PrintableString
         raise BadInputError(f"attribute is ASN.1 tag {identifier:#04x}, not UTF8String or PrintableString")
     return contents.decode("utf-8")
 
 
-def _unique_identifier(value: core.Any, where: str) -> EUI64:
+def _unique_identifier(value: tuple[int, bytes], where: str) -> EUI64:
     """uniqueIdentifier: BIT STRING, 0 unused bits, the 8-octet EUI-64 (DER 03 09 00 <8 octets>)."""
-    identifier, contents = _identifier_and_contents(value)
+    identifier, contents = value
     if identifier != 0x03:
         raise RequestRejected(Outcome.MALFORMED_IDENTIFIER, f"uniqueIdentifier is ASN.1 tag {identifier:#04x}, not a BIT STRING", where)
     if len(contents) != 9 or contents[0] != 0:

@@ -1,0 +1,108 @@
+"""`smki lint`: is this a correct SMKI certificate, and if not, why."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+
+import click
+
+from smki.cli.common import emit, json_option
+from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
+from smki.policy import Environment, load_policy
+from smki.profiles.lint import CERTIFICATE_RULES, Severity, lint_certificate
+from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _artefacts(path: Path) -> list[tuple[str, bytes]]:
+    """(label, DER) of each certificate in a PEM (one or more blocks) or DER file."""
+    data = path.read_bytes()
+    if data[:1] == b"\x30":
+        return [(str(path), data)]
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        raise BadInputError("neither DER nor PEM")
+    artefacts = []
+    for index, (label, body) in enumerate(blocks):
+        if label != b"CERTIFICATE":
+            raise BadInputError(f"PEM block {index + 1} is {label.decode()}; this version lints certificates")
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+        except binascii.Error:
+            raise BadInputError(f"PEM block {index + 1} has invalid Base64") from None
+        artefacts.append((f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), der))
+    return artefacts
+
+
+def _files(paths: tuple[Path, ...]):
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) -> tuple[str, ...]:
+    """The policy OIDs a certificate must carry: given, or both shipped policies' OIDs for the environment."""
+    if not environment:
+        return tuple(policy_oids)
+    env = Environment.parse(environment)
+    return tuple(policy_oids) + tuple(load_policy(POLICIES / name).policy_oid(env) for name in ("organisation.yaml", "device.yaml"))
+
+
+@click.command("lint")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--type", "certificate_type", type=click.Choice(CERTIFICATE_TYPES), help="Lint as this type (default: detected).")
+@click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
+@click.option("--policy-oid", "policy_oids", multiple=True, help="Require one of these policy OIDs (repeatable).")
+@click.option("--rules", "list_rules", is_flag=True, help="List the rules and exit.")
+@json_option
+def lint_command(paths, certificate_type, environment, policy_oids, list_rules, as_json) -> None:
+    """Lint SMKI certificates (PEM or DER, files or directories) against shared/docs/smki-profiles.md.
+
+    Exit 0: no error findings; 1: some certificate has an error finding; 3: some file could
+    not be read or parsed (the others are still checked).
+    """
+    if list_rules:
+        emit(as_json, [{"rule": r.rule_id, "severity": r.severity.name.lower(), "checks": r.description} for r in CERTIFICATE_RULES],
+             lambda rows: "\n".join(f"{r['rule']:<42} {r['severity']:<8} {r['checks']}" for r in rows))
+        return
+    expected = expected_policy_oids(environment, policy_oids)
+    results, unreadable, refused = [], False, False
+    for path in _files(paths):
+        try:
+            artefacts = _artefacts(path)
+        except (BadInputError, OSError) as exc:
+            results.append({"file": str(path), "error": str(exc) if isinstance(exc, BadInputError) else exc.strerror})
+            unreadable = True
+            continue
+        for label, der in artefacts:
+            try:
+                kind, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected)
+            except BadInputError as exc:
+                results.append({"file": label, "error": str(exc)})
+                unreadable = True
+                continue
+            refused |= any(f.severity is Severity.ERROR for f in findings)
+            results.append({"file": label, "type": kind, "findings": [f.as_json() for f in findings]})
+    emit(as_json, results, _text)
+    if unreadable or refused:
+        raise SystemExit(EXIT_BAD_INPUT if unreadable else EXIT_REFUSED)
+
+
+def _text(results: list[dict]) -> str:
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['file']}: cannot lint: {result['error']}")
+        elif not result["findings"]:
+            lines.append(f"{result['file']}: {result['type']}: clean")
+        else:
+            lines.append(f"{result['file']}: {result['type']}:")
+            lines += [f"  {f['severity']:<8} {f['rule']}: {f['message']}" for f in result["findings"]]
+    return "\n".join(lines)
