@@ -106,3 +106,72 @@ def _text(results: list[dict]) -> str:
             lines.append(f"{result['file']}: {result['type']}:")
             lines += [f"  {f['severity']:<8} {f['rule']}: {f['message']}" for f in result["findings"]]
     return "\n".join(lines)
+
+
+def _load_certificates(paths) -> list:
+    from cryptography import x509 as cx
+    certificates = []
+    for path in paths:
+        try:
+            artefacts = _artefacts(Path(path))
+        except BadInputError as exc:
+            raise BadInputError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise BadInputError(f"{path}: {exc.strerror}") from None
+        for label, der in artefacts:
+            try:
+                certificates.append(cx.load_der_x509_certificate(der))
+            except ValueError:
+                raise BadInputError(f"{label}: not a DER X.509 certificate") from None
+    return certificates
+
+
+def _load_crls(paths) -> list:
+    from cryptography import x509 as cx
+    crls = []
+    for path in paths:
+        data = Path(path).read_bytes()
+        try:
+            crls.append(cx.load_pem_x509_crl(data) if b"-----BEGIN" in data else cx.load_der_x509_crl(data))
+        except ValueError:
+            raise BadInputError(f"{path}: not a PEM or DER CRL") from None
+    return crls
+
+
+@click.command("verify")
+@click.argument("leaf", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--anchor", "anchors", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A trust anchor certificate (a root, or an Issuing CA you trust directly). Repeatable.")
+@click.option("--intermediate", "intermediates", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="Repeatable.")
+@click.option("--crl", "crl_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path), help="A CRL or ARL to check revocation against. Repeatable.")
+@click.option("--at", "at_text", help="Validate at this time: ISO 8601 or unix seconds (default: now).")
+@click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
+@click.option("--policy-oid", "policy_oids", multiple=True, help="Require one of these policy OIDs. Repeatable.")
+@json_option
+def verify_command(leaf, anchors, intermediates, crl_files, at_text, environment, policy_oids, as_json) -> None:
+    """Validate LEAF's path to a trust anchor by AKI -> SKI: signatures, names, constraints, policy, time, revocation.
+
+    Exit 0 valid, 1 invalid (with the reason), 3 unreadable input.
+    """
+    from datetime import datetime, timezone
+
+    from smki.profiles.pathvalidation import validate_path
+
+    if at_text is None:
+        at = datetime.now(timezone.utc)
+    elif at_text.isdigit():
+        at = datetime.fromtimestamp(int(at_text), timezone.utc)
+    else:
+        try:
+            at = datetime.fromisoformat(at_text.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInputError(f"--at: {at_text!r} is neither ISO 8601 nor unix seconds") from None
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    [certificate] = _load_certificates([leaf])[:1] or [None]
+    result = validate_path(certificate, _load_certificates(anchors), _load_certificates(intermediates), at=at,
+                           expected_policy_oids=expected_policy_oids(environment, policy_oids), crls=_load_crls(crl_files))
+    data = {"valid": result.valid, "reason": result.reason, "at": at.isoformat(), "revocation_checked": result.revocation_checked,
+            "chain": [c.subject.rfc4514_string() or "(empty subject)" for c in result.chain]}
+    emit(as_json, data, lambda d: (f"{leaf}: OK ({' <- '.join(reversed(d['chain']))})" if d["valid"] else f"{leaf}: INVALID: {d['reason']}"))
+    if not result.valid:
+        raise SystemExit(EXIT_REFUSED)

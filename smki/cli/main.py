@@ -15,7 +15,7 @@ from smki.cli.audit import audit_group
 from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
 from smki.cli.librarian import librarian_group
-from smki.cli.lint import lint_command
+from smki.cli.lint import lint_command, verify_command
 from smki.cli.policy import policy_group
 from smki.errors import SmkiError
 
@@ -40,6 +40,7 @@ cli.add_command(librarian_group)
 cli.add_command(audit_group)
 cli.add_command(policy_group)
 cli.add_command(lint_command)
+cli.add_command(verify_command)
 
 
 def main(argv: list[str] | None = None) -> None:
