@@ -289,7 +289,7 @@ def test_pre_issuance_check_runs_before_the_hsm_signs(new_hsm_key, hierarchy):
 
 
 def test_pkilint_rfc5280_reports_no_warning_or_error(hierarchy, fixtures_dir):
-    from pkix_lint import rfc5280_findings
+    from smki.profiles.lint.pkix import rfc5280_findings
     for name, certificate in hierarchy.items():
         assert rfc5280_findings(der(certificate)) == [], name
     for fixture in sorted(fixtures_dir.glob("*.pem")):  # the checker itself accepts the real certificates
@@ -298,7 +298,7 @@ def test_pkilint_rfc5280_reports_no_warning_or_error(hierarchy, fixtures_dir):
 
 def test_pkilint_check_can_fail(hierarchy):
     """A certificate with a non-critical basicConstraints on a CA: pkilint must flag it."""
-    from pkix_lint import rfc5280_findings
+    from smki.profiles.lint.pkix import rfc5280_findings
     from cryptography import x509 as cx
     signer = SoftwareSigner()
     builder = (cx.CertificateBuilder().serial_number(1).issuer_name(ca_name([("CN", "X")])).subject_name(ca_name([("CN", "X")]))

@@ -12,31 +12,83 @@ import click
 from smki.cli.common import emit, json_option
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
 from smki.policy import Environment, load_policy
-from smki.profiles.lint import CERTIFICATE_RULES, Severity, lint_certificate
+from smki.profiles.lint import CERTIFICATE_RULES, lint_certificate
+from smki.profiles.lint.crl_rules import CRL_RULES, lint_crl
 from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-def _artefacts(path: Path) -> list[tuple[str, bytes]]:
-    """(label, DER) of each certificate in a PEM (one or more blocks) or DER file."""
+_KINDS = {b"CERTIFICATE": "certificate", b"X509 CRL": "crl", b"CERTIFICATE REQUEST": "csr", b"NEW CERTIFICATE REQUEST": "csr"}
+
+
+def _der_kind(der: bytes) -> str:
+    """certificate, crl or csr, from the DER's shape (a CRL's TBS has no [0] version tag; a CSR's has INTEGER 0 and a Name)."""
+    from asn1crypto import core
+    try:
+        outer = core.Sequence.load(der)
+        tbs = core.Sequence.load(outer[0].dump())
+        first = tbs[0].dump()
+    except (ValueError, TypeError, IndexError):
+        return "certificate"  # let the certificate parser report what is wrong
+    if first[:1] == b"\xa0":
+        return "certificate"
+    if first == b"\x02\x01\x00" and len(outer) == 3 and tbs[2].dump()[:1] == b"\x30" and len(tbs) == 4:
+        return "csr"
+    return "crl"
+
+
+def _artefacts(path: Path) -> list[tuple[str, str, bytes]]:
+    """(label, kind, DER) of each certificate, CRL or CSR in a PEM (one or more blocks) or DER file."""
     data = path.read_bytes()
     if data[:1] == b"\x30":
-        return [(str(path), data)]
+        return [(str(path), _der_kind(data), data)]
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise BadInputError("neither DER nor PEM")
     artefacts = []
     for index, (label, body) in enumerate(blocks):
-        if label != b"CERTIFICATE":
-            raise BadInputError(f"PEM block {index + 1} is {label.decode()}; this version lints certificates")
+        if label not in _KINDS:
+            raise BadInputError(f"PEM block {index + 1} is {label.decode()}, not a certificate, CRL or CSR")
         try:
             der = base64.b64decode(b"".join(body.split()), validate=True)
         except binascii.Error:
             raise BadInputError(f"PEM block {index + 1} has invalid Base64") from None
-        artefacts.append((f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), der))
+        artefacts.append((f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), _KINDS[label], der))
     return artefacts
+
+
+def _lint_one(kind: str, der: bytes, certificate_type, expected, rfc5280: bool):
+    """(type, findings as JSON) of one artefact; BadInputError when it cannot be parsed."""
+    if kind == "crl":
+        lint_type, findings = lint_crl(der)
+        return lint_type, [f.as_json() for f in findings]
+    if kind == "csr":
+        return _lint_csr(der)
+    lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected)
+    rows = [f.as_json() for f in findings]
+    if rfc5280:
+        from smki.profiles.lint.pkix import rfc5280_findings
+        rows += [{"rule": "pkilint." + text.split(" ")[0], "severity": "error" if "(ERROR)" in text or "(FATAL)" in text else "warning",
+                  "message": text} for text in rfc5280_findings(der)]
+    return lint_type, rows
+
+
+def _lint_csr(der: bytes):
+    """A CSR is checked by the intake rules an Issuing Authority applies; a refusal is one finding with its outcome code."""
+    from smki.requests import RequestRejected, parse_device_request, parse_organisation_request
+    from smki.requests.outcomes import Outcome
+
+    device = b"\x06\x08\x2b\x06\x01\x05\x05\x07\x08\x04" in der  # id-on-hardwareModuleName requested
+    try:
+        (parse_device_request if device else parse_organisation_request)(der)
+        return ("device-csr" if device else "organisation-csr"), []
+    except RequestRejected as exc:
+        if exc.outcome in (Outcome.NOT_DECODABLE, Outcome.NOT_PKCS10):
+            raise BadInputError(exc.reason) from None
+        return ("device-csr" if device else "organisation-csr"), [{"rule": f"smki.csr.{exc.outcome.name.lower()}", "severity": "error",
+                                                                     "message": f"{exc.outcome.code} {exc.reason}"}]
 
 
 def _files(paths: tuple[Path, ...]):
@@ -61,15 +113,16 @@ def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) 
 @click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
 @click.option("--policy-oid", "policy_oids", multiple=True, help="Require one of these policy OIDs (repeatable).")
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules and exit.")
+@click.option("--rfc5280", is_flag=True, help="Also run pkilint's RFC 5280 certificate validators (pip install smki[rfc5280]).")
 @json_option
-def lint_command(paths, certificate_type, environment, policy_oids, list_rules, as_json) -> None:
-    """Lint SMKI certificates (PEM or DER, files or directories) against shared/docs/smki-profiles.md.
+def lint_command(paths, certificate_type, environment, policy_oids, list_rules, rfc5280, as_json) -> None:
+    """Lint SMKI certificates, CRLs, ARLs and CSRs (PEM or DER, files or directories) against shared/docs/smki-profiles.md.
 
     Exit 0: no error findings; 1: some certificate has an error finding; 3: some file could
     not be read or parsed (the others are still checked).
     """
     if list_rules:
-        emit(as_json, [{"rule": r.rule_id, "severity": r.severity.name.lower(), "checks": r.description} for r in CERTIFICATE_RULES],
+        emit(as_json, [{"rule": r.rule_id, "severity": r.severity.name.lower(), "checks": r.description} for r in CERTIFICATE_RULES + CRL_RULES],
              lambda rows: "\n".join(f"{r['rule']:<42} {r['severity']:<8} {r['checks']}" for r in rows))
         return
     expected = expected_policy_oids(environment, policy_oids)
@@ -81,15 +134,15 @@ def lint_command(paths, certificate_type, environment, policy_oids, list_rules, 
             results.append({"file": str(path), "error": str(exc) if isinstance(exc, BadInputError) else exc.strerror})
             unreadable = True
             continue
-        for label, der in artefacts:
+        for label, kind, der in artefacts:
             try:
-                kind, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected)
+                lint_type, findings = _lint_one(kind, der, certificate_type, expected, rfc5280)
             except BadInputError as exc:
                 results.append({"file": label, "error": str(exc)})
                 unreadable = True
                 continue
-            refused |= any(f.severity is Severity.ERROR for f in findings)
-            results.append({"file": label, "type": kind, "findings": [f.as_json() for f in findings]})
+            refused |= any(f["severity"] == "error" for f in findings)
+            results.append({"file": label, "type": lint_type, "findings": findings})
     emit(as_json, results, _text)
     if unreadable or refused:
         raise SystemExit(EXIT_BAD_INPUT if unreadable else EXIT_REFUSED)
@@ -118,7 +171,7 @@ def _load_certificates(paths) -> list:
             raise BadInputError(f"{path}: {exc}") from None
         except OSError as exc:
             raise BadInputError(f"{path}: {exc.strerror}") from None
-        for label, der in artefacts:
+        for label, _, der in artefacts:
             try:
                 certificates.append(cx.load_der_x509_certificate(der))
             except ValueError:

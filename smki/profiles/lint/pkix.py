@@ -1,4 +1,6 @@
-"""pkilint's RFC 5280 certificate validators, as an independent check in the tests.
+"""pkilint's RFC 5280 certificate validators (`smki lint --rfc5280`, and the tests' independent check).
+
+pkilint is an optional dependency (`pip install smki[rfc5280]`); it is imported only here.
 
 pkilint maps attribute 2.5.4.45 to DirectoryString, but X.520 uniqueIdentifier is a
 BIT STRING (UniqueIdentifier), as every SMKI Organisation Certificate encodes it; with
@@ -29,6 +31,7 @@ _VALIDATOR = certificate.create_pkix_certificate_validator_container(
 
 
 def rfc5280_findings(der: bytes, at_least=ValidationFindingSeverity.WARNING) -> list[str]:
+    """Severity ordering: FATAL 0 < ERROR 1 < WARNING 2 < NOTICE 3 < INFO."""
     """'<code> (<severity>) at <path>' for every finding of `at_least` severity or worse."""
     document = loader.RFC5280CertificateDocumentLoader().load_der_document(der, "certificate")
     findings = []

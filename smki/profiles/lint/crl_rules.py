@@ -1,0 +1,83 @@
+"""CRL and ARL rules (RFC 5280 / 5759 as smki-profiles.md sets them out)."""
+
+from __future__ import annotations
+
+from asn1crypto import crl as asn1_crl
+
+from smki.profiles.crl import REASON_CODES
+from smki.profiles.lint.findings import Finding, Rule, Severity
+
+ERROR = Severity.ERROR
+_REASON_NAMES = {"unspecified", "key_compromise", "ca_compromise", "affiliation_changed", "superseded",
+                 "cessation_of_operation", "certificate_hold", "privilege_withdrawn", "aa_compromise"}
+assert len(_REASON_NAMES) == len(REASON_CODES)  # the two spellings of one list
+
+
+class CrlView:
+    def __init__(self, der: bytes, issuer_subject_der: bytes | None = None) -> None:
+        self.crl = asn1_crl.CertificateList.load(der, strict=True)
+        self.tbs = self.crl["tbs_cert_list"]
+        self.tbs.native  # parse now: malformed structures fail here
+        self.issuer_subject_der = issuer_subject_der
+        self.extensions = {e["extn_id"].dotted: e for e in self.tbs["crl_extensions"]}
+        self.is_arl = any(a["type"].dotted == "2.5.4.11" and a["value"].native == "00" for rdn in self.tbs["issuer"].chosen for a in rdn)
+
+
+def _version(v: CrlView):
+    return None if v.tbs["version"].native == "v2" else "a CRL must be v2"
+
+
+def _signature(v: CrlView):
+    expected = bytes.fromhex("300a06082a8648ce3d040302")
+    if v.tbs["signature"].dump() != expected or v.crl["signature_algorithm"].dump() != expected:
+        return "signature algorithm must be ecdsa-with-SHA256 with parameters absent"
+
+
+def _aki(v: CrlView):
+    extension = v.extensions.get("2.5.29.35")
+    if extension is None:
+        return "authorityKeyIdentifier is missing"
+    value = extension["extn_value"].parsed.native
+    if value["authority_cert_issuer"] is not None or value["authority_cert_serial_number"] is not None or len(value["key_identifier"] or b"") != 8:
+        return "authorityKeyIdentifier must be an 8-octet keyIdentifier only"
+
+
+def _crl_number(v: CrlView):
+    return None if "2.5.29.20" in v.extensions else "cRLNumber is missing"
+
+
+def _next_update(v: CrlView):
+    return None if v.tbs["next_update"].native is not None else "nextUpdate is missing"
+
+
+def _reasons(v: CrlView):
+    for entry in v.tbs["revoked_certificates"]:
+        for extension in entry["crl_entry_extensions"]:
+            if extension["extn_id"].native == "crl_reason" and extension["extn_value"].parsed.native not in _REASON_NAMES:
+                return f"entry {entry['user_certificate'].native:X} has reasonCode {extension['extn_value'].parsed.native}"
+
+
+def _issuer(v: CrlView):
+    if v.issuer_subject_der is not None and v.tbs["issuer"].dump() != v.issuer_subject_der:
+        return "issuer is not byte-identical to the CA's subject"
+
+
+CRL_RULES = [
+    Rule("smki.crl.version_v2", ERROR, "v2", _version),
+    Rule("smki.crl.signature_algorithm", ERROR, "ecdsa-with-SHA256, parameters absent", _signature),
+    Rule("smki.crl.authority_key_identifier", ERROR, "AKI: 8-octet keyIdentifier only", _aki),
+    Rule("smki.crl.crl_number", ERROR, "cRLNumber present", _crl_number),
+    Rule("smki.crl.next_update", ERROR, "nextUpdate present", _next_update),
+    Rule("smki.crl.reason_codes", ERROR, "reasonCode values of RFC 5280", _reasons),
+    Rule("smki.crl.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer),
+]
+
+
+def lint_crl(der: bytes, issuer_subject_der: bytes | None = None) -> tuple[str, list[Finding]]:
+    from smki.errors import BadInputError
+
+    try:
+        view = CrlView(der, issuer_subject_der)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadInputError(f"not a DER CRL ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return ("arl" if view.is_arl else "crl"), [finding for rule in CRL_RULES if (finding := rule.run(view))]
