@@ -73,10 +73,15 @@ run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
 run "$SMKI" cert device $(sign_as issuing-dca) $DEVICE_POLICY --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem \
   --requester supplier --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME --usage KA --out device-ka.pem
 
-step "7. Independent check: openssl verifies both chains"
+step "7. Independent check: openssl verifies both chains; smki lints and verifies them too"
 run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-ds.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
 run openssl x509 -in device-ka.pem -noout -text
+echo "smki's own conformance check: every rule of smki-profiles.md, plus pkilint's RFC 5280 validators,"
+echo "and path validation by key identifier to the roots"
+run "$SMKI" lint --environment test --rfc5280 root-oca.pem root-dca.pem issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
+run "$SMKI" verify org-supplier-ds.pem --anchor root-oca.pem --intermediate issuing-oca.pem --environment test
+run "$SMKI" verify device-ka.pem --anchor root-dca.pem --intermediate issuing-dca.pem --environment test
 
 step "8. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
 AUDIT_KEY='pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01'

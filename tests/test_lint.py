@@ -172,6 +172,7 @@ def test_lint_cli(tmp_path, run_smki, fixtures_dir):
     (tmp_path / "truncated.der").write_bytes(good.read_bytes()[:0] + der(x509.load_pem_x509_certificate(good.read_bytes()))[:200])
     (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n")
     (tmp_path / "notes.txt").write_text("not a certificate")
+    (tmp_path / "gone.pem").symlink_to(tmp_path / "deleted-meanwhile.pem")  # unreadable (as root, chmod would not stop a read)
     result = run_smki("lint", str(tmp_path), "--environment", "test", "--json")
     assert result.returncode == 3  # some files unreadable; the others still checked
     by_file = {Path(r["file"]).name: r for r in json.loads(result.stdout)}
@@ -179,6 +180,7 @@ def test_lint_cli(tmp_path, run_smki, fixtures_dir):
     assert [f["rule"] for f in by_file["bad.der"]["findings"]] == ["smki.device.subject_empty"]
     assert "not a DER X.509 certificate" in by_file["truncated.der"]["error"]
     assert "invalid Base64" in by_file["garbage.pem"]["error"] and "neither DER nor PEM" in by_file["notes.txt"]["error"]
+    assert by_file["gone.pem"]["error"] == "No such file or directory"
     result = run_smki("lint", str(tmp_path / "bad.der"))
     assert result.returncode == 1 and "smki.device.subject_empty" in result.stdout
     assert run_smki("lint", str(fixtures_dir / "issuing-oca-Z1.pem"), "--environment", "test").returncode == 0

@@ -94,7 +94,8 @@ def _lint_csr(der: bytes):
 def _files(paths: tuple[Path, ...]):
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
+            # Dangling links are included: they are files someone meant to be linted, and get an error.
+            yield from sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
         else:
             yield path
 
@@ -108,7 +109,7 @@ def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) 
 
 
 @click.command("lint")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--type", "certificate_type", type=click.Choice(CERTIFICATE_TYPES), help="Lint as this type (default: detected).")
 @click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
 @click.option("--policy-oid", "policy_oids", multiple=True, help="Require one of these policy OIDs (repeatable).")
@@ -125,6 +126,8 @@ def lint_command(paths, certificate_type, environment, policy_oids, list_rules, 
         emit(as_json, [{"rule": r.rule_id, "severity": r.severity.name.lower(), "checks": r.description} for r in CERTIFICATE_RULES + CRL_RULES],
              lambda rows: "\n".join(f"{r['rule']:<42} {r['severity']:<8} {r['checks']}" for r in rows))
         return
+    if not paths:
+        raise click.UsageError("give the files or directories to lint (or --rules)")
     expected = expected_policy_oids(environment, policy_oids)
     results, unreadable, refused = [], False, False
     for path in _files(paths):
