@@ -307,3 +307,10 @@ def test_pkilint_check_can_fail(hierarchy):
                .add_extension(cx.BasicConstraints(ca=True, path_length=None), critical=False))
     findings = rfc5280_findings(der(sign_certificate(builder, signer)))
     assert findings, "pkilint found nothing wrong with a CA lacking SKI and with non-critical basicConstraints"
+
+
+def test_smki_lint_finds_nothing_in_any_profile(hierarchy):
+    from smki.profiles.lint import lint_certificate
+    for name, certificate in hierarchy.items():
+        kind, findings = lint_certificate(der(certificate), expected_policy_oids=(ORG_POLICY, DEVICE_POLICY))
+        assert findings == [] and kind == {"organisation": "organisation", "device": "device"}.get(name, name.split("-")[0].replace("issuing", "issuing-ca")), (name, findings)
