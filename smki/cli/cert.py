@@ -74,9 +74,10 @@ def read_public_key(path: Path):
     return check_subject_public_key_info(data, str(path))
 
 
-def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy) -> None:
+def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy,
+                   request_sha256: str | None = None) -> None:
     """Record the certificate and its audit entry in one transaction, then release it as a file."""
-    record = record_for(certificate, policy_identity=(policy.name, policy.version, policy.sha256))
+    record = record_for(certificate, policy_identity=(policy.name, policy.version, policy.sha256), request_sha256=request_sha256)
     operation.subject = {"serial": record.serial_hex, "type": record.certificate_type, "entity_id": record.entity_id,
                          "issuer_key_id": record.issuer_key_id, "file": str(out)}
     with transaction(operation.connection):
@@ -114,7 +115,7 @@ def issued_key_options(func):
     return click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The issuing CA's certificate.")(func)
 
 
-class _Issuance:
+class Issuance:
     """What every `smki cert` command does around its profile: state, adopted policy, key, output."""
 
     def __init__(self, options: dict, operation_name: str) -> None:
@@ -136,7 +137,7 @@ class _Issuance:
     def __exit__(self, *exc_info):
         return self.operation.__exit__(*exc_info)
 
-    def sign(self, certificate_type: str, build, issuer: x509.Certificate | None = None) -> None:
+    def sign(self, certificate_type: str, build, issuer: x509.Certificate | None = None, request_sha256: str | None = None) -> None:
         """Lint the draft, sign with the HSM key (which must be the issuer certificate's key), record, audit, write.
 
         `build(signing_public_key)` returns the certificate builder (a root certifies the signing key itself).
@@ -146,7 +147,7 @@ class _Issuance:
             raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
         lint = pre_issuance_check(certificate_type, (self.policy.policy_oid(self.environment),), issuer=issuer)
         certificate = sign_certificate(build(signer.public_key), signer, pre_issuance_check=lint)
-        _signed_output(certificate, self.options["out"], self.options["as_json"], self.operation, self.policy)
+        _signed_output(certificate, self.options["out"], self.options["as_json"], self.operation, self.policy, request_sha256)
 
 
 @click.group("cert")
@@ -158,7 +159,7 @@ def cert_group() -> None:
 @signing_options
 def root_command(**options):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
-    with _Issuance(options, "certificate.issue.root") as issuance:
+    with Issuance(options, "certificate.issue.root") as issuance:
         params = issuance.policy.root_certificate_params(issuance.environment, issuance.not_before)
         issuance.sign("root", lambda public_key: root_certificate(params, public_key))
 
@@ -168,7 +169,7 @@ def root_command(**options):
 @issued_key_options
 def issuing_ca_command(**options):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
-    with _Issuance(options, "certificate.issue.issuing-ca") as issuance:
+    with Issuance(options, "certificate.issue.issuing-ca") as issuance:
         issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
         params = issuance.policy.issuing_ca_certificate_params(issuance.environment, issuance.not_before)
         issuance.sign("issuing-ca", lambda _: issuing_ca_certificate(params, subject_key, issuer), issuer)
@@ -184,7 +185,7 @@ def issuing_ca_command(**options):
 @click.option("--common-name", help="Friendly name (CN), as the policy allows.")
 def organisation_command(**options):
     """An Organisation Certificate, signed by the Issuing OCA key in the HSM."""
-    with _Issuance(options, "certificate.issue.organisation") as issuance:
+    with Issuance(options, "certificate.issue.organisation") as issuance:
         role = RemotePartyRole.parse(options["role"])
         requester = RemotePartyRole.parse(options["requester"]) if options["requester"] else role
         params = issuance.policy.organisation_certificate_params(
@@ -206,7 +207,7 @@ def device_command(**options):
 
     The per-device cap counts the certificates this authority already issued for the device.
     """
-    with _Issuance(options, "certificate.issue.device") as issuance:
+    with Issuance(options, "certificate.issue.device") as issuance:
         device_id = EUI64.parse(options["device_id"])
         existing = len(list_certificates(issuance.operation.connection, certificate_type="device", entity_id=device_id.hex))
         params = issuance.policy.device_certificate_params(

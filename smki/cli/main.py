@@ -12,6 +12,7 @@ import click
 
 from smki import __version__
 from smki.cli.audit import audit_group
+from smki.cli.ca import ca_group
 from smki.cli.cert import cert_group
 from smki.cli.hsm import hsm_group
 from smki.cli.librarian import librarian_group
@@ -41,6 +42,7 @@ cli.add_command(audit_group)
 cli.add_command(policy_group)
 cli.add_command(lint_command)
 cli.add_command(verify_command)
+cli.add_command(ca_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,6 +48,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             adopted_at TEXT NOT NULL, actor TEXT NOT NULL
         )
     """),
+    (4, "revocations and CRL numbers", """
+        CREATE TABLE revocations (
+            issuer_key_id TEXT NOT NULL, serial_hex TEXT NOT NULL, revoked_at TEXT NOT NULL, reason TEXT NOT NULL,
+            PRIMARY KEY (issuer_key_id, serial_hex),
+            FOREIGN KEY (issuer_key_id, serial_hex) REFERENCES certificates (issuer_key_id, serial_hex)
+        );
+        CREATE TABLE crl_numbers (issuer_key_id TEXT PRIMARY KEY, last_number INTEGER NOT NULL, issued_at TEXT NOT NULL)
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -1,0 +1,184 @@
+"""`smki ca`: the Issuing Authorities' daily work: certificates from PKCS#10 requests,
+revocation, the Organisation CRL (and a root's ARL), and the records."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smki.audit.trail import AuditEntry
+from smki.cli.cert import Issuance, read_certificate, signing_options
+from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
+from smki.errors import BadInputError
+from smki.files import refuse_existing, write_new_file
+from smki.hsm.pins import PinSource
+from smki.hsm.signer import open_signer
+from smki.identifiers import DeviceType, RemotePartyRole
+from smki.policy import PolicyRefusal, load_policy
+from smki.policy.adoption import require_adopted
+from smki.profiles import device_certificate, organisation_certificate
+from smki.profiles.crl import RevokedEntry, build_crl
+from smki.profiles.describe import describe
+from smki.requests import parse_device_request, parse_organisation_request
+from smki.store import find_certificate, list_certificates, open_database
+from smki.store.database import transaction
+from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+
+
+@click.group("ca")
+def ca_group() -> None:
+    """Issuing Authority operations: issue from CSRs, revoke, issue the CRL, show and list records."""
+
+
+def _read_request(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
+
+
+@ca_group.command("issue-org")
+@signing_options
+@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing OCA's certificate.")
+@click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
+@click.argument("csr", type=click.Path(dir_okay=False, path_type=Path))
+def issue_org_command(csr, **options):
+    """One Organisation Certificate from one PKCS#10 request (any SMKI encoding), under the adopted policy.
+
+    The request's signature (proof of possession) and fields are checked; its role, EUI-64,
+    optional CN and key usage become the certificate's.
+    """
+    with Issuance(options, "certificate.issue.organisation") as issuance:
+        request = parse_organisation_request(_read_request(csr), str(csr))
+        issuance.operation.subject = {"request": str(csr), "entity_id": request.entity_id.hex, "role": request.role.ou}
+        params = issuance.policy.organisation_certificate_params(
+            issuance.environment, requester=RemotePartyRole.parse(options["requester"]), role=request.role, entity_id=request.entity_id,
+            key_usage=request.key_usage, common_name=request.common_name, not_before=issuance.not_before)
+        issuer = read_certificate(options["issuer_cert"])
+        issuance.sign("organisation", lambda _: organisation_certificate(params, request.public_key, issuer), issuer, request.request_sha256)
+
+
+@ca_group.command("issue-device")
+@signing_options
+@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing DCA's certificate.")
+@click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
+@click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2 (never inferred from the EUI-64).")
+@click.argument("csr", type=click.Path(dir_okay=False, path_type=Path))
+def issue_device_command(csr, **options):
+    """One Device Certificate from one PKCS#10 request: an ad hoc request replaces, so the device must
+    already hold a certificate from this authority (policy 4.2), and stays under the per-device cap."""
+    with Issuance(options, "certificate.issue.device") as issuance:
+        request = parse_device_request(_read_request(csr), str(csr))
+        issuance.operation.subject = {"request": str(csr), "device_id": request.device_id.hex}
+        device_type = DeviceType.parse(options["device_type"])
+        expected_hw_type = issuance.policy.hw_type_oid(issuance.environment, device_type)
+        if request.hw_type_oid != expected_hw_type:
+            raise PolicyRefusal("7.1 device types", f"the request's hwType {request.hw_type_oid} is not the {device_type.name} hwType {expected_hw_type}")
+        existing = len(list_certificates(issuance.operation.connection, certificate_type="device", entity_id=request.device_id.hex))
+        params = issuance.policy.device_certificate_params(
+            issuance.environment, requester=RemotePartyRole.parse(options["requester"]), device_id=request.device_id,
+            device_type=device_type, key_usage=request.key_usage, not_before=issuance.not_before,
+            existing_certificates=existing, single_request=True)
+        issuer = read_certificate(options["issuer_cert"])
+        issuance.sign("device", lambda _: device_certificate(params, request.public_key, issuer), issuer, request.request_sha256)
+
+
+def _policy_options(func):
+    func = click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                        help="The adopted Certificate Policy file.")(func)
+    return state_option(func)
+
+
+@ca_group.command("revoke")
+@_policy_options
+@click.argument("serial")
+@click.option("--reason", required=True, help="RFC 5280 reason, as the policy allows (e.g. keyCompromise).")
+@json_option
+def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
+    """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.revoke") as operation:
+        operation.subject = {"serial": serial.upper(), "reason": reason}
+        policy = load_policy(policy_file)
+        require_adopted(operation.connection, policy)
+        records = find_certificate(operation.connection, serial)
+        if not records:
+            raise BadInputError(f"no certificate with serial {serial} in this authority's records")
+        record = records[0]
+        method = policy.check_revocation(record.certificate_type, reason)
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        with transaction(operation.connection):
+            record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
+            operation.audit.append(AuditEntry(actor, "certificate.revoke", "success",
+                                              {**operation.subject, "type": record.certificate_type, "method": method}, policy=policy.identity))
+        emit(as_json, {"serial": record.serial_hex, "reason": reason, "method": method, "revoked_at": now.isoformat()},
+             lambda d: f"revoked {d['serial']} ({d['reason']}): {'on the next ' + d['method'].upper() if d['method'] in ('crl', 'arl') else 'repository status R'}")
+
+
+@ca_group.command("crl")
+@module_option()
+@key_options
+@pin_source_option()
+@_policy_options
+@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="This authority's certificate (Issuing OCA, or a root for its ARL).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PEM file (never overwritten).")
+@json_option
+def crl_command(module_path, key_uri, token_label, key_label, key_id, pin_source, policy_file, state_dir, actor, audit_key_uri,
+                audit_pin_source, issuer_cert, out, as_json):
+    """Issue the CRL (an Issuing OCA) or ARL (a root): every revocation recorded, a persisted strictly
+    increasing cRLNumber, nextUpdate from the policy, signed in the HSM."""
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "crl.issue") as operation:
+        refuse_existing(out)
+        policy = load_policy(policy_file)
+        require_adopted(operation.connection, policy)
+        issuer = read_certificate(issuer_cert)
+        facts = describe(issuer)
+        list_type = "arl" if facts.certificate_type == "root" else "crl"
+        operation.operation = f"{list_type}.issue"
+        issuer_key_id = facts.subject_key_id.hex().upper()
+        signer = open_signer(key_ref_from_options(module_path, key_uri, token_label, key_label, key_id), PinSource.parse(pin_source))
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
+        with transaction(operation.connection):
+            number = next_crl_number(operation.connection, issuer_key_id, now)
+            crl = build_crl(issuer, signer, crl_number=number, this_update_utc=now, next_update_utc=policy.next_update(list_type, now), entries=entries)
+            operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries), "file": str(out)}
+            operation.audit.append(AuditEntry(actor, operation.operation, "success", operation.subject, policy=policy.identity))
+        write_new_file(out, crl.public_bytes(Encoding.PEM))
+        emit(as_json, {**operation.subject, "type": list_type, "next_update": crl.next_update_utc.isoformat()},
+             lambda d: f"wrote {d['file']}: {d['type'].upper()} number {d['crl_number']}, {d['entries']} entries, next update {d['next_update']}")
+
+
+read_state_option = click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                                 help="The authority's state directory.")
+
+
+@ca_group.command("show")
+@read_state_option
+@click.argument("serial")
+@json_option
+def show_command(serial, state_dir, as_json):
+    """One issued certificate's record: status, request digest, policy that allowed it."""
+    records = find_certificate(open_database(Path(state_dir) / "smki.db"), serial)
+    if not records:
+        raise BadInputError(f"no certificate with serial {serial} in this authority's records")
+    emit(as_json, [r.summary() for r in records], lambda rows: "\n".join("\n".join(f"{k}: {v}" for k, v in r.items()) for r in rows))
+
+
+@ca_group.command("list")
+@read_state_option
+@click.option("--type", "certificate_type", type=click.Choice(["root", "issuing-ca", "organisation", "device"]))
+@click.option("--status", type=click.Choice(["P", "I", "N", "E", "R"]))
+@click.option("--entity-id", help="EUI-64 (hex).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@json_option
+def list_command(state_dir, certificate_type, status, entity_id, limit, as_json):
+    """Issued certificates, oldest first, filtered."""
+    from smki.identifiers import EUI64
+    records = list_certificates(open_database(Path(state_dir) / "smki.db"), certificate_type=certificate_type, status=status,
+                                entity_id=EUI64.parse(entity_id).hex if entity_id else None, limit=limit)
+    emit(as_json, [r.summary() for r in records], lambda rows: "\n".join(
+        f"{r['serial_hex']}  {r['certificate_type']:<12} {r['entity_id'] or '-':<16} {r['key_usage'] or '-'} status {r['status']}  policy {r['policy_version']}"
+        for r in rows) or "no certificates")
