@@ -73,6 +73,34 @@ run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
 run "$SMKI" cert device $(sign_as issuing-dca) $DEVICE_POLICY --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem \
   --requester supplier --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME --usage KA --out device-ka.pem
 
+step "6b. The daily work: certificates from PKCS#10 requests, a revocation, the Organisation CRL"
+echo "(a supplier's tool makes a key-agreement CSR: OU=02, uniqueIdentifier = its EUI-64 as a BIT STRING, keyUsage requested)"
+"$REPO/.venv/bin/python" - <<'PY'
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "02", _ASN1Type.UTF8String),
+                     x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, bytes.fromhex("0090B3D51F30010000"), _ASN1Type.BitString)])
+usage = x509.KeyUsage(False, False, False, False, True, False, False, False, False)
+csr = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(usage, critical=True).sign(key, hashes.SHA256())
+open("supplier-ka.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
+PY
+run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester supplier --out org-supplier-ka.pem supplier-ka.csr
+SERIAL=$(openssl x509 -in org-supplier-ka.pem -noout -serial | cut -d= -f2)
+run "$SMKI" ca revoke --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
+  --audit-pin-source env:DEMO_PIN "$SERIAL" --reason keyCompromise
+run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-1.pem
+run openssl crl -in organisation-crl-1.pem -noout -text
+run "$SMKI" lint organisation-crl-1.pem
+echo "(the revoked certificate now fails path validation; openssl agrees)"
+"$SMKI" verify org-supplier-ka.pem --anchor root-oca.pem --intermediate issuing-oca.pem --crl organisation-crl-1.pem || true
+cat root-oca.pem issuing-oca.pem > oca-chain.pem
+openssl verify -crl_check -CAfile oca-chain.pem -CRLfile organisation-crl-1.pem org-supplier-ka.pem || true
+run "$SMKI" ca list --state state/issuing-oca
+
 step "7. Independent check: openssl verifies both chains; smki lints and verifies them too"
 run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-ds.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
