@@ -1,13 +1,12 @@
 """The audit trail: tampering of every kind is detected at the right entry; state and entry commit together."""
 
 import json
-import sqlite3
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit import AuditEntry, AuditTrail, verify_trail
-from smki.audit.verify import export_trail, rows_from_database
+from smki.audit.verify import rows_from_database
 from smki.errors import BadInputError
 from smki.hsm.signer import SoftwareSigner
 from smki.store import open_database, transaction

@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import openssl
 from smki.errors import BadInputError
-from smki.hsm.signer import SoftwareSigner
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles import (IssuingCaCertificateParams, OrganisationCertificateParams, RootCertificateParams, Validity,
                            ca_name, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate)

@@ -3,7 +3,7 @@ certificate gives exactly its expected finding."""
 
 import json
 from pathlib import Path
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from asn1crypto import core, keys as asn1_keys, x509 as asn1_x509

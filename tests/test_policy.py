@@ -1,13 +1,11 @@
 """The Certificate Policies: schema and cross-field rules with file:line errors, every rule enforced, change control."""
 
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import ConflictError
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole

@@ -1,7 +1,6 @@
 """PKCS#10 intake: every accepted encoding, proof of possession, and each field rule with its outcome code."""
 
 import base64
-import subprocess
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa

@@ -32,7 +32,6 @@ from smki.policy.adoption import require_adopted
 from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
 from smki.profiles.lint import pre_issuance_check
 from smki.profiles.public_keys import check_subject_public_key_info
-from smki.profiles.serials import serial_hex
 from smki.profiles.validity import utc_midnight
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
