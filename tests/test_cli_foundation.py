@@ -174,6 +174,8 @@ def test_issuance_and_key_generation_are_recorded_and_audited(run_smki, ca, hsm_
     from smki.policy import load_policy
     assert policies == {load_policy(POLICIES / "organisation.yaml").sha256}  # every record names the policy that allowed it
     assert ("certificate.issue.organisation", "refused") in operations
+    unadopted = [row["details"] for row in connection.execute("SELECT details FROM audit_entries WHERE outcome = 'refused'")]
+    assert any("no device policy adopted" in details for details in unadopted)  # refused before any key was touched
     refused = connection.execute("SELECT details FROM audit_entries WHERE outcome = 'refused' ORDER BY seq DESC LIMIT 1").fetchone()[0]
     assert "malformed EUI-64" in refused and os.environ["SMKI_TEST_PIN"] not in refused
     types = {row[0] for row in connection.execute("SELECT certificate_type FROM certificates")}

@@ -124,13 +124,17 @@ class Issuance:
 
     def __enter__(self):
         self.operation.__enter__()
-        o = self.options
-        self.environment = Environment.parse(o["environment"])
-        self.policy = load_policy(o["policy_file"])
-        require_adopted(self.operation.connection, self.policy)
-        self.key = key_ref_from_options(o["module_path"], o["key_uri"], o["token_label"], o["key_label"], o["key_id"])
-        self.not_before = _not_before(o["not_before"])
-        refuse_existing(o["out"])
+        try:
+            o = self.options
+            self.environment = Environment.parse(o["environment"])
+            self.policy = load_policy(o["policy_file"])
+            require_adopted(self.operation.connection, self.policy)
+            self.key = key_ref_from_options(o["module_path"], o["key_uri"], o["token_label"], o["key_label"], o["key_id"])
+            self.not_before = _not_before(o["not_before"])
+            refuse_existing(o["out"])
+        except BaseException as error:  # `with` does not call __exit__ when __enter__ raises: audit the refusal here
+            self.operation.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def __exit__(self, *exc_info):
