@@ -56,6 +56,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         CREATE TABLE crl_numbers (issuer_key_id TEXT PRIMARY KEY, last_number INTEGER NOT NULL, issued_at TEXT NOT NULL)
     """),
+    (5, "device batches and serial search", """
+        CREATE TABLE batches (
+            batch_id       TEXT PRIMARY KEY,     -- SHA-256 over the batch's entry names and contents
+            source         TEXT NOT NULL,
+            entry_count    INTEGER NOT NULL,
+            issuer_key_id  TEXT NOT NULL,
+            policy_version TEXT NOT NULL,
+            started_at     TEXT NOT NULL,
+            finished_at    TEXT                  -- NULL while the batch is unfinished (resumable)
+        );
+        CREATE TABLE batch_entries (
+            batch_id       TEXT NOT NULL REFERENCES batches (batch_id),
+            name           TEXT NOT NULL,        -- the request's file name in the batch
+            status         TEXT NOT NULL,        -- success, error, anomaly, ineligible
+            code           TEXT NOT NULL,        -- CR:/FM:/IN:/CA: outcome code
+            detail         TEXT,
+            device_id      TEXT,
+            serial_hex     TEXT,                 -- the issued certificate, on success
+            request_sha256 TEXT,
+            PRIMARY KEY (batch_id, name)
+        );
+        CREATE INDEX certificates_serial ON certificates (serial_hex);
+        CREATE INDEX certificates_request ON certificates (request_sha256)
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
