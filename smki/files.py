@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from smki.errors import ConflictError
 
@@ -18,15 +21,19 @@ def refuse_existing(path: Path) -> None:
         raise ConflictError(f"{path} already exists; not overwriting it")
 
 
-def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary file beside `path`, then link it into place if `path` is still free."""
+@contextmanager
+def new_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A stream to a temporary file beside `path`, linked into place on success if `path` is still free.
+
+    On any error the temporary file is removed and `path` is untouched: no half-written output.
+    """
     path = Path(path)
     refuse_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, mode)
@@ -35,3 +42,9 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise ConflictError(f"{path} already exists; not overwriting it") from None
     finally:
         os.unlink(temporary)
+
+
+def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` atomically, never over an existing file."""
+    with new_file(path, mode) as stream:
+        stream.write(data)

@@ -3,6 +3,7 @@ revocation, the Organisation CRL (and a root's ARL), and the records."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -182,3 +183,78 @@ def list_command(state_dir, certificate_type, status, entity_id, limit, as_json)
     emit(as_json, [r.summary() for r in records], lambda rows: "\n".join(
         f"{r['serial_hex']}  {r['certificate_type']:<12} {r['entity_id'] or '-':<16} {r['key_usage'] or '-'} status {r['status']}  policy {r['policy_version']}"
         for r in rows) or "no certificates")
+
+
+@ca_group.command("issue-batch")
+@module_option()
+@key_options
+@pin_source_option()
+@_policy_options
+@click.option("--environment", required=True, help="test or production: which OIDs of the policy apply.")
+@click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing DCA's certificate.")
+@click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
+@click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2: every request's hwType must be its.")
+@click.option("--response", "response_zip", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output ZIP of the issued certificates, NAME.crt for each NAME.csr (never overwritten).")
+@click.option("--status", "status_csv", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output CSV of per-request status records: identifier, file, status, code, detail, serial (never overwritten).")
+@click.option("--not-before", help="Start of validity, ISO 8601 (default: today 00:00:00Z).")
+@click.option("--workers", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
+              help="Worker processes, each with its own HSM session.")
+@click.option("--chunk-size", type=click.IntRange(1, 5000), default=250, show_default=True,
+              help="Requests per task and per recorded transaction.")
+@click.option("--verify-one-in", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Verify one HSM signature in N (and the first of every chunk) before release; 1 verifies all.")
+@json_option
+@click.argument("batch", type=click.Path(path_type=Path))
+def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key_id, pin_source, policy_file, state_dir, actor,
+                        audit_key_uri, audit_pin_source, environment, issuer_cert, requester, device_type, response_zip, status_csv,
+                        not_before, workers, chunk_size, verify_one_in, as_json):
+    """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
+
+    Batch-level faults (not a ZIP, too many or no entries, paths, non-.csr entries, a zip bomb,
+    an ineligible requester) refuse the whole batch with nothing issued. Each request is then
+    answered on its own: success, error (FM:/CR: code), ineligible (IN:) or anomaly (CA:),
+    including the per-device cap and duplicates within the batch and against the store.
+    Every certificate is recorded before the response is written. Running the same batch
+    again (after a crash, say) answers only what is left and writes the whole response.
+    Exit 0 when every request has an answer, whatever the answers.
+    """
+    from smki.authorities.batch_issuance import BatchPlan, issue_batch
+    from smki.cli.cert import parse_utc
+    from smki.cli.common import progress
+    from smki.hsm.pool import open_worker_signer
+    from smki.policy import Environment
+    from smki.profiles.validity import utc_midnight
+    from smki.requests.batch import open_batch, write_response
+    from smki.store.batches import batch_outcomes
+
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device.batch") as operation:
+        operation.subject = {"batch": str(batch)}
+        refuse_existing(response_zip)
+        refuse_existing(status_csv)
+        policy = load_policy(policy_file)
+        require_adopted(operation.connection, policy)
+        checked_batch = open_batch(batch, policy.batch_limit)
+        operation.subject["batch_id"] = checked_batch.batch_id
+        issuer = read_certificate(issuer_cert)
+        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        pin = PinSource.parse(pin_source).read(f"user PIN for token {key.token_label}")
+        signer = open_worker_signer(key, pin)
+        if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
+            raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
+        plan = BatchPlan(checked_batch, issuer, key, policy, Environment.parse(environment), RemotePartyRole.parse(requester),
+                         DeviceType.parse(device_type), parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc)),
+                         workers=workers, chunk_size=chunk_size, verify_one_in=verify_one_in)
+        issuer_key_id = describe(issuer).subject_key_id.hex().upper()
+        with progress(None, len(checked_batch.names), "issuing") as bar:
+            summary = issue_batch(operation.connection, operation.audit, actor, plan, pin, issuer_key_id,
+                                  progress=getattr(bar, "update", lambda n: None))
+        answers = (({"identifier": outcome.device_id, "file": outcome.name, "status": outcome.status, "code": outcome.code,
+                     "detail": outcome.detail, "serial": outcome.serial_hex}, der) for outcome, der in batch_outcomes(operation.connection, checked_batch.batch_id))
+        totals = write_response(answers, response_zip, status_csv)
+    result = {**summary.as_dict(), "totals": dict(sorted(totals.items())), "response": str(response_zip), "status": str(status_csv)}
+    emit(as_json, result, lambda d: (
+        f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "
+        f"{d['answered_before']} answered before; all answers: {', '.join(f'{k} {v}' for k, v in d['totals'].items())}\n"
+        f"wrote {d['response']} and {d['status']}"))

@@ -15,15 +15,20 @@ from smki.hsm.config import KeyRef
 _worker_signer = None
 
 
-def _start_worker(key: KeyRef, pin: str) -> None:
-    global _worker_signer
+def open_worker_signer(key: KeyRef, pin: str):
+    """In a spawned worker: load the PKCS#11 library, log in once, return the key's Pkcs11Signer."""
     from smki.hsm.keys import find_key_pair, public_key_of
     from smki.hsm.session import open_session
     from smki.hsm.signer import Pkcs11Signer
 
     session = open_session(key.module, key.token_label, pin)
     public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
-    _worker_signer = Pkcs11Signer(private_object, public_key_of(public_object))
+    return Pkcs11Signer(private_object, public_key_of(public_object))
+
+
+def _start_worker(key: KeyRef, pin: str) -> None:
+    global _worker_signer
+    _worker_signer = open_worker_signer(key, pin)
 
 
 def _sign_chunk(digests: list[bytes]) -> list[bytes]:

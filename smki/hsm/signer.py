@@ -2,7 +2,8 @@
 
 A Signer signs with ECDSA P-256 / SHA-256 and returns a DER signature that it has
 already verified against its public key: nothing unverified leaves this module
-(SoftHSM has produced rare bad ECDSA signatures in the past).
+(SoftHSM has produced rare bad ECDSA signatures in the past), except through
+`sign_digests_sampled`, batch issuance's explicit, sampled exception.
 
 `Pkcs11Signer` keeps the key in a token: SHA-256 is computed here and the 32-byte
 digest is signed with raw CKM_ECDSA, because SoftHSM offers no CKM_ECDSA_SHA256 and
@@ -14,6 +15,7 @@ through any Signer.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Protocol
 
 import pkcs11
@@ -69,6 +71,28 @@ class _VerifyingSigner:
 
     def sign(self, data: bytes) -> bytes:
         return self.sign_digest(hashlib.sha256(data).digest())
+
+    def sign_digests_sampled(self, digests: list[bytes], verify_one_in: int) -> list[bytes]:
+        """Sign many digests, verifying one signature in `verify_one_in` (chosen at random) and the first.
+
+        For batch issuance only, where a verify costs more than the HSM's sign: every sampled
+        signature must verify or the whole call fails (nothing of it is released), so a token
+        that signs wrongly is caught within a few dozen signatures. `verify_one_in=1` is `sign_digest`.
+        """
+        if verify_one_in <= 1:
+            return [self.sign_digest(digest) for digest in digests]
+        signatures = []
+        for index, digest in enumerate(digests):
+            if len(digest) != SHA256_DIGEST_SIZE:
+                raise ValueError(f"sign_digest takes a 32-byte SHA-256 digest, got {len(digest)} bytes")
+            signature = self._raw_sign(digest)
+            if index == 0 or secrets.randbelow(verify_one_in) == 0:
+                try:
+                    self.public_key.verify(signature, digest, _PREHASHED)
+                except InvalidSignature:
+                    raise HsmError("a sampled batch signature does not verify against the signer's public key; none of its chunk is released") from None
+            signatures.append(signature)
+        return signatures
 
 
 class SoftwareSigner(_VerifyingSigner):

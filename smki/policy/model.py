@@ -143,19 +143,32 @@ class CertificatePolicy:
 
     def check_device_issuance(self, requester: RemotePartyRole, device_type: DeviceType, key_usage: KeyUsage,
                               existing_certificates: int, single_request: bool) -> None:
-        self._require_kind("device")
-        allowed = self.document["subscriber_certificates"]["device_types"].get(device_type.name)
-        if allowed is None:
-            raise PolicyRefusal("7.1 device types", f"device type {device_type.name} may not hold Device Certificates")
-        if key_usage.value not in allowed:
+        if key_usage not in self.device_key_usages(requester, device_type):
             raise PolicyRefusal("7.1 device types", f"a {device_type.name} may not hold a {key_usage.value} certificate")
         eligibility = self.document["eligibility"]
-        if requester.camel_name not in eligibility["requesters"]:
-            raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request Device Certificates")
         if existing_certificates >= eligibility["per_device_cap"]:
             raise PolicyRefusal("4.2 per_device_cap", f"the device already has {existing_certificates} certificates (cap {eligibility['per_device_cap']})")
         if single_request and eligibility["single_request_requires_existing"] and existing_certificates == 0:
             raise PolicyRefusal("4.2 single_request_requires_existing", "a single device request replaces a certificate: the device has none")
+
+    def device_key_usages(self, requester: RemotePartyRole, device_type: DeviceType) -> tuple[KeyUsage, ...]:
+        """The key usages this device type may hold, once the requester is found eligible (4.1, 7.1)."""
+        self._require_kind("device")
+        allowed = self.document["subscriber_certificates"]["device_types"].get(device_type.name)
+        if allowed is None:
+            raise PolicyRefusal("7.1 device types", f"device type {device_type.name} may not hold Device Certificates")
+        if requester.camel_name not in self.document["eligibility"]["requesters"]:
+            raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request Device Certificates")
+        return tuple(KeyUsage.parse(usage) for usage in allowed)
+
+    @property
+    def per_device_cap(self) -> int:
+        return self.document["eligibility"]["per_device_cap"]
+
+    @property
+    def batch_limit(self) -> int:
+        self._require_kind("device")
+        return self.document["eligibility"]["batch_limit"]
 
     def check_batch_size(self, entries: int) -> None:
         self._require_kind("device")

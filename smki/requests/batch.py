@@ -9,13 +9,16 @@ Entries are then streamed one at a time: a batch is never held in memory whole.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from smki.errors import BadInputError
+from smki.files import new_file, refuse_existing
 
 MAX_ENTRY_SIZE = 16 * 1024  # one CSR in Base64 is about 700 bytes
 MAX_COMPRESSION_RATIO = 100  # Base64 text compresses about 1.3:1; 100:1 is a bomb
@@ -123,3 +126,35 @@ def open_batch(source: Path, limit: int) -> Batch:
         if info.flag_bits & 0x1:
             raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
     return Batch(source, tuple(info.filename for info in infos), _file_sha256(source))
+
+
+STATUS_FIELDS = ("identifier", "file", "status", "code", "detail", "serial")
+
+
+def _pem_certificate(der: bytes) -> bytes:
+    import base64
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n".encode()
+
+
+def write_response(answers: Iterable[tuple[dict, bytes | None]], response_zip: Path, status_csv: Path) -> dict[str, int]:
+    """The batch response: a ZIP of PEM `.crt` files named like the requests, and the per-request
+    status records as CSV (identifier, file, status, code, detail, serial). `answers` yields
+    (record with those keys, certificate DER or None). Both files appear whole or not at all."""
+    refuse_existing(response_zip)
+    refuse_existing(status_csv)
+    counts: dict[str, int] = {}
+    with new_file(response_zip) as zip_stream, new_file(status_csv) as status_stream:
+        text = io.TextIOWrapper(status_stream, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, STATUS_FIELDS, lineterminator="\r\n")
+        writer.writeheader()
+        with zipfile.ZipFile(zip_stream, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for record, der in answers:
+                writer.writerow({key: record.get(key) or "" for key in STATUS_FIELDS})
+                counts[record["status"]] = counts.get(record["status"], 0) + 1
+                if der is not None:
+                    archive.writestr(BatchEntry(record["file"], b"").response_name, _pem_certificate(der))
+        text.flush()
+        text.detach()
+    return counts

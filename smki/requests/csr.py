@@ -24,6 +24,7 @@ from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles.extensions import ID_ON_HARDWARE_MODULE_NAME, parse_hardware_module_name
 from smki.profiles.names import raw_attributes
 from smki.profiles.public_keys import check_subject_public_key_info
+from smki.requests.canonical import canonical_fields
 from smki.requests.encodings import decode_request
 from smki.requests.outcomes import Outcome, RequestRejected
 
@@ -145,6 +146,17 @@ def _unique_identifier(value: tuple[int, bytes], where: str) -> EUI64:
 
 
 def parse_device_request(data: bytes, where: str = "") -> DeviceRequest:
+    """A checked device request. Requests in the canonical shape take a fast path (batches of
+    50,000 spend most of their time here); anything else, and every rejection, takes the full
+    path below, which alone decides what is wrong."""
+    der = decode_request(data, where)
+    fast = canonical_fields(der)
+    if fast is not None:
+        return DeviceRequest(EUI64(fast.hw_serial), fast.hw_type_oid, KeyUsage.parse(fast.key_usage), fast.public_key, fast.request_sha256)
+    return _parse_device_request(der, where)
+
+
+def _parse_device_request(data: bytes, where: str) -> DeviceRequest:
     checked = _check_common(data, where, {KEY_USAGE, SUBJECT_ALT_NAME})
     if checked.subject_der != b"\x30\x00":
         raise RequestRejected(Outcome.WRONG_SUBJECT, "a device request's subject must be empty", where)

@@ -1,0 +1,284 @@
+"""Batch device issuance: up to 50,000 CSRs in, one certificate or one outcome each, at HSM speed.
+
+The work is a pipeline over a pool of spawned workers. Workers check requests (decoding,
+proof of possession) and sign certificates; this process decides what the policy allows
+(device type, key usage, the per-device cap, duplicates within the batch and against the
+store) and records. Check and sign tasks interleave on the pool so both cores stay busy.
+
+Crash safety: a certificate is recorded, with its request's outcome and an audit entry,
+in one transaction per signed chunk; nothing is released (the response is written from the
+store afterwards). A batch is identified by its digest: running it again skips every
+request already answered, so a run killed at any moment is finished by the next, with no
+duplicate and nothing lost. Certificates signed but not yet recorded when a run dies were
+never released; the next run issues those requests afresh with new serials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from cryptography import x509
+
+from smki.audit.trail import AuditEntry, AuditTrail
+from smki.authorities.batch_workers import check_requests, sign_certificates, start_worker
+from smki.errors import BadInputError
+from smki.hsm.config import KeyRef
+from smki.hsm.signer import SoftwareSigner
+from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.policy import Environment, PolicyRefusal
+from smki.policy.model import CertificatePolicy
+from smki.profiles import device_certificate, sign_certificate
+from smki.profiles.device_template import DeviceCertificateTemplate, check_against_builder
+from smki.profiles.lint import pre_issuance_check
+from smki.profiles.serials import new_serial_number, serial_hex
+from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
+from smki.requests.batch import Batch
+from smki.requests.outcomes import Outcome
+from smki.store.batches import (BatchRow, EntryOutcome, answered_names, device_certificate_counts, finish_batch, insert_certificates,
+                                known_subject_keys, record_outcomes, register_batch)
+from smki.store.certificates import CertificateRecord
+from smki.store.database import transaction
+
+OPERATION = "certificate.issue.device.batch"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything a batch run needs, decided and checked by the caller."""
+
+    batch: Batch
+    issuer: x509.Certificate
+    key: KeyRef
+    policy: CertificatePolicy
+    environment: Environment
+    requester: RemotePartyRole
+    device_type: DeviceType
+    not_before: datetime
+    workers: int = 2
+    chunk_size: int = 250
+    # Verify one HSM signature in this many (and the first of each chunk); 1 verifies every one.
+    verify_one_in: int = 32
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    entries: int
+    answered_before: int = 0  # by an earlier run of the same batch
+    statuses: dict[str, int] = field(default_factory=dict)  # this run's outcomes
+    seconds: float = 0.0
+
+    @property
+    def issued(self) -> int:
+        return self.statuses.get("success", 0)
+
+    def as_dict(self) -> dict:
+        return {"batch_id": self.batch_id, "entries": self.entries, "answered_before": self.answered_before,
+                "statuses": dict(sorted(self.statuses.items())), "issued": self.issued, "seconds": round(self.seconds, 3),
+                "certificates_per_second": round(self.issued / self.seconds) if self.seconds else None}
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    device_id: str
+    subject_key_id: str
+    key_usage: str
+    request_sha256: str
+    serial: int
+
+
+def prove_template(plan: BatchPlan, template: DeviceCertificateTemplate, usages: tuple[KeyUsage, ...]) -> None:
+    """Lint a draft of each key usage's certificate, and show the template writes exactly that draft."""
+    policy_oid = plan.policy.policy_oid(plan.environment)
+    lint = pre_issuance_check("device", (policy_oid,), issuer=plan.issuer)
+    throwaway = SoftwareSigner()
+    for usage in usages:
+        params = plan.policy.device_certificate_params(
+            plan.environment, requester=plan.requester, device_id=EUI64.parse("0000000000000000"), device_type=plan.device_type,
+            key_usage=usage, not_before=plan.not_before, existing_certificates=0, single_request=False)
+        subject_key = SoftwareSigner().public_key
+        draft = sign_certificate(device_certificate(params, subject_key, plan.issuer), throwaway, pre_issuance_check=lint)
+        check_against_builder(template, params, subject_key, plan.issuer, draft)
+
+
+class _Run:
+    """One run over a batch: decisions, records and progress in this process."""
+
+    def __init__(self, connection, audit: AuditTrail, actor: str, plan: BatchPlan, issuer_key_id: str,
+                 usages: tuple[KeyUsage, ...], summary: BatchSummary, progress: Callable[[int], None]) -> None:
+        self.connection, self.audit, self.actor, self.plan = connection, audit, actor, plan
+        self.issuer_key_id, self.summary, self.progress = issuer_key_id, summary, progress
+        self.usages = {usage.value for usage in usages}
+        self.hw_type_oid = plan.policy.hw_type_oid(plan.environment, plan.device_type)
+        self.validity = Validity(plan.not_before, DEVICE_NOT_AFTER)
+        self.device_counts: dict[str, int] = {}
+        self.subject_keys_seen: set[str] = set()
+        self.unrecorded: list[EntryOutcome] = []  # refusals waiting for the next transaction
+        self.chunks_recorded = 0
+
+    # -- decisions -------------------------------------------------------------------------------
+    def decide(self, parsed: list[tuple]) -> tuple[list[tuple], dict[str, _Accepted]]:
+        good = [item for item in parsed if item[1] is not None]
+        self._load_counts([item[1] for item in good])
+        already_certified = known_subject_keys(self.connection, [item[5] for item in good])
+        jobs, accepted = [], {}
+        for item in parsed:
+            if item[1] is None:
+                name, _, outcome_name, reason = item
+                self._refuse(name, Outcome[outcome_name], reason)
+                continue
+            name, device_id, hw_type, usage, point, ski, request_sha256 = item
+            refusal = self._refusal(device_id, hw_type, usage, ski, already_certified)
+            if refusal is not None:
+                self._refuse(name, *refusal, device_id=device_id, request_sha256=request_sha256)
+                continue
+            self.device_counts[device_id] += 1
+            self.subject_keys_seen.add(ski)
+            serial = new_serial_number()
+            accepted[name] = _Accepted(device_id, ski, usage, request_sha256, serial)
+            jobs.append((name, serial, point, bytes.fromhex(device_id), hw_type, usage))
+        return jobs, accepted
+
+    def _load_counts(self, device_ids: list[str]) -> None:
+        # A device's count is read from the store once per run; after that this run keeps it,
+        # since its own certificates reach the store only later.
+        new = [device_id for device_id in set(device_ids) if device_id not in self.device_counts]
+        stored = device_certificate_counts(self.connection, new)
+        for device_id in new:
+            self.device_counts[device_id] = stored.get(device_id, 0)
+
+    def _refusal(self, device_id: str, hw_type: str, usage: str, ski: str, already_certified: set[str]) -> tuple[Outcome, str] | None:
+        if hw_type != self.hw_type_oid:
+            return Outcome.INELIGIBLE, f"hwType {hw_type} is not the {self.plan.device_type.name} hwType {self.hw_type_oid}"
+        if usage not in self.usages:
+            return Outcome.INELIGIBLE, f"a {self.plan.device_type.name} may not hold a {usage} certificate"
+        if ski in self.subject_keys_seen or ski in already_certified:
+            return Outcome.DUPLICATE, "Request for duplicate certificate not permitted (the key is already certified)"
+        if self.device_counts[device_id] >= self.plan.policy.per_device_cap:
+            return Outcome.INELIGIBLE, f"device {device_id} already has {self.device_counts[device_id]} certificates (cap {self.plan.policy.per_device_cap})"
+        return None
+
+    def _refuse(self, name: str, outcome: Outcome, reason: str, *, device_id: str | None = None, request_sha256: str | None = None) -> None:
+        self.unrecorded.append(EntryOutcome(name, outcome.status.value, outcome.code, reason, device_id, None, request_sha256))
+        self.progress(1)
+
+    # -- records ---------------------------------------------------------------------------------
+    def record(self, signed: list[tuple[str, bytes]], accepted: dict[str, _Accepted]) -> None:
+        """One transaction: the certificates, every outcome waiting, and the chunk's audit entry."""
+        policy = self.plan.policy
+        issued_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        records, outcomes = [], list(self.unrecorded)
+        for name, der in signed:
+            facts = accepted[name]
+            serial = serial_hex(facts.serial)
+            records.append(CertificateRecord(
+                serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type="device", subject_key_id=facts.subject_key_id,
+                status="I", not_before=self.validity.not_before_utc.isoformat(), not_after=self.validity.not_after_utc.isoformat(),
+                der=der, entity_id=facts.device_id, key_usage=facts.key_usage, policy_name=policy.name, policy_version=policy.version,
+                policy_sha256=policy.sha256, request_sha256=facts.request_sha256, issued_at=issued_at))
+            outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
+        serials = [record.serial_hex for record in records]
+        subject = {"batch_id": self.summary.batch_id, "chunk": self.chunks_recorded, "issued": len(records),
+                   "answered": len(outcomes), "serials_sha256": hashlib.sha256(",".join(serials).encode()).hexdigest()}
+        with transaction(self.connection):
+            insert_certificates(self.connection, records)
+            record_outcomes(self.connection, self.summary.batch_id, outcomes)
+            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=policy.identity))
+        self.unrecorded.clear()
+        self.chunks_recorded += 1
+        for outcome in outcomes:
+            self.summary.statuses[outcome.status] = self.summary.statuses.get(outcome.status, 0) + 1
+        self.progress(len(records))
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def run(self, chunks: Iterator[list[tuple[str, bytes]]], pool) -> None:
+        """Keep a few tasks per worker in flight; answer them in submission order."""
+        in_flight: deque = deque()
+        limit = 3 * self.plan.workers
+
+        def submit_check() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append(("check", pool.apply_async(check_requests, (chunk,)), None))
+
+        for _ in range(limit):
+            submit_check()
+        while in_flight:
+            kind, pending, accepted = in_flight.popleft()
+            result = pending.get()
+            if kind == "check":
+                jobs, accepted = self.decide(result)
+                if jobs:
+                    in_flight.append(("sign", pool.apply_async(sign_certificates, (jobs,)), accepted))
+                submit_check()
+            else:
+                self.record(result, accepted)
+        if self.unrecorded:
+            self.record([], {})
+
+
+def _chunks(batch: Batch, skip: set[str], size: int) -> Iterator[list[tuple[str, bytes]]]:
+    chunk: list[tuple[str, bytes]] = []
+    for entry in batch.entries():
+        if entry.name in skip:
+            continue
+        chunk.append((entry.name, entry.data))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin: str, issuer_key_id: str,
+                progress: Callable[[int], None] = lambda answered: None) -> BatchSummary:
+    """Answer every request of the batch not answered before; return this run's summary.
+
+    Batch-level faults (size, requester, device type, the template) raise before anything is
+    issued. `pin` goes to the workers only.
+    """
+    started = time.perf_counter()
+    plan.policy.check_batch_size(len(plan.batch.names))
+    usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
+    if plan.workers < 1 or plan.chunk_size < 1:
+        raise BadInputError("a batch needs at least one worker and a chunk size of at least one")
+    template = DeviceCertificateTemplate.for_issuer(plan.issuer, plan.policy.policy_oid(plan.environment),
+                                                    Validity(plan.not_before, DEVICE_NOT_AFTER))
+    prove_template(plan, template, usages)
+    batch_id = plan.batch.batch_id
+    row = BatchRow(batch_id, str(plan.batch.source), len(plan.batch.names), issuer_key_id, plan.policy.version,
+                   datetime.now(timezone.utc).isoformat(timespec="seconds"), None)
+    with transaction(connection):
+        recorded = register_batch(connection, row)
+        answered = answered_names(connection, batch_id)
+        resumed = recorded is not row
+        audit.append(AuditEntry(actor, "batch.resume" if resumed else "batch.start", "success",
+                                {"batch_id": batch_id, "source": str(plan.batch.source), "entries": len(plan.batch.names),
+                                 "answered_before": len(answered), "device_type": plan.device_type.name,
+                                 "requester": plan.requester.camel_name}, policy=plan.policy.identity))
+    summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
+    if len(answered) < len(plan.batch.names):
+        run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress)
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(plan.workers, initializer=start_worker, initargs=(plan.key, pin, template, plan.verify_one_in))
+        try:
+            run.run(_chunks(plan.batch, answered, plan.chunk_size), pool)
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
+    with transaction(connection):
+        finish_batch(connection, batch_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        audit.append(AuditEntry(actor, "batch.finish", "success", {"batch_id": batch_id, "statuses": summary.statuses,
+                                                                   "answered_before": summary.answered_before}, policy=plan.policy.identity))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+__all__ = ["BatchPlan", "BatchSummary", "PolicyRefusal", "issue_batch", "prove_template"]

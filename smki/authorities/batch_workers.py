@@ -1,0 +1,54 @@
+"""What a batch's worker processes do: check requests, and build and sign certificates.
+
+Each worker is started with `spawn`, opens its own PKCS#11 session (python-pkcs11 is not
+thread-safe and a forked library is half-usable) and keeps the batch's certificate template.
+Tasks and results are plain tuples of bytes and strings: cheap to pickle over the pool's pipe.
+The PIN arrives through the pool's initialiser arguments (a pipe), never argv or environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from smki.hsm.config import KeyRef
+from smki.hsm.pool import open_worker_signer
+from smki.profiles.device_template import DeviceCertificateTemplate, certificate_der, subject_key_identifier
+from smki.requests import parse_device_request
+from smki.requests.outcomes import RequestRejected
+
+# (name, device ID hex, hwType, DS|KA, 65-octet point, SKI hex, request SHA-256) for a good request;
+# (name, None, outcome name, reason) for a rejected one.
+ParsedRequest = tuple
+# (name, serial, point, device ID octets, hwType, DS|KA) in; (name, certificate DER) out.
+SigningJob = tuple[str, int, bytes, bytes, str, str]
+
+_worker: dict = {}
+
+
+def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, verify_one_in: int) -> None:
+    _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in)
+
+
+def check_requests(entries: list[tuple[str, bytes]]) -> list[ParsedRequest]:
+    """Decode and check each request (proof of possession included); never raises for a bad request."""
+    parsed = []
+    for name, data in entries:
+        try:
+            request = parse_device_request(data, name)
+        except RequestRejected as rejected:
+            parsed.append((name, None, rejected.outcome.name, rejected.reason))
+            continue
+        point = request.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        parsed.append((name, request.device_id.hex, request.hw_type_oid, request.key_usage.value, point,
+                       subject_key_identifier(point).hex().upper(), request.request_sha256))
+    return parsed
+
+
+def sign_certificates(jobs: list[SigningJob]) -> list[tuple[str, bytes]]:
+    """Build each TBS from the template, sign all digests in the HSM, assemble the certificates."""
+    template: DeviceCertificateTemplate = _worker["template"]
+    tbs_list = [template.tbs_certificate(serial, point, device_id, hw_type, usage) for _, serial, point, device_id, hw_type, usage in jobs]
+    signatures = _worker["signer"].sign_digests_sampled([hashlib.sha256(tbs).digest() for tbs in tbs_list], _worker["verify_one_in"])
+    return [(job[0], certificate_der(tbs, signature)) for job, tbs, signature in zip(jobs, tbs_list, signatures)]
