@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what smki needs on a fresh Debian machine: SoftHSM2, OpenSC, OpenSSL (apt-get),
+# Installs what smki needs on a fresh Debian machine: SoftHSM2, OpenSC, OpenSSL, PostgreSQL (apt-get),
 # a virtualenv in .venv and the package with its test extra. Idempotent; safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need_apt=()
 command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
 command -v pkcs11-tool  >/dev/null || need_apt+=(opensc)
 command -v openssl      >/dev/null || need_apt+=(openssl)
+# PostgreSQL server binaries: the tests run the store on a throwaway server (tests/postgres_server.py).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt-get)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -20,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating virtualenv .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
+if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest, psycopg" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
   echo "== installing smki into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.smki-installed

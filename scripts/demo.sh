@@ -22,11 +22,12 @@ export SOFTHSM2_CONF="$OUT/hsm/softhsm2.conf"
 export DEMO_SO_PIN=$(openssl rand -hex 12) DEMO_PIN=$(openssl rand -hex 12)
 echo "PINs: random, in \$DEMO_SO_PIN and \$DEMO_PIN (smki reads them with --pin-source env:NAME)"
 
-step "2. One token per authority, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
-echo "Each authority keeps its state (issued certificates, audit trail) in state/<authority>/smki.db, and an"
-echo "audit key beside its CA key: every operation ends with a checkpoint signed by that key."
+step "2. The Issuing Authorities' tokens, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
+echo "(the roots' tokens are made by their key ceremonies in step 4: their PINs exist only as custodians' shares)"
+echo "Each authority keeps its state (issued certificates, audit trail) in state/<authority>/smki.db; the Issuing"
+echo "Authorities also hold an audit key beside their CA key: each operation ends with a checkpoint signed by it."
 audit_uri() { echo "pkcs11:token=$(echo "SMKI-$1" | tr a-z A-Z);object=$1-audit;id=%02"; }
-for authority in root-oca root-dca issuing-oca issuing-dca librarian-audit; do
+for authority in issuing-oca issuing-dca librarian-audit; do
   token=$(echo "SMKI-$authority" | tr a-z A-Z)
   run "$SMKI" hsm init-token --label "$token" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
   if [ "$authority" != librarian-audit ]; then
@@ -35,30 +36,52 @@ for authority in root-oca root-dca issuing-oca issuing-dca librarian-audit; do
   run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN --state "state/$authority" \
     $( [ "$authority" != librarian-audit ] && echo --audit-key-uri "$(audit_uri "$authority")" --audit-pin-source env:DEMO_PIN )
 done
-run "$SMKI" hsm list
-run "$SMKI" hsm list --token SMKI-ROOT-OCA --pin-source env:DEMO_PIN
+run "$SMKI" hsm list --token SMKI-ISSUING-OCA --pin-source env:DEMO_PIN
 
-step "3. Each authority adopts its Certificate Policy: every OID, name and validity comes from it"
+step "3. Each Issuing Authority adopts its Certificate Policy: every OID, name and validity comes from it"
 ORG_POLICY="--policy $REPO/policies/organisation.yaml --environment test"
 DEVICE_POLICY="--policy $REPO/policies/device.yaml --environment test"
 run "$SMKI" policy check "$REPO/policies/organisation.yaml" "$REPO/policies/device.yaml"
 run "$SMKI" policy show "$REPO/policies/device.yaml" --environment test
-for authority in root-oca issuing-oca; do run "$SMKI" policy adopt "$REPO/policies/organisation.yaml" --state "state/$authority" --audit-key-uri "$(audit_uri $authority)" --audit-pin-source env:DEMO_PIN; done
-for authority in root-dca issuing-dca; do run "$SMKI" policy adopt "$REPO/policies/device.yaml" --state "state/$authority" --audit-key-uri "$(audit_uri $authority)" --audit-pin-source env:DEMO_PIN; done
-sign_as() {  # the key, state and audit key of one authority
+run "$SMKI" policy adopt "$REPO/policies/organisation.yaml" --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN
+run "$SMKI" policy adopt "$REPO/policies/device.yaml" --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN
+sign_as() {  # the key, state and audit key of one Issuing Authority
   echo --token "$(echo "SMKI-$1" | tr a-z A-Z)" --key-label "$1" --key-id 01 --pin-source env:DEMO_PIN \
        --state "state/$1" --audit-key-uri "$(audit_uri "$1")" --audit-pin-source env:DEMO_PIN
 }
 
-step "4. Root OCA and Root DCA: self-signed, keys never leave their tokens"
-run "$SMKI" cert root $(sign_as root-oca) $ORG_POLICY --out root-oca.pem
-run "$SMKI" cert root $(sign_as root-dca) $DEVICE_POLICY --out root-dca.pem
+step "4. Root key ceremonies, from the shipped ceremony files (ceremonies/*.yaml), offline"
+echo "Five custodians hold each root; the policy says 3 of 5 must be present to use a root key. Each chooses a"
+echo "passphrase for their share (here from environment variables the demo sets; at a real ceremony, typed at a prompt)."
+cp -r "$REPO/ceremonies" ceremonies
+ln -s "$REPO/policies" policies
+CUSTODIANS="alice bob carol dave erin"
+PASSPHRASES=""
+for custodian in $CUSTODIANS; do
+  export "CUSTODIAN_PASS_$custodian=$(openssl rand -hex 12)"
+  PASSPHRASES="$PASSPHRASES --passphrase-source $custodian=env:CUSTODIAN_PASS_$custodian"
+done
+run "$SMKI" ceremony check ceremonies/root-oca.yaml
+run "$SMKI" ceremony run ceremonies/root-oca.yaml --operator demo-operator $PASSPHRASES
+run "$SMKI" ceremony run ceremonies/root-dca.yaml --operator demo-operator $PASSPHRASES
+run cat transcripts/root-oca-key.txt
+run ls shares/root-oca
+echo "(running a ceremony again is refused: its outputs exist, and nothing is touched)"
+"$SMKI" ceremony run ceremonies/root-oca.yaml $PASSPHRASES || true
 
-step "5. The roots certify the Issuing Authorities' keys (exported public keys only)"
-run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out issuing-oca.pub.pem
-run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out issuing-dca.pub.pem
-run "$SMKI" cert issuing-ca $(sign_as root-oca) $ORG_POLICY --issuer-cert root-oca.pem --public-key issuing-oca.pub.pem --out issuing-oca.pem
-run "$SMKI" cert issuing-ca $(sign_as root-dca) $DEVICE_POLICY --issuer-cert root-dca.pem --public-key issuing-dca.pub.pem --out issuing-dca.pem
+step "5. Issuing Authority ceremonies: each root certifies a key generated in the Issuing Authority's own token"
+mkdir -p requests
+run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out requests/issuing-oca.pub.pem
+run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out requests/issuing-dca.pub.pem
+run "$SMKI" ceremony run ceremonies/issuing-oca.yaml --operator demo-operator $PASSPHRASES
+run "$SMKI" ceremony run ceremonies/issuing-dca.yaml --operator demo-operator $PASSPHRASES
+echo "(two custodians are not enough: the key stays unused)"
+sed -e 's/present: \[alice, carol, erin\]/present: [alice, carol]/' -e 's/issuing-oca-certificate/issuing-oca-short/' -e 's|out/issuing-oca.pem|out/issuing-oca-short.pem|' \
+  ceremonies/issuing-oca.yaml > ceremonies/issuing-oca-short.yaml
+"$SMKI" ceremony run ceremonies/issuing-oca-short.yaml $PASSPHRASES || true
+cp out/root-oca.pem out/root-dca.pem out/issuing-oca.pem out/issuing-dca.pem .
+run "$SMKI" ceremony run ceremonies/arl-oca.yaml --operator demo-operator $PASSPHRASES
+run openssl crl -in out/root-oca-arl-1.pem -noout -text
 
 step "6. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them under the policy"
 run openssl ecparam -name prime256v1 -genkey -noout -out supplier-ds.key
@@ -101,6 +124,62 @@ cat root-oca.pem issuing-oca.pem > oca-chain.pem
 openssl verify -crl_check -CAfile oca-chain.pem -CRLfile organisation-crl-1.pem org-supplier-ka.pem || true
 run "$SMKI" ca list --state state/issuing-oca
 
+step "6c. Organisation Certificates for several roles, each requested by its own party, from CSRs"
+"$REPO/.venv/bin/python" - <<'PY'
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
+for role, code, eui, ds in (("networkOperator", "03", "90B3D51F30020000", True), ("accessControlBroker", "04", "90B3D51F30040000", False),
+                            ("wanProvider", "06", "90B3D51F30060000", True), ("other", "7F", "90B3D51F307F0000", True)):
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code, _ASN1Type.UTF8String),
+                         x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, bytes.fromhex("00" + eui), _ASN1Type.BitString)])
+    usage = x509.KeyUsage(ds, False, False, False, not ds, False, False, False, False)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(usage, critical=True).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    open(f"{role}.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
+PY
+for role in networkOperator accessControlBroker wanProvider other; do
+  run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester "$role" --out "org-$role.pem" "$role.csr"
+done
+
+step "6d. A night's batch: 3,000 device CSRs from a manufacturer (a ZIP of .csr files), issued at HSM speed"
+echo "(the batch also holds three bad requests: a broken signature, a compressed key and a duplicate; each gets its own answer)"
+"$REPO/.venv/bin/python" - <<'PY'
+import base64, zipfile
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from smki.identifiers import EUI64
+from smki.profiles.extensions import hardware_module_name
+def csr(index, key=None):
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([hardware_module_name("1.2.826.0.1.8641679.1.2.2.1", EUI64(bytes.fromhex(f"00DB{index:012X}")))])
+    usage = x509.KeyUsage(index % 2 == 0, False, False, False, index % 2 == 1, False, False, False, False)
+    return x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).add_extension(usage, critical=True) \
+        .add_extension(san, critical=True).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+with zipfile.ZipFile("devices.zip", "w", zipfile.ZIP_DEFLATED) as batch:
+    requests = {f"esme-{i:05d}.csr": csr(0x100000 + i) for i in range(3000)}
+    der = bytearray(base64.b64decode(b"".join(requests["esme-00007.csr"].splitlines()[1:-1])))
+    der[-1] ^= 1
+    requests["broken-signature.csr"] = bytes(der)
+    key = ec.generate_private_key(ec.SECP256R1())
+    compressed = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    requests["duplicate-of-00001.csr"] = requests["esme-00001.csr"]
+    requests["compressed-key.csr"] = b"-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n"
+    for name, data in requests.items():
+        batch.writestr(name, data)
+PY
+run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
+  --requester supplier --device-type ESME --response devices-response.zip --status devices-status.csv devices.zip
+run head -3 devices-status.csv
+grep -v ',success,' devices-status.csv
+echo "(running the same batch again, as after a crash, answers nothing twice: every request already has its answer)"
+run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
+  --requester supplier --device-type ESME --response devices-response-again.zip --status devices-status-again.csv --json devices.zip
+unzip -p devices-response.zip esme-00000.crt > device-batch-0.pem
+run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-batch-0.pem
+
 step "7. Independent check: openssl verifies both chains; smki lints and verifies them too"
 run openssl verify -CAfile root-oca.pem -untrusted issuing-oca.pem org-supplier-ds.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-ka.pem
@@ -119,11 +198,20 @@ run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-ke
 echo "(lodging the same certificate twice is refused, and the refusal is audited too:)"
 "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN device-ka.pem || true
 run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
+echo "(the Organisation CRL and the Root OCA's ARL are lodged too: each chains to its issuer, lints clean, has a higher"
+echo " cRLNumber than the last and a nextUpdate in the future; then the repository is published atomically as static files)"
+run "$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
+  organisation-crl-1.pem out/root-oca-arl-1.pem --publish repository-www
+echo "(lodging the same CRL again is refused; the published one stays in place)"
+"$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN organisation-crl-1.pem || true
+run find repository-www -maxdepth 2 -name '*.crl' -o -maxdepth 1 -name index.json
+run "$SMKI" librarian bulk --db repository.db --out bulk
+run ls bulk
 
 step "9. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
 export DEMO_API_KEY=$(openssl rand -hex 16)
 PORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$SMKI" librarian serve --db repository.db --port "$PORT" --api-key-source env:DEMO_API_KEY &
+"$SMKI" librarian serve --db repository.db --port "$PORT" --api-key-source env:DEMO_API_KEY --published repository-www &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
@@ -135,6 +223,11 @@ port, body = sys.argv[1], sys.argv[2].encode()
 request = urllib.request.Request(f"http://127.0.0.1:{port}/services/certificatesearch?apikey={os.environ['DEMO_API_KEY']}", body, {"Content-Type": "application/xml"})
 print(urllib.request.urlopen(request).read().decode())
 PY
+OCA_SKI=$(openssl x509 -in issuing-oca.pem -noout -ext subjectKeyIdentifier | tail -1 | tr -d ' :')
+printf '$ GET /crl/%s.crl\n' "$OCA_SKI"
+"$REPO/.venv/bin/python" -c 'import sys, urllib.request; open("downloaded-organisation.crl", "wb").write(urllib.request.urlopen(sys.argv[1]).read())' \
+  "http://127.0.0.1:$PORT/crl/$OCA_SKI.crl"
+run openssl crl -inform DER -in downloaded-organisation.crl -noout -crlnumber -issuer
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
 step "10. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
@@ -142,9 +235,32 @@ run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --db repository.db
 run "$SMKI" audit export --db repository.db --out audit-trail.json
 run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
-for authority in root-oca root-dca issuing-oca issuing-dca; do   # key generation and issuance: each authority's own trail
+for authority in issuing-oca issuing-dca; do   # key generation and issuance: each authority's own trail
   run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
   run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
 done
+for authority in root-oca root-dca; do   # the roots' ceremonies: each entry names the ceremony file and transcript digests
+  run "$SMKI" audit verify --db "state/$authority/smki.db"
+done
+
+step "11. Root drills from the shipped files: a root re-key with a cross-certificate, and contingency key recovery"
+run "$SMKI" ceremony run ceremonies/root-oca-rekey.yaml --operator demo-operator $PASSPHRASES
+run openssl verify -CAfile root-oca.pem out/root-oca-2-cross.pem
+echo "(recovery releases the contingency wrapping key under 3 of 5 custodians; in earnest only after a root compromise)"
+run "$SMKI" ceremony run ceremonies/contingency-recovery-oca.yaml --operator demo-operator $PASSPHRASES
+"$REPO/.venv/bin/python" - <<'PY'
+import json
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from smki.hsm.contingency import unwrap_public_key
+from smki.profiles.extensions import WrappedApexContingencyKey
+package = json.load(open("out/root-oca-contingency-recovery.json"))
+root = x509.load_pem_x509_certificate(open("root-oca.pem", "rb").read())
+extension = root.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.20")).value
+key = unwrap_public_key(bytes.fromhex(package["wrapping_key_hex"]), WrappedApexContingencyKey.load(extension.value)["wrappedContinPubKey"].native)
+same = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode() == package["contingency_public_key_pem"]
+print("the Root OCA certificate's wrapped contingency key unwraps to the recovered public key:", same)
+assert same
+PY
 
 step "Done. Everything is in $OUT"

@@ -45,7 +45,8 @@ class VerificationReport:
 
 def rows_from_database(connection: sqlite3.Connection) -> tuple[list[dict], list[dict]]:
     try:
-        entries = [dict(row) for row in connection.execute("SELECT * FROM audit_entries ORDER BY rowid")]
+        # seq is the INTEGER PRIMARY KEY, i.e. SQLite's rowid: stored order, on PostgreSQL too.
+        entries = [dict(row) for row in connection.execute("SELECT * FROM audit_entries ORDER BY seq")]
         checkpoints = [dict(row) for row in connection.execute("SELECT * FROM audit_checkpoints ORDER BY seq")]
     except sqlite3.DatabaseError as exc:
         raise BadInputError(f"no audit trail in this database ({exc})") from None

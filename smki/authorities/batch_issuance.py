@@ -40,7 +40,7 @@ from smki.profiles.serials import new_serial_number, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
-from smki.store.batches import (BatchRow, EntryOutcome, answered_names, device_certificate_counts, finish_batch, insert_certificates,
+from smki.store.batches import (BatchRow, EntryOutcome, answered_names, deferred_sync, device_certificate_counts, finish_batch, insert_certificates,
                                 known_subject_keys, record_outcomes, register_batch)
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
@@ -61,7 +61,7 @@ class BatchPlan:
     device_type: DeviceType
     not_before: datetime
     workers: int = 2
-    chunk_size: int = 250
+    chunk_size: int = 500
     # Verify one HSM signature in this many (and the first of each chunk); 1 verifies every one.
     verify_one_in: int = 32
 
@@ -197,7 +197,7 @@ class _Run:
         self.progress(len(records))
 
     # -- the pipeline ----------------------------------------------------------------------------
-    def run(self, chunks: Iterator[list[tuple[str, bytes]]], pool) -> None:
+    def run(self, chunks: Iterator[list[str]], pool) -> None:
         """Keep a few tasks per worker in flight; answer them in submission order."""
         in_flight: deque = deque()
         limit = 3 * self.plan.workers
@@ -205,7 +205,7 @@ class _Run:
         def submit_check() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(("check", pool.apply_async(check_requests, (chunk,)), None))
+                in_flight.append(("check", pool.apply_async(check_requests, (self.plan.batch.source, chunk)), None))
 
         for _ in range(limit):
             submit_check()
@@ -223,17 +223,10 @@ class _Run:
             self.record([], {})
 
 
-def _chunks(batch: Batch, skip: set[str], size: int) -> Iterator[list[tuple[str, bytes]]]:
-    chunk: list[tuple[str, bytes]] = []
-    for entry in batch.entries():
-        if entry.name in skip:
-            continue
-        chunk.append((entry.name, entry.data))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[str]]:
+    remaining = [name for name in names if name not in skip]
+    for start in range(0, len(remaining), size):
+        yield remaining[start:start + size]
 
 
 def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin: str, issuer_key_id: str,
@@ -268,12 +261,13 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin:
         context = multiprocessing.get_context("spawn")
         pool = context.Pool(plan.workers, initializer=start_worker, initargs=(plan.key, pin, template, plan.verify_one_in))
         try:
-            run.run(_chunks(plan.batch, answered, plan.chunk_size), pool)
+            with deferred_sync(connection):
+                run.run(_chunks(plan.batch.names, answered, plan.chunk_size), pool)
             pool.close()
         finally:
             pool.terminate()
             pool.join()
-    with transaction(connection):
+    with transaction(connection):  # synchronous again: this commit makes the whole run durable
         finish_batch(connection, batch_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         audit.append(AuditEntry(actor, "batch.finish", "success", {"batch_id": batch_id, "statuses": summary.statuses,
                                                                    "answered_before": summary.answered_before}, policy=plan.policy.identity))

@@ -9,6 +9,7 @@ The PIN arrives through the pool's initialiser arguments (a pipe), never argv or
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -16,6 +17,9 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pool import open_worker_signer
 from smki.profiles.device_template import DeviceCertificateTemplate, certificate_der, subject_key_identifier
 from smki.requests import parse_device_request
+from smki.requests.batch import read_entries
+from smki.requests.canonical import canonical_fields
+from smki.requests.encodings import decode_request
 from smki.requests.outcomes import RequestRejected
 
 # (name, device ID hex, hwType, DS|KA, 65-octet point, SKI hex, request SHA-256) for a good request;
@@ -31,18 +35,24 @@ def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, ver
     _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in)
 
 
-def check_requests(entries: list[tuple[str, bytes]]) -> list[ParsedRequest]:
-    """Decode and check each request (proof of possession included); never raises for a bad request."""
+def check_requests(source: Path, names: list[str]) -> list[ParsedRequest]:
+    """Read, decode and check each named request of the batch (proof of possession included).
+    A bad request gives a rejection tuple; only a fault of the batch itself raises."""
     parsed = []
-    for name, data in entries:
+    for entry in read_entries(source, names):
         try:
-            request = parse_device_request(data, name)
+            der = decode_request(entry.data, entry.name)
+            fast = canonical_fields(der)
+            if fast is not None:  # the common case, without building the request object
+                device_id, hw_type, usage, point, request_sha256 = fast.hw_serial.hex().upper(), fast.hw_type_oid, fast.key_usage, fast.point, fast.request_sha256
+            else:
+                request = parse_device_request(der, entry.name)
+                device_id, hw_type, usage, request_sha256 = request.device_id.hex, request.hw_type_oid, request.key_usage.value, request.request_sha256
+                point = request.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
         except RequestRejected as rejected:
-            parsed.append((name, None, rejected.outcome.name, rejected.reason))
+            parsed.append((entry.name, None, rejected.outcome.name, rejected.reason))
             continue
-        point = request.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        parsed.append((name, request.device_id.hex, request.hw_type_oid, request.key_usage.value, point,
-                       subject_key_identifier(point).hex().upper(), request.request_sha256))
+        parsed.append((entry.name, device_id, hw_type, usage, point, subject_key_identifier(point).hex().upper(), request_sha256))
     return parsed
 
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from smki.audit.verify import export_trail, load_export, rows_from_database, verify_trail
-from smki.cli.common import emit, json_option
+from smki.cli.common import DATABASE, emit, json_option
 from smki.errors import BadInputError, RefusedError
 from smki.files import write_new_file
 from smki.store import open_database
@@ -49,7 +49,7 @@ def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | N
 
 
 @audit_group.command("verify")
-@click.option("--db", "database", type=click.Path(dir_okay=False, path_type=Path), help="An authority's database.")
+@click.option("--db", "database", type=DATABASE, help="An authority's database: an SQLite file or a postgresql:// URL.")
 @click.option("--export", "export_file", type=click.Path(dir_okay=False, path_type=Path), help="An exported trail.")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path),
               help="The audit public key (PEM) to trust. Without it, the key stored with the trail is used, and said so.")
@@ -81,7 +81,7 @@ def verify_command(database, export_file, public_key, as_json) -> None:
 
 
 @audit_group.command("show")
-@click.option("--db", "database", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL.")
 @click.option("--operation", help="Only this operation (e.g. certificate.lodge), or a prefix ending in '.' (certificate.).")
 @click.option("--outcome", type=click.Choice(["success", "refused", "failed"]))
 @click.option("--since", help="Only entries at or after this ISO 8601 time.")
@@ -103,7 +103,7 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 
 
 @audit_group.command("export")
-@click.option("--db", "database", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The export file (never overwritten).")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The audit public key to include (default: the stored one).")
 def export_command(database, out, public_key) -> None:

@@ -19,6 +19,22 @@ from smki.hsm.pins import PinSource
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 
 
+class DatabaseTarget(click.ParamType):
+    """A --db value: an SQLite file (a Path), or a PostgreSQL URL postgresql://... (kept as str)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from smki.store.postgres import is_database_url
+
+        if isinstance(value, Path) or not is_database_url(value):
+            return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
+        return value
+
+
+DATABASE = DatabaseTarget()
+
+
 def pin_source_option(name: str = "--pin-source", default: str = "prompt", what: str = "the token's user PIN") -> Callable:
     return click.option(
         name, default=default, show_default=True, metavar="SOURCE",

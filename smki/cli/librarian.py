@@ -1,13 +1,17 @@
-"""`smki librarian`: search the repository and serve the SMKI Repository web service."""
+"""`smki librarian`: lodge certificates, CRLs and ARLs, publish the repository, write bulk files, search, serve."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
+from smki.authorities.bulk import write_bulk_files
+from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
+from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
-from smki.cli.common import audit_options, audit_trail, checkpoint, emit, json_option
+from smki.cli.common import DATABASE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.cli.cert import read_certificate
 from smki.errors import BadInputError, SmkiError
@@ -15,41 +19,155 @@ from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.store import find_certificate, list_certificates, open_database
 
-db_option = click.option("--db", "database", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                         help="The repository database (SQLite file).")
+db_option = click.option("--db", "database", required=True, type=DATABASE,
+                         help="The repository database: an SQLite file, or a postgresql:// URL.")
+publish_option = click.option("--publish", "publish_dir", type=click.Path(file_okay=False, path_type=Path),
+                              help="Then publish the repository into this directory (as `smki librarian publish --dir`).")
 
 
 @click.group("librarian")
 def librarian_group() -> None:
-    """The Certificate Librarian: repository search and the SMKI Repository web service."""
+    """The Certificate Librarian: lodging certificates, CRLs and ARLs, publishing, search, bulk files and the web service."""
 
 
 @librarian_group.command("lodge")
 @db_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust-root", is_flag=True, help="Accept self-signed roots among FILES as trust anchors.")
+@publish_option
 @audit_options
 @json_option
-def lodge_command(database, files, trust_root, actor, audit_key_uri, pin_source, as_json) -> None:
+def lodge_command(database, files, trust_root, publish_dir, actor, audit_key_uri, pin_source, as_json) -> None:
     """Lodge certificates (PEM or DER) in the repository, issuers first.
 
     Each must chain by AKI -> SKI to a lodged certificate (or a root given with --trust-root)
-    whose key verifies its signature. Stops at the first refusal; what was lodged before it stays.
+    whose key verifies its signature. Stops at the first refusal; what was lodged before it stays
+    (and is published, with --publish). With --publish, --json prints {"lodged": [...], "published": {...}}.
     """
     connection = open_database(database, create=True)
     audit = audit_trail(connection, audit_key_uri, pin_source)
-    lodged = []
+
+    def lodge_one(path: Path) -> dict:
+        serial = lodge_certificate(connection, read_certificate(path), trust_root=trust_root, audit=audit, actor=actor)
+        return {"file": str(path), "serial": serial}
+
+    lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "lodge")
+    if publish_dir is None:
+        emit(as_json, lodged, _lodged_text)
+    else:
+        emit(as_json, {"lodged": lodged, "published": published},
+             lambda d: "\n".join(filter(None, [_lodged_text(d["lodged"]), _published_text(d["published"])])))
+
+
+def _lodged_text(rows: list[dict]) -> str:
+    return "\n".join(f"lodged {r['file']}  serial {r['serial']}" for r in rows)
+
+
+def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, context) -> tuple[list[dict], dict | None]:
+    """Lodge FILES in order, stopping at the first refusal; publish what was lodged (even before a refusal,
+    so the published directory matches the repository); end with the audit checkpoint."""
+    lodged, refusal, published = [], None, None
     try:
-        for path in files:
-            try:
-                serial = lodge_certificate(connection, read_certificate(path), trust_root=trust_root, audit=audit, actor=actor)
-            except SmkiError as exc:
-                exc.args = (f"{path}: {exc}",)
-                raise
-            lodged.append({"file": str(path), "serial": serial})
+        try:
+            for path in files:
+                try:
+                    lodged.append(lodge_one(path))
+                except SmkiError as exc:
+                    exc.args = (f"{path}: {exc}",)
+                    raise
+        except SmkiError as exc:
+            refusal = exc
+        if publish_dir is not None and lodged:
+            published = publish_repository(connection, publish_dir, audit=audit, actor=actor).summary()
     finally:
-        checkpoint(audit, f"lodge of {len(files)} file(s)")
-    emit(as_json, lodged, lambda rows: "\n".join(f"lodged {r['file']}  serial {r['serial']}" for r in rows))
+        checkpoint(audit, f"{context} of {len(files)} file(s)")
+    if refusal is not None:
+        raise refusal
+    return lodged, published
+
+
+def _published_text(published: dict | None) -> str:
+    if published is None:
+        return ""
+    return (f"published {published['directory']}: {published['certificates']} certificate(s), "
+            f"{len(published['crls'])} CRL/ARL(s), {published['files_written']} file(s) written")
+
+
+@librarian_group.command("lodge-crl")
+@db_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@publish_option
+@audit_options
+@json_option
+def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_source, as_json) -> None:
+    """Lodge CRLs and ARLs (PEM or DER) in the repository, each checked first.
+
+    The issuer is the lodged CA certificate whose SKI is the CRL's AKI, and its key must verify
+    the signature; the CRL must lint clean; its cRLNumber must exceed the last lodged for that
+    issuer; its nextUpdate must be in the future. A list from a root is an ARL. Lodged
+    certificates it names get repository status R. Stops at the first refusal (exit 1; 3 for a
+    file that is no CRL; 5 for one already lodged); what was lodged before it stays.
+    """
+    connection = open_database(database)
+    audit = audit_trail(connection, audit_key_uri, pin_source)
+
+    def lodge_one(path: Path) -> dict:
+        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(_read_file(path)), audit=audit, actor=actor).summary()}
+
+    lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "CRL lodge")
+    emit(as_json, {"lodged": lodged, "published": published}, lambda d: "\n".join(filter(None, [
+        *(f"lodged {r['file']}  {r['kind'].upper()} number {r['crl_number']} from issuer {r['issuer_key_id']}, next update "
+          f"{r['next_update']}, {len(r['newly_revoked'])} certificate(s) now revoked" for r in d["lodged"]),
+        _published_text(d["published"])])))
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{exc.strerror}") from None
+
+
+@librarian_group.command("publish")
+@db_option
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The published directory (created if missing).")
+@audit_options
+@json_option
+def publish_command(database, directory, actor, audit_key_uri, pin_source, as_json) -> None:
+    """Publish the repository as static files: certificates/<ISSUER-SKI>/<SERIAL>.cer, crl/<ISSUER-SKI>.crl
+    (each issuer's highest lodged cRLNumber) and index.json, each file replaced atomically, the index last."""
+    connection = open_database(database)
+    audit = audit_trail(connection, audit_key_uri, pin_source)
+    try:
+        published = publish_repository(connection, directory, audit=audit, actor=actor).summary()
+    finally:
+        checkpoint(audit, "publish")
+    emit(as_json, published, _published_text)
+
+
+@librarian_group.command("bulk")
+@db_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for smki-full-<DATE>.jsonl.gz and smki-delta-<DATE>.jsonl.gz (never overwritten).")
+@click.option("--since", help="Start of the delta: ISO 8601 date or time, UTC unless an offset is given. Default: 24 hours ago.")
+@json_option
+def bulk_command(database, out_dir, since, as_json) -> None:
+    """Write the bulk files: a full file (every certificate) and a delta file (lodged, or status changed, since --since).
+
+    gzip-compressed JSON Lines, one certificate a line (format smki-bulk/1, described in the README).
+    """
+    connection = open_database(database)
+    files = [f.summary() for f in write_bulk_files(connection, out_dir, since=_since(since) if since else None)]
+    emit(as_json, files, lambda rows: "\n".join(f"wrote {r['file']}: {r['kind']}, {r['certificates']} certificate(s), sha256 {r['sha256']}" for r in rows))
+
+
+def _since(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInputError(f"--since: {text!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @librarian_group.command("find")
@@ -98,7 +216,8 @@ def _hex(text: str, option: str) -> str:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0 picks a free one).")
 @click.option("--api-key-source", required=True, metavar="SOURCE",
               help="Where to read the API key parties must send: env:NAME, fd:N or prompt (never argv).")
-@click.option("--published", type=click.Path(file_okay=False, path_type=Path), help="Directory of published CRL/ARL files.")
+@click.option("--published", type=click.Path(file_okay=False, path_type=Path),
+              help="The published directory (`smki librarian publish --dir`): serves crl/<NAME>.crl and index.json.")
 def serve_command(database, address, port, api_key_source, published) -> None:
     """Serve the SMKI Repository web service (XML search and retrieve, plain downloads).
 

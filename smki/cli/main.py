@@ -6,22 +6,41 @@ nothing else is printed, so no traceback ever reaches an operator for bad input.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from smki import __version__
-from smki.cli.audit import audit_group
-from smki.cli.ca import ca_group
-from smki.cli.cert import cert_group
-from smki.cli.hsm import hsm_group
-from smki.cli.librarian import librarian_group
-from smki.cli.lint import lint_command, verify_command
-from smki.cli.policy import policy_group
 from smki.errors import SmkiError
 
+# Command name -> "module:attribute". Each group is imported only when it runs (or when
+# --help lists them): one certificate from the CLI should not pay for loading them all.
+COMMANDS = {
+    "hsm": "smki.cli.hsm:hsm_group",
+    "policy": "smki.cli.policy:policy_group",
+    "ceremony": "smki.cli.ceremony:ceremony_group",
+    "cert": "smki.cli.cert:cert_group",
+    "ca": "smki.cli.ca:ca_group",
+    "librarian": "smki.cli.librarian:librarian_group",
+    "audit": "smki.cli.audit:audit_group",
+    "lint": "smki.cli.lint:lint_command",
+    "verify": "smki.cli.lint:verify_command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smki")
 def cli() -> None:
     """smki: the GB Smart Metering Key Infrastructure on PKCS#11.
@@ -33,16 +52,6 @@ def cli() -> None:
     Exit codes: 0 success, 1 refused (a check said no), 2 usage, 3 bad input,
     4 HSM/token/PIN/key problem, 5 would overwrite or contradict existing state.
     """
-
-
-cli.add_command(hsm_group)
-cli.add_command(cert_group)
-cli.add_command(librarian_group)
-cli.add_command(audit_group)
-cli.add_command(policy_group)
-cli.add_command(lint_command)
-cli.add_command(verify_command)
-cli.add_command(ca_group)
 
 
 def main(argv: list[str] | None = None) -> None:

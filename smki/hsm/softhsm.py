@@ -99,3 +99,14 @@ def init_token(label: str, so_pin: str, user_pin: str) -> None:
 def _softhsm_labels() -> list[str]:
     code, output = _answer_prompts([_softhsm_util(), "--show-slots"], [])
     return [match.strip() for match in re.findall(r"Label:\s*(.*)", output) if match.strip()]
+
+
+def delete_token(label: str) -> None:
+    """Remove a SoftHSM token (a ceremony that failed after creating it leaves nothing behind)."""
+    code, output = _answer_prompts([_softhsm_util(), "--delete-token", "--token", label], [])
+    if code != 0:
+        raise HsmError(f"softhsm2-util could not delete token {label!r}: {output.strip().splitlines()[-1] if output.strip() else code}")
+
+
+def is_softhsm(module_path: str) -> bool:
+    return "softhsm" in Path(module_path).name.lower()

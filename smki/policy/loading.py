@@ -66,13 +66,20 @@ def schema() -> dict:
 
 def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
     """(data, line map, file bytes) of a policy file that is valid YAML and valid under the schema."""
+    return read_validated_yaml(path, schema(), PolicyError, "a policy is a mapping of RFC 3647 sections")
+
+
+def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputError], shape: str,
+                        kind: str = "policy") -> tuple[dict, dict, bytes]:
+    """(data, line map, file bytes) of a YAML file (duplicate keys refused) valid under `document_schema`;
+    anything else raises `error` as `file:line: field: what is wrong`."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise PolicyError(f"{path}:0: (file): policy file not found") from None
+        raise error(f"{path}:0: (file): {kind} file not found") from None
     except OSError as exc:
-        raise PolicyError(f"{path}:0: (file): {exc.strerror}") from None
+        raise error(f"{path}:0: (file): {exc.strerror}") from None
     text = raw.decode("utf-8", errors="replace")
     try:
         node = yaml.compose(text, Loader=_StrictLoader)
@@ -80,14 +87,14 @@ def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
         line = mark.line + 1 if mark else 0
-        raise PolicyError(f"{path}:{line}: (yaml): {exc.problem or exc.context}") from None
+        raise error(f"{path}:{line}: (yaml): {exc.problem or exc.context}") from None
     if node is None or not isinstance(data, dict):
-        raise PolicyError(f"{path}:1: (document): a policy is a mapping of RFC 3647 sections")
+        raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = jsonschema.Draft202012Validator(document_schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (_line(lines, tuple(e.absolute_path)), list(e.absolute_path)))
     if errors:
-        raise PolicyError(_describe(path, lines, _deepest(errors[0])))
+        raise error(_describe(path, lines, _deepest(errors[0])))
     return data, lines, raw
 
 

@@ -97,15 +97,26 @@ class CertificatePolicy:
         section = self.document["ca_hierarchy"][level]
         return CaProfile(tuple(tuple(pair) for pair in section["subject"]), Duration(**section["validity"]), section["path_length"])
 
-    def root_certificate_params(self, environment: Environment, not_before: datetime, contingency_extension=None) -> RootCertificateParams:
+    def root_certificate_params(self, environment: Environment, not_before: datetime, contingency_extension=None,
+                                not_after: datetime | None = None) -> RootCertificateParams:
         root = self.ca("root")
-        return RootCertificateParams(root.name, (self.policy_oid(environment),), Validity(not_before, root.validity.after(not_before)),
+        return RootCertificateParams(root.name, (self.policy_oid(environment),), self._ca_validity(root, not_before, not_after, "root"),
                                      root.path_length, contingency_extension)
 
-    def issuing_ca_certificate_params(self, environment: Environment, not_before: datetime) -> IssuingCaCertificateParams:
+    def issuing_ca_certificate_params(self, environment: Environment, not_before: datetime,
+                                      not_after: datetime | None = None) -> IssuingCaCertificateParams:
         issuing = self.ca("issuing")
         return IssuingCaCertificateParams(issuing.name, (self.policy_oid(environment),),
-                                          Validity(not_before, issuing.validity.after(not_before)), issuing.path_length)
+                                          self._ca_validity(issuing, not_before, not_after, "issuing"), issuing.path_length)
+
+    @staticmethod
+    def _ca_validity(profile: CaProfile, not_before: datetime, not_after: datetime | None, level: str) -> Validity:
+        """The policy's full validity, or a shorter one asked for; never longer (6.3.2)."""
+        longest = profile.validity.after(not_before)
+        if not_after is not None and not_after > longest:
+            raise PolicyRefusal("6.3.2 validity", f"a {level} certificate from {not_before:%Y-%m-%d} may last until "
+                                f"{longest:%Y-%m-%dT%H:%M:%SZ} at most, not {not_after:%Y-%m-%dT%H:%M:%SZ}")
+        return Validity(not_before, not_after or longest)
 
     # -- 7.1 subscriber profiles and 4.1 eligibility --------------------------------------
     def organisation_certificate_params(self, environment: Environment, *, requester: RemotePartyRole, role: RemotePartyRole,
@@ -200,6 +211,11 @@ class CertificatePolicy:
     def custody(self, level: str) -> tuple[int, int]:
         section = self.document["key_management"]["custody"][level]
         return section["threshold"], section["custodians"]
+
+    @property
+    def root_cross_certify(self) -> bool:
+        """At a root re-key, does the old root certify the new root's key (6.1.7)?"""
+        return bool(self.document["key_management"].get("root_rekey", {}).get("cross_certify", False))
 
     def required_key_attributes(self) -> dict[str, bool]:
         return dict(self.document["key_management"]["key_attributes"])

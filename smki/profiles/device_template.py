@@ -11,6 +11,7 @@ to worker processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -44,6 +45,14 @@ def subject_key_identifier(point: bytes) -> bytes:
     return bytes([0x40 | (low_60_bits[0] & 0x0F)]) + low_60_bits[1:]
 
 
+@functools.lru_cache(maxsize=64)
+def _san_prefix(hw_type_oid: str) -> bytes:
+    """The subjectAltName value up to the 8-octet hwSerialNum, which ends it and has a fixed length,
+    so every length before it is the same for every device: cryptography's encoding, cut once."""
+    sample = x509.SubjectAlternativeName([hardware_module_name(hw_type_oid, EUI64(bytes(8)))]).public_bytes()
+    return sample[:-8]
+
+
 @dataclass(frozen=True)
 class DeviceCertificateTemplate:
     """Everything a batch's certificates share, as DER."""
@@ -67,7 +76,7 @@ class DeviceCertificateTemplate:
         """The TBSCertificate DER for one device key (`point`: 04 || X || Y)."""
         if len(point) != 65 or point[0] != 0x04 or len(device_id) != 8:
             raise BadInputError("a device certificate needs a 65-octet uncompressed point and an 8-octet device ID")
-        san = x509.SubjectAlternativeName([hardware_module_name(hw_type_oid, EUI64(device_id))]).public_bytes()
+        san = _san_prefix(hw_type_oid) + device_id
         extensions = der.sequence(
             dict(self.key_usages)[key_usage],
             _extension("SKI", der.tlv(0x04, subject_key_identifier(point)), critical=False),

@@ -152,7 +152,7 @@ def parse_device_request(data: bytes, where: str = "") -> DeviceRequest:
     der = decode_request(data, where)
     fast = canonical_fields(der)
     if fast is not None:
-        return DeviceRequest(EUI64(fast.hw_serial), fast.hw_type_oid, KeyUsage.parse(fast.key_usage), fast.public_key, fast.request_sha256)
+        return DeviceRequest(EUI64(fast.hw_serial), fast.hw_type_oid, KeyUsage(fast.key_usage), fast.public_key, fast.request_sha256)
     return _parse_device_request(der, where)
 
 

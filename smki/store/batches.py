@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from smki.errors import ConflictError
@@ -40,6 +41,22 @@ class EntryOutcome:
     device_id: str | None = None
     serial_hex: str | None = None
     request_sha256: str | None = None
+
+
+@contextmanager
+def deferred_sync(connection) -> Iterator[None]:
+    """SQLite: commits inside skip the fsync (synchronous NORMAL in WAL mode: a killed process
+    loses nothing committed; only a power cut could lose the latest commits). The caller's
+    first transaction after this block runs at FULL again, and its fsync of the log makes
+    every earlier commit durable: do that before anything is released."""
+    if not isinstance(connection, sqlite3.Connection):
+        yield
+        return
+    connection.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        connection.execute("PRAGMA synchronous = FULL")
 
 
 def find_batch(connection: sqlite3.Connection, batch_id: str) -> BatchRow | None:

@@ -2,7 +2,8 @@
 
 Schema changes are versioned migrations, applied in order, each in its own transaction and
 recorded in `schema_migrations`; a database newer than this code is refused rather than
-guessed at. SQLite is the embedded default.
+guessed at. SQLite is the embedded default; a `postgresql://` URL opens PostgreSQL through the
+same code (smki/store/postgres.py adapts it to the sqlite3 interface used here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from smki.audit.trail import SCHEMA as AUDIT_SCHEMA
 from smki.errors import BadInputError, ConflictError
+from smki.store.postgres import is_database_url
 
 # (version, description, SQL). Append only: never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -80,12 +82,43 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX certificates_serial ON certificates (serial_hex);
         CREATE INDEX certificates_request ON certificates (request_sha256)
     """),
+    (6, "lodged CRLs and ARLs, repository status changes", """
+        CREATE TABLE lodged_crls (
+            issuer_key_id TEXT NOT NULL,         -- the issuing CA's SKI (hex) = the CRL's AKI
+            crl_number    TEXT NOT NULL,         -- cRLNumber as 40 hex digits (up to 20 octets), fixed width: text order is numeric order
+            kind          TEXT NOT NULL CHECK (kind IN ('crl', 'arl')),  -- arl when the issuer is a root
+            this_update   TEXT NOT NULL,
+            next_update   TEXT NOT NULL,
+            sha256        TEXT NOT NULL,
+            der           BLOB NOT NULL,
+            lodged_at     TEXT NOT NULL,
+            PRIMARY KEY (issuer_key_id, crl_number)
+        );
+        CREATE TABLE certificate_status_changes (
+            issuer_key_id TEXT NOT NULL,
+            serial_hex    TEXT NOT NULL,
+            status        TEXT NOT NULL,         -- the new RepositoryStatus code
+            changed_at    TEXT NOT NULL,
+            source        TEXT NOT NULL,         -- what changed it, e.g. crl <ISSUER-SKI> <number>
+            PRIMARY KEY (issuer_key_id, serial_hex, status, changed_at)
+        );
+        CREATE INDEX certificate_status_changes_time ON certificate_status_changes (changed_at);
+        CREATE INDEX certificates_issued_at ON certificates (issued_at)
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def open_database(path: Path, *, create: bool = False) -> sqlite3.Connection:
-    """Open (or, with create=True, create) the database at `path` and migrate it."""
+def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connection:
+    """Open (or, with create=True, create) the database at `path` and migrate it.
+
+    `path` is an SQLite file, or a `postgresql://` URL (whose database must exist; with create=True
+    an empty one is given the schema). Either way the connection answers the same SQL.
+    """
+    if is_database_url(path):
+        from smki.store.postgres import connect
+
+        return connect(str(path), create=create, migrate=migrate)  # type: ignore[return-value]
     path = Path(path)
     if not create and not path.exists():
         raise BadInputError(f"{path}: no smki database here")
@@ -129,6 +162,8 @@ def migrate(connection: sqlite3.Connection) -> int:
         if version <= current:
             continue
         with transaction(connection):
+            if schema_version(connection) >= version:
+                continue  # applied by another process while this one waited for the write lock
             for statement in filter(str.strip, sql.split(";")):
                 connection.execute(statement)
             connection.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",

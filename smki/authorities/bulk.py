@@ -1,0 +1,149 @@
+"""Bulk files of the repository for parties: a full file and a delta file (format smki-bulk/1).
+
+Each file is gzip-compressed JSON Lines (UTF-8, one JSON object and a newline per
+certificate, keys sorted) with these fields:
+
+    serial, issuer_key_id, subject_key_id   uppercase hex
+    type                                    root, issuing-ca, organisation or device
+    eui64                                   16 hex digits (organisation uniqueIdentifier or device hwSerialNum), or null
+    role                                    RemotePartyRole OU code (2 hex digits, organisation certificates), or null
+    usage                                   DS or KA (end-entity certificates), or null
+    status                                  repository status now: P, I, N, E or R
+    not_before, not_after, lodged_at        ISO 8601, UTC
+    der                                     the certificate, Base64 DER
+    changes (delta only)                    ["lodged"] and/or ["status"]: why the line is in the delta
+
+The full file holds every certificate; the delta holds those lodged (or issued, in an
+authority's own database) since a time, and those whose status changed since then (a lodged
+CRL/ARL revoking them, or a revocation recorded by the authority). Lines are ordered by
+lodged_at, issuer, serial. The gzip header carries no name or time, so the same content
+gives the same bytes. A file that already exists is never overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from smki.errors import ConflictError
+from smki.files import refuse_existing
+
+BULK_FORMAT = "smki-bulk/1"
+DEFAULT_DELTA_PERIOD = timedelta(days=1)
+
+_LINE_COLUMNS = "c.serial_hex, c.issuer_key_id, c.subject_key_id, c.certificate_type, c.entity_id, c.role, c.key_usage, " \
+                "c.status, c.not_before, c.not_after, c.issued_at, c.der"
+# Status changes come from CRLs the Librarian lodged, and from revocations an authority recorded in its own database.
+_STATUS_CHANGED_SINCE = (
+    "(EXISTS (SELECT 1 FROM certificate_status_changes s WHERE s.issuer_key_id = c.issuer_key_id "
+    "AND s.serial_hex = c.serial_hex AND s.changed_at >= ?) "
+    "OR EXISTS (SELECT 1 FROM revocations r WHERE r.issuer_key_id = c.issuer_key_id "
+    "AND r.serial_hex = c.serial_hex AND r.revoked_at >= ?))")
+
+
+@dataclass(frozen=True)
+class BulkFile:
+    path: Path
+    kind: str  # full or delta
+    certificates: int
+    sha256: str  # of the compressed file, as a party downloads it
+
+    def summary(self) -> dict:
+        return {"file": str(self.path), "kind": self.kind, "certificates": self.certificates, "sha256": self.sha256}
+
+
+def iso_utc(moment: datetime) -> str:
+    """The text form every time column uses: ISO 8601 to the second, UTC, so text order is time order."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def _line(row, changes: list[str] | None = None) -> bytes:
+    serial, issuer, ski, kind, entity, role, usage, status, not_before, not_after, lodged_at, der = row
+    line = {"serial": serial, "issuer_key_id": issuer, "subject_key_id": ski, "type": kind, "eui64": entity, "role": role,
+            "usage": usage, "status": status, "not_before": not_before, "not_after": not_after, "lodged_at": lodged_at,
+            "der": base64.b64encode(bytes(der)).decode("ascii")}
+    if changes is not None:
+        line["changes"] = changes
+    return (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def full_lines(connection: sqlite3.Connection) -> Iterator[bytes]:
+    # Streamed from the cursor: a full file may hold millions of certificates.
+    for row in connection.execute(f"SELECT {_LINE_COLUMNS} FROM certificates c ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex"):
+        yield _line(row)
+
+
+def delta_lines(connection: sqlite3.Connection, since: datetime) -> Iterator[bytes]:
+    start = iso_utc(since)
+    rows = connection.execute(
+        f"SELECT {_LINE_COLUMNS}, CASE WHEN c.issued_at >= ? THEN 1 ELSE 0 END, CASE WHEN {_STATUS_CHANGED_SINCE} THEN 1 ELSE 0 END "
+        f"FROM certificates c WHERE c.issued_at >= ? OR {_STATUS_CHANGED_SINCE} ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex",
+        (start, start, start, start, start, start))
+    for *row, lodged, status_changed in rows:
+        yield _line(row, [name for name, flag in (("lodged", lodged), ("status", status_changed)) if flag])
+
+
+class _HashingWriter:
+    """Passes writes through to a file and hashes them: the digest of the file as written."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.digest = stream, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def write_bulk_file(path: Path, kind: str, lines: Iterable[bytes]) -> BulkFile:
+    """Stream `lines` gzip-compressed into a temporary file beside `path`, then link it into place if `path` is still free."""
+    path = Path(path)
+    refuse_existing(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    count = 0
+    try:
+        with os.fdopen(descriptor, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as stream:
+                for line in lines:
+                    stream.write(line)
+                    count += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(temporary, 0o644)
+        os.link(temporary, path)  # atomic, and fails if `path` appeared meanwhile
+    except FileExistsError:
+        raise ConflictError(f"{path} already exists; not overwriting it") from None
+    finally:
+        os.unlink(temporary)
+    return BulkFile(path, kind, count, hashing.digest.hexdigest())
+
+
+def bulk_file_names(now: datetime) -> tuple[str, str]:
+    """One full and one delta file a day, named by the UTC date they were made."""
+    day = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return f"smki-full-{day}.jsonl.gz", f"smki-delta-{day}.jsonl.gz"
+
+
+def write_bulk_files(connection: sqlite3.Connection, directory: Path, *, since: datetime | None = None,
+                     now: datetime | None = None) -> list[BulkFile]:
+    """The full file and the delta file since `since` (default: a day before `now`). Neither is written if either exists."""
+    now = now or datetime.now(timezone.utc)
+    since = since or now - DEFAULT_DELTA_PERIOD
+    full_name, delta_name = bulk_file_names(now)
+    for name in (full_name, delta_name):
+        refuse_existing(Path(directory) / name)
+    return [write_bulk_file(Path(directory) / full_name, "full", full_lines(connection)),
+            write_bulk_file(Path(directory) / delta_name, "delta", delta_lines(connection, since))]

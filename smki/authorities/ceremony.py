@@ -1,0 +1,446 @@
+"""Running a root ceremony: the Root Authorities' offline work, from a checked ceremony file.
+
+Every ceremony follows the same order, as Let's Encrypt's ceremony tool does:
+refuse if any output exists; load and require the policy; activate the key (m of n
+custodian shares rebuild the token PIN in memory; a new root's PIN is random and split);
+check that the HSM key is the issuer certificate's key; read the key's attributes back;
+lint the draft; sign in the HSM; verify the result; record it in the root's own state
+(its SQLite store and audit trail) in one transaction; then write the outputs and a
+transcript for the witnesses to sign. A refusal before signing leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+from smki.audit.trail import AuditEntry, AuditTrail
+from smki.authorities.ceremony_file import Ceremony
+from smki.authorities.records import record_for
+from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
+from smki.files import refuse_existing, write_new_file
+from smki.hsm import activation
+from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
+from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
+from smki.hsm.session import close_all, open_session
+from smki.hsm.signer import Pkcs11Signer
+from smki.hsm.softhsm import delete_token, init_token, is_softhsm
+from smki.policy import PolicyRefusal, load_policy
+from smki.policy.adoption import adopt, require_adopted
+from smki.policy.model import CertificatePolicy
+from smki.profiles import (IssuingCaCertificateParams, issuing_ca_certificate, root_certificate, sign_certificate)
+from smki.profiles.crl import RevokedEntry, build_crl
+from smki.profiles.describe import describe
+from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
+from smki.profiles.lint import lint_certificate, pre_issuance_check
+from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.lint.findings import Severity
+from smki.profiles.public_keys import check_public_key, check_subject_public_key_info
+from smki.store import open_database
+from smki.store.certificates import find_certificate, insert_certificate
+from smki.store.database import transaction
+from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+
+STATE_DATABASE = "smki.db"
+# Asked for each custodian: (custodian, purpose) -> passphrase. Never logged, never stored.
+PassphraseSource = Callable[[str, str], str]
+
+
+@dataclass
+class _Run:
+    ceremony: Ceremony
+    operator: str
+    passphrase: PassphraseSource
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
+    custodians_present: list[str] = field(default_factory=list)
+    key_attributes: list[dict] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    outputs: list[tuple[Path, bytes, str, int]] = field(default_factory=list)  # (path, data, what, mode)
+    policy: CertificatePolicy | None = None
+    records: list = field(default_factory=list)
+    revocations: list[tuple[str, str, str]] = field(default_factory=list)  # (issuer SKI, serial, reason)
+    crl_number: int | None = None
+    facts: dict = field(default_factory=dict)
+
+    def output(self, path: Path, data: bytes, what: str, mode: int = 0o644) -> None:
+        self.outputs.append((path, data, what, mode))
+
+
+# -- activation -----------------------------------------------------------------------------------
+def _custody(run: _Run) -> tuple[int, int]:
+    return run.policy.custody("root")
+
+
+def _new_root_token(run: _Run) -> str:
+    """root-key: a random token secret, split among every custodian; the token made with its PINs."""
+    ceremony = run.ceremony
+    threshold, custodians = _custody(run)
+    if len(ceremony.custodians) != custodians:
+        raise PolicyRefusal("6.2.2 custody", f"the policy requires {custodians} custodians for a root key; the ceremony names {len(ceremony.custodians)}")
+    if not is_softhsm(ceremony.hsm.module):
+        raise HsmError(f"{ceremony.hsm.module}: initialise token {ceremony.hsm.token!r} with the HSM vendor's tool; smki initialises SoftHSM tokens only")
+    passphrases = {name: run.passphrase(name, "choose a passphrase for your new share") for name in ceremony.custodians}
+    secret = activation.new_token_secret()
+    shares = activation.split_secret(ceremony.authority, secret, threshold, passphrases)
+    pins = activation.TokenPins.from_secret(secret)
+    init_token(ceremony.hsm.token, pins.so_pin, pins.user_pin)
+    for share in shares:
+        run.output(ceremony.share_file(share.custodian), share.to_json(), f"custodian share ({share.custodian})", 0o600)
+    run.custodians_present = sorted(ceremony.custodians)
+    run.facts["custody"] = {"threshold": threshold, "custodians": custodians}
+    return pins.user_pin
+
+
+def _presented_pin(run: _Run) -> str:
+    """Every other ceremony: m custodians present their shares; the PIN is rebuilt in memory only."""
+    ceremony = run.ceremony
+    threshold, _ = _custody(run)
+    if len(ceremony.custodians) < threshold:
+        raise RefusedError(f"{len(ceremony.custodians)} of {threshold} required custodians are named as present; the key stays unused")
+    presented = []
+    for name in ceremony.custodians:
+        share = activation.CustodianShare.load(ceremony.share_file(name))
+        if share.custodian != name:
+            raise RefusedError(f"{ceremony.share_file(name)}: the share is {share.custodian}'s, not {name}'s")
+        presented.append((share, run.passphrase(name, f"passphrase for your {ceremony.authority} share")))
+    secret, names = activation.recover_secret(ceremony.authority, presented)
+    run.custodians_present = names
+    run.facts["custody"] = {"threshold": threshold, "presented": len(names)}
+    return activation.TokenPins.from_secret(secret).user_pin
+
+
+# -- keys -----------------------------------------------------------------------------------------
+def _read_back(run: _Run, private_object, role: str) -> KeyAttributes:
+    attributes = read_attributes(private_object)
+    required = run.policy.required_key_attributes()
+    actual = attributes.as_json()
+    wrong = [f"{name}={actual[name]}" for name, want in required.items() if name in actual and actual[name] != want]
+    run.key_attributes.append({"role": role, **actual, "policy_violations": wrong})
+    if wrong:
+        raise HsmError(f"key {attributes.label!r} has attributes the policy forbids: {', '.join(wrong)}; nothing signed")
+    return attributes
+
+
+def _signer_for(run: _Run, session, key, role: str) -> Pkcs11Signer:
+    public_object, private_object = find_key_pair(session, key.label, key.key_id)
+    _read_back(run, private_object, role)
+    return Pkcs11Signer(private_object, public_key_of(public_object))
+
+
+def _matching(signer: Pkcs11Signer, certificate: x509.Certificate, what: str) -> None:
+    if signer.public_key.public_numbers() != certificate.public_key().public_numbers():
+        raise BadInputError(f"the HSM key does not match {what}'s public key; nothing signed")
+
+
+# -- reading inputs -------------------------------------------------------------------------------
+def _read_certificate(path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise BadInputError(f"{path}: not a PEM or DER certificate") from None
+
+
+def _subject_public_key(ceremony: Ceremony):
+    """The Issuing Authority's key: from its PKCS#10 request (proof of possession checked) or a public key file."""
+    path = ceremony.subject_csr or ceremony.subject_public_key
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
+    if ceremony.subject_csr:
+        try:
+            request = x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
+        except ValueError:
+            raise BadInputError(f"{path}: not a PEM or DER PKCS#10 request") from None
+        if not request.is_signature_valid:
+            raise BadInputError(f"{path}: the request's signature does not verify (no proof of possession)")
+        return check_public_key(request.public_key(), str(path))
+    if b"-----BEGIN" in data:
+        try:
+            data = load_pem_public_key(data).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        except ValueError:
+            raise BadInputError(f"{path}: not a PEM public key") from None
+    return check_subject_public_key_info(data, str(path))
+
+
+# -- after signing --------------------------------------------------------------------------------
+def _verified(run: _Run, certificate: x509.Certificate, issuer: x509.Certificate, certificate_type: str | None, what: str) -> None:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise HsmError(f"the signed {what} does not verify against its issuer ({exc or 'bad signature'}); not released") from None
+    if certificate_type is not None:
+        _, findings = lint_certificate(certificate.public_bytes(Encoding.DER), certificate_type=certificate_type,
+                                       expected_policy_oids=(run.policy.policy_oid(run.ceremony.environment),),
+                                       issuer_subject_der=issuer.subject.public_bytes())
+        errors = [f"{f.rule_id}: {f.message}" for f in findings if f.severity is Severity.ERROR]
+        if errors:
+            raise RefusedError(f"the signed {what} fails lint after signing: {'; '.join(errors)}")
+    run.checks.append(f"{what}: signature verifies under the issuer's key" + ("; lint clean" if certificate_type else ""))
+
+
+def _certificate_output(run: _Run, certificate: x509.Certificate, path: Path, what: str, certificate_type: str) -> None:
+    run.records.append(record_for(certificate, policy_identity=(run.policy.name, run.policy.version, run.policy.sha256)))
+    run.output(path, certificate.public_bytes(Encoding.PEM), what)
+    run.facts.setdefault("certificates", []).append({"what": what, "type": certificate_type, "serial": f"{certificate.serial_number:032X}",
+                                                    "subject": certificate.subject.rfc4514_string(),
+                                                    "not_after": certificate.not_valid_after_utc.isoformat()})
+
+
+# -- the ceremonies -------------------------------------------------------------------------------
+def _root_key(run: _Run, session) -> None:
+    ceremony = run.ceremony
+    if ceremony.contingency is not None and run.policy.kind != "organisation":
+        raise PolicyRefusal("6.1 contingency key", "only the Root OCA (organisation policy) has a contingency key")
+    public_object, private_object = generate_p256_key_pair(session, ceremony.hsm.key.label, ceremony.hsm.key.key_id)
+    _read_back(run, private_object, "root key")
+    signer = Pkcs11Signer(private_object, public_key_of(public_object))
+    extension = None
+    if ceremony.contingency is not None:
+        contingency_public, wrapping_key = generate_contingency_keys(
+            session, ceremony.contingency.key.label, ceremony.contingency.key.key_id,
+            ceremony.contingency.wrapping_key.label, ceremony.contingency.wrapping_key.key_id)
+        _, contingency_private = find_key_pair(session, ceremony.contingency.key.label, ceremony.contingency.key.key_id)
+        _read_back(run, contingency_private, "contingency key")
+        wrapped = wrap_public_key(session, wrapping_key, contingency_public)
+        extension = wrapped_apex_contingency_key(wrapped)
+        run.facts["contingency"] = {"wrap_algorithm": ID_AES256_WRAP, "wrapped_sha256": hashlib.sha256(wrapped).hexdigest(),
+                                    "critical": ceremony.contingency.critical, "wrapping_key": ceremony.contingency.wrapping_key.label}
+    spec = ceremony.certificate
+    params = run.policy.root_certificate_params(ceremony.environment, spec.not_before, extension, spec.not_after)
+    if extension is not None:
+        params = type(params)(**{**params.__dict__, "contingency_critical": ceremony.contingency.critical})
+    lint = pre_issuance_check("root", (run.policy.policy_oid(ceremony.environment),))
+    certificate = sign_certificate(root_certificate(params, signer.public_key), signer, pre_issuance_check=lint)
+    _verified(run, certificate, certificate, "root", "root certificate")
+    _certificate_output(run, certificate, spec.output, "root certificate", "root")
+
+
+def _issuing_ca(run: _Run, session) -> None:
+    ceremony = run.ceremony
+    root = _read_certificate(ceremony.issuer_certificate)
+    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
+    _matching(signer, root, "the issuer certificate")
+    subject_key = _subject_public_key(ceremony)
+    spec = ceremony.certificate
+    params = run.policy.issuing_ca_certificate_params(ceremony.environment, spec.not_before, spec.not_after)
+    lint = pre_issuance_check("issuing-ca", (run.policy.policy_oid(ceremony.environment),), issuer=root)
+    certificate = sign_certificate(issuing_ca_certificate(params, subject_key, root), signer, pre_issuance_check=lint)
+    _verified(run, certificate, root, "issuing-ca", "Issuing Authority certificate")
+    _certificate_output(run, certificate, spec.output, "Issuing Authority certificate", "issuing-ca")
+
+
+def _arl(run: _Run, session, connection) -> None:
+    ceremony = run.ceremony
+    root = _read_certificate(ceremony.issuer_certificate)
+    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
+    _matching(signer, root, "the issuer certificate")
+    root_key_id = describe(root).subject_key_id.hex().upper()
+    for item in ceremony.revoke:
+        revoked = _read_certificate(item.certificate)
+        serial = f"{revoked.serial_number:032X}"
+        records = [r for r in find_certificate(connection, serial) if r.issuer_key_id == root_key_id]
+        if not records:
+            raise BadInputError(f"{item.certificate}: this root has no record of issuing serial {serial}")
+        if records[0].status == "R":
+            raise ConflictError(f"{item.certificate}: serial {serial} is already revoked; remove it from the ceremony file")
+        run.policy.check_revocation(records[0].certificate_type, item.reason)
+        run.revocations.append((root_key_id, serial, item.reason))
+    already = revoked_entries(connection, root_key_id)
+    entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in already]
+    entries += [RevokedEntry(int(serial, 16), run.started, reason) for _, serial, reason in run.revocations]
+    run.crl_number = _peek_crl_number(connection, root_key_id)
+    run.facts["arl_issuer_key_id"] = root_key_id
+    crl = build_crl(root, signer, crl_number=run.crl_number, this_update_utc=run.started,
+                    next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
+    der = crl.public_bytes(Encoding.DER)
+    _, findings = lint_crl(der, root.subject.public_bytes())
+    errors = [f"{f.rule_id}: {f.message}" for f in findings if f.severity is Severity.ERROR]
+    if errors:
+        raise RefusedError(f"the ARL fails lint: {'; '.join(errors)}")
+    if not crl.is_signature_valid(root.public_key()):
+        raise HsmError("the signed ARL does not verify against the root's key; not released")
+    run.checks.append("ARL: signature verifies under the root's key; lint clean")
+    run.output(ceremony.output, crl.public_bytes(Encoding.PEM), "ARL")
+    run.facts["arl"] = {"crl_number": run.crl_number, "entries": len(entries), "next_update": crl.next_update_utc.isoformat(),
+                        "revoked_now": [serial for _, serial, _ in run.revocations]}
+
+
+def _peek_crl_number(connection, issuer_key_id: str) -> int:
+    row = connection.execute("SELECT last_number FROM crl_numbers WHERE issuer_key_id = ?", (issuer_key_id,)).fetchone()
+    return (row[0] if row else 0) + 1
+
+
+def _root_rekey(run: _Run, session) -> None:
+    ceremony = run.ceremony
+    old_root = _read_certificate(ceremony.issuer_certificate)
+    old_signer = _signer_for(run, session, ceremony.hsm.key, "current root key")
+    _matching(old_signer, old_root, "the current root certificate")
+    if ceremony.cross_certificate and not run.policy.root_cross_certify:
+        raise PolicyRefusal("6.1.7 root_rekey", "the policy does not allow the old root to cross-certify the new one")
+    public_object, private_object = generate_p256_key_pair(session, ceremony.new_key.label, ceremony.new_key.key_id)
+    _read_back(run, private_object, "new root key")
+    new_signer = Pkcs11Signer(private_object, public_key_of(public_object))
+    spec = ceremony.certificate
+    params = run.policy.root_certificate_params(ceremony.environment, spec.not_before, None, spec.not_after)
+    lint = pre_issuance_check("root", (run.policy.policy_oid(ceremony.environment),))
+    new_root = sign_certificate(root_certificate(params, new_signer.public_key), new_signer, pre_issuance_check=lint)
+    _verified(run, new_root, new_root, "root", "new root certificate")
+    _certificate_output(run, new_root, spec.output, "new root certificate", "root")
+    if ceremony.cross_certificate:
+        # The old root certifies the new root's key under the root's name: relying parties that
+        # trust only the old root reach the new one through it during the changeover.
+        validity_end = min(params.validity.not_after_utc, old_root.not_valid_after_utc)
+        cross_params = IssuingCaCertificateParams(params.subject, params.policy_oids, type(params.validity)(spec.not_before, validity_end),
+                                                  params.path_length)
+        cross = sign_certificate(issuing_ca_certificate(cross_params, new_signer.public_key, old_root), old_signer)
+        _verified(run, cross, old_root, None, "cross-certificate (old root -> new root key)")
+        _certificate_output(run, cross, ceremony.cross_certificate, "cross-certificate", "cross-certificate")
+
+
+def _contingency_recovery(run: _Run, session) -> None:
+    ceremony = run.ceremony
+    root = _read_certificate(ceremony.issuer_certificate)
+    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
+    _matching(signer, root, "the root certificate")
+    try:
+        extension = root.extensions.get_extension_for_oid(ID_PE_WRAPPED_APEX_CONTIN_KEY).value
+    except x509.ExtensionNotFound:
+        raise BadInputError(f"{ceremony.issuer_certificate}: the root certificate has no WrappedApexContingencyKey extension") from None
+    value = WrappedApexContingencyKey.load(extension.value)
+    wrapping_key = find_wrapping_key(session, ceremony.wrapping_key.label, ceremony.wrapping_key.key_id)
+    key_value = export_wrapping_key(session, wrapping_key)
+    contingency_public = unwrap_public_key(key_value, value["wrappedContinPubKey"].native)
+    pem = contingency_public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    recovery = {"format": "smki-contingency-recovery/1", "root_serial": f"{root.serial_number:032X}",
+                "wrap_algorithm": value["wrapAlgorithm"]["algorithm"].dotted, "wrapping_key_hex": key_value.hex(),
+                "contingency_public_key_pem": pem.decode()}
+    run.checks.append("the root certificate's wrapped contingency key unwraps under the exported key (RFC 3394 integrity check)")
+    run.output(ceremony.output, json.dumps(recovery, indent=2).encode() + b"\n", "contingency recovery package", 0o600)
+    run.facts["contingency_public_key_sha256"] = hashlib.sha256(pem).hexdigest()
+
+
+# -- the transcript -------------------------------------------------------------------------------
+def _transcript(run: _Run) -> dict:
+    ceremony = run.ceremony
+    return {
+        "format": "smki-ceremony-transcript/1",
+        "ceremony": {"type": ceremony.kind, "name": ceremony.name, "file": str(ceremony.path), "sha256": ceremony.sha256},
+        "authority": ceremony.authority,
+        "date": run.started.isoformat(),
+        "operator": run.operator,
+        "custodians_present": run.custodians_present,
+        "policy": run.policy.identity,
+        "environment": ceremony.environment.value,
+        "hsm": {"module": ceremony.hsm.module, "token": ceremony.hsm.token},
+        "key_attributes": run.key_attributes,
+        "checks": run.checks,
+        "facts": run.facts,
+        "outputs": [{"file": str(path), "what": what, "sha256": hashlib.sha256(data).hexdigest()} for path, data, what, _ in run.outputs],
+        "witness_sign_off": [{"witness": name, "signature": "", "date": ""} for name in ceremony.witnesses],
+    }
+
+
+def _transcript_text(transcript: dict) -> str:
+    lines = [f"SMKI ceremony transcript: {transcript['ceremony']['name']} ({transcript['ceremony']['type']})",
+             f"date {transcript['date']}   operator {transcript['operator']}   authority {transcript['authority']}",
+             f"ceremony file {transcript['ceremony']['file']}  sha256 {transcript['ceremony']['sha256']}",
+             f"policy {transcript['policy']['name']} {transcript['policy']['version']}  sha256 {transcript['policy']['sha256']}",
+             f"custodians present: {', '.join(transcript['custodians_present'])}", "", "HSM key attributes read back:"]
+    for key in transcript["key_attributes"]:
+        flags = ", ".join(f"{name.upper()}={key[name]}" for name in ("local", "never_extractable", "sensitive", "always_sensitive", "extractable"))
+        lines.append(f"  {key['role']}: {key['label']} id {key['key_id']}: {flags}")
+    lines += ["", "Checks:", *(f"  {check}" for check in transcript["checks"]), "", "Outputs:"]
+    lines += [f"  {o['file']}  sha256 {o['sha256']}  ({o['what']})" for o in transcript["outputs"]]
+    lines += ["", "Witnesses: I saw this ceremony performed as written and these outputs produced."]
+    lines += [f"  {w['witness']:<30} signature ______________________  date __________" for w in transcript["witness_sign_off"]]
+    return "\n".join(lines) + "\n"
+
+
+# -- the whole ceremony ---------------------------------------------------------------------------
+_KINDS = {"root-key": _root_key, "issuing-ca": _issuing_ca, "root-rekey": _root_rekey, "contingency-recovery": _contingency_recovery}
+
+
+def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase: PassphraseSource | None = None) -> dict:
+    """Run the ceremony; return its transcript (also written with the outputs)."""
+    for path in ceremony.outputs():
+        refuse_existing(path)
+    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt)
+    run.policy = load_policy(ceremony.policy)
+    connection = open_database(ceremony.state / STATE_DATABASE, create=True)
+    audit = AuditTrail(connection)
+    created_token = False
+    try:
+        if ceremony.kind == "root-key":
+            if _adopted_sha(connection, run.policy.kind) != run.policy.sha256:
+                adopt(connection, run.policy, run.operator, audit)
+            pin = _new_root_token(run)
+            created_token = True
+        else:
+            require_adopted(connection, run.policy)
+            pin = _presented_pin(run)
+        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.kind in ("root-key", "root-rekey"))
+        del pin
+        if ceremony.kind == "arl":
+            _arl(run, session, connection)
+        else:
+            _KINDS[ceremony.kind](run, session)
+        transcript = _transcript(run)
+        transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
+        _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
+    except BaseException as error:
+        close_all()
+        if created_token:
+            delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
+        if isinstance(error, SmkiError):
+            with transaction(connection):
+                audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "refused",
+                                        {"ceremony": ceremony.name, "file_sha256": ceremony.sha256}, {"reason": str(error)}))
+        raise
+    finally:
+        close_all()
+    for path, data, _, mode in run.outputs:
+        write_new_file(path, data, mode)
+    write_new_file(ceremony.transcript, transcript_bytes)
+    write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
+    return transcript
+
+
+def _adopted_sha(connection, kind: str) -> str | None:
+    row = connection.execute("SELECT sha256 FROM adopted_policies WHERE kind = ?", (kind,)).fetchone()
+    return row[0] if row else None
+
+
+def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:
+    """The ceremony's records and its audit entry, in one transaction, before any output is released."""
+    ceremony = run.ceremony
+    with transaction(connection):
+        for record in run.records:
+            insert_certificate(connection, record)
+        for issuer_key_id, serial, reason in run.revocations:
+            record_revocation(connection, issuer_key_id, serial, run.started, reason)
+        if run.crl_number is not None:
+            next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started)
+        audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "success",
+                                {"ceremony": ceremony.name, "file_sha256": ceremony.sha256, "transcript_sha256": transcript_sha256,
+                                 "outputs": [str(path) for path, *_ in run.outputs]},
+                                {"custodians_present": run.custodians_present}, run.policy.identity))
+
+
+def _prompt(custodian: str, purpose: str) -> str:
+    import click
+    return click.prompt(f"{custodian}, {purpose}", hide_input=True, err=True)

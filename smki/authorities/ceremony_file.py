@@ -1,0 +1,146 @@
+"""Ceremony files: one strictly validated YAML file per root ceremony (unknown keys refused).
+
+In the spirit of Let's Encrypt's ceremony tool: everything a ceremony does is written down
+beforehand, reviewed, and its digest goes into the transcript. This module only reads and
+checks the file (schema `ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
+`file:line: field: what is wrong`) and turns it into a typed `Ceremony`; running it is
+`smki.authorities.ceremony`. Paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from smki.errors import BadInputError
+from smki.hsm.config import default_module_path
+from smki.policy import Environment
+from smki.policy.loading import read_validated_yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
+KINDS = ("root-key", "issuing-ca", "arl", "root-rekey", "contingency-recovery")
+
+
+class CeremonyFileError(BadInputError):
+    """A ceremony file that cannot be run: `file:line: field: what is wrong`."""
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    label: str
+    key_id: bytes
+
+
+@dataclass(frozen=True)
+class HsmSpec:
+    module: str
+    token: str
+    key: KeySpec
+
+
+@dataclass(frozen=True)
+class ContingencySpec:
+    key: KeySpec
+    wrapping_key: KeySpec
+    critical: bool
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    not_before: datetime
+    not_after: datetime | None
+    output: Path
+
+
+@dataclass(frozen=True)
+class Revocation:
+    certificate: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ceremony:
+    """A checked ceremony file. Fields a kind does not use are None or empty."""
+
+    kind: str
+    path: Path
+    sha256: str
+    name: str
+    authority: str
+    policy: Path
+    environment: Environment
+    state: Path
+    witnesses: tuple[str, ...]
+    transcript: Path
+    hsm: HsmSpec
+    custodians: tuple[str, ...]  # root-key: every custodian; otherwise those presenting shares
+    shares: Path  # directory of custodian share files
+    certificate: CertificateSpec | None = None
+    contingency: ContingencySpec | None = None
+    issuer_certificate: Path | None = None
+    subject_csr: Path | None = None
+    subject_public_key: Path | None = None
+    revoke: tuple[Revocation, ...] = ()
+    output: Path | None = None
+    new_key: KeySpec | None = None
+    cross_certificate: Path | None = None
+    wrapping_key: KeySpec | None = None
+
+    def share_file(self, custodian: str) -> Path:
+        return self.shares / f"{custodian}.share.json"
+
+    def outputs(self) -> list[Path]:
+        """Every file the ceremony writes: all must be absent before it starts."""
+        paths = [self.transcript, self.transcript.with_suffix(".txt")]
+        paths += [p for p in (self.certificate and self.certificate.output, self.output, self.cross_certificate) if p]
+        if self.kind == "root-key":
+            paths += [self.share_file(name) for name in self.custodians]
+        return paths
+
+
+def _key(data: dict) -> KeySpec:
+    return KeySpec(data["label"], bytes.fromhex(data["id"]))
+
+
+def _date(text: str, where: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CeremonyFileError(f"{where}: {text!r} is not a date") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def load_ceremony(path: Path) -> Ceremony:
+    path = Path(path)
+    data, _, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
+                                       "a ceremony file is a mapping with a `ceremony` type", kind="ceremony")
+    base = path.resolve().parent
+    here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
+    custodians = data["custodians"]
+    certificate = data.get("certificate")
+    certificate_spec = None
+    if certificate:
+        certificate_spec = CertificateSpec(_date(str(certificate["not_before"]), f"{path}: certificate.not_before"),
+                                           _date(str(certificate["not_after"]), f"{path}: certificate.not_after") if certificate.get("not_after") else None,
+                                           here(certificate["output"]))
+    contingency = data.get("contingency")
+    subject = data.get("subject", {})
+    return Ceremony(
+        kind=data["ceremony"], path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
+        policy=here(data["policy"]), environment=Environment.parse(data["environment"]), state=here(data["state"]),
+        witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
+        hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"])),
+        custodians=tuple(custodians.get("names") or custodians.get("present")), shares=here(custodians["shares"]),
+        certificate=certificate_spec,
+        contingency=ContingencySpec(_key(contingency["key"]), _key(contingency["wrapping_key"]), bool(contingency.get("critical", False)))
+        if contingency else None,
+        issuer_certificate=here(data.get("issuer_certificate")), subject_csr=here(subject.get("csr")),
+        subject_public_key=here(subject.get("public_key")),
+        revoke=tuple(Revocation(here(item["certificate"]), item["reason"]) for item in data.get("revoke", ())),
+        output=here(data.get("output")), new_key=_key(data["new_key"]) if data.get("new_key") else None,
+        cross_certificate=here(data.get("cross_certificate", {}).get("output")),
+        wrapping_key=_key(data["wrapping_key"]) if data.get("wrapping_key") else None,
+    )

@@ -1,0 +1,179 @@
+"""The Librarian lodges CRLs and ARLs: each is checked before anyone can be served it.
+
+A CRL is accepted only if
+- its authorityKeyIdentifier names a lodged CA certificate (by SKI, never by name: the test
+  PKI reuses issuer names across keys) whose key verifies the CRL's signature;
+- `lint_crl` finds no error (with the issuer's subject, so the issuer bytes are compared too);
+- its cRLNumber is strictly greater than the last one lodged for that issuer (a replayed or
+  rolled-back list would un-revoke certificates);
+- its nextUpdate is still in the future (a stale list tells relying parties nothing).
+An ARL is a CRL whose issuer is a root. Accepting a list also sets repository status R on the
+lodged certificates it names. The checks, the record, the status changes and the audit entry
+are one transaction; a refusal is audited in its own and then raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+
+from smki.audit.trail import AuditEntry, AuditTrail
+from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
+from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.lint.findings import Severity
+from smki.profiles.serials import serial_hex
+from smki.store.certificates import CertificateRecord, list_certificates
+from smki.store.database import transaction
+from smki.store.lodged_crls import LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, mark_revoked
+
+CA_TYPES = ("root", "issuing-ca")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
+
+
+@dataclass(frozen=True)
+class CrlLodgement:
+    crl: LodgedCrl
+    newly_revoked: list[str]  # serials whose repository status became R
+
+    def summary(self) -> dict:
+        return {**self.crl.summary(), "newly_revoked": self.newly_revoked}
+
+
+def crl_der_from_file(data: bytes) -> bytes:
+    """The DER of a CRL file, PEM (`X509 CRL` armour) or DER; the DER bytes are kept exactly as signed."""
+    if _PEM_BEGIN not in data:
+        return data
+    body = data.split(_PEM_BEGIN, 1)[1].split(_PEM_END, 1)[0]
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInputError("malformed PEM: the X509 CRL armour does not hold Base64") from None
+
+
+def _parse(crl_der: bytes) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_der_x509_crl(crl_der)
+    except ValueError:
+        raise BadInputError("not a DER or PEM CRL") from None
+
+
+def _authority_key_id(crl: x509.CertificateRevocationList) -> str:
+    try:
+        identifier = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        identifier = None
+    if not identifier:
+        raise RefusedError("the CRL has no authorityKeyIdentifier keyIdentifier: its issuer cannot be found by key")
+    return identifier.hex().upper()
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None  # lint reports it
+
+
+def _issuer(connection: sqlite3.Connection, key_id: str) -> CertificateRecord:
+    candidates = [r for r in list_certificates(connection, subject_key_id=key_id) if r.certificate_type in CA_TYPES]
+    if not candidates:
+        raise RefusedError(f"issuer unknown: no lodged CA certificate has subjectKeyIdentifier {key_id}")
+    return candidates[0]
+
+
+def _check_signature(crl: x509.CertificateRevocationList, issuer: CertificateRecord) -> None:
+    certificate = x509.load_der_x509_certificate(issuer.der)
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        may_sign_crls = usage.crl_sign
+    except x509.ExtensionNotFound:
+        may_sign_crls = False
+    if not may_sign_crls:
+        raise RefusedError(f"issuer {issuer.subject_key_id} (serial {issuer.serial_hex}) has no cRLSign keyUsage")
+    try:
+        valid = crl.is_signature_valid(certificate.public_key())
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise RefusedError(f"bad signature: the CRL does not verify with the key of issuer {issuer.subject_key_id} (serial {issuer.serial_hex})")
+
+
+def _check_lint(crl_der: bytes, issuer: CertificateRecord) -> None:
+    # The issuer's subject exactly as encoded in its certificate: "byte-identical" means bytes, not a re-encoding.
+    issuer_subject = asn1_x509.Certificate.load(issuer.der)["tbs_certificate"]["subject"].dump()
+    _, findings = lint_crl(crl_der, issuer_subject)
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    if errors:
+        raise RefusedError("lint error: " + "; ".join(f"{f.rule_id}: {f.message}" for f in errors))
+
+
+def _check_number(connection: sqlite3.Connection, number: int | None, key_id: str, sha256: str) -> None:
+    if number is None or number < 0 or number.bit_length() > 159:
+        raise RefusedError("cRLNumber must be a non-negative integer of at most 20 octets")
+    last = latest_lodged_crl(connection, key_id)
+    if last is None:
+        return
+    if last.sha256 == sha256:
+        raise ConflictError(f"this CRL (number {number}) from issuer {key_id} is already lodged")
+    if number <= last.number:
+        raise RefusedError(f"cRLNumber {number} is not greater than {last.number}, the last lodged from issuer {key_id}")
+
+
+def _check_next_update(crl: x509.CertificateRevocationList, now: datetime) -> None:
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update <= now:
+        raise RefusedError(f"stale: nextUpdate {next_update.isoformat()} is not after {now.isoformat()}")
+
+
+def _accept(connection: sqlite3.Connection, crl: x509.CertificateRevocationList, crl_der: bytes, sha256: str,
+            now: datetime, subject: dict) -> CrlLodgement:
+    """Every check, then the record and the status changes (inside the caller's transaction)."""
+    key_id = _authority_key_id(crl)
+    subject["issuer_key_id"] = key_id
+    issuer = _issuer(connection, key_id)
+    kind = "arl" if issuer.certificate_type == "root" else "crl"
+    subject["kind"] = kind
+    _check_signature(crl, issuer)
+    _check_lint(crl_der, issuer)
+    number = _crl_number(crl)
+    subject["crl_number"] = number
+    _check_number(connection, number, key_id, sha256)
+    _check_next_update(crl, now)
+    record = LodgedCrl(issuer_key_id=key_id, crl_number=crl_number_key(number), kind=kind,
+                       this_update=crl.last_update_utc.isoformat(), next_update=crl.next_update_utc.isoformat(),
+                       sha256=sha256, der=crl_der, lodged_at=now.isoformat(timespec="seconds"))
+    insert_lodged_crl(connection, record)
+    listed = {serial_hex(entry.serial_number) for entry in crl}
+    revoked = mark_revoked(connection, key_id, listed, record.lodged_at, f"{kind} {key_id} {number}")
+    return CrlLodgement(record, revoked)
+
+
+def lodge_crl(connection: sqlite3.Connection, crl_der: bytes, *, audit: AuditTrail | None = None, actor: str = "librarian",
+              now: datetime | None = None) -> CrlLodgement:
+    """Check and record one CRL or ARL (DER) with its audit entry in one transaction.
+
+    A refusal (RefusedError; BadInputError for bytes that are no CRL; ConflictError for one
+    already lodged) is audited as "refused" and raised with a one-line message.
+    """
+    audit = audit or AuditTrail(connection)
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    sha256 = hashlib.sha256(crl_der).hexdigest()
+    subject: dict = {"sha256": sha256}
+    try:
+        crl = _parse(crl_der)
+        with transaction(connection):
+            lodgement = _accept(connection, crl, crl_der, sha256, now, subject)
+            details = {"next_update": lodgement.crl.next_update, "entries": len(crl), "newly_revoked": lodgement.newly_revoked}
+            audit.append(AuditEntry(actor, f"{lodgement.crl.kind}.lodge", "success", subject, details))
+    except SmkiError as exc:
+        with transaction(connection):
+            audit.append(AuditEntry(actor, f"{subject.get('kind', 'crl')}.lodge", "refused", subject, {"reason": str(exc)}))
+        raise
+    return lodgement

@@ -1,0 +1,86 @@
+"""`smki ceremony`: run a root ceremony from its ceremony file (see ceremonies/ for examples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from smki.cli.common import emit, json_option
+from smki.errors import BadInputError
+from smki.hsm.pins import PinSource
+
+CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group("ceremony")
+def ceremony_group() -> None:
+    """Root Authority ceremonies: root keys and certificates, Issuing Authority certificates, ARLs,
+    root re-key and contingency key recovery, each from one strictly validated file."""
+
+
+def _passphrase_sources(pairs: tuple[str, ...]) -> dict[str, PinSource]:
+    sources = {}
+    for pair in pairs:
+        name, separator, spec = pair.partition("=")
+        if not separator or not name:
+            raise BadInputError(f"--passphrase-source {pair!r}: give CUSTODIAN=SOURCE, e.g. alice=env:ALICE_PASSPHRASE")
+        sources[name] = PinSource.parse(spec)
+    return sources
+
+
+@ceremony_group.command("check")
+@click.argument("ceremony_file", type=CEREMONY_FILE)
+@json_option
+def check_command(ceremony_file, as_json):
+    """Validate a ceremony file and show what it would do; touches no HSM and writes nothing.
+
+    Exit 0 when it can run as written: valid, its policy loads, and none of its outputs exists.
+    """
+    from smki.authorities.ceremony_file import load_ceremony
+    from smki.files import refuse_existing
+    from smki.policy import load_policy
+
+    ceremony = load_ceremony(ceremony_file)
+    policy = load_policy(ceremony.policy)
+    for path in ceremony.outputs():
+        refuse_existing(path)
+    summary = {"ceremony": ceremony.kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
+               "policy": policy.identity, "custody": dict(zip(("threshold", "custodians"), policy.custody("root"))),
+               "custodians": list(ceremony.custodians), "token": ceremony.hsm.token, "key": ceremony.hsm.key.label,
+               "outputs": [str(path) for path in ceremony.outputs()]}
+    emit(as_json, summary, lambda d: "\n".join([
+        f"{d['ceremony']} ceremony {d['name']!r} for {d['authority']} (file sha256 {d['sha256'][:16]}...)",
+        f"policy {d['policy']['name']} {d['policy']['version']}: {d['custody']['threshold']} of {d['custody']['custodians']} custodians",
+        f"custodians: {', '.join(d['custodians'])}", f"HSM: token {d['token']}, key {d['key']}",
+        "writes: " + ", ".join(d["outputs"])]))
+
+
+@ceremony_group.command("run")
+@click.argument("ceremony_file", type=CEREMONY_FILE)
+@click.option("--operator", help="Who conducts the ceremony, as the transcript and audit trail record it (default $USER).")
+@click.option("--passphrase-source", "passphrase_sources", multiple=True, metavar="CUSTODIAN=SOURCE",
+              help="Where a custodian's passphrase comes from: env:NAME, fd:N or prompt (the default for anyone not named). Repeatable.")
+@json_option
+def run_command(ceremony_file, operator, passphrase_sources, as_json):
+    """Run a ceremony: activate the root key with m of n custodian shares, lint, sign in the HSM,
+    verify, record in the root's state, and write the outputs and the transcript.
+
+    Refuses before touching the HSM if any output exists. A refusal leaves nothing written
+    (a failed root-key ceremony also removes the token it created). Exit codes: 0 done,
+    1 refused (policy, custody, shares), 3 bad input, 4 HSM, 5 an output exists.
+    """
+    from smki.authorities.ceremony import run_ceremony
+    from smki.authorities.ceremony_file import load_ceremony
+
+    sources = _passphrase_sources(passphrase_sources)
+
+    def passphrase(custodian: str, purpose: str) -> str:
+        return sources.get(custodian, PinSource.parse("prompt")).read(f"{custodian}: {purpose}")
+
+    ceremony = load_ceremony(ceremony_file)
+    transcript = run_ceremony(ceremony, operator=operator, passphrase=passphrase)
+    emit(as_json, transcript, lambda t: "\n".join([
+        f"{t['ceremony']['type']} ceremony {t['ceremony']['name']!r} done; custodians present: {', '.join(t['custodians_present'])}",
+        *(f"wrote {o['file']}  sha256 {o['sha256'][:16]}...  ({o['what']})" for o in t["outputs"]),
+        f"transcript for the witnesses to sign: {ceremony.transcript} and {ceremony.transcript.with_suffix('.txt')}"]))
