@@ -131,3 +131,20 @@ def test_revocation_and_the_crl(authority, tmp_path):
     good = openssl("verify", "-crl_check", "-CAfile", str(chain), "-CRLfile", str(tmp_path / "crl2.pem"), str(tmp_path / "o1.pem"))
     assert good.returncode == 0, good.stdout + good.stderr
     assert smki(*crl_args, "--out", str(tmp_path / "crl2.pem"), check=False).returncode == 5  # never overwritten
+
+
+def test_a_rejected_organisation_certificate_is_revoked_at_once(authority, tmp_path):
+    d, state, keys = authority
+    (tmp_path / "r.csr").write_bytes(f.organisation_csr(eui64="90B3D51F300100B0"))
+    org_issue(authority, tmp_path / "r.csr", tmp_path / "r.pem")
+    serial = f"{x509.load_pem_x509_certificate((tmp_path / 'r.pem').read_bytes()).serial_number:032X}"
+    rejected = json.loads(smki("ca", "reject", *state, "--policy", str(POLICIES / "organisation.yaml"), serial, "--json").stdout)
+    assert rejected["method"] == "crl" and rejected["reason"] == "unspecified"
+    assert json.loads(smki("ca", "show", *state, serial, "--json").stdout)[0]["status"] == "R"
+    crl = tmp_path / "crl.pem"
+    smki("ca", "crl", *keys["ca-issuing-o"][:6], *PIN, *state, "--policy", str(POLICIES / "organisation.yaml"),
+         "--issuer-cert", str(d / "ca-issuing-o.pem"), "--out", str(crl))
+    assert f"Serial Number: {serial}" in openssl("crl", "-in", str(crl), "-noout", "-text").stdout.decode()
+    # The device policy does not revoke on rejection: refused, nothing changed.
+    refused = smki("ca", "reject", *state, "--policy", str(POLICIES / "device.yaml"), serial, check=False)
+    assert refused.returncode == 1 and "revoke_on_rejection" in refused.stderr

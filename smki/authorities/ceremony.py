@@ -41,6 +41,7 @@ from smki.policy.model import CertificatePolicy
 from smki.profiles import (IssuingCaCertificateParams, issuing_ca_certificate, root_certificate, sign_certificate)
 from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
+from smki.profiles.files import read_certificate
 from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
 from smki.profiles.lint import lint_certificate, pre_issuance_check
 from smki.profiles.lint.crl_rules import lint_crl
@@ -137,23 +138,16 @@ def _signer_for(run: _Run, session, key, role: str) -> Pkcs11Signer:
     return Pkcs11Signer(private_object, public_key_of(public_object))
 
 
-def _matching(signer: Pkcs11Signer, certificate: x509.Certificate, what: str) -> None:
-    if signer.public_key.public_numbers() != certificate.public_key().public_numbers():
-        raise BadInputError(f"the HSM key does not match {what}'s public key; nothing signed")
+def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, Pkcs11Signer]:
+    """The ceremony's issuer certificate and the HSM key, which must be that certificate's key."""
+    root = read_certificate(run.ceremony.issuer_certificate)
+    signer = _signer_for(run, session, run.ceremony.hsm.key, role)
+    if signer.public_key.public_numbers() != root.public_key().public_numbers():
+        raise BadInputError("the HSM key does not match the issuer certificate's public key; nothing signed")
+    return root, signer
 
 
 # -- reading inputs -------------------------------------------------------------------------------
-def _read_certificate(path: Path) -> x509.Certificate:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
-    try:
-        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise BadInputError(f"{path}: not a PEM or DER certificate") from None
-
-
 def _subject_public_key(ceremony: Ceremony):
     """The Issuing Authority's key: from its PKCS#10 request (proof of possession checked) or a public key file."""
     path = ceremony.subject_csr or ceremony.subject_public_key
@@ -232,9 +226,7 @@ def _root_key(run: _Run, session) -> None:
 
 def _issuing_ca(run: _Run, session) -> None:
     ceremony = run.ceremony
-    root = _read_certificate(ceremony.issuer_certificate)
-    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
-    _matching(signer, root, "the issuer certificate")
+    root, signer = _root_and_signer(run, session, "root key")
     subject_key = _subject_public_key(ceremony)
     spec = ceremony.certificate
     params = run.policy.issuing_ca_certificate_params(ceremony.environment, spec.not_before, spec.not_after)
@@ -246,12 +238,10 @@ def _issuing_ca(run: _Run, session) -> None:
 
 def _arl(run: _Run, session, connection) -> None:
     ceremony = run.ceremony
-    root = _read_certificate(ceremony.issuer_certificate)
-    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
-    _matching(signer, root, "the issuer certificate")
+    root, signer = _root_and_signer(run, session, "root key")
     root_key_id = describe(root).subject_key_id.hex().upper()
     for item in ceremony.revoke:
-        revoked = _read_certificate(item.certificate)
+        revoked = read_certificate(item.certificate)
         serial = f"{revoked.serial_number:032X}"
         records = [r for r in find_certificate(connection, serial) if r.issuer_key_id == root_key_id]
         if not records:
@@ -287,9 +277,7 @@ def _peek_crl_number(connection, issuer_key_id: str) -> int:
 
 def _root_rekey(run: _Run, session) -> None:
     ceremony = run.ceremony
-    old_root = _read_certificate(ceremony.issuer_certificate)
-    old_signer = _signer_for(run, session, ceremony.hsm.key, "current root key")
-    _matching(old_signer, old_root, "the current root certificate")
+    old_root, old_signer = _root_and_signer(run, session, "current root key")
     if ceremony.cross_certificate and not run.policy.root_cross_certify:
         raise PolicyRefusal("6.1.7 root_rekey", "the policy does not allow the old root to cross-certify the new one")
     public_object, private_object = generate_p256_key_pair(session, ceremony.new_key.label, ceremony.new_key.key_id)
@@ -314,9 +302,7 @@ def _root_rekey(run: _Run, session) -> None:
 
 def _contingency_recovery(run: _Run, session) -> None:
     ceremony = run.ceremony
-    root = _read_certificate(ceremony.issuer_certificate)
-    signer = _signer_for(run, session, ceremony.hsm.key, "root key")
-    _matching(signer, root, "the root certificate")
+    root, signer = _root_and_signer(run, session, "root key")
     try:
         extension = root.extensions.get_extension_for_oid(ID_PE_WRAPPED_APEX_CONTIN_KEY).value
     except x509.ExtensionNotFound:

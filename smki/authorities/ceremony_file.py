@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
+from smki.profiles.files import parse_utc
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
 KINDS = ("root-key", "issuing-ca", "arl", "root-rekey", "contingency-recovery")
@@ -105,12 +106,11 @@ def _key(data: dict) -> KeySpec:
     return KeySpec(data["label"], bytes.fromhex(data["id"]))
 
 
-def _date(text: str, where: str) -> datetime:
+def _date(text: str, path: Path, field: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CeremonyFileError(f"{where}: {text!r} is not a date") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        return parse_utc(str(text), f"{path}: certificate.{field}")
+    except BadInputError as exc:
+        raise CeremonyFileError(str(exc)) from None
 
 
 def load_ceremony(path: Path) -> Ceremony:
@@ -123,8 +123,8 @@ def load_ceremony(path: Path) -> Ceremony:
     certificate = data.get("certificate")
     certificate_spec = None
     if certificate:
-        certificate_spec = CertificateSpec(_date(str(certificate["not_before"]), f"{path}: certificate.not_before"),
-                                           _date(str(certificate["not_after"]), f"{path}: certificate.not_after") if certificate.get("not_after") else None,
+        certificate_spec = CertificateSpec(_date(certificate["not_before"], path, "not_before"),
+                                           _date(certificate["not_after"], path, "not_after") if certificate.get("not_after") else None,
                                            here(certificate["output"]))
     contingency = data.get("contingency")
     subject = data.get("subject", {})

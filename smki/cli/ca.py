@@ -11,7 +11,8 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.audit.trail import AuditEntry
-from smki.cli.cert import Issuance, read_certificate, signing_options
+from smki.cli.cert import Issuance, signing_options
+from smki.profiles.files import read_certificate
 from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.errors import BadInputError
 from smki.files import refuse_existing, write_new_file
@@ -100,10 +101,27 @@ def _policy_options(func):
 @json_option
 def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
     """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.revoke") as operation:
+    _revoke(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json, "certificate.revoke")
+
+
+@ca_group.command("reject")
+@_policy_options
+@click.argument("serial")
+@json_option
+def reject_command(serial, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
+    """The subscriber rejected this certificate when it was issued: where the policy says so
+    (revocation.revoke_on_rejection) it is revoked at once, reason unspecified, onto the next CRL.
+    Refused (exit 1) under a policy without that rule."""
+    _revoke(serial, "unspecified", policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json, "certificate.reject")
+
+
+def _revoke(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json, operation_name):
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, operation_name) as operation:
         operation.subject = {"serial": serial.upper(), "reason": reason}
         policy = load_policy(policy_file)
         require_adopted(operation.connection, policy)
+        if operation_name == "certificate.reject" and not policy.revoke_on_rejection:
+            raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.kind} policy does not revoke rejected certificates")
         records = find_certificate(operation.connection, serial)
         if not records:
             raise BadInputError(f"no certificate with serial {serial} in this authority's records")
@@ -112,7 +130,7 @@ def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri,
         now = datetime.now(timezone.utc).replace(microsecond=0)
         with transaction(operation.connection):
             record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
-            operation.audit.append(AuditEntry(actor, "certificate.revoke", "success",
+            operation.audit.append(AuditEntry(actor, operation_name, "success",
                                               {**operation.subject, "type": record.certificate_type, "method": method}, policy=policy.identity))
         emit(as_json, {"serial": record.serial_hex, "reason": reason, "method": method, "revoked_at": now.isoformat()},
              lambda d: f"revoked {d['serial']} ({d['reason']}): {'on the next ' + d['method'].upper() if d['method'] in ('crl', 'arl') else 'repository status R'}")
@@ -221,7 +239,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     Exit 0 when every request has an answer, whatever the answers.
     """
     from smki.authorities.batch_issuance import BatchPlan, issue_batch
-    from smki.cli.cert import parse_utc
+    from smki.profiles.files import parse_utc
     from smki.cli.common import progress
     from smki.hsm.pool import open_worker_signer
     from smki.policy import Environment

@@ -30,31 +30,12 @@ from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import require_adopted
 from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
+from smki.profiles.files import parse_utc, read_certificate
 from smki.profiles.lint import pre_issuance_check
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.profiles.validity import utc_midnight
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
-
-
-def parse_utc(text: str, option: str) -> datetime:
-    """An ISO 8601 date or date-time, taken as UTC when it has no offset."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInputError(f"{option}: {text!r} is not an ISO 8601 date or date-time") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
-
-def read_certificate(path: Path) -> x509.Certificate:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
-    try:
-        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise BadInputError(f"{path}: not a PEM or DER certificate") from None
 
 
 def read_public_key(path: Path):

@@ -13,7 +13,7 @@ from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
 from smki.cli.common import DATABASE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
-from smki.cli.cert import read_certificate
+from smki.profiles.files import read_certificate
 from smki.errors import BadInputError, SmkiError
 from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole

@@ -201,6 +201,11 @@ class CertificatePolicy:
             raise PolicyRefusal("4.9 reasons", f"reason {reason!r} is not allowed (allowed: {', '.join(revocation['reasons'])})")
         return method
 
+    @property
+    def revoke_on_rejection(self) -> bool:
+        """4.4.1: a certificate its subscriber rejects at acceptance is revoked at once."""
+        return bool(self.document["revocation"]["revoke_on_rejection"])
+
     def next_update(self, list_type: str, this_update: datetime) -> datetime:
         section = self.document["revocation"].get(list_type)
         if section is None:
