@@ -142,9 +142,14 @@ PY
 for role in networkOperator accessControlBroker wanProvider other; do
   run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester "$role" --out "org-$role.pem" "$role.csr"
 done
+echo "(the 'other' party rejects its certificate on receipt: the policy revokes a rejected certificate at once)"
+run "$SMKI" ca reject --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
+  --audit-pin-source env:DEMO_PIN "$(openssl x509 -in org-other.pem -noout -serial | cut -d= -f2)"
+run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-2.pem
 
 step "6d. A night's batch: 3,000 device CSRs from a manufacturer (a ZIP of .csr files), issued at HSM speed"
-echo "(the batch also holds three bad requests: a broken signature, a compressed key and a duplicate; each gets its own answer)"
+echo "(the batch also holds three bad requests: a broken signature, one that is not a PKCS#10 request, and a duplicate;"
+echo " each gets its own answer)"
 "$REPO/.venv/bin/python" - <<'PY'
 import base64, zipfile
 from cryptography import x509
@@ -163,10 +168,8 @@ with zipfile.ZipFile("devices.zip", "w", zipfile.ZIP_DEFLATED) as batch:
     der = bytearray(base64.b64decode(b"".join(requests["esme-00007.csr"].splitlines()[1:-1])))
     der[-1] ^= 1
     requests["broken-signature.csr"] = bytes(der)
-    key = ec.generate_private_key(ec.SECP256R1())
-    compressed = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     requests["duplicate-of-00001.csr"] = requests["esme-00001.csr"]
-    requests["compressed-key.csr"] = b"-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n"
+    requests["not-a-request.csr"] = b"-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n"
     for name, data in requests.items():
         batch.writestr(name, data)
 PY
@@ -201,8 +204,8 @@ run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
 echo "(the Organisation CRL and the Root OCA's ARL are lodged too: each chains to its issuer, lints clean, has a higher"
 echo " cRLNumber than the last and a nextUpdate in the future; then the repository is published atomically as static files)"
 run "$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
-  organisation-crl-1.pem out/root-oca-arl-1.pem --publish repository-www
-echo "(lodging the same CRL again is refused; the published one stays in place)"
+  organisation-crl-1.pem organisation-crl-2.pem out/root-oca-arl-1.pem --publish repository-www
+echo "(lodging an older CRL again is refused; the published one stays in place)"
 "$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN organisation-crl-1.pem || true
 run find repository-www -maxdepth 2 -name '*.crl' -o -maxdepth 1 -name index.json
 run "$SMKI" librarian bulk --db repository.db --out bulk
@@ -224,9 +227,9 @@ request = urllib.request.Request(f"http://127.0.0.1:{port}/services/certificates
 print(urllib.request.urlopen(request).read().decode())
 PY
 OCA_SKI=$(openssl x509 -in issuing-oca.pem -noout -ext subjectKeyIdentifier | tail -1 | tr -d ' :')
-printf '$ GET /crl/%s.crl\n' "$OCA_SKI"
+printf '$ GET /crl/%s.crl?apikey=...\n' "$OCA_SKI"
 "$REPO/.venv/bin/python" -c 'import sys, urllib.request; open("downloaded-organisation.crl", "wb").write(urllib.request.urlopen(sys.argv[1]).read())' \
-  "http://127.0.0.1:$PORT/crl/$OCA_SKI.crl"
+  "http://127.0.0.1:$PORT/crl/$OCA_SKI.crl?apikey=$DEMO_API_KEY"
 run openssl crl -inform DER -in downloaded-organisation.crl -noout -crlnumber -issuer
 kill $SERVER; wait $SERVER 2>/dev/null || true
 

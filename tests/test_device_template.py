@@ -134,3 +134,27 @@ BROKEN = {
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_canonical_path_never_accepts_a_broken_request(case):
     assert canonical_fields(BROKEN[case]()) is None
+
+
+def test_learnt_layouts_accept_only_what_the_walker_would():
+    import smki.requests.canonical as canonical
+    canonical._LAYOUTS.clear()
+    good = f.device_csr(usage="key_agreement", eui64="00DB0000000000C1")
+    assert canonical_fields(good) is not None and len(canonical._LAYOUTS) == 1
+    # Same layout, other key, serial and usage: taken by the learnt layout, same fields as the full parser.
+    other = f.device_csr(usage="digital_signature", eui64="00DB0000000000C2")
+    fast, full = canonical_fields(other), _parse_device_request(other, "x")
+    assert len(canonical._LAYOUTS) == 1 and fast.key_usage == "DS" and fast.hw_serial == full.device_id.octets
+    # Same layout but a broken signature, a usage outside the two allowed, a compressed-point marker: refused.
+    broken = bytearray(other)
+    broken[-1] ^= 1
+    assert canonical_fields(bytes(broken)) is None
+    usage_at = other.index(bytes.fromhex("03020780"))
+    two_usages = other[:usage_at] + bytes.fromhex("03020588") + other[usage_at + 4:]
+    assert canonical_fields(two_usages) is None
+    point_at = other.index(bytes.fromhex("034200")) + 3
+    compressed_marker = other[:point_at] + b"\x02" + other[point_at + 1:]
+    assert canonical_fields(compressed_marker) is None
+    # The learnt layout never widens what is accepted: every broken request still fails.
+    for make in BROKEN.values():
+        assert canonical_fields(make()) is None

@@ -61,7 +61,7 @@ class BatchPlan:
     device_type: DeviceType
     not_before: datetime
     workers: int = 2
-    chunk_size: int = 500
+    chunk_size: int = 1000
     # Verify one HSM signature in this many (and the first of each chunk); 1 verifies every one.
     verify_one_in: int = 32
 
@@ -174,14 +174,15 @@ class _Run:
         policy = self.plan.policy
         issued_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         records, outcomes = [], list(self.unrecorded)
+        not_before, not_after = self.validity.not_before_utc.isoformat(), self.validity.not_after_utc.isoformat()
         for name, der in signed:
             facts = accepted[name]
             serial = serial_hex(facts.serial)
             records.append(CertificateRecord(
                 serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type="device", subject_key_id=facts.subject_key_id,
-                status="I", not_before=self.validity.not_before_utc.isoformat(), not_after=self.validity.not_after_utc.isoformat(),
-                der=der, entity_id=facts.device_id, key_usage=facts.key_usage, policy_name=policy.name, policy_version=policy.version,
-                policy_sha256=policy.sha256, request_sha256=facts.request_sha256, issued_at=issued_at))
+                status="I", not_before=not_before, not_after=not_after, der=der, entity_id=facts.device_id, key_usage=facts.key_usage,
+                policy_name=policy.name, policy_version=policy.version, policy_sha256=policy.sha256, request_sha256=facts.request_sha256,
+                issued_at=issued_at))
             outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
         serials = [record.serial_hex for record in records]
         subject = {"batch_id": self.summary.batch_id, "chunk": self.chunks_recorded, "issued": len(records),

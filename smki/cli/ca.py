@@ -219,7 +219,7 @@ def list_command(state_dir, certificate_type, status, entity_id, limit, as_json)
 @click.option("--not-before", help="Start of validity, ISO 8601 (default: today 00:00:00Z).")
 @click.option("--workers", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
               help="Worker processes, each with its own HSM session.")
-@click.option("--chunk-size", type=click.IntRange(1, 5000), default=500, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(1, 5000), default=1000, show_default=True,
               help="Requests per task and per recorded transaction.")
 @click.option("--verify-one-in", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Verify one HSM signature in N (and the first of every chunk) before release; 1 verifies all.")

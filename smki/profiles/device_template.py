@@ -45,6 +45,10 @@ def subject_key_identifier(point: bytes) -> bytes:
     return bytes([0x40 | (low_60_bits[0] & 0x0F)]) + low_60_bits[1:]
 
 
+# A positive INTEGER whose DER contents are exactly 16 octets, with no leading zero octet.
+_SIXTEEN_OCTET_SERIAL_BITS = range(121, 128)
+
+
 @functools.lru_cache(maxsize=64)
 def _san_prefix(hw_type_oid: str) -> bytes:
     """The subjectAltName value up to the 8-octet hwSerialNum, which ends it and has a fixed length,
@@ -76,6 +80,33 @@ class DeviceCertificateTemplate:
         """The TBSCertificate DER for one device key (`point`: 04 || X || Y)."""
         if len(point) != 65 or point[0] != 0x04 or len(device_id) != 8:
             raise BadInputError("a device certificate needs a 65-octet uncompressed point and an 8-octet device ID")
+        if serial.bit_length() in _SIXTEEN_OCTET_SERIAL_BITS:  # every serial smki makes: fixed length, so fixed pieces
+            pieces = self._pieces(hw_type_oid, key_usage)
+            return b"".join((pieces[0], serial.to_bytes(16, "big"), pieces[1], point, pieces[2], subject_key_identifier(point),
+                             pieces[3], device_id, pieces[4]))
+        return self._encode(serial, point, device_id, hw_type_oid, key_usage)
+
+    def _pieces(self, hw_type_oid: str, key_usage: str) -> tuple[bytes, ...]:
+        """The TBS cut around its variable parts (serial, point, key identifier, device ID), made once
+        per hwType and usage by encoding sentinels and cutting at them; every length is fixed."""
+        cache = self.__dict__.setdefault("_piece_cache", {})
+        key = (hw_type_oid, key_usage)
+        if key not in cache:
+            serial, point, device_id = bytes([0x5A] * 16), b"\x04" + bytes([0xB7] * 64), bytes([0xC3] * 8)
+            ski = subject_key_identifier(point)
+            tbs = self._encode(int.from_bytes(serial, "big"), point, device_id, hw_type_oid, key_usage)
+            cuts, cursor, pieces = [serial, point, ski, device_id], 0, []
+            for sentinel in cuts:
+                if tbs.count(sentinel) != 1:
+                    raise BadInputError("cannot cut the device certificate template around its variable parts")
+                at = tbs.index(sentinel, cursor)
+                pieces.append(tbs[cursor:at])
+                cursor = at + len(sentinel)
+            pieces.append(tbs[cursor:])
+            cache[key] = tuple(pieces)
+        return cache[key]
+
+    def _encode(self, serial: int, point: bytes, device_id: bytes, hw_type_oid: str, key_usage: str) -> bytes:
         san = _san_prefix(hw_type_oid) + device_id
         extensions = der.sequence(
             dict(self.key_usages)[key_usage],

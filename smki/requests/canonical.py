@@ -95,24 +95,24 @@ def _dotted(oid_contents: bytes) -> str:
     return name
 
 
-def _hardware_module_name(value: bytes) -> tuple[str, bytes]:
-    """subjectAltName holding exactly one otherName HardwareModuleName: (hwType, hwSerialNum)."""
-    start, end = _element(value, 0, 0x30)
-    if end != len(value):
+def _hardware_module_name(der: bytes, value_start: int, value_end: int) -> tuple[str, int]:
+    """subjectAltName holding exactly one otherName HardwareModuleName: (hwType, offset of the 8-octet hwSerialNum)."""
+    start, end = _element(der, value_start, 0x30)
+    if end != value_end:
         raise _NotCanonical
-    other_start, other_end = _element(value, start, 0xA0)
-    if other_end != end or value[other_start:other_start + len(HARDWARE_MODULE_NAME_OID)] != HARDWARE_MODULE_NAME_OID:
+    other_start, other_end = _element(der, start, 0xA0)
+    if other_end != end or der[other_start:other_start + len(HARDWARE_MODULE_NAME_OID)] != HARDWARE_MODULE_NAME_OID:
         raise _NotCanonical
-    wrapped_start, wrapped_end = _element(value, other_start + len(HARDWARE_MODULE_NAME_OID), 0xA0)
+    wrapped_start, wrapped_end = _element(der, other_start + len(HARDWARE_MODULE_NAME_OID), 0xA0)
     if wrapped_end != other_end:
         raise _NotCanonical
-    name_start, name_end = _element(value, wrapped_start, 0x30)
+    name_start, name_end = _element(der, wrapped_start, 0x30)
     if name_end != wrapped_end:
         raise _NotCanonical
-    (oid_tag, _, oid_start, oid_end), (serial_tag, _, serial_start, serial_end) = _two(_children(value, name_start, name_end))
+    (oid_tag, _, oid_start, oid_end), (serial_tag, _, serial_start, serial_end) = _two(_children(der, name_start, name_end))
     if oid_tag != 0x06 or serial_tag != 0x04 or serial_end - serial_start != 8:
         raise _NotCanonical
-    return _dotted(value[oid_start:oid_end]), value[serial_start:serial_end]
+    return _dotted(der[oid_start:oid_end]), serial_start
 
 
 def _two(items: list) -> list:
@@ -121,8 +121,9 @@ def _two(items: list) -> list:
     return items
 
 
-def _extensions(der: bytes, start: int, end: int) -> tuple[str, tuple[str, bytes]]:
-    """The extension request: keyUsage and subjectAltName, once each, in either order."""
+def _extensions(der: bytes, start: int, end: int) -> tuple[int, str, int]:
+    """The extension request: keyUsage and subjectAltName, once each, in either order.
+    Returns (offset of the keyUsage value, hwType, offset of hwSerialNum)."""
     attribute_start, attribute_end = _element(der, start, 0x30)
     if attribute_end != end or der[attribute_start:attribute_start + len(EXTENSION_REQUEST_OID)] != EXTENSION_REQUEST_OID:
         raise _NotCanonical
@@ -130,7 +131,7 @@ def _extensions(der: bytes, start: int, end: int) -> tuple[str, tuple[str, bytes
     list_start, list_end = _element(der, set_start, 0x30)
     if set_end != attribute_end or list_end != set_end:
         raise _NotCanonical
-    values: dict[bytes, bytes] = {}
+    values: dict[bytes, tuple[int, int]] = {}
     for tag, _, ext_start, ext_end in _children(der, list_start, list_end):
         if tag != 0x30:
             raise _NotCanonical
@@ -141,14 +142,66 @@ def _extensions(der: bytes, start: int, end: int) -> tuple[str, tuple[str, bytes
         value_start, value_end = _element(der, position, 0x04)
         if value_end != ext_end or oid not in (KEY_USAGE_OID, SUBJECT_ALT_NAME_OID) or oid in values:
             raise _NotCanonical
-        values[oid] = der[value_start:value_end]
-    if len(values) != 2 or values[KEY_USAGE_OID] not in KEY_USAGE_VALUES:
+        values[oid] = (value_start, value_end)
+    if len(values) != 2:
         raise _NotCanonical
-    return KEY_USAGE_VALUES[values[KEY_USAGE_OID]], _hardware_module_name(values[SUBJECT_ALT_NAME_OID])
+    usage_start, usage_end = values[KEY_USAGE_OID]
+    if der[usage_start:usage_end] not in KEY_USAGE_VALUES:
+        raise _NotCanonical
+    return (usage_start, *_hardware_module_name(der, *values[SUBJECT_ALT_NAME_OID]))
 
 
-def canonical_fields(der: bytes) -> CanonicalDeviceFields | None:
-    """The fields of a canonical, validly signed device request, or None (the full parser decides)."""
+@dataclass(frozen=True)
+class _Layout:
+    """The byte layout of one accepted request: a later request that equals it everywhere but in
+    the holes (the point, the key usage value, the hwSerialNum) and in its signature has the same
+    structure, so only the holes and the signature need looking at. Learnt from requests the
+    walker accepted; a batch from one manufacturer has one or two layouts."""
+
+    skeleton: bytes  # the accepted request up to the end of its CertificationRequestInfo
+    header_length: int  # of the outer SEQUENCE
+    fixed: tuple[tuple[int, int], ...]  # ranges outside the holes
+    point: int
+    usage: int
+    serial: int
+    hw_type_oid: str
+
+    @classmethod
+    def learn(cls, der: bytes, info_end: int, point: int, usage: int, serial: int, hw_type_oid: str) -> "_Layout":
+        holes = sorted(((point, point + 65), (usage, usage + 4), (serial, serial + 8)))
+        # Tag and length form of the outer SEQUENCE are fixed; its length is checked on its own.
+        header_length = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+        fixed, cursor = [(0, 2)], header_length
+        for hole_start, hole_end in holes:
+            fixed.append((cursor, hole_start))
+            cursor = hole_end
+        fixed.append((cursor, info_end))
+        return cls(der[:info_end], header_length, tuple(fixed), point, usage, serial, hw_type_oid)
+
+    def match(self, der: bytes) -> tuple[bytes, bytes] | None:
+        """(CertificationRequestInfo DER, signature DER) of a request of this layout, or None."""
+        skeleton, size = self.skeleton, len(der)
+        for start, end in self.fixed:
+            if der[start:end] != skeleton[start:end]:
+                return None
+        outer_length = int.from_bytes(der[2:self.header_length], "big") if self.header_length > 2 else der[1]
+        if outer_length != size - self.header_length or (self.header_length == 3 and outer_length < 0x80) or \
+                (self.header_length == 4 and outer_length < 0x100):
+            return None
+        tail = len(skeleton)
+        if der[tail:tail + 12] != ECDSA_WITH_SHA256_ALGORITHM or der[tail + 12:tail + 13] != b"\x03" or \
+                der[tail + 13] != size - tail - 14 or der[tail + 14] != 0 or der[self.point] != 0x04 or \
+                der[self.usage:self.usage + 4] not in KEY_USAGE_VALUES:
+            return None
+        return der[self.header_length:tail], der[tail + 15:]
+
+
+_LAYOUTS: list[_Layout] = []
+_MAX_LAYOUTS = 16
+
+
+def _walk(der: bytes) -> tuple[bytes, bytes, _Layout] | None:
+    """The full canonical walk: (info DER, signature DER, the request's layout), or None."""
     try:
         outer_start, outer_end = _element(der, 0, 0x30)
         if outer_end != len(der):
@@ -170,13 +223,34 @@ def canonical_fields(der: bytes) -> CanonicalDeviceFields | None:
             return None
         if fields[3][0] != 0xA0:
             return None
-        key_usage, (hw_type_oid, hw_serial) = _extensions(der, fields[3][2], fields[3][3])
+        usage, hw_type_oid, serial = _extensions(der, fields[3][2], fields[3][3])
     except (_NotCanonical, IndexError):
         return None
-    point = spki[len(P256_SPKI_PREFIX):]
+    layout = _Layout.learn(der, info_end, fields[2][1] + len(P256_SPKI_PREFIX), usage, serial, hw_type_oid)
+    return der[info_position:info_end], der[signature_start + 1:signature_end], layout
+
+
+def canonical_fields(der: bytes) -> CanonicalDeviceFields | None:
+    """The fields of a canonical, validly signed device request, or None (the full parser decides)."""
+    layout = found = None
+    for known in _LAYOUTS:
+        found = known.match(der)
+        if found is not None:
+            layout = known
+            break
+    if found is None:
+        walked = _walk(der)
+        if walked is None:
+            return None
+        *found, layout = walked
+    info, signature = found
+    point = der[layout.point:layout.point + 65]
     try:
         public_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-        public_key.verify(der[signature_start + 1:signature_end], der[info_position:info_end], _ECDSA_SHA256)
+        public_key.verify(signature, info, _ECDSA_SHA256)
     except (ValueError, InvalidSignature):
         return None
-    return CanonicalDeviceFields(public_key, point, hw_type_oid, hw_serial, key_usage, hashlib.sha256(der).hexdigest())
+    if layout not in _LAYOUTS and len(_LAYOUTS) < _MAX_LAYOUTS:
+        _LAYOUTS.append(layout)  # only layouts of requests that verified
+    return CanonicalDeviceFields(public_key, point, layout.hw_type_oid, der[layout.serial:layout.serial + 8],
+                                 KEY_USAGE_VALUES[der[layout.usage:layout.usage + 4]], hashlib.sha256(der).hexdigest())

@@ -25,6 +25,9 @@ def decode_request(data: bytes, where: str = "") -> bytes:
         raise RequestRejected(Outcome.NOT_DECODABLE, f"request is {len(data)} bytes, over the {MAX_REQUEST_SIZE}-byte limit", where)
     if data[:1] == b"\x30":
         return data
+    fast = _plain_armour(data)
+    if fast is not None:
+        return fast
     armour = _ARMOUR.search(data)
     body = armour["body"] if armour else data
     lines = [line.strip() for line in body.replace(b"\r\n", b"\n").split(b"\n")]
@@ -42,3 +45,20 @@ def decode_request(data: bytes, where: str = "") -> bytes:
     if der[:1] != b"\x30":
         raise RequestRejected(Outcome.NOT_PKCS10, "decoded request is not a DER SEQUENCE", where)
     return der
+
+
+_BEGIN, _END = b"-----BEGIN CERTIFICATE REQUEST-----", b"-----END CERTIFICATE REQUEST-----"
+
+
+def _plain_armour(data: bytes) -> bytes | None:
+    """The common case, cheaply: standard armour around lines of Base64 only, LF or CRLF.
+    Anything else (other armour, stray spaces, text around it) answers None: the general path decides."""
+    text = data.rstrip(b"\r\n")
+    if not (text.startswith(_BEGIN) and text.endswith(_END)):
+        return None
+    body = text[len(_BEGIN):-len(_END)].replace(b"\r\n", b"\n").replace(b"\n", b"")
+    try:
+        der = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        return None
+    return der if der[:1] == b"\x30" else None

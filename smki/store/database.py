@@ -79,8 +79,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             request_sha256 TEXT,
             PRIMARY KEY (batch_id, name)
         );
-        CREATE INDEX certificates_serial ON certificates (serial_hex);
-        CREATE INDEX certificates_request ON certificates (request_sha256)
+        CREATE INDEX certificates_serial ON certificates (serial_hex)
     """),
     (6, "lodged CRLs and ARLs, repository status changes", """
         CREATE TABLE lodged_crls (
