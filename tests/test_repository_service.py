@@ -139,3 +139,19 @@ def test_plain_downloads(server):
     assert request(server, "GET", "/crl/../repo.db")[0] in (402, 404)
     assert request(server, "GET", "/certificates/" + "77" * 16 + ".cer")[0] == 402
     assert request(server, "GET", "/nothing")[0] == 404
+
+
+def test_a_client_hanging_up_mid_request_is_one_line_not_a_traceback(server, capfd):
+    import socket
+    import struct
+    import time
+    client = socket.create_connection(server)
+    client.sendall(f"POST /services/certificatesearch?apikey={KEY} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n<Cert".encode())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    client.close()
+    time.sleep(0.3)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    # The server still answers afterwards.
+    answer = search(server, "<CertificateSubjectAltName>00-DB-12-34-56-78-90-A0</CertificateSubjectAltName>")
+    assert answer[0] in (200, 402)

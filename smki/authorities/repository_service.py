@@ -295,6 +295,15 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog; socketserver's 5 drops bursts of new connections (1 s SYN retries)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer is routine: one line, not socketserver's traceback."""
+        import sys
+        kind = sys.exc_info()[0]
+        if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
+            sys.stderr.write(f"smki librarian serve: {client_address[0]}:{client_address[1]}: {kind.__name__}\n")
+            return
+        super().handle_error(request, client_address)
+
 
 def make_server(service: RepositoryService, address: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """A threading HTTP server for `service`; port 0 picks a free port (server.server_address)."""
