@@ -93,3 +93,21 @@ def test_bad_crl_inputs(pki):
         build_crl(issuing, root_key, crl_number=1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
     with pytest.raises(BadInputError, match="cRLNumber"):
         build_crl(issuing, issuing_key, crl_number=-1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
+
+
+def test_the_encoder_writes_canonical_der(pki):
+    # cryptography re-encodes the parsed list for tbs_certlist_bytes: equal bytes mean ours is canonical DER,
+    # across serial lengths, both time types and every reason (build_crl skips this check for speed).
+    _, _, issuing, issuing_key, _ = pki
+    reasons = [None, "unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]
+    entries = [RevokedEntry(serial, moment, reason) for serial, moment, reason in zip(
+        [1, 0x7F, 0x80, 0xFF, 1 << 126, (1 << 127) + 5, (1 << 159) - 1, 12345],
+        [START, START + timedelta(seconds=1), datetime(2049, 12, 31, 23, 59, 59, tzinfo=timezone.utc),
+         datetime(2050, 1, 1, tzinfo=timezone.utc), START.astimezone(timezone(timedelta(hours=5))), START, START, START],
+        reasons + reasons[:2])]
+    crl = build_crl(issuing, issuing_key, crl_number=(1 << 159) - 1, this_update_utc=START, next_update_utc=START + timedelta(days=1),
+                    entries=entries)
+    ours = asn1_crl.CertificateList.load(crl.public_bytes(Encoding.DER))["tbs_cert_list"].dump()
+    assert crl.tbs_certlist_bytes == ours and len(crl) == len(entries)
+    shifted = next(entry for entry in crl if entry.serial_number == 1 << 126)
+    assert shifted.revocation_date_utc == START
