@@ -221,8 +221,8 @@ def list_command(state_dir, certificate_type, status, entity_id, limit, as_json)
               help="Worker processes, each with its own HSM session.")
 @click.option("--chunk-size", type=click.IntRange(1, 5000), default=1000, show_default=True,
               help="Requests per task and per recorded transaction.")
-@click.option("--verify-one-in", type=click.IntRange(1, 1024), default=32, show_default=True,
-              help="Verify one HSM signature in N (and the first of every chunk) before release; 1 verifies all.")
+@click.option("--verify-one-in", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Verify every HSM signature before release (1), or one in N and the first of every chunk.")
 @json_option
 @click.argument("batch", type=click.Path(path_type=Path))
 def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key_id, pin_source, policy_file, state_dir, actor,
