@@ -31,7 +31,7 @@ from smki.errors import BadInputError
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
-from smki.policy import Environment, PolicyRefusal
+from smki.policy import Environment
 from smki.policy.model import CertificatePolicy
 from smki.profiles import device_certificate, sign_certificate
 from smki.profiles.device_template import DeviceCertificateTemplate, check_against_builder
@@ -275,5 +275,3 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin:
     summary.seconds = time.perf_counter() - started
     return summary
 
-
-__all__ = ["BatchPlan", "BatchSummary", "PolicyRefusal", "issue_batch", "prove_template"]

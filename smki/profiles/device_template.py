@@ -22,7 +22,7 @@ from smki.errors import BadInputError
 from smki.identifiers import EUI64, KeyUsage
 from smki.profiles import der
 from smki.profiles.certificates import (DeviceCertificateParams, _authority_key_identifier, _certificate_policies,
-                                        _end_entity_key_usage, device_certificate)
+                                        _end_entity_key_usage)
 from smki.profiles.extensions import hardware_module_name
 from smki.profiles.validity import Validity
 
@@ -132,5 +132,3 @@ def check_against_builder(template: DeviceCertificateTemplate, params: DeviceCer
     if ours != draft.tbs_certificate_bytes:
         raise BadInputError("the batch certificate template differs from the Device Certificate profile; nothing issued")
 
-
-__all__ = ["DeviceCertificateTemplate", "certificate_der", "check_against_builder", "device_certificate", "subject_key_identifier"]
