@@ -20,5 +20,5 @@ def new_serial_number() -> int:
 
 def serial_hex(serial: int) -> str:
     """The serial as the repository shows it: uppercase hex, two digits an octet."""
-    length = max(1, (serial.bit_length() + 7) // 8)
-    return serial.to_bytes(length, "big").hex().upper()
+    text = f"{serial:X}"
+    return text if len(text) % 2 == 0 else "0" + text
