@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from smki.errors import BadInputError
 from smki.files import new_file, refuse_existing
@@ -105,8 +105,8 @@ def read_entries(source: Path, names: Iterable[str]) -> Iterator[BatchEntry]:
 
 
 def _check_name(source: Path, name: str) -> None:
-    path = PurePosixPath(name)
-    if "\\" in name or path.is_absolute() or len(path.parts) != 1 or name in ("", ".", ".."):
+    # A plain file name: no separator of either kind (so no absolute path and no `..` step), not `.` or `..`.
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
         raise BatchRefused(f"{source}: entry {name!r} has a path; a batch holds plain .csr file names only")
     if not name.endswith(SUFFIX) or name == SUFFIX:
         raise BatchRefused(f"{source}: entry {name!r} is not a .csr file")
