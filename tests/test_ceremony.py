@@ -232,8 +232,8 @@ def test_root_rekey_cross_certifies_the_new_root(pki):
     assert cross.public_key().public_numbers() == new.public_key().public_numbers()
     cross.verify_directly_issued_by(old)
     assert cross.not_valid_after_utc <= old.not_valid_after_utc
-    lint = json.loads(smki("lint", "--environment", "test", "--json", str(out(work, "root-oca-2.pem"))).stdout)
-    assert lint[0]["type"] == "root" and not lint[0]["findings"]
+    lint = json.loads(smki("lint", "--environment", "test", "--json", str(out(work, "root-oca-2.pem")), str(out(work, "root-oca-2-cross.pem"))).stdout)
+    assert [(r["type"], r["findings"]) for r in lint] == [("root", []), ("cross-certificate", [])]
     # A party that trusts only the old root reaches the new root's key through the cross-certificate.
     verified = openssl("verify", "-CAfile", str(out(work, "root-oca.pem")), str(out(work, "root-oca-2-cross.pem")))
     assert verified.returncode == 0

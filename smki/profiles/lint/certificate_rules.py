@@ -12,6 +12,7 @@ ERROR, WARNING = Severity.ERROR, Severity.WARNING
 EXPECTED_ORDER = {
     "root": [KU, BC, CP, SKI, CONTINGENCY],
     "issuing-ca": [KU, BC, CP, SKI, AKI],
+    "cross-certificate": [KU, BC, CP, SKI, AKI],  # a root re-key: the old root certifies the new root's key
     "organisation": [KU, SKI, CP, AKI],
     "device": [KU, SKI, SAN, CP, AKI],
 }
@@ -148,13 +149,17 @@ def _basic_constraints(v: CertificateView):
         return "an end-entity certificate carries basicConstraints" if extension is not None else None
     if extension is None or not extension.critical:
         return "a CA certificate needs critical basicConstraints cA=TRUE"
-    if v.certificate_type == "issuing-ca" and asn1_x509.BasicConstraints.load(extension.value).native["path_len_constraint"] != 0:
+    path_length = asn1_x509.BasicConstraints.load(extension.value).native["path_len_constraint"]
+    if v.certificate_type == "issuing-ca" and path_length != 0:
         return "an Issuing CA's pathLenConstraint must be 0"
+    if v.certificate_type == "cross-certificate" and path_length == 0:
+        return "a cross-certificate's pathLenConstraint must leave room for the Issuing CAs below the new root"
 
 
 def _root_subject(v: CertificateView):
-    if v.certificate_type == "root" and not (v.self_issued and any(oid == "2.5.4.11" and value == b"00" for oid, _, value in v.subject_attributes)):
-        return "a root is self-issued with subject OU 00"
+    if v.certificate_type in ("root", "cross-certificate") and not (
+            v.self_issued and any(oid == "2.5.4.11" and value == b"00" for oid, _, value in v.subject_attributes)):
+        return f"a {v.certificate_type} is self-issued with subject OU 00"
 
 
 def _device_subject(v: CertificateView):

@@ -17,7 +17,7 @@ from smki.profiles.names import raw_attributes
 ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 KU, BC, CP, SKI, AKI, SAN = "2.5.29.15", "2.5.29.19", "2.5.29.32", "2.5.29.14", "2.5.29.35", "2.5.29.17"
 CONTINGENCY = "1.3.6.1.5.5.7.1.20"
-CERTIFICATE_TYPES = ("root", "issuing-ca", "organisation", "device")
+CERTIFICATE_TYPES = ("root", "issuing-ca", "cross-certificate", "organisation", "device")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,10 @@ class CertificateView:
     @property
     def detected_type(self) -> str:
         if self.basic_constraints_ca:
-            return "root" if self.self_issued and self.extension(AKI) is None else "issuing-ca"
+            if self.self_issued and self.extension(AKI) is None:
+                return "root"
+            # At a root re-key the old root certifies the new root's key under the root's own name.
+            return "cross-certificate" if self.self_issued else "issuing-ca"
         if self.tbs["subject"].dump() == b"\x30\x00" or self.extension(SAN) is not None:
             return "device"
         return "organisation"
