@@ -40,7 +40,7 @@ from smki.profiles.serials import new_serial_number, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
-from smki.store.batches import (BatchRow, EntryOutcome, answered_names, deferred_sync, device_certificate_counts, finish_batch, insert_certificates,
+from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch, insert_certificates,
                                 known_subject_keys, record_outcomes, register_batch)
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
@@ -111,9 +111,9 @@ class _Run:
     """One run over a batch: decisions, records and progress in this process."""
 
     def __init__(self, connection, audit: AuditTrail, actor: str, plan: BatchPlan, issuer_key_id: str,
-                 usages: tuple[KeyUsage, ...], summary: BatchSummary, progress: Callable[[int], None]) -> None:
+                 usages: tuple[KeyUsage, ...], summary: BatchSummary, progress: Callable[[int], None], answer: Answer) -> None:
         self.connection, self.audit, self.actor, self.plan = connection, audit, actor, plan
-        self.issuer_key_id, self.summary, self.progress = issuer_key_id, summary, progress
+        self.issuer_key_id, self.summary, self.progress, self.answer = issuer_key_id, summary, progress, answer
         self.usages = {usage.value for usage in usages}
         self.hw_type_oid = plan.policy.hw_type_oid(plan.environment, plan.device_type)
         self.validity = Validity(plan.not_before, DEVICE_NOT_AFTER)
@@ -193,6 +193,9 @@ class _Run:
             self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=policy.identity))
         self.unrecorded.clear()
         self.chunks_recorded += 1
+        ders = dict(signed)
+        for outcome in outcomes:  # recorded now; released only when the whole batch is durable
+            self.answer(outcome, ders.get(outcome.name))
         for outcome in outcomes:
             self.summary.statuses[outcome.status] = self.summary.statuses.get(outcome.status, 0) + 1
         self.progress(len(records))
@@ -230,12 +233,18 @@ def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[
         yield remaining[start:start + size]
 
 
+# Called with each request's recorded outcome (and certificate DER on success): the response.
+Answer = Callable[[EntryOutcome, "bytes | None"], None]
+
+
 def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin: str, issuer_key_id: str,
-                progress: Callable[[int], None] = lambda answered: None) -> BatchSummary:
+                progress: Callable[[int], None] = lambda answered: None, answer: Answer = lambda outcome, der: None) -> BatchSummary:
     """Answer every request of the batch not answered before; return this run's summary.
 
     Batch-level faults (size, requester, device type, the template) raise before anything is
-    issued. `pin` goes to the workers only.
+    issued. `pin` goes to the workers only. `answer` receives every request's outcome once it is
+    recorded: first those answered by earlier runs, then this run's, chunk by chunk; the caller
+    releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()
     plan.policy.check_batch_size(len(plan.batch.names))
@@ -257,8 +266,11 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin:
                                  "answered_before": len(answered), "device_type": plan.device_type.name,
                                  "requester": plan.requester.camel_name}, policy=plan.policy.identity))
     summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
+    if answered:
+        for outcome, der in batch_outcomes(connection, batch_id):
+            answer(outcome, der)
     if len(answered) < len(plan.batch.names):
-        run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress)
+        run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress, answer)
         context = multiprocessing.get_context("spawn")
         pool = context.Pool(plan.workers, initializer=start_worker, initargs=(plan.key, pin, template, plan.verify_one_in))
         try:

@@ -244,8 +244,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     from smki.hsm.pool import open_worker_signer
     from smki.policy import Environment
     from smki.profiles.validity import utc_midnight
-    from smki.requests.batch import open_batch, write_response
-    from smki.store.batches import batch_outcomes
+    from smki.requests.batch import BatchResponse, open_batch
 
     with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device.batch") as operation:
         operation.subject = {"batch": str(batch)}
@@ -265,12 +264,11 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
                          DeviceType.parse(device_type), parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc)),
                          workers=workers, chunk_size=chunk_size, verify_one_in=verify_one_in)
         issuer_key_id = describe(issuer).subject_key_id.hex().upper()
-        with progress(None, len(checked_batch.names), "issuing") as bar:
+        with BatchResponse(response_zip, status_csv) as response, progress(None, len(checked_batch.names), "issuing") as bar:
             summary = issue_batch(operation.connection, operation.audit, actor, plan, pin, issuer_key_id,
-                                  progress=getattr(bar, "update", lambda n: None))
-        answers = (({"identifier": outcome.device_id, "file": outcome.name, "status": outcome.status, "code": outcome.code,
-                     "detail": outcome.detail, "serial": outcome.serial_hex}, der) for outcome, der in batch_outcomes(operation.connection, checked_batch.batch_id))
-        totals = write_response(answers, response_zip, status_csv)
+                                  progress=getattr(bar, "update", lambda n: None),
+                                  answer=lambda o, der: response.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
+        totals = response.counts
     result = {**summary.as_dict(), "totals": dict(sorted(totals.items())), "response": str(response_zip), "status": str(status_csv)}
     emit(as_json, result, lambda d: (
         f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "

@@ -10,6 +10,7 @@ Entries are then streamed one at a time: a batch is never held in memory whole.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import io
@@ -211,25 +212,39 @@ class StoredZipWriter:
                                                        len(directory), self._offset, 0))
 
 
-def write_response(answers: Iterable[tuple[dict, bytes | None]], response_zip: Path, status_csv: Path) -> dict[str, int]:
-    """The batch response: a ZIP of PEM `.crt` files named like the requests, and the per-request
-    status records as CSV (identifier, file, status, code, detail, serial). `answers` yields
-    (record with those keys, certificate DER or None). Both files appear whole or not at all."""
-    refuse_existing(response_zip)
-    refuse_existing(status_csv)
-    counts: dict[str, int] = {}
-    with new_file(response_zip) as zip_stream, new_file(status_csv) as status_stream:
-        text = io.TextIOWrapper(status_stream, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\r\n")
-        writer.writerow(STATUS_FIELDS)
+class BatchResponse:
+    """The batch response, written while the batch runs: a ZIP of PEM `.crt` files named like the
+    requests, and the per-request status records as CSV (identifier, file, status, code, detail,
+    serial). Both are built in temporary files and appear whole, and only when the `with` block
+    ends without error (after the caller has made every answer durable); otherwise neither does."""
+
+    def __init__(self, response_zip: Path, status_csv: Path) -> None:
+        refuse_existing(response_zip)
+        refuse_existing(status_csv)
+        self.paths = (response_zip, status_csv)
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> "BatchResponse":
+        self._files = contextlib.ExitStack()
+        zip_stream = self._files.enter_context(new_file(self.paths[0]))
+        status_stream = self._files.enter_context(new_file(self.paths[1]))
+        self._text = io.TextIOWrapper(status_stream, encoding="utf-8", newline="")
+        self._status = csv.writer(self._text, lineterminator="\r\n")
+        self._status.writerow(STATUS_FIELDS)
         # Stored, not deflated: PEM certificates shrink by a quarter at most, and compressing 50,000 costs seconds.
-        archive = StoredZipWriter(zip_stream)
-        for record, der in answers:
-            writer.writerow([record.get(key) or "" for key in STATUS_FIELDS])
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-            if der is not None:
-                archive.add(record["file"][: -len(SUFFIX)] + ".crt", _pem_certificate(der))
-        archive.close()
-        text.flush()
-        text.detach()
-    return counts
+        self._archive = StoredZipWriter(zip_stream)
+        return self
+
+    def add(self, identifier: str | None, name: str, status: str, code: str, detail: str | None, serial: str | None,
+            der: bytes | None) -> None:
+        self._status.writerow((identifier or "", name, status, code, detail or "", serial or ""))
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if der is not None:
+            self._archive.add(name[: -len(SUFFIX)] + ".crt", _pem_certificate(der))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self._archive.close()
+            self._text.flush()
+            self._text.detach()
+        self._files.__exit__(kind, error, traceback)
