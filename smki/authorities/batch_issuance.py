@@ -6,8 +6,8 @@ proof of possession) and sign certificates; this process decides what the policy
 store) and records. Check and sign tasks interleave on the pool so both cores stay busy.
 
 Crash safety: a certificate is recorded, with its request's outcome and an audit entry,
-in one transaction per signed chunk; nothing is released (the response is written from the
-store afterwards). A batch is identified by its digest: running it again skips every
+in one transaction per signed chunk; only recorded answers reach the response, which the
+caller releases after the last, fully synchronous commit. A batch is identified by its digest: running it again skips every
 request already answered, so a run killed at any moment is finished by the next, with no
 duplicate and nothing lost. Certificates signed but not yet recorded when a run dies were
 never released; the next run issues those requests afresh with new serials.

@@ -234,7 +234,8 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     an ineligible requester) refuse the whole batch with nothing issued. Each request is then
     answered on its own: success, error (FM:/CR: code), ineligible (IN:) or anomaly (CA:),
     including the per-device cap and duplicates within the batch and against the store.
-    Every certificate is recorded before the response is written. Running the same batch
+    Every certificate is recorded before it reaches the response, which appears only once the
+    whole run is durable. Running the same batch
     again (after a crash, say) answers only what is left and writes the whole response.
     Exit 0 when every request has an answer, whatever the answers.
     """
