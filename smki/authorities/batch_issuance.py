@@ -54,13 +54,16 @@ class BatchPlan:
 
     batch: Batch
     issuer: x509.Certificate
+    key: KeyRef
     policy: CertificatePolicy
     environment: Environment
     requester: RemotePartyRole
     device_type: DeviceType
     not_before: datetime
-    workers: int = 2  # how many BatchWorkers there are: a few tasks each are kept in flight
+    workers: int = 2
     chunk_size: int = 1000
+    # 1 verifies every HSM signature before release; N > 1 verifies one in N and the first of each chunk.
+    verify_one_in: int = 1
 
 
 @dataclass
@@ -230,50 +233,27 @@ def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[
         yield remaining[start:start + size]
 
 
-def batch_template(issuer: x509.Certificate, policy: CertificatePolicy, environment: Environment, not_before: datetime) -> DeviceCertificateTemplate:
-    return DeviceCertificateTemplate.for_issuer(issuer, policy.policy_oid(environment), Validity(not_before, DEVICE_NOT_AFTER))
-
-
-class BatchWorkers:
-    """The spawned worker processes, started before the batch is opened so that their start-up
-    (imports, HSM login, reading the ZIP's directory) overlaps the batch intake. Nothing is
-    issued until `issue_batch` hands them work."""
-
-    def __init__(self, key: KeyRef, pin: str, template: DeviceCertificateTemplate, count: int, source, verify_one_in: int = 1) -> None:
-        """`verify_one_in`: 1 verifies every HSM signature before release; N > 1 one in N and the first of each chunk."""
-        if count < 1:
-            raise BadInputError("a batch needs at least one worker")
-        self.template = template
-        self.pool = multiprocessing.get_context("spawn").Pool(count, initializer=start_worker,
-                                                              initargs=(key, pin, template, verify_one_in, source))
-
-    def __enter__(self) -> "BatchWorkers":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
 # Called with each request's recorded outcome (and certificate DER on success): the response.
 Answer = Callable[[EntryOutcome, "bytes | None"], None]
 
 
-def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, workers: BatchWorkers, issuer_key_id: str,
+def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin: str, issuer_key_id: str,
                 progress: Callable[[int], None] = lambda answered: None, answer: Answer = lambda outcome, der: None) -> BatchSummary:
     """Answer every request of the batch not answered before; return this run's summary.
 
     Batch-level faults (size, requester, device type, the template) raise before anything is
-    issued: the workers only ever sign what this function hands them. `answer` receives every request's outcome once it is
+    issued. `pin` goes to the workers only. `answer` receives every request's outcome once it is
     recorded: first those answered by earlier runs, then this run's, chunk by chunk; the caller
     releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()
     plan.policy.check_batch_size(len(plan.batch.names))
     usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
-    if plan.chunk_size < 1:
-        raise BadInputError("a batch needs a chunk size of at least one")
-    prove_template(plan, workers.template, usages)
+    if plan.workers < 1 or plan.chunk_size < 1:
+        raise BadInputError("a batch needs at least one worker and a chunk size of at least one")
+    template = DeviceCertificateTemplate.for_issuer(plan.issuer, plan.policy.policy_oid(plan.environment),
+                                                    Validity(plan.not_before, DEVICE_NOT_AFTER))
+    prove_template(plan, template, usages)
     batch_id = plan.batch.batch_id
     row = BatchRow(batch_id, str(plan.batch.source), len(plan.batch.names), issuer_key_id, plan.policy.version,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"), None)
@@ -291,8 +271,15 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
             answer(outcome, der)
     if len(answered) < len(plan.batch.names):
         run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress, answer)
-        with deferred_sync(connection):
-            run.run(_chunks(plan.batch.names, answered, plan.chunk_size), workers.pool)
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(plan.workers, initializer=start_worker, initargs=(plan.key, pin, template, plan.verify_one_in))
+        try:
+            with deferred_sync(connection):
+                run.run(_chunks(plan.batch.names, answered, plan.chunk_size), pool)
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
     with transaction(connection):  # synchronous again: this commit makes the whole run durable
         finish_batch(connection, batch_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         audit.append(AuditEntry(actor, "batch.finish", "success", {"batch_id": batch_id, "statuses": summary.statuses,

@@ -17,7 +17,7 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pool import open_worker_signer
 from smki.profiles.device_template import DeviceCertificateTemplate, certificate_der, subject_key_identifier
 from smki.requests import parse_device_request
-from smki.requests.batch import preload_archive, read_entries
+from smki.requests.batch import read_entries
 from smki.requests.canonical import canonical_fields
 from smki.requests.encodings import decode_request
 from smki.requests.outcomes import RequestRejected
@@ -31,9 +31,8 @@ SigningJob = tuple[str, int, bytes, bytes, str, str]
 _worker: dict = {}
 
 
-def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, verify_one_in: int, source: Path) -> None:
+def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, verify_one_in: int) -> None:
     _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in)
-    preload_archive(source)
 
 
 def check_requests(source: Path, names: list[str]) -> list[ParsedRequest]:

@@ -88,17 +88,6 @@ class _ArchiveReader:
         return data
 
 
-def preload_archive(source: Path) -> None:
-    """In a worker starting up: read the ZIP's directory now, while the main process checks the batch.
-    A source that is not a readable ZIP is left alone: the main process refuses it."""
-    source = Path(source)
-    try:
-        if source not in _open_archives and source.is_file():
-            _open_archives[source] = _ArchiveReader(source)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        pass
-
-
 def read_entries(source: Path, names: Iterable[str]) -> Iterator[BatchEntry]:
     """The named entries of a checked batch, each read with the size limit."""
     source = Path(source)
