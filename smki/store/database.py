@@ -9,6 +9,7 @@ same code (smki/store/postgres.py adapts it to the sqlite3 interface used here).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -125,7 +126,7 @@ def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connecti
     connection = sqlite3.connect(path, isolation_level=None, timeout=30)  # explicit transactions only
     connection.row_factory = sqlite3.Row
     try:
-        connection.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(connection)
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
@@ -133,6 +134,19 @@ def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connecti
         connection.close()
         raise BadInputError(f"{path}: not an smki database ({exc})") from None
     return connection
+
+
+def _switch_to_wal(connection: sqlite3.Connection, attempts: int = 100) -> None:
+    """PRAGMA journal_mode = WAL, retried: when several processes open a new database at once,
+    SQLite answers the switch with 'database is locked' at once, without waiting its timeout."""
+    for attempt in range(attempts):
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 @contextmanager
