@@ -264,3 +264,18 @@ def test_a_directory_batch_with_sampled_verification(dca, tmp_path):
         (batch / f"meter-{i}.csr").write_bytes(base64.encodebytes(device(f"00DB00000000DD{i:02X}")))
     result = json.loads(smki(*batch_args(dca, batch, tmp_path / "out", "--json", "--verify-one-in", "3", "--workers", "1")).stdout)
     assert result["issued"] == 5 and set(response_certificates(tmp_path / "out")) == {f"meter-{i}.crt" for i in range(5)}
+
+
+def test_a_worker_that_cannot_start_stops_the_batch_instead_of_respawning(hsm_token):
+    # multiprocessing restarts a worker whose initializer raises, forever; ours keeps the error for its first task.
+    from smki.authorities import batch_workers
+    from smki.errors import HsmError
+    from smki.hsm.config import KeyRef
+    batch_workers.start_worker(KeyRef("no-such-token", "k", b"\x01", hsm_token.module), hsm_token.pin, None, 1)
+    try:
+        with pytest.raises(HsmError, match="could not start: .*no-such-token"):
+            batch_workers.check_requests(Path("unused.zip"), ["a.csr"])
+        with pytest.raises(HsmError, match="could not start"):
+            batch_workers.sign_certificates([])
+    finally:
+        batch_workers._worker.clear()

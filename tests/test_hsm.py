@@ -126,6 +126,20 @@ def test_signing_workers_are_spawned_and_sign_correctly(new_hsm_key, hsm_token):
         signer.public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
 
+def test_a_signing_pool_with_a_wrong_pin_fails_instead_of_respawning(hsm_token, run_smki, tmp_path):
+    # A token of its own (made by the CLI: this process's PKCS#11 library lists only the tokens it
+    # saw when loaded), so that wrong PINs never count against the shared test token.
+    from smki.hsm.config import KeyRef
+    pin = ["--pin-source", "env:SMKI_TEST_PIN"]
+    assert run_smki("hsm", "init-token", "--label", "smki-wrong-pin", "--so-pin-source", "env:SMKI_TEST_SO_PIN", *pin).returncode == 0
+    assert run_smki("hsm", "keygen", "--token", "smki-wrong-pin", "--key-label", "pool-key", "--key-id", "01", *pin,
+                    "--state", str(tmp_path / "state")).returncode == 0
+    key = KeyRef("smki-wrong-pin", "pool-key", b"\x01", hsm_token.module)
+    with pytest.raises(HsmError, match="could not start: .*PIN incorrect"):
+        with SigningPool(key, "not-the-pin", workers=2) as pool:
+            list(pool.sign_digests([hashlib.sha256(b"x").digest()]))
+
+
 def test_pin_sources(monkeypatch):
     monkeypatch.setenv("OPERATOR_PIN", "s3cret")
     assert PinSource.parse("env:OPERATOR_PIN").read() == "s3cret"

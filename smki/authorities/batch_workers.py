@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from smki.errors import HsmError
 from smki.hsm.config import KeyRef
 from smki.hsm.pool import open_worker_signer
 from smki.profiles.device_template import DeviceCertificateTemplate, certificate_der, subject_key_identifier
@@ -32,12 +33,23 @@ _worker: dict = {}
 
 
 def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, verify_one_in: int) -> None:
-    _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in)
+    # An initializer that raises makes multiprocessing start a new worker, forever: keep the error
+    # instead, and let the first task report it (the batch then stops with that one message).
+    try:
+        _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in, error=None)
+    except Exception as exc:  # noqa: BLE001 - reported by every task of this worker
+        _worker.update(error=f"{type(exc).__name__}: {exc}")
+
+
+def _ready() -> None:
+    if _worker.get("error"):
+        raise HsmError(f"a batch worker could not start: {_worker['error']}")
 
 
 def check_requests(source: Path, names: list[str]) -> list[ParsedRequest]:
     """Read, decode and check each named request of the batch (proof of possession included).
     A bad request gives a rejection tuple; only a fault of the batch itself raises."""
+    _ready()
     parsed = []
     for entry in read_entries(source, names):
         try:
@@ -58,6 +70,7 @@ def check_requests(source: Path, names: list[str]) -> list[ParsedRequest]:
 
 def sign_certificates(jobs: list[SigningJob]) -> list[tuple[str, bytes]]:
     """Build each TBS from the template, sign all digests in the HSM, assemble the certificates."""
+    _ready()
     template: DeviceCertificateTemplate = _worker["template"]
     tbs_list = [template.tbs_certificate(serial, point, device_id, hw_type, usage) for _, serial, point, device_id, hw_type, usage in jobs]
     signatures = _worker["signer"].sign_digests_sampled([hashlib.sha256(tbs).digest() for tbs in tbs_list], _worker["verify_one_in"])

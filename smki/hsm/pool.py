@@ -26,12 +26,23 @@ def open_worker_signer(key: KeyRef, pin: str):
     return Pkcs11Signer(private_object, public_key_of(public_object))
 
 
+_worker_error: str | None = None
+
+
 def _start_worker(key: KeyRef, pin: str) -> None:
-    global _worker_signer
-    _worker_signer = open_worker_signer(key, pin)
+    # An initializer that raises makes multiprocessing start a new worker, forever: keep the
+    # error instead, and let the first chunk report it.
+    global _worker_signer, _worker_error
+    try:
+        _worker_signer = open_worker_signer(key, pin)
+    except Exception as exc:  # noqa: BLE001 - reported by every chunk of this worker
+        _worker_error = f"{type(exc).__name__}: {exc}"
 
 
 def _sign_chunk(digests: list[bytes]) -> list[bytes]:
+    if _worker_error is not None:
+        from smki.errors import HsmError
+        raise HsmError(f"a signing worker could not start: {_worker_error}")
     return [_worker_signer.sign_digest(digest) for digest in digests]
 
 
