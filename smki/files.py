@@ -13,7 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from smki.errors import ConflictError
+from smki.errors import BadInputError, ConflictError
+
+
+def read_input(path: Path) -> bytes:
+    """An input file's bytes, or a one-line BadInputError naming the file."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
 
 
 def refuse_existing(path: Path) -> None:

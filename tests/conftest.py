@@ -106,5 +106,14 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def smki(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `smki` CLI in a subprocess (text); with check, it must exit 0."""
+    result = subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    if check:
+        assert result.returncode == 0, (args, result.stderr)
+    return result
+
+
 def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["openssl", *args], capture_output=True, input=input, timeout=60)

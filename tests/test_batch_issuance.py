@@ -18,17 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import csr_factory as f
-from conftest import openssl
+from conftest import openssl, smki
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
-
-
-def smki(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True, env=os.environ.copy())
-    if check:
-        assert result.returncode == 0, (args, result.stderr)
-    return result
 
 
 @pytest.fixture(scope="module")

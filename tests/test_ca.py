@@ -1,26 +1,16 @@
 """`smki ca`: certificates from CSRs under the policy, revocation, the CRL with a persisted number, records."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 import csr_factory as f
-from conftest import openssl
+from conftest import openssl, smki
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
-
-
-def smki(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True, env=os.environ.copy())
-    if check:
-        assert result.returncode == 0, (args, result.stderr)
-    return result
 
 
 @pytest.fixture(scope="module")

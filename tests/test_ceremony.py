@@ -4,11 +4,8 @@ re-key, contingency recovery; m-of-n activation; and every bad input refused wit
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 from conftest import openssl
+from conftest import smki as run_cli
+from smki.errors import RefusedError
 from smki.hsm import activation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +24,7 @@ SOURCES = [arg for name in CUSTODIANS for arg in ("--passphrase-source", f"{name
 
 
 def smki(*args, check=True, env=None):
-    result = subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True,
-                            env={**os.environ, **PASSPHRASES, **(env or {})}, timeout=300)
-    if check:
-        assert result.returncode == 0, (args, result.stderr)
-    return result
+    return run_cli(*args, check=check, env={**PASSPHRASES, **(env or {})})
 
 
 _workspaces = itertools.count(1)
@@ -246,6 +241,7 @@ BAD_FILES = {
     "validity beyond the policy": (lambda t: t.replace('  not_before: "2026-01-01"', '  not_before: "2026-01-01"\n  not_after: "2080-01-01"'),
                                    1, "6.3.2 validity"),
     "HSM key missing": (lambda t: t.replace("{label: root-oca, id: \"01\"}", "{label: no-such-key, id: \"01\"}"), 4, "no private key with label 'no-such-key'"),
+    "same custodian twice": (lambda t: t.replace("present: [alice, carol, erin]", "present: [alice, alice, carol]"), 3, "non-unique elements"),
     "key not the issuer's": (lambda t: t.replace("issuer_certificate: ../out/root-oca.pem", "issuer_certificate: ../out/root-dca.pem"),
                              3, "does not match the issuer certificate"),
 }
@@ -313,5 +309,28 @@ def test_shares_combine_only_with_the_threshold(pki):
     passphrase = {name: PASSPHRASES[f"CEREMONY_PASS_{name}"] for name in CUSTODIANS}
     secret, _ = activation.recover_secret("root-oca", [(s, passphrase[s.custodian]) for s in shares[:3]])
     assert secret == activation.recover_secret("root-oca", [(s, passphrase[s.custodian]) for s in shares[2:]])[0]
-    with pytest.raises(Exception, match="2 of 3"):
+    with pytest.raises(RefusedError, match="2 of 3"):
         activation.recover_secret("root-oca", [(s, passphrase[s.custodian]) for s in shares[:2]])
+
+
+def test_a_compressed_public_key_is_refused_before_the_root_signs(pki):
+    work, _ = pki
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import base64
+    import csr_factory
+    compressed = csr_factory.spki(ec.generate_private_key(ec.SECP256R1()), PublicFormat.CompressedPoint)
+    (work / "requests" / "compressed.pub.pem").write_bytes(
+        b"-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(compressed) + b"-----END PUBLIC KEY-----\n")
+    ceremony = work / "ceremonies" / "bad-compressed.yaml"
+    ceremony.write_text((work / "ceremonies" / "issuing-oca.yaml").read_text().replace("issuing-oca.pub.pem", "compressed.pub.pem")
+                        .replace("../out/issuing-oca.pem", "../out/bad-compressed.pem").replace("issuing-oca-certificate.json", "bad-compressed.json"))
+    refused = smki("ceremony", "run", str(ceremony), *SOURCES, check=False)
+    assert refused.returncode == 3 and "not uncompressed" in refused.stderr, refused.stderr
+    assert not out(work, "bad-compressed.pem").exists()
+
+
+def test_a_malformed_passphrase_source_is_a_usage_error(tmp_path):
+    work = workspace(tmp_path, "F")
+    refused = smki("ceremony", "run", str(work / "ceremonies" / "root-dca.yaml"), "--passphrase-source", "alice", check=False)
+    assert refused.returncode == 3 and "give CUSTODIAN=SOURCE" in refused.stderr
+    assert not (work / "shares").exists() and not (work / "state").exists()

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import openssl
+from conftest import smki as run_cli
 from smki.audit.verify import rows_from_database
 from smki.authorities.bulk import write_bulk_files
 from smki.authorities.crl_lodging import lodge_crl
@@ -357,8 +358,7 @@ def test_bulk_full_and_delta_files(tmp_path, pki, repo):
 
 
 def smki(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return run_cli(*args, check=False, env=env)
 
 
 def write(path: Path, data: bytes) -> str:

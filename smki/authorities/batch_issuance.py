@@ -40,9 +40,9 @@ from smki.profiles.serials import new_serial_number, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
-from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch, insert_certificates,
+from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
                                 known_subject_keys, record_outcomes, register_batch)
-from smki.store.certificates import CertificateRecord
+from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
 
 OPERATION = "certificate.issue.device.batch"

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.ceremony_file import Ceremony
 from smki.authorities.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
-from smki.files import refuse_existing, write_new_file
+from smki.files import read_input, refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
 from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
@@ -36,21 +36,21 @@ from smki.hsm.session import close_all, open_session
 from smki.hsm.signer import Pkcs11Signer
 from smki.hsm.softhsm import delete_token, init_token, is_softhsm
 from smki.policy import PolicyRefusal, load_policy
-from smki.policy.adoption import adopt, require_adopted
+from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy
 from smki.profiles import (IssuingCaCertificateParams, issuing_ca_certificate, root_certificate, sign_certificate)
 from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
-from smki.profiles.files import read_certificate
+from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
-from smki.profiles.lint import lint_certificate, pre_issuance_check
+from smki.profiles.lint import pre_issuance_check
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.lint.findings import Severity
-from smki.profiles.public_keys import check_public_key, check_subject_public_key_info
+from smki.profiles.public_keys import check_public_key
 from smki.store import open_database
 from smki.store.certificates import find_certificate, insert_certificate
 from smki.store.database import transaction
-from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
 
 STATE_DATABASE = "smki.db"
 # Asked for each custodian: (custodian, purpose) -> passphrase. Never logged, never stored.
@@ -150,25 +150,16 @@ def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, P
 # -- reading inputs -------------------------------------------------------------------------------
 def _subject_public_key(ceremony: Ceremony):
     """The Issuing Authority's key: from its PKCS#10 request (proof of possession checked) or a public key file."""
-    path = ceremony.subject_csr or ceremony.subject_public_key
+    if not ceremony.subject_csr:
+        return read_public_key(ceremony.subject_public_key)
+    path, data = ceremony.subject_csr, read_input(ceremony.subject_csr)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
-    if ceremony.subject_csr:
-        try:
-            request = x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
-        except ValueError:
-            raise BadInputError(f"{path}: not a PEM or DER PKCS#10 request") from None
-        if not request.is_signature_valid:
-            raise BadInputError(f"{path}: the request's signature does not verify (no proof of possession)")
-        return check_public_key(request.public_key(), str(path))
-    if b"-----BEGIN" in data:
-        try:
-            data = load_pem_public_key(data).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        except ValueError:
-            raise BadInputError(f"{path}: not a PEM public key") from None
-    return check_subject_public_key_info(data, str(path))
+        request = x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
+    except ValueError:
+        raise BadInputError(f"{path}: not a PEM or DER PKCS#10 request") from None
+    if not request.is_signature_valid:
+        raise BadInputError(f"{path}: the request's signature does not verify (no proof of possession)")
+    return check_public_key(request.public_key(), str(path))
 
 
 # -- after signing --------------------------------------------------------------------------------
@@ -177,13 +168,8 @@ def _verified(run: _Run, certificate: x509.Certificate, issuer: x509.Certificate
         certificate.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise HsmError(f"the signed {what} does not verify against its issuer ({exc or 'bad signature'}); not released") from None
-    if certificate_type is not None:
-        _, findings = lint_certificate(certificate.public_bytes(Encoding.DER), certificate_type=certificate_type,
-                                       expected_policy_oids=(run.policy.policy_oid(run.ceremony.environment),),
-                                       issuer_subject_der=issuer.subject.public_bytes())
-        errors = [f"{f.rule_id}: {f.message}" for f in findings if f.severity is Severity.ERROR]
-        if errors:
-            raise RefusedError(f"the signed {what} fails lint after signing: {'; '.join(errors)}")
+    if certificate_type is not None:  # the same lint as before signing, now on the signed certificate
+        pre_issuance_check(certificate_type, (run.policy.policy_oid(run.ceremony.environment),), issuer=issuer)(certificate)
     run.checks.append(f"{what}: signature verifies under the issuer's key" + ("; lint clean" if certificate_type else ""))
 
 
@@ -253,7 +239,7 @@ def _arl(run: _Run, session, connection) -> None:
     already = revoked_entries(connection, root_key_id)
     entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in already]
     entries += [RevokedEntry(int(serial, 16), run.started, reason) for _, serial, reason in run.revocations]
-    run.crl_number = _peek_crl_number(connection, root_key_id)
+    run.crl_number = last_crl_number(connection, root_key_id) + 1  # taken in _record, with the revocations
     run.facts["arl_issuer_key_id"] = root_key_id
     crl = build_crl(root, signer, crl_number=run.crl_number, this_update_utc=run.started,
                     next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
@@ -268,11 +254,6 @@ def _arl(run: _Run, session, connection) -> None:
     run.output(ceremony.output, crl.public_bytes(Encoding.PEM), "ARL")
     run.facts["arl"] = {"crl_number": run.crl_number, "entries": len(entries), "next_update": crl.next_update_utc.isoformat(),
                         "revoked_now": [serial for _, serial, _ in run.revocations]}
-
-
-def _peek_crl_number(connection, issuer_key_id: str) -> int:
-    row = connection.execute("SELECT last_number FROM crl_numbers WHERE issuer_key_id = ?", (issuer_key_id,)).fetchone()
-    return (row[0] if row else 0) + 1
 
 
 def _root_rekey(run: _Run, session) -> None:
@@ -373,7 +354,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
     created_token = False
     try:
         if ceremony.kind == "root-key":
-            if _adopted_sha(connection, run.policy.kind) != run.policy.sha256:
+            if (adopted(connection, run.policy.kind) or {}).get("sha256") != run.policy.sha256:
                 adopt(connection, run.policy, run.operator, audit)
             pin = _new_root_token(run)
             created_token = True
@@ -405,11 +386,6 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
     write_new_file(ceremony.transcript, transcript_bytes)
     write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
     return transcript
-
-
-def _adopted_sha(connection, kind: str) -> str | None:
-    row = connection.execute("SELECT sha256 FROM adopted_policies WHERE kind = ?", (kind,)).fetchone()
-    return row[0] if row else None
 
 
 def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:

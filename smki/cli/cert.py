@@ -9,8 +9,6 @@ and only then written out.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,28 +28,11 @@ from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import require_adopted
 from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
-from smki.profiles.files import parse_utc, read_certificate
+from smki.profiles.files import parse_utc, read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.public_keys import check_subject_public_key_info
 from smki.profiles.validity import utc_midnight
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
-
-
-def read_public_key(path: Path):
-    """A subject public key from a PEM or DER SubjectPublicKeyInfo file: P-256, uncompressed, or refused."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
-    if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
-        # Decode the armour ourselves: the raw DER must be checked (a compressed point is refused).
-        body = b"".join(line for line in data.strip().splitlines() if not line.startswith(b"-----"))
-        try:
-            data = base64.b64decode(body, validate=True)
-        except binascii.Error:
-            raise BadInputError(f"{path}: PEM public key has invalid Base64") from None
-    return check_subject_public_key_info(data, str(path))
 
 
 def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy,

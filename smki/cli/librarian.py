@@ -11,6 +11,7 @@ from smki.authorities.bulk import write_bulk_files
 from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
 from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
+from smki.files import read_input
 from smki.cli.common import DATABASE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.profiles.files import read_certificate
@@ -73,7 +74,8 @@ def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, contex
                 try:
                     lodged.append(lodge_one(path))
                 except SmkiError as exc:
-                    exc.args = (f"{path}: {exc}",)
+                    if not str(exc).startswith(f"{path}:"):  # read errors already name the file
+                        exc.args = (f"{path}: {exc}",)
                     raise
         except SmkiError as exc:
             refusal = exc
@@ -112,20 +114,13 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
     audit = audit_trail(connection, audit_key_uri, pin_source)
 
     def lodge_one(path: Path) -> dict:
-        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(_read_file(path)), audit=audit, actor=actor).summary()}
+        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(read_input(path)), audit=audit, actor=actor).summary()}
 
     lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "CRL lodge")
     emit(as_json, {"lodged": lodged, "published": published}, lambda d: "\n".join(filter(None, [
         *(f"lodged {r['file']}  {r['kind'].upper()} number {r['crl_number']} from issuer {r['issuer_key_id']}, next update "
           f"{r['next_update']}, {len(r['newly_revoked'])} certificate(s) now revoked" for r in d["lodged"]),
         _published_text(d["published"])])))
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"{exc.strerror}") from None
 
 
 @librarian_group.command("publish")

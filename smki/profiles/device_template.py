@@ -87,24 +87,7 @@ class DeviceCertificateTemplate:
         return self._encode(serial, point, device_id, hw_type_oid, key_usage)
 
     def _pieces(self, hw_type_oid: str, key_usage: str) -> tuple[bytes, ...]:
-        """The TBS cut around its variable parts (serial, point, key identifier, device ID), made once
-        per hwType and usage by encoding sentinels and cutting at them; every length is fixed."""
-        cache = self.__dict__.setdefault("_piece_cache", {})
-        key = (hw_type_oid, key_usage)
-        if key not in cache:
-            serial, point, device_id = bytes([0x5A] * 16), b"\x04" + bytes([0xB7] * 64), bytes([0xC3] * 8)
-            ski = subject_key_identifier(point)
-            tbs = self._encode(int.from_bytes(serial, "big"), point, device_id, hw_type_oid, key_usage)
-            cuts, cursor, pieces = [serial, point, ski, device_id], 0, []
-            for sentinel in cuts:
-                if tbs.count(sentinel) != 1:
-                    raise BadInputError("cannot cut the device certificate template around its variable parts")
-                at = tbs.index(sentinel, cursor)
-                pieces.append(tbs[cursor:at])
-                cursor = at + len(sentinel)
-            pieces.append(tbs[cursor:])
-            cache[key] = tuple(pieces)
-        return cache[key]
+        return _template_pieces(self, hw_type_oid, key_usage)
 
     def _encode(self, serial: int, point: bytes, device_id: bytes, hw_type_oid: str, key_usage: str) -> bytes:
         san = _san_prefix(hw_type_oid) + device_id
@@ -115,6 +98,23 @@ class DeviceCertificateTemplate:
             self.policies_and_authority_key,
         )
         return der.sequence(VERSION_3, der.integer(serial), self.issuer_and_validity, P256_SPKI_PREFIX + point, der.tlv(0xA3, extensions))
+
+
+@functools.lru_cache(maxsize=64)
+def _template_pieces(template: DeviceCertificateTemplate, hw_type_oid: str, key_usage: str) -> tuple[bytes, ...]:
+    """The TBS cut around its variable parts (serial, point, key identifier, device ID), made once
+    per template, hwType and usage by encoding sentinels and cutting at them; every length is fixed."""
+    serial, point, device_id = bytes([0x5A] * 16), b"\x04" + bytes([0xB7] * 64), bytes([0xC3] * 8)
+    tbs = template._encode(int.from_bytes(serial, "big"), point, device_id, hw_type_oid, key_usage)
+    pieces, cursor = [], 0
+    for sentinel in (serial, point, subject_key_identifier(point), device_id):
+        if tbs.count(sentinel) != 1:
+            raise BadInputError("cannot cut the device certificate template around its variable parts")
+        at = tbs.index(sentinel, cursor)
+        pieces.append(tbs[cursor:at])
+        cursor = at + len(sentinel)
+    pieces.append(tbs[cursor:])
+    return tuple(pieces)
 
 
 def certificate_der(tbs: bytes, signature: bytes) -> bytes:

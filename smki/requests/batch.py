@@ -30,6 +30,11 @@ MAX_COMPRESSION_RATIO = 100  # Base64 text compresses about 1.3:1; 100:1 is a bo
 SUFFIX = ".csr"
 
 
+def response_name(request_name: str) -> str:
+    """NAME.csr is answered by NAME.crt."""
+    return request_name[: -len(SUFFIX)] + ".crt"
+
+
 class BatchRefused(BadInputError):
     """A fault of the batch as a whole: nothing in it is issued."""
 
@@ -41,7 +46,7 @@ class BatchEntry:
 
     @property
     def response_name(self) -> str:
-        return self.name[: -len(SUFFIX)] + ".crt"
+        return response_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ class BatchResponse:
         self._status.writerow((identifier or "", name, status, code, detail or "", serial or ""))
         self.counts[status] = self.counts.get(status, 0) + 1
         if der is not None:
-            self._archive.add(name[: -len(SUFFIX)] + ".crt", _pem_certificate(der))
+            self._archive.add(response_name(name), _pem_certificate(der))
 
     def __exit__(self, kind, error, traceback) -> None:
         if error is None:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from smki.errors import ConflictError
-from smki.store.certificates import CertificateRecord, _COLUMNS as CERTIFICATE_COLUMNS
 
 # SQLite allows 32,766 bound parameters; lookups go in slices well under that.
 _LOOKUP_SLICE = 500
@@ -92,16 +91,6 @@ def answered_names(connection: sqlite3.Connection, batch_id: str) -> set[str]:
 def record_outcomes(connection: sqlite3.Connection, batch_id: str, outcomes: Iterable[EntryOutcome]) -> None:
     connection.executemany("INSERT INTO batch_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
         (batch_id, o.name, o.status, o.code, o.detail, o.device_id, o.serial_hex, o.request_sha256) for o in outcomes])
-
-
-def insert_certificates(connection: sqlite3.Connection, records: Iterable[CertificateRecord]) -> None:
-    """Many records in one statement (inside the caller's transaction); a repeated serial is refused."""
-    try:
-        connection.executemany(
-            f"INSERT INTO certificates ({', '.join(CERTIFICATE_COLUMNS)}) VALUES ({', '.join('?' for _ in CERTIFICATE_COLUMNS)})",
-            [[getattr(record, column) for column in CERTIFICATE_COLUMNS] for record in records])
-    except sqlite3.IntegrityError as exc:
-        raise ConflictError(f"a certificate of this batch is already recorded ({exc})") from None
 
 
 def _slices(values: list[str]) -> Iterator[list[str]]:

@@ -40,15 +40,23 @@ class CertificateRecord:
 _COLUMNS = [field.name for field in fields(CertificateRecord)]
 
 
+_INSERT = f"INSERT INTO certificates ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
 def insert_certificate(connection: sqlite3.Connection, record: CertificateRecord) -> None:
     """Record an issued certificate (inside the caller's transaction). A repeated serial is refused."""
     try:
-        connection.execute(
-            f"INSERT INTO certificates ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
-            [getattr(record, column) for column in _COLUMNS],
-        )
+        connection.execute(_INSERT, [getattr(record, column) for column in _COLUMNS])
     except sqlite3.IntegrityError:
         raise ConflictError(f"certificate serial {record.serial_hex} from issuer {record.issuer_key_id} is already recorded") from None
+
+
+def insert_certificates(connection: sqlite3.Connection, records: list[CertificateRecord]) -> None:
+    """Many records in one statement (a batch's chunk, inside the caller's transaction)."""
+    try:
+        connection.executemany(_INSERT, [[getattr(record, column) for column in _COLUMNS] for record in records])
+    except sqlite3.IntegrityError as exc:
+        raise ConflictError(f"a certificate of this chunk is already recorded ({exc})") from None
 
 
 def _record(row: sqlite3.Row) -> CertificateRecord:

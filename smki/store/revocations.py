@@ -25,9 +25,14 @@ def revoked_entries(connection: sqlite3.Connection, issuer_key_id: str) -> list[
         "SELECT serial_hex, revoked_at, reason FROM revocations WHERE issuer_key_id = ? ORDER BY serial_hex", (issuer_key_id,))]
 
 
+def last_crl_number(connection: sqlite3.Connection, issuer_key_id: str) -> int:
+    """The issuer's last cRLNumber issued (0 before the first)."""
+    row = connection.execute("SELECT last_number FROM crl_numbers WHERE issuer_key_id = ?", (issuer_key_id,)).fetchone()
+    return row[0] if row else 0
+
+
 def next_crl_number(connection: sqlite3.Connection, issuer_key_id: str, issued_at: datetime) -> int:
     """The issuer's next cRLNumber, persisted: strictly increasing across runs and crashes (the caller commits)."""
-    row = connection.execute("SELECT last_number FROM crl_numbers WHERE issuer_key_id = ?", (issuer_key_id,)).fetchone()
-    number = (row[0] if row else 0) + 1
+    number = last_crl_number(connection, issuer_key_id) + 1
     connection.execute("INSERT OR REPLACE INTO crl_numbers VALUES (?, ?, ?)", (issuer_key_id, number, issued_at.isoformat()))
     return number
