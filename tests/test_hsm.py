@@ -126,6 +126,35 @@ def test_signing_workers_are_spawned_and_sign_correctly(new_hsm_key, hsm_token):
         signer.public_key.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
 
+def _log_in_and_sign(key: KeyRef, pin: str, start, results) -> None:
+    """In a spawned process: wait for the others, log in, find the key, sign; report the outcome."""
+    from smki.hsm.signer import signer_for
+    start.wait(timeout=60)
+    try:
+        signer_for(key, pin).sign(b"at once")
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the outcome is the test's subject
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_logging_in_at_once_all_start(new_hsm_key, hsm_token):
+    # SoftHSM rewrites the token file at every C_Login; without the store lock about one in eight
+    # of four simultaneous log-ins failed with GeneralError or UserPinNotInitialized.
+    import multiprocessing
+    key, _ = new_hsm_key()
+    context = multiprocessing.get_context("spawn")
+    results, outcomes = context.Queue(), []
+    for _ in range(12):
+        start = context.Barrier(4)  # passed once every process has imported smki
+        processes = [context.Process(target=_log_in_and_sign, args=(key, hsm_token.pin, start, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        outcomes += [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join()
+    assert [outcome for outcome in outcomes if outcome != "ok"] == []
+
+
 def test_a_signing_pool_with_a_wrong_pin_fails_instead_of_respawning(hsm_token, run_smki, tmp_path):
     # A token of its own (made by the CLI: this process's PKCS#11 library lists only the tokens it
     # saw when loaded), so that wrong PINs never count against the shared test token.

@@ -34,7 +34,8 @@ from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generat
 from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
 from smki.hsm.session import close_all, open_session
 from smki.hsm.signer import Pkcs11Signer
-from smki.hsm.softhsm import delete_token, init_token, is_softhsm
+from smki.hsm.softhsm import delete_token, init_token
+from smki.hsm.store_lock import is_softhsm
 from smki.policy import PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy

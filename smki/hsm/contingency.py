@@ -22,6 +22,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from smki.errors import BadInputError, ConflictError, HsmError
 from smki.hsm.keys import generate_p256_key_pair, public_key_of
+from smki.hsm.store_lock import token_store_lock
 
 WRAP_BLOCK = 8
 
@@ -32,6 +33,11 @@ def _padded(spki_der: bytes) -> bytes:
 
 def generate_contingency_keys(session: pkcs11.Session, key_label: str, key_id: bytes, wrap_label: str, wrap_id: bytes):
     """(contingency public key, wrapping key object): both generated in the token, as token objects."""
+    with token_store_lock():
+        return _generate_contingency_keys(session, key_label, key_id, wrap_label, wrap_id)
+
+
+def _generate_contingency_keys(session: pkcs11.Session, key_label: str, key_id: bytes, wrap_label: str, wrap_id: bytes):
     if list(session.get_objects({Attribute.LABEL: wrap_label, Attribute.CLASS: ObjectClass.SECRET_KEY})):
         raise ConflictError(f"a secret key labelled {wrap_label!r} already exists in the token; not generating another")
     public_object, _ = generate_p256_key_pair(session, key_label, key_id)
@@ -46,7 +52,8 @@ def generate_contingency_keys(session: pkcs11.Session, key_label: str, key_id: b
 
 
 def find_wrapping_key(session: pkcs11.Session, label: str, key_id: bytes):
-    keys = list(session.get_objects({Attribute.LABEL: label, Attribute.ID: key_id, Attribute.CLASS: ObjectClass.SECRET_KEY}))
+    with token_store_lock():
+        keys = list(session.get_objects({Attribute.LABEL: label, Attribute.ID: key_id, Attribute.CLASS: ObjectClass.SECRET_KEY}))
     if len(keys) != 1:
         raise BadInputError(f"{len(keys)} secret keys labelled {label!r} with id {key_id.hex()} in the token (need exactly one)")
     return keys[0]

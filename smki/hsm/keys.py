@@ -17,6 +17,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from smki.errors import ConflictError, HsmError
+from smki.hsm.store_lock import token_store_lock
 
 P256_OID = "1.2.840.10045.3.1.7"
 
@@ -120,7 +121,8 @@ def _objects(session: pkcs11.Session, object_class: ObjectClass, label: str | No
         template[Attribute.LABEL] = label
     if key_id is not None:
         template[Attribute.ID] = key_id
-    return list(session.get_objects(template))
+    with token_store_lock():  # C_FindObjects reloads changed object files
+        return list(session.get_objects(template))
 
 
 def generate_p256_key_pair(session: pkcs11.Session, label: str, key_id: bytes) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
@@ -134,10 +136,11 @@ def generate_p256_key_pair(session: pkcs11.Session, label: str, key_id: bytes) -
         KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(P256_OID)}, local=True
     )
     try:
-        return parameters.generate_keypair(
-            store=True, label=label, id=key_id,
-            public_template=_PUBLIC_TEMPLATE, private_template=_PRIVATE_TEMPLATE,
-        )
+        with token_store_lock():
+            return parameters.generate_keypair(
+                store=True, label=label, id=key_id,
+                public_template=_PUBLIC_TEMPLATE, private_template=_PRIVATE_TEMPLATE,
+            )
     except p11x.PKCS11Error as exc:
         raise HsmError(f"key generation for {label!r} failed in the token: {type(exc).__name__}") from None
 

@@ -17,13 +17,9 @@ _worker_signer = None
 
 def open_worker_signer(key: KeyRef, pin: str):
     """In a spawned worker: load the PKCS#11 library, log in once, return the key's Pkcs11Signer."""
-    from smki.hsm.keys import find_key_pair, public_key_of
-    from smki.hsm.session import open_session
-    from smki.hsm.signer import Pkcs11Signer
+    from smki.hsm.signer import signer_for
 
-    session = open_session(key.module, key.token_label, pin)
-    public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
-    return Pkcs11Signer(private_object, public_key_of(public_object))
+    return signer_for(key, pin)
 
 
 _worker_error: str | None = None

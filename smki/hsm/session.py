@@ -14,6 +14,7 @@ import pkcs11
 import pkcs11.exceptions as p11x
 
 from smki.errors import HsmError
+from smki.hsm.store_lock import token_store_lock
 
 _libraries: dict[str, pkcs11.lib] = {}
 _sessions: dict[tuple[str, str], "_OpenSession"] = {}
@@ -29,7 +30,7 @@ class _OpenSession:
 
 def load_module(module_path: str) -> pkcs11.lib:
     """Load (once per process) the PKCS#11 module at `module_path`."""
-    with _lock:
+    with token_store_lock(module_path), _lock:  # C_Initialize reads every token of the store (the flock first, always)
         if module_path not in _libraries:
             try:
                 _libraries[module_path] = pkcs11.lib(module_path)
@@ -41,18 +42,23 @@ def load_module(module_path: str) -> pkcs11.lib:
 
 def token_labels(module_path: str) -> list[str]:
     """Labels of the initialised tokens the module offers."""
-    return [token.label for token in load_module(module_path).get_tokens() if token.label]
+    library = load_module(module_path)
+    with token_store_lock(module_path):
+        return [token.label for token in library.get_tokens() if token.label]
 
 
 def get_token(module_path: str, token_label: str) -> pkcs11.Token:
     library = load_module(module_path)
     try:
-        return library.get_token(token_label=token_label)
+        with token_store_lock(module_path):
+            return library.get_token(token_label=token_label)
     except p11x.NoSuchToken:
         known = ", ".join(token_labels(module_path)) or "none"
         raise HsmError(f"token {token_label!r} not found in {module_path} (tokens: {known})") from None
     except p11x.MultipleTokensReturned:
         raise HsmError(f"more than one token is labelled {token_label!r}; labels must be unique") from None
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"cannot read token {token_label!r}: {type(exc).__name__}") from None
 
 
 def open_session(module_path: str, token_label: str, pin: str | None, *, rw: bool = False) -> pkcs11.Session:
@@ -66,9 +72,16 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
         cached = _sessions.get(key)
     if cached is not None and (pin is None or cached.logged_in) and (cached.rw or not rw):
         return cached.session
-    token = get_token(module_path, token_label)
+    with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
+        session = _open_logged_in(get_token(module_path, token_label), token_label, pin, rw)
+    with _lock:
+        _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)
+    return session
+
+
+def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool) -> pkcs11.Session:
     try:
-        session = token.open(user_pin=pin, rw=rw)
+        return token.open(user_pin=pin, rw=rw)
     except p11x.PinIncorrect:
         raise HsmError(f"PIN incorrect for token {token_label!r}") from None
     except p11x.PinLocked:
@@ -78,12 +91,9 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     except p11x.UserAlreadyLoggedIn:
         # Logged in by another session of this process: PKCS#11 login state is per
         # application and token, so a plain session already has the user's rights.
-        session = token.open(rw=rw)
+        return token.open(rw=rw)
     except p11x.PKCS11Error as exc:
         raise HsmError(f"cannot open token {token_label!r}: {type(exc).__name__}") from None
-    with _lock:
-        _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)
-    return session
 
 
 def close_all() -> None:

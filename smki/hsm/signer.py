@@ -30,6 +30,7 @@ from smki.hsm.config import KeyRef
 from smki.hsm.keys import find_key_pair, public_key_of, read_attributes, KeyAttributes
 from smki.hsm.pins import PinSource
 from smki.hsm.session import open_session
+from smki.hsm.store_lock import token_store_lock
 
 SHA256_DIGEST_SIZE = 32
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
@@ -127,10 +128,15 @@ class Pkcs11Signer(_VerifyingSigner):
 
 def open_signer(key: KeyRef, pin_source: PinSource) -> Pkcs11Signer:
     """Log in to the key's token (PIN from the operator's source) and return its Signer."""
-    pin = pin_source.read(f"user PIN for token {key.token_label}")
-    session = open_session(key.module, key.token_label, pin)
-    public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
-    return Pkcs11Signer(private_object, public_key_of(public_object))
+    return signer_for(key, pin_source.read(f"user PIN for token {key.token_label}"))
+
+
+def signer_for(key: KeyRef, pin: str) -> Pkcs11Signer:
+    """Log in to the key's token and return its Signer (the store is locked until the key is found)."""
+    with token_store_lock(key.module):
+        session = open_session(key.module, key.token_label, pin)
+        public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
+        return Pkcs11Signer(private_object, public_key_of(public_object))
 
 
 class SignerPrivateKey(ec.EllipticCurvePrivateKey):

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from smki.errors import ConflictError, HsmError
+from smki.hsm.store_lock import SOFTHSM, token_store_lock
 
 TEMPLATE_TOKENDIR = "@TOKENDIR@"
 _DEFAULT_TEMPLATE = """directories.tokendir = @TOKENDIR@
@@ -86,10 +87,11 @@ def init_token(label: str, so_pin: str, user_pin: str) -> None:
     existing = _softhsm_labels()
     if label in existing:
         raise ConflictError(f"a token labelled {label!r} already exists")
-    code, output = _answer_prompts(
-        [_softhsm_util(), "--init-token", "--free", "--label", label],
-        [so_pin, so_pin, user_pin, user_pin],
-    )
+    with token_store_lock(SOFTHSM):
+        code, output = _answer_prompts(
+            [_softhsm_util(), "--init-token", "--free", "--label", label],
+            [so_pin, so_pin, user_pin, user_pin],
+        )
     if code != 0:
         # The tool's own words, without anything we typed (it echoes only '*').
         reason = next((line for line in output.splitlines() if "ERROR" in line), f"exit status {code}")
@@ -103,10 +105,8 @@ def _softhsm_labels() -> list[str]:
 
 def delete_token(label: str) -> None:
     """Remove a SoftHSM token (a ceremony that failed after creating it leaves nothing behind)."""
-    code, output = _answer_prompts([_softhsm_util(), "--delete-token", "--token", label], [])
+    with token_store_lock(SOFTHSM):
+        code, output = _answer_prompts([_softhsm_util(), "--delete-token", "--token", label], [])
     if code != 0:
         raise HsmError(f"softhsm2-util could not delete token {label!r}: {output.strip().splitlines()[-1] if output.strip() else code}")
 
-
-def is_softhsm(module_path: str) -> bool:
-    return "softhsm" in Path(module_path).name.lower()
