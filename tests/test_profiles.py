@@ -314,3 +314,14 @@ def test_smki_lint_finds_nothing_in_any_profile(hierarchy):
     for name, certificate in hierarchy.items():
         kind, findings = lint_certificate(der(certificate), expected_policy_oids=(ORG_POLICY, DEVICE_POLICY))
         assert findings == [] and kind == {"organisation": "organisation", "device": "device"}.get(name, name.split("-")[0].replace("issuing", "issuing-ca")), (name, findings)
+
+
+def test_serials_drawn_together_are_each_sixteen_octets_positive_and_distinct():
+    from asn1crypto import core
+
+    from smki.profiles.serials import new_serial_numbers
+    serials = new_serial_numbers(2000)
+    assert len(set(serials)) == 2000
+    for serial in serials:
+        encoded = core.Integer(serial).dump()  # independent DER encoder
+        assert encoded[1] == 16 and 0x40 <= encoded[2] < 0x80, encoded.hex()

@@ -30,13 +30,14 @@ from smki.authorities.batch_workers import check_requests, sign_certificates, st
 from smki.errors import BadInputError
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
+from smki.hsm.store_lock import token_store_lock
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment
 from smki.policy.model import CertificatePolicy
 from smki.profiles import device_certificate, sign_certificate
 from smki.profiles.device_template import DeviceCertificateTemplate, check_against_builder
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.serials import new_serial_number, serial_hex
+from smki.profiles.serials import new_serial_numbers, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
@@ -54,16 +55,45 @@ class BatchPlan:
 
     batch: Batch
     issuer: x509.Certificate
-    key: KeyRef
     policy: CertificatePolicy
     environment: Environment
     requester: RemotePartyRole
     device_type: DeviceType
     not_before: datetime
-    workers: int = 2
     chunk_size: int = 1000
-    # 1 verifies every HSM signature before release; N > 1 verifies one in N and the first of each chunk.
-    verify_one_in: int = 1
+
+
+def batch_template(issuer: x509.Certificate, policy: CertificatePolicy, environment: Environment, not_before: datetime) -> DeviceCertificateTemplate:
+    """The DER template every certificate of a batch is written from (proved against the profile by `issue_batch`)."""
+    return DeviceCertificateTemplate.for_issuer(issuer, policy.policy_oid(environment), Validity(not_before, DEVICE_NOT_AFTER))
+
+
+class BatchWorkers:
+    """A batch's spawned worker processes, each logged in to the issuing key's token.
+
+    Started before the batch is read, so that their start-up (an interpreter, imports,
+    C_Initialize and a login each: about half a second) overlaps the intake. They are stopped
+    at once when the block ends (its tasks are answered, or it failed), under the token store's
+    lock, so that no worker is killed while SoftHSM rewrites the token file for its login.
+    """
+
+    def __init__(self, key: KeyRef, pin: str, template: DeviceCertificateTemplate, count: int, verify_one_in: int = 1) -> None:
+        if count < 1 or verify_one_in < 1:
+            raise BadInputError("a batch needs at least one worker, and verify-one-in of at least one")
+        # verify_one_in: 1 verifies every HSM signature before release; N > 1 one in N and the first of each task.
+        self.key, self.template, self.count = key, template, count
+        self._initargs = (key, pin, template, verify_one_in)
+        self.pool = None
+
+    def __enter__(self) -> "BatchWorkers":
+        self.pool = multiprocessing.get_context("spawn").Pool(self.count, initializer=start_worker, initargs=self._initargs)
+        self._initargs = ()  # the workers have the PIN; this object no longer needs it
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        with token_store_lock(self.key.module):
+            self.pool.terminate()
+        self.pool.join()
 
 
 @dataclass
@@ -127,7 +157,7 @@ class _Run:
         good = [item for item in parsed if item[1] is not None]
         self._load_counts([item[1] for item in good])
         already_certified = known_subject_keys(self.connection, [item[5] for item in good])
-        jobs, accepted = [], {}
+        jobs, accepted, serials = [], {}, iter(new_serial_numbers(len(good)))
         for item in parsed:
             if item[1] is None:
                 name, _, outcome_name, reason = item
@@ -140,7 +170,7 @@ class _Run:
                 continue
             self.device_counts[device_id] += 1
             self.subject_keys_seen.add(ski)
-            serial = new_serial_number()
+            serial = next(serials)
             accepted[name] = _Accepted(device_id, ski, usage, request_sha256, serial)
             jobs.append((name, serial, point, bytes.fromhex(device_id), hw_type, usage))
         return jobs, accepted
@@ -201,10 +231,10 @@ class _Run:
         self.progress(len(records))
 
     # -- the pipeline ----------------------------------------------------------------------------
-    def run(self, chunks: Iterator[list[str]], pool) -> None:
+    def run(self, chunks: Iterator[list[str]], workers: BatchWorkers) -> None:
         """Keep a few tasks per worker in flight; answer them in submission order."""
         in_flight: deque = deque()
-        limit = 3 * self.plan.workers
+        limit, pool = 3 * workers.count, workers.pool
 
         def submit_check() -> None:
             chunk = next(chunks, None)
@@ -237,23 +267,21 @@ def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[
 Answer = Callable[[EntryOutcome, "bytes | None"], None]
 
 
-def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin: str, issuer_key_id: str,
+def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, workers: BatchWorkers, issuer_key_id: str,
                 progress: Callable[[int], None] = lambda answered: None, answer: Answer = lambda outcome, der: None) -> BatchSummary:
-    """Answer every request of the batch not answered before; return this run's summary.
+    """Answer every request of the batch not answered before, on the started `workers`; return this run's summary.
 
     Batch-level faults (size, requester, device type, the template) raise before anything is
-    issued. `pin` goes to the workers only. `answer` receives every request's outcome once it is
+    issued. `answer` receives every request's outcome once it is
     recorded: first those answered by earlier runs, then this run's, chunk by chunk; the caller
     releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()
     plan.policy.check_batch_size(len(plan.batch.names))
     usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
-    if plan.workers < 1 or plan.chunk_size < 1:
-        raise BadInputError("a batch needs at least one worker and a chunk size of at least one")
-    template = DeviceCertificateTemplate.for_issuer(plan.issuer, plan.policy.policy_oid(plan.environment),
-                                                    Validity(plan.not_before, DEVICE_NOT_AFTER))
-    prove_template(plan, template, usages)
+    if plan.chunk_size < 1:
+        raise BadInputError("a batch needs a chunk size of at least one")
+    prove_template(plan, workers.template, usages)
     batch_id = plan.batch.batch_id
     row = BatchRow(batch_id, str(plan.batch.source), len(plan.batch.names), issuer_key_id, plan.policy.version,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"), None)
@@ -271,15 +299,8 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, pin:
             answer(outcome, der)
     if len(answered) < len(plan.batch.names):
         run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress, answer)
-        context = multiprocessing.get_context("spawn")
-        pool = context.Pool(plan.workers, initializer=start_worker, initargs=(plan.key, pin, template, plan.verify_one_in))
-        try:
-            with deferred_sync(connection):
-                run.run(_chunks(plan.batch.names, answered, plan.chunk_size), pool)
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+        with deferred_sync(connection):
+            run.run(_chunks(plan.batch.names, answered, plan.chunk_size), workers)
     with transaction(connection):  # synchronous again: this commit makes the whole run durable
         finish_batch(connection, batch_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         audit.append(AuditEntry(actor, "batch.finish", "success", {"batch_id": batch_id, "statuses": summary.statuses,

@@ -232,10 +232,10 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     again (after a crash, say) answers only what is left and writes the whole response.
     Exit 0 when every request has an answer, whatever the answers.
     """
-    from smki.authorities.batch_issuance import BatchPlan, issue_batch
+    from smki.authorities.batch_issuance import BatchPlan, BatchWorkers, batch_template, issue_batch
     from smki.profiles.files import parse_utc
     from smki.cli.common import progress
-    from smki.hsm.pool import open_worker_signer
+    from smki.hsm.signer import signer_for
     from smki.policy import Environment
     from smki.profiles.validity import utc_midnight
     from smki.requests.batch import BatchResponse, open_batch
@@ -246,22 +246,23 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         refuse_existing(status_csv)
         policy = load_policy(policy_file)
         require_adopted(operation.connection, policy)
-        checked_batch = open_batch(batch, policy.batch_limit)
-        operation.subject["batch_id"] = checked_batch.batch_id
         issuer = read_certificate(issuer_cert)
         key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+        checked_environment, checked_requester, checked_type = Environment.parse(environment), RemotePartyRole.parse(requester), DeviceType.parse(device_type)
+        start = parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc))
+        template = batch_template(issuer, policy, checked_environment, start)
         pin = PinSource.parse(pin_source).read(f"user PIN for token {key.token_label}")
-        signer = open_worker_signer(key, pin)
-        if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
+        if signer_for(key, pin).public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
-        plan = BatchPlan(checked_batch, issuer, key, policy, Environment.parse(environment), RemotePartyRole.parse(requester),
-                         DeviceType.parse(device_type), parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc)),
-                         workers=workers, chunk_size=chunk_size, verify_one_in=verify_one_in)
-        issuer_key_id = describe(issuer).subject_key_id.hex().upper()
-        with BatchResponse(response_zip, status_csv) as response, progress(None, len(checked_batch.names), "issuing") as bar:
-            summary = issue_batch(operation.connection, operation.audit, actor, plan, pin, issuer_key_id,
-                                  progress=getattr(bar, "update", lambda n: None),
-                                  answer=lambda o, der: response.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
+        with BatchWorkers(key, pin, template, workers, verify_one_in) as batch_workers:  # they start while the batch is read
+            checked_batch = open_batch(batch, policy.batch_limit)
+            operation.subject["batch_id"] = checked_batch.batch_id
+            plan = BatchPlan(checked_batch, issuer, policy, checked_environment, checked_requester, checked_type, start, chunk_size=chunk_size)
+            issuer_key_id = describe(issuer).subject_key_id.hex().upper()
+            with BatchResponse(response_zip, status_csv) as response, progress(None, len(checked_batch.names), "issuing") as bar:
+                summary = issue_batch(operation.connection, operation.audit, actor, plan, batch_workers, issuer_key_id,
+                                      progress=getattr(bar, "update", lambda n: None),
+                                      answer=lambda o, der: response.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
         totals = response.counts
     result = {**summary.as_dict(), "totals": dict(sorted(totals.items())), "response": str(response_zip), "status": str(status_csv)}
     emit(as_json, result, lambda d: (

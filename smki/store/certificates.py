@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ class CertificateRecord:
 
 
 _COLUMNS = [field.name for field in fields(CertificateRecord)]
+_ROW = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one call
 
 
 _INSERT = f"INSERT INTO certificates ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -46,7 +48,7 @@ _INSERT = f"INSERT INTO certificates ({', '.join(_COLUMNS)}) VALUES ({', '.join(
 def insert_certificate(connection: sqlite3.Connection, record: CertificateRecord) -> None:
     """Record an issued certificate (inside the caller's transaction). A repeated serial is refused."""
     try:
-        connection.execute(_INSERT, [getattr(record, column) for column in _COLUMNS])
+        connection.execute(_INSERT, _ROW(record))
     except sqlite3.IntegrityError:
         raise ConflictError(f"certificate serial {record.serial_hex} from issuer {record.issuer_key_id} is already recorded") from None
 
@@ -54,7 +56,7 @@ def insert_certificate(connection: sqlite3.Connection, record: CertificateRecord
 def insert_certificates(connection: sqlite3.Connection, records: list[CertificateRecord]) -> None:
     """Many records in one statement (a batch's chunk, inside the caller's transaction)."""
     try:
-        connection.executemany(_INSERT, [[getattr(record, column) for column in _COLUMNS] for record in records])
+        connection.executemany(_INSERT, map(_ROW, records))
     except sqlite3.IntegrityError as exc:
         raise ConflictError(f"a certificate of this chunk is already recorded ({exc})") from None
 
