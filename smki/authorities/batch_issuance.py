@@ -6,7 +6,7 @@ proof of possession) and sign certificates; this process decides what the policy
 store) and records. Check and sign tasks interleave on the pool so both cores stay busy.
 
 Crash safety: a certificate is recorded, with its request's outcome and an audit entry,
-in one transaction per signed chunk; only recorded answers reach the response, which the
+in one transaction per few signed tasks; only recorded answers reach the response, which the
 caller releases after the last, fully synchronous commit. A batch is identified by its digest: running it again skips every
 request already answered, so a run killed at any moment is finished by the next, with no
 duplicate and nothing lost. Certificates signed but not yet recorded when a run dies were
@@ -60,7 +60,10 @@ class BatchPlan:
     requester: RemotePartyRole
     device_type: DeviceType
     not_before: datetime
-    chunk_size: int = 1000
+    chunk_size: int = 1000  # requests per worker task
+    # Signed tasks recorded per transaction: each commit rewrites the index pages it touched, so
+    # fewer, larger ones write less (a 50,000 batch's WAL: 258 MB a task, 100 MB five at a time).
+    tasks_per_transaction: int = 5
 
 
 def batch_template(issuer: x509.Certificate, policy: CertificatePolicy, environment: Environment, not_before: datetime) -> DeviceCertificateTemplate:
@@ -150,7 +153,9 @@ class _Run:
         self.device_counts: dict[str, int] = {}
         self.subject_keys_seen: set[str] = set()
         self.unrecorded: list[EntryOutcome] = []  # refusals waiting for the next transaction
-        self.chunks_recorded = 0
+        self.pending: tuple[list[CertificateRecord], list[EntryOutcome], dict[str, bytes]] = ([], [], {})
+        self.tasks_pending = 0
+        self.transactions = 0
 
     # -- decisions -------------------------------------------------------------------------------
     def decide(self, parsed: list[tuple]) -> tuple[list[tuple], dict[str, _Accepted]]:
@@ -200,10 +205,10 @@ class _Run:
 
     # -- records ---------------------------------------------------------------------------------
     def record(self, signed: list[tuple[str, bytes]], accepted: dict[str, _Accepted]) -> None:
-        """One transaction: the certificates, every outcome waiting, and the chunk's audit entry."""
+        """Queue a signed task's certificates and outcomes; every `tasks_per_transaction` tasks, record them."""
         policy = self.plan.policy
         issued_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        records, outcomes = [], list(self.unrecorded)
+        records, outcomes, ders = self.pending
         not_before, not_after = self.validity.not_before_utc.isoformat(), self.validity.not_after_utc.isoformat()
         for name, der in signed:
             facts = accepted[name]
@@ -214,21 +219,30 @@ class _Run:
                 policy_name=policy.name, policy_version=policy.version, policy_sha256=policy.sha256, request_sha256=facts.request_sha256,
                 issued_at=issued_at))
             outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
+        ders.update(signed)
+        self.progress(len(signed))
+        self.tasks_pending += 1
+        if self.tasks_pending >= self.plan.tasks_per_transaction:
+            self.flush()
+
+    def flush(self) -> None:
+        """One transaction: the queued certificates, every outcome waiting, and one audit entry."""
+        records, outcomes, ders = self.pending
+        outcomes[:0] = self.unrecorded
+        if not outcomes:
+            return
         serials = [record.serial_hex for record in records]
-        subject = {"batch_id": self.summary.batch_id, "chunk": self.chunks_recorded, "issued": len(records),
+        subject = {"batch_id": self.summary.batch_id, "transaction": self.transactions, "issued": len(records),
                    "answered": len(outcomes), "serials_sha256": hashlib.sha256(",".join(serials).encode()).hexdigest()}
         with transaction(self.connection):
             insert_certificates(self.connection, records)
             record_outcomes(self.connection, self.summary.batch_id, outcomes)
-            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=policy.identity))
-        self.unrecorded.clear()
-        self.chunks_recorded += 1
-        ders = dict(signed)
+            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=self.plan.policy.identity))
+        self.pending, self.unrecorded, self.tasks_pending = ([], [], {}), [], 0
+        self.transactions += 1
         for outcome in outcomes:  # recorded now; released only when the whole batch is durable
             self.answer(outcome, ders.get(outcome.name))
-        for outcome in outcomes:
             self.summary.statuses[outcome.status] = self.summary.statuses.get(outcome.status, 0) + 1
-        self.progress(len(records))
 
     # -- the pipeline ----------------------------------------------------------------------------
     def run(self, chunks: Iterator[list[str]], workers: BatchWorkers) -> None:
@@ -253,8 +267,7 @@ class _Run:
                 submit_check()
             else:
                 self.record(result, accepted)
-        if self.unrecorded:
-            self.record([], {})
+        self.flush()
 
 
 def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[str]]:

@@ -213,7 +213,7 @@ def list_command(state_dir, certificate_type, status, entity_id, limit, as_json)
 @click.option("--workers", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
               help="Worker processes, each with its own HSM session.")
 @click.option("--chunk-size", type=click.IntRange(1, 5000), default=1000, show_default=True,
-              help="Requests per task and per recorded transaction.")
+              help="Requests per worker task; a transaction records five tasks.")
 @click.option("--verify-one-in", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Verify every HSM signature before release (1), or one in N and the first of every chunk.")
 @json_option
