@@ -286,7 +286,7 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
 
     Batch-level faults (size, requester, device type, the template) raise before anything is
     issued. `answer` receives every request's outcome once it is
-    recorded: first those answered by earlier runs, then this run's, chunk by chunk; the caller
+    recorded: first those answered by earlier runs, then this run's, transaction by transaction; the caller
     releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()

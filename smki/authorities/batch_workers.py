@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.errors import HsmError
 from smki.hsm.config import KeyRef
-from smki.hsm.pool import open_worker_signer
+from smki.hsm.signer import signer_for
 from smki.profiles.device_template import DeviceCertificateTemplate, certificate_der, subject_key_identifier
 from smki.requests import parse_device_request
 from smki.requests.batch import read_entries
@@ -36,7 +36,7 @@ def start_worker(key: KeyRef, pin: str, template: DeviceCertificateTemplate, ver
     # An initializer that raises makes multiprocessing start a new worker, forever: keep the error
     # instead, and let the first task report it (the batch then stops with that one message).
     try:
-        _worker.update(signer=open_worker_signer(key, pin), template=template, verify_one_in=verify_one_in, error=None)
+        _worker.update(signer=signer_for(key, pin), template=template, verify_one_in=verify_one_in, error=None)
     except Exception as exc:  # noqa: BLE001 - reported by every task of this worker
         _worker.update(error=f"{type(exc).__name__}: {exc}")
 

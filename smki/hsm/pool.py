@@ -11,17 +11,9 @@ import multiprocessing
 from collections.abc import Iterable, Iterator
 
 from smki.hsm.config import KeyRef
+from smki.hsm.signer import signer_for
 
 _worker_signer = None
-
-
-def open_worker_signer(key: KeyRef, pin: str):
-    """In a spawned worker: load the PKCS#11 library, log in once, return the key's Pkcs11Signer."""
-    from smki.hsm.signer import signer_for
-
-    return signer_for(key, pin)
-
-
 _worker_error: str | None = None
 
 
@@ -30,7 +22,7 @@ def _start_worker(key: KeyRef, pin: str) -> None:
     # error instead, and let the first chunk report it.
     global _worker_signer, _worker_error
     try:
-        _worker_signer = open_worker_signer(key, pin)
+        _worker_signer = signer_for(key, pin)
     except Exception as exc:  # noqa: BLE001 - reported by every chunk of this worker
         _worker_error = f"{type(exc).__name__}: {exc}"
 

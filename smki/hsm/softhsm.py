@@ -84,10 +84,9 @@ def init_token(label: str, so_pin: str, user_pin: str) -> None:
             raise HsmError(f"{name} must be 4 to 255 characters")
     if "SOFTHSM2_CONF" not in os.environ:
         raise HsmError("SOFTHSM2_CONF is not set: point it at the SoftHSM configuration first")
-    existing = _softhsm_labels()
-    if label in existing:
-        raise ConflictError(f"a token labelled {label!r} already exists")
-    with token_store_lock(SOFTHSM):
+    with token_store_lock(SOFTHSM):  # the label check and the creation, with no other process in the store
+        if label in _softhsm_labels():
+            raise ConflictError(f"a token labelled {label!r} already exists")
         code, output = _answer_prompts(
             [_softhsm_util(), "--init-token", "--free", "--label", label],
             [so_pin, so_pin, user_pin, user_pin],
