@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# wrk drives the web service benchmark (without it bench_repository.py falls back to slower Python clients).
+if ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
 for bench in benchmarks/bench_*.py; do
   # bench_repository.py generates a 10,000,000-certificate store once (~11 GB, minutes; cached in
   # benchmarks/.cache/): SMKI_BENCH_REPOSITORY_SIZE=N picks another size, 0 skips it.
