@@ -192,3 +192,25 @@ def test_pkcs11_uri():
         parse_pkcs11_uri("pkcs11:token=T;object=k;id=%01?pin-value=1234")
     with pytest.raises(BadInputError, match="not a pkcs11: URI"):
         parse_pkcs11_uri("file:///key")
+
+
+def _store_is_locked() -> bool:
+    """Whether another process holds the SoftHSM store lock (asked from a fresh process)."""
+    import subprocess
+    import sys
+    probe = ("import fcntl, os, sys\nfd = os.open(os.environ['SOFTHSM2_CONF'], os.O_RDONLY)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n")
+    return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 1
+
+
+def test_the_store_lock_excludes_other_processes_is_reentrant_and_spares_other_modules(hsm_token):
+    from smki.hsm.store_lock import token_store_lock
+    assert not _store_is_locked()
+    with token_store_lock(hsm_token.module):
+        assert _store_is_locked()
+        with token_store_lock(hsm_token.module), token_store_lock():  # nested: no deadlock on our own flock
+            assert _store_is_locked()
+        assert _store_is_locked()
+    assert not _store_is_locked()
+    with token_store_lock("/usr/lib/vendor/libvendorpkcs11.so"):  # a real HSM's module: no lock
+        assert not _store_is_locked()

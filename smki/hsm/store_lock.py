@@ -49,13 +49,16 @@ def token_store_lock(module_path: str | None = None) -> Iterator[None]:
         _softhsm_in_use = True
     wanted = is_softhsm(module_path) if module_path is not None else _softhsm_in_use
     depth = getattr(_held, "depth", 0)
-    conf = softhsm_conf_path()
-    if depth or not wanted or not conf.is_file():
+    if depth:  # this thread holds the lock already
         _held.depth = depth + 1
         try:
             yield
         finally:
             _held.depth = depth
+        return
+    conf = softhsm_conf_path()
+    if not wanted or not conf.is_file():
+        yield
         return
     descriptor = os.open(conf, os.O_RDONLY | os.O_CLOEXEC)
     try:
