@@ -27,6 +27,25 @@ def test_a_good_zip_streams_its_entries(tmp_path):
     assert len(batch.batch_id) == 64 and open_batch(tmp_path / "b.zip", LIMIT).batch_id == batch.batch_id
 
 
+def test_the_batch_digest_is_the_files_sha256(tmp_path):
+    import hashlib
+    path = make_zip(tmp_path / "b.zip", [("0.csr", f.device_csr())])
+    assert open_batch(path, LIMIT).batch_id == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["replaced", "rewritten"])
+def test_a_zip_changed_after_its_check_is_not_read(tmp_path, how):
+    path = make_zip(tmp_path / "b.zip", [("0.csr", f.device_csr()), ("1.csr", f.device_csr())])
+    batch = open_batch(path, LIMIT)
+    other = make_zip(tmp_path / "other.zip", [("0.csr", f.device_csr()), ("1.csr", f.device_csr())])
+    if how == "replaced":
+        other.replace(path)
+    else:
+        path.write_bytes(other.read_bytes())
+    with pytest.raises(BatchRefused, match="changed after the batch was checked"):
+        list(batch.entries())
+
+
 def test_a_directory_batch(tmp_path):
     (tmp_path / "d").mkdir()
     for i in range(2):

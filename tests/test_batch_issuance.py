@@ -267,7 +267,7 @@ def test_a_worker_that_cannot_start_stops_the_batch_instead_of_respawning(hsm_to
     batch_workers.start_worker(KeyRef("no-such-token", "k", b"\x01", hsm_token.module), hsm_token.pin, None, 1)
     try:
         with pytest.raises(HsmError, match="could not start: .*no-such-token"):
-            batch_workers.check_requests(Path("unused.zip"), ["a.csr"])
+            batch_workers.check_requests(Path("unused.zip"), "0" * 64, ["a.csr"])
         with pytest.raises(HsmError, match="could not start"):
             batch_workers.sign_certificates([])
     finally:

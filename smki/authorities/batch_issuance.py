@@ -253,7 +253,7 @@ class _Run:
         def submit_check() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(("check", pool.apply_async(check_requests, (self.plan.batch.source, chunk)), None))
+                in_flight.append(("check", pool.apply_async(check_requests, (self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
 
         for _ in range(limit):
             submit_check()

@@ -46,12 +46,13 @@ def _ready() -> None:
         raise HsmError(f"a batch worker could not start: {_worker['error']}")
 
 
-def check_requests(source: Path, names: list[str]) -> list[ParsedRequest]:
+def check_requests(source: Path, batch_id: str, names: list[str]) -> list[ParsedRequest]:
     """Read, decode and check each named request of the batch (proof of possession included).
-    A bad request gives a rejection tuple; only a fault of the batch itself raises."""
+    A bad request gives a rejection tuple; only a fault of the batch itself raises (a ZIP that
+    is no longer the file whose digest is `batch_id`, for one)."""
     _ready()
     parsed = []
-    for entry in read_entries(source, names):
+    for entry in read_entries(source, names, batch_id):
         try:
             der = decode_request(entry.data, entry.name)
             fast = canonical_fields(der)

@@ -58,24 +58,29 @@ class Batch:
     batch_id: str  # SHA-256 of the batch file (or of the directory's names and contents)
 
     def entries(self) -> Iterator[BatchEntry]:
-        return read_entries(self.source, self.names)
+        return read_entries(self.source, self.names, self.batch_id)
 
 
 # Worker processes read the entries they check straight from the batch (the main process only
-# hands out names): one open archive per process and source, kept for the process's life.
-_open_archives: dict[Path, "_ArchiveReader"] = {}
+# hands out names): one open archive per process, source and digest, kept for the process's life.
+_open_archives: dict[tuple[Path, str | None], "_ArchiveReader"] = {}
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
 class _ArchiveReader:
     """Reads members by their recorded offsets with one `pread` each: `zipfile.open` costs more per
     member than checking the request in it. Stored and deflated members only (others go through
-    zipfile); the size limit and the CRC are checked as zipfile would."""
+    zipfile); the size limit and the CRC are checked as zipfile would. With `expected_sha256` the
+    file is first proved to be the one that was checked, and everything is read from that same
+    open file, so a batch replaced after its check is never read in its place."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, expected_sha256: str | None) -> None:
         self.source = source
-        self.archive = zipfile.ZipFile(source)
-        self.descriptor = os.open(source, os.O_RDONLY)
+        self.descriptor = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        if expected_sha256 is not None and _descriptor_sha256(self.descriptor) != expected_sha256:
+            os.close(self.descriptor)
+            raise BatchRefused(f"{source}: the file changed after the batch was checked (its SHA-256 is no longer the batch's); nothing more is read")
+        self.archive = zipfile.ZipFile(os.fdopen(os.dup(self.descriptor), "rb"))
 
     def read(self, name: str) -> bytes:
         info = self.archive.getinfo(name)
@@ -93,16 +98,17 @@ class _ArchiveReader:
         return data
 
 
-def read_entries(source: Path, names: Iterable[str]) -> Iterator[BatchEntry]:
-    """The named entries of a checked batch, each read with the size limit."""
+def read_entries(source: Path, names: Iterable[str], batch_id: str | None = None) -> Iterator[BatchEntry]:
+    """The named entries of a checked batch, each read with the size limit. With the batch's
+    digest, a ZIP must still be the file that was checked (a directory is read as it is)."""
     source = Path(source)
     if source.is_dir():
         for name in names:
             yield BatchEntry(name, _read_limited_file(source / name))
         return
-    reader = _open_archives.get(source)
+    reader = _open_archives.get((source, batch_id))
     if reader is None:
-        reader = _open_archives[source] = _ArchiveReader(source)
+        reader = _open_archives[(source, batch_id)] = _ArchiveReader(source, batch_id)
     for name in names:
         data = reader.read(name)
         if len(data) > MAX_ENTRY_SIZE:
@@ -134,10 +140,18 @@ def _read_limited_file(path: Path) -> bytes:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _descriptor_sha256(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _descriptor_sha256(descriptor: int) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while block := os.pread(descriptor, 1 << 20, offset):
+        digest.update(block)
+        offset += len(block)
     return digest.hexdigest()
 
 
