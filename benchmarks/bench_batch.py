@@ -105,9 +105,7 @@ def _verify(ders: list[bytes]) -> int:
 
 
 def _sign(digests: list[bytes]) -> int:
-    from pkcs11 import Mechanism
-    key = _ceiling_worker["key"]
-    return sum(len(key.sign(digest, mechanism=Mechanism.ECDSA)) > 0 for digest in digests)
+    return len(_signatures(digests))  # the count only: the timed rate carries no signatures back over the pipe
 
 
 def _signatures(digests: list[bytes]) -> list[bytes]:

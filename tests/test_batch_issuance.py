@@ -250,6 +250,18 @@ def test_batch_speaks_to_the_audit_trail(dca, tmp_path):
     smki("audit", "verify", "--db", str(d / "state" / "smki.db"))
 
 
+def test_a_transaction_records_five_worker_tasks(dca, tmp_path):
+    d, _, _ = dca
+    entries = {f"t{i:02d}.csr": device(f"00DB00000000EE{i:02X}") for i in range(12)}
+    result = json.loads(smki(*batch_args(dca, write_zip(tmp_path / "t.zip", entries), tmp_path, "--json", "--chunk-size", "1")).stdout)
+    assert result["issued"] == 12
+    with sqlite3.connect(d / "state" / "smki.db") as connection:
+        subjects = [json.loads(row[0]) for row in connection.execute(
+            "SELECT subject FROM audit_entries WHERE operation = 'certificate.issue.device.batch' ORDER BY seq")]
+    ours = [subject for subject in subjects if subject.get("batch_id") == result["batch_id"]]
+    assert [(subject["transaction"], subject["issued"]) for subject in ours] == [(0, 5), (1, 5), (2, 2)]
+
+
 def test_a_directory_batch_with_sampled_verification(dca, tmp_path):
     batch = tmp_path / "requests"
     batch.mkdir()

@@ -152,8 +152,10 @@ class _Run:
         self.validity = Validity(plan.not_before, DEVICE_NOT_AFTER)
         self.device_counts: dict[str, int] = {}
         self.subject_keys_seen: set[str] = set()
-        self.unrecorded: list[EntryOutcome] = []  # refusals waiting for the next transaction
-        self.pending: tuple[list[CertificateRecord], list[EntryOutcome], dict[str, bytes]] = ([], [], {})
+        # Waiting for the next transaction: certificates, every outcome (refusals included), DER by request name.
+        self.records: list[CertificateRecord] = []
+        self.outcomes: list[EntryOutcome] = []
+        self.ders: dict[str, bytes] = {}
         self.tasks_pending = 0
         self.transactions = 0
 
@@ -200,7 +202,7 @@ class _Run:
         return None
 
     def _refuse(self, name: str, outcome: Outcome, reason: str, *, device_id: str | None = None, request_sha256: str | None = None) -> None:
-        self.unrecorded.append(EntryOutcome(name, outcome.status.value, outcome.code, reason, device_id, None, request_sha256))
+        self.outcomes.append(EntryOutcome(name, outcome.status.value, outcome.code, reason, device_id, None, request_sha256))
         self.progress(1)
 
     # -- records ---------------------------------------------------------------------------------
@@ -208,18 +210,17 @@ class _Run:
         """Queue a signed task's certificates and outcomes; every `tasks_per_transaction` tasks, record them."""
         policy = self.plan.policy
         issued_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        records, outcomes, ders = self.pending
         not_before, not_after = self.validity.not_before_utc.isoformat(), self.validity.not_after_utc.isoformat()
         for name, der in signed:
             facts = accepted[name]
             serial = serial_hex(facts.serial)
-            records.append(CertificateRecord(
+            self.records.append(CertificateRecord(
                 serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type="device", subject_key_id=facts.subject_key_id,
                 status="I", not_before=not_before, not_after=not_after, der=der, entity_id=facts.device_id, key_usage=facts.key_usage,
                 policy_name=policy.name, policy_version=policy.version, policy_sha256=policy.sha256, request_sha256=facts.request_sha256,
                 issued_at=issued_at))
-            outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
-        ders.update(signed)
+            self.outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
+        self.ders.update(signed)
         self.progress(len(signed))
         self.tasks_pending += 1
         if self.tasks_pending >= self.plan.tasks_per_transaction:
@@ -227,8 +228,7 @@ class _Run:
 
     def flush(self) -> None:
         """One transaction: the queued certificates, every outcome waiting, and one audit entry."""
-        records, outcomes, ders = self.pending
-        outcomes[:0] = self.unrecorded
+        records, outcomes, ders = self.records, self.outcomes, self.ders
         if not outcomes:
             return
         serials = [record.serial_hex for record in records]
@@ -238,7 +238,7 @@ class _Run:
             insert_certificates(self.connection, records)
             record_outcomes(self.connection, self.summary.batch_id, outcomes)
             self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=self.plan.policy.identity))
-        self.pending, self.unrecorded, self.tasks_pending = ([], [], {}), [], 0
+        self.records, self.outcomes, self.ders, self.tasks_pending = [], [], {}, 0
         self.transactions += 1
         for outcome in outcomes:  # recorded now; released only when the whole batch is durable
             self.answer(outcome, ders.get(outcome.name))

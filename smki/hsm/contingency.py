@@ -31,13 +31,9 @@ def _padded(spki_der: bytes) -> bytes:
     return spki_der + b"\x00" * (-len(spki_der) % WRAP_BLOCK)
 
 
+@token_store_lock()  # a context manager made by @contextmanager decorates too: a fresh hold per call
 def generate_contingency_keys(session: pkcs11.Session, key_label: str, key_id: bytes, wrap_label: str, wrap_id: bytes):
     """(contingency public key, wrapping key object): both generated in the token, as token objects."""
-    with token_store_lock():
-        return _generate_contingency_keys(session, key_label, key_id, wrap_label, wrap_id)
-
-
-def _generate_contingency_keys(session: pkcs11.Session, key_label: str, key_id: bytes, wrap_label: str, wrap_id: bytes):
     if list(session.get_objects({Attribute.LABEL: wrap_label, Attribute.CLASS: ObjectClass.SECRET_KEY})):
         raise ConflictError(f"a secret key labelled {wrap_label!r} already exists in the token; not generating another")
     public_object, _ = generate_p256_key_pair(session, key_label, key_id)

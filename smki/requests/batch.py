@@ -77,10 +77,13 @@ class _ArchiveReader:
     def __init__(self, source: Path, expected_sha256: str | None) -> None:
         self.source = source
         self.descriptor = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        if expected_sha256 is not None and _descriptor_sha256(self.descriptor) != expected_sha256:
+        try:
+            if expected_sha256 is not None and _descriptor_sha256(self.descriptor) != expected_sha256:
+                raise BatchRefused(f"{source}: the file changed after the batch was checked (its SHA-256 is no longer the batch's); nothing more is read")
+            self.archive = zipfile.ZipFile(os.fdopen(os.dup(self.descriptor), "rb"))
+        except BaseException:
             os.close(self.descriptor)
-            raise BatchRefused(f"{source}: the file changed after the batch was checked (its SHA-256 is no longer the batch's); nothing more is read")
-        self.archive = zipfile.ZipFile(os.fdopen(os.dup(self.descriptor), "rb"))
+            raise
 
     def read(self, name: str) -> bytes:
         info = self.archive.getinfo(name)
@@ -139,14 +142,6 @@ def _read_limited_file(path: Path) -> bytes:
     return data
 
 
-def _file_sha256(path: Path) -> str:
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return _descriptor_sha256(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _descriptor_sha256(descriptor: int) -> str:
     digest, offset = hashlib.sha256(), 0
     while block := os.pread(descriptor, 1 << 20, offset):
@@ -168,13 +163,21 @@ def open_batch(source: Path, limit: int) -> Batch:
                 raise BatchRefused(f"{source}: entry {name!r} is not a regular file")
             digest.update(name.encode() + b"\0" + hashlib.sha256(_read_limited_file(source / name)).digest())
         return Batch(source, tuple(names), digest.hexdigest())
+    # One open file for the directory and the digest: the names checked come from the very file the digest covers.
     try:
-        with zipfile.ZipFile(source) as archive:
-            infos = archive.infolist()
+        descriptor = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise BatchRefused(f"{source}: no such file") from None
+    except OSError as exc:
+        raise BatchRefused(f"{source}: not a ZIP file ({exc})") from None
+    try:
+        with zipfile.ZipFile(os.fdopen(os.dup(descriptor), "rb")) as archive:
+            infos = archive.infolist()
+        batch_id = _descriptor_sha256(descriptor)  # after the directory: a file that is no ZIP is refused before it is hashed
     except (zipfile.BadZipFile, OSError) as exc:
         raise BatchRefused(f"{source}: not a ZIP file ({exc})") from None
+    finally:
+        os.close(descriptor)
     _check_count(source, len(infos), limit)
     seen = set()
     for info in infos:
@@ -188,7 +191,7 @@ def open_batch(source: Path, limit: int) -> Batch:
             raise BatchRefused(f"{source}: entry {info.filename} compresses {info.file_size // info.compress_size}:1 (a zip bomb?)")
         if info.flag_bits & 0x1:
             raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
-    return Batch(source, tuple(info.filename for info in infos), _file_sha256(source))
+    return Batch(source, tuple(info.filename for info in infos), batch_id)
 
 
 STATUS_FIELDS = ("identifier", "file", "status", "code", "detail", "serial")
