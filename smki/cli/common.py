@@ -28,6 +28,8 @@ class DatabaseTarget(click.ParamType):
         from smki.store.postgres import is_database_url
 
         if isinstance(value, Path) or not is_database_url(value):
+            if not str(value).strip():
+                self.fail("an empty name is no database file", param, ctx)
             return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
         return value
 

@@ -18,7 +18,7 @@ import sys
 import click
 
 from smki import __version__
-from smki.errors import EXIT_INTERNAL, SmkiError
+from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, SmkiError
 
 TRACEBACK_ENV = "SMKI_TRACEBACK"
 
@@ -77,12 +77,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.strerror is None:
+            _internal_error(exc)
+        # The system refused a path, descriptor or address the operator gave (a name too long, a
+        # file where a directory is due, no permission): say which and why, as for any bad input.
+        where = f"{_shortened(str(exc.filename))}: " if exc.filename is not None else ""
+        click.echo(f"smki: error: {where}{exc.strerror}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, nothing secret
-        if os.environ.get(TRACEBACK_ENV) == "1":
-            raise
-        click.echo(f"smki: internal error ({type(exc).__name__}): a bug, not a mistake of yours; please report it "
-                   f"with the command line (without secrets). {TRACEBACK_ENV}=1 shows the traceback.", err=True)
-        sys.exit(EXIT_INTERNAL)
+        _internal_error(exc)
+
+
+def _shortened(text: str, limit: int = 120) -> str:
+    """A name fit for one line: control characters escaped, a long one cut."""
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get(TRACEBACK_ENV) == "1":
+        raise exc
+    click.echo(f"smki: internal error ({type(exc).__name__}): a bug, not a mistake of yours; please report it "
+               f"with the command line (without secrets). {TRACEBACK_ENV}=1 shows the traceback.", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

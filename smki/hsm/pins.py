@@ -29,7 +29,7 @@ _FD_NUMBER = re.compile(r"[0-9]{1,9}")  # fits a C int: os.fdopen overflows beyo
 SOURCE_FORMS = "env:NAME, fd:N or prompt"
 # A secret read from a file descriptor is one line; a longer one (/dev/zero, a binary file)
 # is a wrong descriptor, refused before it fills memory.
-MAX_SECRET_LENGTH = 4096
+MAX_SECRET_CHARACTERS = 4096
 
 
 class SourceKind(str, enum.Enum):
@@ -82,14 +82,14 @@ class PinSource:
         where = f"the file descriptor named by {self.option}"
         try:
             with os.fdopen(int(self.where), "r", closefd=False) as stream:
-                line = stream.readline(MAX_SECRET_LENGTH + 1)
+                line = stream.readline(MAX_SECRET_CHARACTERS + 1)
         except OSError as exc:
             raise BadInputError(f"{purpose}: cannot read {where}: {exc.strerror or type(exc).__name__}") from None
         except (UnicodeDecodeError, OverflowError):
             raise BadInputError(f"{purpose}: {where} does not hold a line of text") from None
         secret = line.rstrip("\r\n")
-        if len(secret) > MAX_SECRET_LENGTH:
-            raise BadInputError(f"{purpose}: {where} holds more than {MAX_SECRET_LENGTH} characters on its first line")
+        if len(secret) > MAX_SECRET_CHARACTERS:
+            raise BadInputError(f"{purpose}: {where} holds more than {MAX_SECRET_CHARACTERS} characters on its first line")
         return secret
 
     def describe(self) -> str:
