@@ -145,7 +145,7 @@ def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: 
 def close_all() -> None:
     """Close every session this process opened (used by tests and long-lived workers)."""
     with _lock:
-        sessions = list({id(session): session for session in _opened}.values())
+        sessions = list(_opened)  # the cached ones, and any a cache entry replaced
         _opened.clear()
         _sessions.clear()
         _logins.clear()  # closing a logged-in session logs the process out: the next PIN goes to the token
