@@ -127,4 +127,29 @@ def load_export(path: Path) -> tuple[list[dict], list[dict], str]:
         raise BadInputError(f"{path}: not a JSON audit export") from None
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
         raise BadInputError(f"{path}: not an {EXPORT_FORMAT} file")
-    return document["entries"], document["checkpoints"], document["audit_public_key"]
+    if not isinstance(document.get("audit_public_key"), str):
+        raise BadInputError(f"{path}: audit_public_key is missing or not a PEM string")
+    return (_export_rows(document, "entries", _ENTRY_FIELDS, path), _export_rows(document, "checkpoints", _CHECKPOINT_FIELDS, path),
+            document["audit_public_key"])
+
+
+# The shape of an export's rows, as export_trail writes them (the database's columns), checked
+# before verify_trail reads them: a hand-made or damaged file is bad input, not a crash.
+_TEXT = (str,)
+_ENTRY_FIELDS = {"seq": (int,), "time": _TEXT, "actor": _TEXT, "operation": _TEXT, "subject": _TEXT, "policy": (str, type(None)),
+                 "outcome": _TEXT, "details": _TEXT, "prev_hash": _TEXT, "entry_hash": _TEXT}
+_CHECKPOINT_FIELDS = {"seq": (int,), "head_hash": _TEXT, "time": _TEXT, "context": _TEXT, "key_id": _TEXT, "signature": _TEXT}
+
+
+def _export_rows(document: dict, name: str, fields: dict[str, tuple[type, ...]], path: Path) -> list[dict]:
+    rows = document.get(name)
+    if not isinstance(rows, list):
+        raise BadInputError(f"{path}: {name} is missing or not a list")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadInputError(f"{path}: {name}[{index}] is not an object")
+        for field, types in fields.items():
+            value = row.get(field)
+            if field not in row or not isinstance(value, types) or isinstance(value, bool):
+                raise BadInputError(f"{path}: {name}[{index}].{field} is missing or not a {types[0].__name__}")
+    return rows

@@ -16,7 +16,6 @@ from smki.profiles.files import read_certificate
 from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.errors import BadInputError
 from smki.files import read_input, refuse_existing, write_new_file
-from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer
 from smki.identifiers import DeviceType, RemotePartyRole
 from smki.policy import PolicyRefusal, load_policy
@@ -150,7 +149,7 @@ def crl_command(module_path, key_uri, token_label, key_label, key_id, pin_source
         list_type = "arl" if facts.certificate_type == "root" else "crl"
         operation.operation = f"{list_type}.issue"
         issuer_key_id = facts.subject_key_id.hex().upper()
-        signer = open_signer(key_ref_from_options(module_path, key_uri, token_label, key_label, key_id), PinSource.parse(pin_source))
+        signer = open_signer(key_ref_from_options(module_path, key_uri, token_label, key_label, key_id), pin_source)
         now = datetime.now(timezone.utc).replace(microsecond=0)
         entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
         with transaction(operation.connection):
@@ -251,7 +250,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         checked_environment, checked_requester, checked_type = Environment.parse(environment), RemotePartyRole.parse(requester), DeviceType.parse(device_type)
         start = parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc))
         template = batch_template(issuer, policy, checked_environment, start)
-        pin = PinSource.parse(pin_source).read(f"user PIN for token {key.token_label}")
+        pin = pin_source.read(f"user PIN for token {key.token_label}")
         if signer_for(key, pin).public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
         with BatchWorkers(key, pin, template, workers, verify_one_in) as batch_workers:  # they start while the batch is read

@@ -22,7 +22,6 @@ from smki.cli.common import (AuditedOperation, emit, json_option, key_options, k
                              pin_source_option, state_option)
 from smki.errors import BadInputError
 from smki.files import refuse_existing, write_new_file
-from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
@@ -107,7 +106,7 @@ class Issuance:
 
         `build(signing_public_key)` returns the certificate builder (a root certifies the signing key itself).
         """
-        signer = open_signer(self.key, PinSource.parse(self.options["pin_source"]))
+        signer = open_signer(self.key, self.options["pin_source"])
         if issuer is not None and signer.public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
         lint = pre_issuance_check(certificate_type, (self.policy.policy_oid(self.environment),), issuer=issuer)

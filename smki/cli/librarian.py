@@ -12,11 +12,10 @@ from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
 from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
 from smki.files import read_input
-from smki.cli.common import DATABASE, audit_options, audit_trail, checkpoint, emit, json_option
+from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.profiles.files import read_certificate
 from smki.errors import BadInputError, SmkiError
-from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.store import find_certificate, list_certificates, open_database
 
@@ -209,7 +208,7 @@ def _hex(text: str, option: str) -> str:
 @db_option
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0 picks a free one).")
-@click.option("--api-key-source", required=True, metavar="SOURCE",
+@click.option("--api-key-source", required=True, type=SECRET_SOURCE, metavar="SOURCE",
               help="Where to read the API key parties must send: env:NAME, fd:N or prompt (never argv).")
 @click.option("--published", type=click.Path(file_okay=False, path_type=Path),
               help="The published directory (`smki librarian publish --dir`): serves crl/<NAME>.crl and index.json.")
@@ -219,7 +218,7 @@ def serve_command(database, address, port, api_key_source, published) -> None:
     Prints the address it listens on, then serves until interrupted.
     """
     open_database(database).close()  # a clear error now rather than on the first request
-    api_key = PinSource.parse(api_key_source).read("repository API key")
+    api_key = api_key_source.read("repository API key")
     server = make_server(RepositoryService(lambda: open_database(database), {api_key}, published), address, port)
     host, bound_port = server.server_address[:2]
     click.echo(f"serving the SMKI Repository on http://{host}:{bound_port}/services/ (Ctrl-C to stop)", err=True)

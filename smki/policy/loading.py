@@ -88,6 +88,8 @@ def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputE
         mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
         line = mark.line + 1 if mark else 0
         raise error(f"{path}:{line}: (yaml): {exc.problem or exc.context}") from None
+    except yaml.YAMLError:  # unmarked: a character YAML does not allow (NUL, most control characters)
+        raise error(f"{path}:0: (yaml): not YAML text (a character YAML does not allow)") from None
     if node is None or not isinstance(data, dict):
         raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)

@@ -123,7 +123,8 @@ def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connecti
     if not create and not path.exists():
         raise BadInputError(f"{path}: no smki database here")
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, isolation_level=None, timeout=30)  # explicit transactions only
+    # Absolute: this SQLite reads a name starting "file:" as a URI, which opens another file.
+    connection = sqlite3.connect(path.absolute(), isolation_level=None, timeout=30)  # explicit transactions only
     connection.row_factory = sqlite3.Row
     try:
         _switch_to_wal(connection)
