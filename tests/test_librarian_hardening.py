@@ -180,3 +180,194 @@ def test_the_web_service_and_find_say_revoked(lodged_repository, leaves, run_smk
     assert serial_of(leaves["revoked"]) in {r["serial_hex"] for r in json.loads(found.stdout)}
     expired = run_smki("librarian", "find", "--db", str(lodged_repository), "--status", "E", "--json")
     assert [r["serial_hex"] for r in json.loads(expired.stdout)] == [serial_of(leaves["expired"])]
+
+
+# -- item 7: the web service under malformed, slow and numerous requests ------------------------------------------
+
+TIMEOUT = 1.0  # the server's request timeout in these tests
+MAX_CONNECTIONS = 8
+SEARCH = b"<CertificateSearchRequest><CertificateSubjectName>90B3D51F30010000</CertificateSubjectName></CertificateSearchRequest>"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, pki):
+    directory = tmp_path_factory.mktemp("service")
+    connection = open_database(directory / "repo.db", create=True)
+    lodge_certificate(connection, pki.root, trust_root=True)
+    lodge_certificate(connection, pki.issuing)
+    lodge_certificate(connection, pki.orgs[0])
+    (directory / "published" / "crl").mkdir(parents=True)
+    (directory / "published" / "crl" / f"{Pki.ski(pki.issuing)}.crl").write_bytes(b"\x30\x00issuing-list")
+    server = make_server(RepositoryService(lambda: open_database(directory / "repo.db"), {API_KEY}, directory / "published"),
+                         timeout=TIMEOUT, max_connections=MAX_CONNECTIONS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+
+
+def exchange(address, raw: bytes, *, wait: float = 5.0) -> bytes:
+    """Send raw bytes (the write side left open, as a client awaiting its answer does) and read until the server
+    closes or `wait` passes; what came back."""
+    with socket.create_connection(address, timeout=wait) as client:
+        client.sendall(raw)
+        received, deadline = b"", time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = client.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+            if b"\r\n\r\n" in received and _complete(received):
+                break
+        return received
+
+
+def _complete(received: bytes) -> bool:
+    head, _, body = received.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
+
+
+def status_code(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1."), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+def post_raw(headers: str, body: bytes = SEARCH, target: str = f"/services/certificatesearch?apikey={API_KEY}") -> bytes:
+    return f"POST {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode("latin-1") + body
+
+
+MALFORMED = {
+    "negative length": (post_raw("Content-Length: -1\r\n"), 400),
+    "non-numeric length": (post_raw("Content-Length: abc\r\n"), 400),
+    "signed length": (post_raw(f"Content-Length: +{len(SEARCH)}\r\n"), 400),
+    "underscored length": (post_raw("Content-Length: 1_0\r\n"), 400),
+    "list of lengths": (post_raw(f"Content-Length: {len(SEARCH)}, {len(SEARCH)}\r\n"), 400),
+    "duplicate length": (post_raw(f"Content-Length: {len(SEARCH)}\r\nContent-Length: {len(SEARCH)}\r\n"), 400),
+    "conflicting lengths": (post_raw(f"Content-Length: {len(SEARCH)}\r\nContent-Length: 5\r\n"), 400),
+    "huge length": (post_raw("Content-Length: 99999999999999999999999\r\n"), 400),
+    "length over the limit": (post_raw("Content-Length: 100000\r\n"), 413),
+    "chunked body": (post_raw("Transfer-Encoding: chunked\r\n", b"5\r\n<Cert\r\n0\r\n\r\n"), 411),
+    "chunked and length": (post_raw(f"Transfer-Encoding: chunked\r\nContent-Length: {len(SEARCH)}\r\n"), 411),
+    "non-ASCII apikey": (post_raw(f"Content-Length: {len(SEARCH)}\r\n", target="/services/certificatesearch?apikey=%C3%A9t%C3%A9"), 403),
+    "raw non-ASCII apikey": (f"GET /certificates/00.cer?apikey=\u00e9\u00ff HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"), 403),
+    "undecodable apikey": (b"GET /index.json?apikey=%FF%FE HTTP/1.1\r\nHost: x\r\n\r\n", 403),
+    "apikey twice": (f"GET /index.json?apikey={API_KEY}&apikey=other HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
+    "too many query fields": (("GET /index.json?" + "&".join(f"f{i}=1" for i in range(50)) + " HTTP/1.1\r\nHost: x\r\n\r\n").encode(), 400),
+    "oversized header": (post_raw(f"Content-Length: {len(SEARCH)}\r\nX-Big: {'a' * 20000}\r\n"), 431),
+    "many headers": (post_raw(f"Content-Length: {len(SEARCH)}\r\n" + "".join(f"X-{i}: {'b' * 100}\r\n" for i in range(99))), 431),
+    "oversized request line": (f"GET /{'c' * 20000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 414),
+    "GET with a chunked body": (f"GET /index.json?apikey={API_KEY} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(), 411),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_every_malformed_request_gets_a_4xx_at_once(service, capfd, case):
+    raw, expected = MALFORMED[case]
+    started = time.monotonic()
+    response = exchange(service, raw)
+    assert status_code(response) == expected
+    assert time.monotonic() - started < TIMEOUT + 1  # answered, not left to a timeout (or to the client's EOF)
+    if raw.startswith(b"POST") or b"chunked" in raw or expected in (414, 431):
+        assert b"connection: close" in response.lower()  # what follows cannot be framed: the connection ends
+    assert status_code(exchange(service, post_raw(f"Content-Length: {len(SEARCH)}\r\n"))) == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_body_cut_short_is_refused(service):
+    with socket.create_connection(service, timeout=5) as client:
+        client.sendall(post_raw(f"Content-Length: {len(SEARCH) + 10}\r\n"))
+        client.shutdown(socket.SHUT_WR)  # end of stream before the promised length
+        assert status_code(client.recv(65536)) == 400
+
+
+def test_keep_alive_goes_on_after_a_refusal_with_its_body_read(service):
+    """A request whose body was read (here: a wrong element, 401) leaves the connection usable."""
+    bad = b"<CertificateSearchRequest><Surprise/></CertificateSearchRequest>"
+    with socket.create_connection(service, timeout=5) as client:
+        client.sendall(post_raw(f"Content-Length: {len(bad)}\r\n", bad) + post_raw(f"Content-Length: {len(SEARCH)}\r\n"))
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.rstrip().endswith(b">"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert [int(part.split(b" ", 1)[0]) for part in received.split(b"HTTP/1.1 ")[1:]] == [401, 200]
+
+
+def test_idle_connections_time_out(service):
+    with socket.create_connection(service, timeout=TIMEOUT * 4) as client:
+        started = time.monotonic()
+        assert client.recv(1024) == b""  # the server closed it (a recv timeout here would raise)
+        assert time.monotonic() - started < TIMEOUT * 3
+
+
+def test_a_request_trickling_in_is_cut_off(service):
+    """A slow client (a header byte every 0.2 s, each within the socket timeout) is closed by the request deadline."""
+    with socket.create_connection(service, timeout=TIMEOUT * 4) as client:
+        client.sendall(f"POST /services/certificatesearch?apikey={API_KEY} HTTP/1.1\r\n".encode())
+        started, closed = time.monotonic(), False
+        for _ in range(50):  # 10 s at most
+            try:
+                client.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.2)
+        assert closed and time.monotonic() - started < TIMEOUT * 2 + 1.5
+
+
+@pytest.fixture
+def small_service(tmp_path):
+    """A service taking 4 connections at once, with a timeout long enough to hold them through the test."""
+    open_database(tmp_path / "repo.db", create=True).close()
+    server = make_server(RepositoryService(lambda: open_database(tmp_path / "repo.db"), {API_KEY}), timeout=30, max_connections=4)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+
+
+def test_connections_are_bounded(small_service):
+    """Past the limit a connection is answered 503 at once, with no thread; once the held ones end, service goes on."""
+    held = [socket.create_connection(small_service, timeout=5) for _ in range(4)]
+    try:
+        for client in held:  # each is accepted and owned by a handler thread before the extra connections come
+            client.sendall(b"GET /index.json")
+        time.sleep(0.3)
+        threads_before = threading.active_count()
+        extra = [socket.create_connection(small_service, timeout=5) for _ in range(20)]
+        try:
+            answers = [status_code(client.recv(1024)) for client in extra]
+        finally:
+            for client in extra:
+                client.close()
+        assert answers == [503] * 20
+        assert threading.active_count() <= threads_before
+    finally:
+        for client in held:
+            client.close()
+    time.sleep(0.3)
+    assert status_code(exchange(small_service, post_raw(f"Content-Length: {len(SEARCH)}\r\n"))) == 402
+
+
+# -- item 19: CRL names in any case ------------------------------------------------------------------------------
+
+
+def test_crl_names_are_case_insensitive_like_certificate_names(service, pki):
+    ski = Pki.ski(pki.issuing)
+    for name in (ski, ski.lower(), ski[:4].lower() + ski[4:]):
+        for extension in ("crl", "CRL"):
+            response = exchange(service, f"GET /crl/{name}.{extension}?apikey={API_KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert status_code(response) == 200 and response.endswith(b"\x30\x00issuing-list"), (name, extension)
+    serial = serial_of(pki.orgs[0])
+    for path in (f"/certificates/{serial.lower()}.cer", f"/certificates/{ski.lower()}/{serial.lower()}.cer"):
+        assert status_code(exchange(service, f"GET {path}?apikey={API_KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())) == 200
