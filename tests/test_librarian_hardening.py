@@ -371,3 +371,47 @@ def test_crl_names_are_case_insensitive_like_certificate_names(service, pki):
     serial = serial_of(pki.orgs[0])
     for path in (f"/certificates/{serial.lower()}.cer", f"/certificates/{ski.lower()}/{serial.lower()}.cer"):
         assert status_code(exchange(service, f"GET {path}?apikey={API_KEY} HTTP/1.1\r\nHost: x\r\n\r\n".encode())) == 200
+
+
+# -- item 14: a publish lost to a crash is made by repeating the run ---------------------------------------------
+
+# The real CLI, killed at once where it would publish: after the lodging's commit, before any file is written.
+CRASH_BEFORE_PUBLISHING = ("import os, sys; import smki.cli.librarian as librarian; "
+                           "librarian.publish_repository = lambda *args, **kwargs: os._exit(9); "
+                           "from smki.cli.main import main; main(sys.argv[1:])")
+
+
+def crashing_smki(*args):
+    return subprocess.run([sys.executable, "-c", CRASH_BEFORE_PUBLISHING, *args], capture_output=True, text=True, timeout=300,
+                          cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_a_publish_lost_to_a_crash_is_made_by_the_repeated_run(tmp_path, pki):
+    db, pub = str(tmp_path / "repo.db"), tmp_path / "pub"
+    certificates = [write(tmp_path / f"c{i}.pem", c.public_bytes(Encoding.PEM)) for i, c in enumerate((pki.root, pki.issuing, *pki.orgs))]
+    crashed = crashing_smki("librarian", "lodge", "--db", db, "--trust-root", *certificates, "--publish", str(pub))
+    assert crashed.returncode == 9, crashed.stderr
+    assert not (pub / "index.json").exists()
+
+    repeated = run_cli("librarian", "lodge", "--db", db, "--trust-root", *certificates, "--publish", str(pub), check=False)
+    assert repeated.returncode == 5 and "already lodged" in repeated.stderr and repeated.stderr.count("\n") == 1
+    assert f"published to {pub}" in repeated.stderr
+    assert json.loads((pub / "index.json").read_text())["certificates"]["count"] == 5
+
+    crl = make_crl(pki.issuing, pki.issuing_signer, 1, revoked=[pki.orgs[0].serial_number])
+    crl_file = write(tmp_path / "issuing.crl", crl)
+    crashed = crashing_smki("librarian", "lodge-crl", "--db", db, crl_file, "--publish", str(pub))
+    assert crashed.returncode == 9, crashed.stderr
+    published_list = pub / "crl" / f"{Pki.ski(pki.issuing)}.crl"
+    assert not published_list.exists()
+
+    repeated = run_cli("librarian", "lodge-crl", "--db", db, crl_file, "--publish", str(pub), check=False)
+    assert repeated.returncode == 5 and "already lodged" in repeated.stderr and f"published to {pub}" in repeated.stderr
+    assert published_list.read_bytes() == crl
+    index = json.loads((pub / "index.json").read_text())
+    assert [(c["issuer_key_id"], c["crl_number"]) for c in index["crls"]] == [(Pki.ski(pki.issuing), 1)]
