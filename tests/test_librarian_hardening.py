@@ -30,7 +30,6 @@ from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles import OrganisationCertificateParams, Validity, organisation_certificate, sign_certificate
 from smki.profiles.serials import serial_hex
 from smki.store import find_certificate, list_certificates, open_database, search_certificates
-from smki.store.lodged_crls import _serial_hex as store_serial_hex
 from test_librarian_publishing import POLICY, START, Pki, make_crl
 
 pytest_plugins = ["postgres_server"]  # `database_target`: the status tests run on SQLite and PostgreSQL
@@ -136,6 +135,7 @@ def test_lists_lodged_before_the_upgrade_still_revoke(tmp_path, pki, leaves):
 
 @given(st.integers(min_value=1, max_value=(1 << 160) - 1))
 def test_the_store_writes_serials_as_the_profiles_do(number):
+    from smki.store.lodged_crls import _serial_hex as store_serial_hex  # here: the module imports on older code too
     assert store_serial_hex(number) == serial_hex(number)
 
 
@@ -263,7 +263,7 @@ MALFORMED = {
     "apikey twice": (f"GET /index.json?apikey={API_KEY}&apikey=other HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
     "too many query fields": (("GET /index.json?" + "&".join(f"f{i}=1" for i in range(50)) + " HTTP/1.1\r\nHost: x\r\n\r\n").encode(), 400),
     "oversized header": (post_raw(f"Content-Length: {len(SEARCH)}\r\nX-Big: {'a' * 20000}\r\n"), 431),
-    "many headers": (post_raw(f"Content-Length: {len(SEARCH)}\r\n" + "".join(f"X-{i}: {'b' * 100}\r\n" for i in range(99))), 431),
+    "many headers": (post_raw(f"Content-Length: {len(SEARCH)}\r\n" + "".join(f"X-{i}: {'b' * 250}\r\n" for i in range(90))), 431),
     "oversized request line": (f"GET /{'c' * 20000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 414),
     "GET with a chunked body": (f"GET /index.json?apikey={API_KEY} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(), 411),
 }
