@@ -57,10 +57,9 @@ MAX_QUERY_FIELDS = 8
 REQUEST_TIMEOUT = 20.0  # seconds: for a request to arrive whole, and for an idle keep-alive connection
 MAX_CONNECTIONS = 256
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
-_HEX_NAME = re.compile(r"[0-9A-Fa-f]{1,40}")
 STATUS_CODES = {"P", "I", "N", "E", "R"}
-_SERIAL = re.compile(r"[0-9A-Fa-f]{1,40}")
-_CRL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\.(?i:crl)")
+_HEX_ID = re.compile(r"[0-9A-Fa-f]{1,40}")  # a serial or a key identifier, any case
+_CRL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\.crl")
 
 
 class ServiceError(Exception):
@@ -120,7 +119,7 @@ def parse_retrieve_request(body: bytes) -> str:
     if {child.tag for child in root} != {"CertificateSerial"}:
         raise ServiceError(HTTPStatus.UNAUTHORIZED, "a CertificateDataRequest holds exactly one CertificateSerial")
     serial = _single_text(root, "CertificateSerial")
-    if not serial or not _SERIAL.fullmatch(serial):
+    if not serial or not _HEX_ID.fullmatch(serial):
         raise ServiceError(HTTPStatus.UNAUTHORIZED, f"CertificateSerial {serial!r} is not a hexadecimal serial")
     return serial.upper()
 
@@ -209,7 +208,7 @@ class RepositoryService:
         return retrieve_response(records[0], audit_reference)
 
     def certificate_der(self, serial: str) -> bytes:
-        if not _SERIAL.fullmatch(serial):
+        if not _HEX_ID.fullmatch(serial):
             raise ServiceError(HTTPStatus.UNAUTHORIZED, "not a hexadecimal serial")
         records = find_certificate(self.connection(), serial)
         if not records:
@@ -217,7 +216,7 @@ class RepositoryService:
         return records[0].der
 
     def issuer_certificate_der(self, issuer_key_id: str, serial: str) -> bytes:
-        if not (_SERIAL.fullmatch(issuer_key_id) and _SERIAL.fullmatch(serial)):
+        if not (_HEX_ID.fullmatch(issuer_key_id) and _HEX_ID.fullmatch(serial)):
             raise ServiceError(HTTPStatus.UNAUTHORIZED, "not a hexadecimal issuer key identifier and serial")
         records = [r for r in find_certificate(self.connection(), serial) if r.issuer_key_id == issuer_key_id.upper()]
         if not records:
@@ -228,7 +227,7 @@ class RepositoryService:
         if not _CRL_NAME.fullmatch(name) or self.published_dir is None:
             raise ServiceError(HTTPStatus.NOT_FOUND, "no such file")
         stem = name[:-len(".crl")]
-        if _HEX_NAME.fullmatch(stem):
+        if _HEX_ID.fullmatch(stem):
             # Published lists are named by the issuer's SKI in uppercase hex; hex names any case, as /certificates/ does.
             name = f"{stem.upper()}.crl"
         # `smki librarian publish` keeps CRLs under crl/; a hand-made directory may hold them at the top.
@@ -275,6 +274,7 @@ class _RequestReader:
             raise TimeoutError(f"request not received within {self._timeout:g} s")
 
     def readline(self, limit: int = -1) -> bytes:
+        """One line; `limit` (http.server's, 64 KiB) is above MAX_HEADER_SIZE, which bounds the line instead."""
         line = bytearray()
         while not line.endswith(b"\n"):
             self._check_deadline()
@@ -329,6 +329,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not super().parse_request():
             self.close_connection = True
             return False
+        return self._check_framing()
+
+    def _check_framing(self) -> bool:
+        """Take the body's length from the request's framing, or answer why not (False)."""
         try:
             self.body_length = self._body_length()
         except ServiceError as error:
@@ -358,6 +362,8 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def handle_expect_100(self) -> bool:
+        if not self._check_framing():
+            return False  # no "100 Continue" for a body that would be refused
         answer = super().handle_expect_100()
         self.wfile.flush()  # the client waits for "100 Continue" before it sends the body
         return answer
