@@ -49,7 +49,7 @@ from defusedxml import DefusedXmlException
 
 from smki.errors import BadInputError
 from smki.identifiers import EUI64
-from smki.store.certificates import CertificateRecord, find_certificate, search_certificates
+from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, search_certificates
 
 MAX_BODY_SIZE = 16 * 1024
 MAX_HEADER_SIZE = 16 * 1024  # the request line and every header line together
@@ -57,7 +57,7 @@ MAX_QUERY_FIELDS = 8
 REQUEST_TIMEOUT = 20.0  # seconds: for a request to arrive whole, and for an idle keep-alive connection
 MAX_CONNECTIONS = 256
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
-STATUS_CODES = {"P", "I", "N", "E", "R"}
+STATUS_CODES = {status.value for status in RepositoryStatus}
 _HEX_ID = re.compile(r"[0-9A-Fa-f]{1,40}")  # a serial or a key identifier, any case
 _CRL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\.crl")
 

@@ -58,9 +58,10 @@ class RepositoryStatus(str, Enum):
 # list of the certificate's issuer naming its serial (the list may have arrived first). Otherwise a
 # certificate past its notAfter is expired; otherwise the recorded status (P, I or N) stands. Derived
 # when read, not stored, because expiry follows the clock and revocation follows lodging order.
+_REVOKED, _EXPIRED = f"'{RepositoryStatus.REVOKED.value}'", f"'{RepositoryStatus.EXPIRED.value}'"
 REPOSITORY_STATUS_SQL = (
-    "CASE WHEN c.status = 'R' OR EXISTS (SELECT 1 FROM listed_serials l WHERE l.issuer_key_id = c.issuer_key_id "
-    "AND l.serial_hex = c.serial_hex) THEN 'R' WHEN c.not_after < ? THEN 'E' ELSE c.status END")
+    f"CASE WHEN c.status = {_REVOKED} OR EXISTS (SELECT 1 FROM listed_serials l WHERE l.issuer_key_id = c.issuer_key_id "
+    f"AND l.serial_hex = c.serial_hex) THEN {_REVOKED} WHEN c.not_after < ? THEN {_EXPIRED} ELSE c.status END")
 
 
 def status_now(now: datetime | None = None) -> str:
