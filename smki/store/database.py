@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from smki.audit.trail import SCHEMA as AUDIT_SCHEMA
 from smki.errors import BadInputError, ConflictError
+from smki.store.lodged_crls import create_listed_serials
 from smki.store.postgres import is_database_url
 
 # (version, description, SQL). Append only: never edit a migration that has shipped.
-MIGRATIONS: list[tuple[int, str, str]] = [
+MIGRATIONS: list[tuple[int, str, str | Callable[[sqlite3.Connection], None]]] = [
     (1, "issued certificates", """
         CREATE TABLE certificates (
             serial_hex       TEXT NOT NULL,
@@ -105,6 +106,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX certificate_status_changes_time ON certificate_status_changes (changed_at);
         CREATE INDEX certificates_issued_at ON certificates (issued_at)
     """),
+    # A callable step runs in the migration's transaction: this one indexes the lists already lodged.
+    (7, "serials named by lodged CRLs and ARLs", create_listed_serials),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -178,8 +181,11 @@ def migrate(connection: sqlite3.Connection) -> int:
         with transaction(connection):
             if schema_version(connection) >= version:
                 continue  # applied by another process while this one waited for the write lock
-            for statement in filter(str.strip, sql.split(";")):
-                connection.execute(statement)
+            if callable(sql):
+                sql(connection)
+            else:
+                for statement in filter(str.strip, sql.split(";")):
+                    connection.execute(statement)
             connection.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
                                (version, description, datetime.now(timezone.utc).isoformat()))
     return SCHEMA_VERSION
