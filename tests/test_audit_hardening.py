@@ -180,3 +180,168 @@ def test_verification_reads_either_backend_without_writing(database_target, audi
     reader.close()
     again = open_database(database_target)
     assert [tuple(row) for row in again.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq")] == before
+
+
+# -- item 6: the state a CA signs from must be the state its audit trail records ----------------------
+from pathlib import Path  # noqa: E402
+
+from cryptography import x509  # noqa: E402
+
+import csr_factory  # noqa: E402
+from conftest import openssl, smki  # noqa: E402
+
+POLICIES = Path(__file__).resolve().parents[1] / "policies"
+PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
+
+
+@pytest.fixture(scope="module")
+def org_authority(tmp_path_factory, hsm_token):
+    """An Organisation root and Issuing OCA; two certificates issued, one revoked keyCompromise, CRL 1 issued."""
+    d = tmp_path_factory.mktemp("reconcile")
+    state = ["--state", str(d / "state")]
+    policy = ["--policy", str(POLICIES / "organisation.yaml")]
+    smki("policy", "adopt", str(POLICIES / "organisation.yaml"), *state)
+    keys = {}
+    for name, key_id in (("rc-root-o", "c1"), ("rc-issuing-o", "c2")):
+        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
+        keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN]
+    smki("cert", "root", *keys["rc-root-o"], *state, *policy, "--environment", "test", "--not-before", "2026-01-01", "--out", str(d / "root.pem"))
+    smki("hsm", "pubkey", *keys["rc-issuing-o"][:6], "--out", str(d / "issuing.pub"))
+    smki("cert", "issuing-ca", *keys["rc-root-o"], *state, *policy, "--environment", "test", "--not-before", "2026-01-01",
+         "--issuer-cert", str(d / "root.pem"), "--public-key", str(d / "issuing.pub"), "--out", str(d / "issuing.pem"))
+    serials = []
+    for i in range(2):
+        (d / f"r{i}.csr").write_bytes(csr_factory.organisation_csr(eui64=f"90B3D51F300200B{i}"))
+        smki("ca", "issue-org", *keys["rc-issuing-o"], *state, *policy, "--environment", "test", "--issuer-cert", str(d / "issuing.pem"),
+             "--requester", "supplier", "--not-before", "2026-02-01", "--out", str(d / f"o{i}.pem"), str(d / f"r{i}.csr"))
+        serials.append(f"{x509.load_pem_x509_certificate((d / f'o{i}.pem').read_bytes()).serial_number:032X}")
+    smki("ca", "revoke", *state, *policy, serials[0], "--reason", "keyCompromise")
+    crl_args = ["ca", "crl", *keys["rc-issuing-o"], *policy, "--issuer-cert", str(d / "issuing.pem")]
+    first = json.loads(smki(*crl_args, *state, "--out", str(d / "crl1.pem"), "--json").stdout)
+    assert first["crl_number"] == 1 and first["entries"] == 1
+    return d, serials, crl_args, policy
+
+
+def copy_state(d: Path, tmp_path: Path) -> Path:
+    """A private copy of the authority's state (SQLite's backup: the WAL included)."""
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(d / "state" / "smki.db") as source, sqlite3.connect(tmp_path / "state" / "smki.db") as target:
+        source.backup(target)
+    return tmp_path / "state"
+
+
+def tamper(state: Path, *statements: tuple) -> None:
+    with sqlite3.connect(state / "smki.db") as raw:
+        raw.execute("PRAGMA foreign_keys = OFF")
+        for statement in statements:
+            raw.execute(*statement)
+
+
+def test_an_untampered_state_signs_the_next_crl(org_authority, tmp_path):
+    d, serials, crl_args, _ = org_authority
+    state = copy_state(d, tmp_path)
+    second = json.loads(smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl2.pem"), "--json").stdout)
+    assert second["crl_number"] == 2 and second["entries"] == 1
+
+
+def test_the_reported_unrevocation_is_refused(org_authority, tmp_path, run_smki):
+    """Issue 12 item 6 as reported: revocations deleted, cRLNumber lowered; no CRL un-revokes the certificate."""
+    d, serials, crl_args, _ = org_authority
+    state = copy_state(d, tmp_path)
+    tamper(state, ("DELETE FROM revocations",), ("UPDATE certificates SET status = 'I'",), ("UPDATE crl_numbers SET last_number = 0",))
+    assert run_smki("audit", "verify", "--db", str(state / "smki.db")).returncode == 0  # the chain is untouched: why this check exists
+    result = smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl.pem"), check=False)
+    one_line(result, 1)
+    assert "disagrees with its audit trail" in result.stderr and not (tmp_path / "crl.pem").exists()
+    with sqlite3.connect(state / "smki.db") as raw:
+        assert raw.execute("SELECT last_number FROM crl_numbers").fetchall() == [(0,)]  # no number consumed
+        refused = raw.execute("SELECT operation, outcome FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+    assert refused == ("crl.issue", "refused")
+
+
+@pytest.mark.parametrize("statements, fragment", [
+    ([("DELETE FROM revocations",)], "revocation(s) the audit trail records are missing"),
+    ([("UPDATE crl_numbers SET last_number = last_number - 1",)], "last cRLNumber is 0 in the state but 1"),
+    ([("UPDATE crl_numbers SET last_number = 7",)], "last cRLNumber is 7 in the state but 1"),
+    ([("UPDATE revocations SET reason = 'superseded'",)], "differ in time or reason"),
+    ([("UPDATE certificates SET status = 'I' WHERE status = 'R'",)], "status R that disagrees"),
+    ([("DELETE FROM certificates WHERE status = 'I' AND certificate_type = 'organisation'",)], "missing from the state"),
+    ([("INSERT INTO certificates SELECT 'AB' || substr(serial_hex, 3), issuer_key_id, certificate_type, subject_key_id, entity_id, role,"
+       " key_usage, 'R', not_before, not_after, policy_name, policy_version, policy_sha256, request_sha256, issued_at, der"
+       " FROM certificates WHERE status = 'R'",),
+      ("INSERT INTO revocations SELECT issuer_key_id, 'AB' || substr(serial_hex, 3), revoked_at, reason FROM revocations",)],
+     "issued by no audited operation"),
+])
+def test_every_kind_of_edited_state_is_refused_before_signing(org_authority, tmp_path, statements, fragment):
+    d, serials, crl_args, _ = org_authority
+    state = copy_state(d, tmp_path)
+    tamper(state, *statements)
+    result = smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl.pem"), check=False)
+    one_line(result, 1)
+    assert fragment in result.stderr and not (tmp_path / "crl.pem").exists(), result.stderr
+
+
+def test_a_revocation_on_edited_state_is_refused(org_authority, tmp_path):
+    d, serials, _, policy = org_authority
+    state = copy_state(d, tmp_path)
+    tamper(state, ("UPDATE crl_numbers SET last_number = 0",))
+    result = smki("ca", "revoke", "--state", str(state), *policy, serials[1], "--reason", "keyCompromise", check=False)
+    one_line(result, 1)
+    assert "disagrees with its audit trail" in result.stderr
+    with sqlite3.connect(state / "smki.db") as raw:
+        assert raw.execute("SELECT COUNT(*) FROM revocations").fetchone()[0] == 1
+
+
+def test_the_crl_signed_from_reconciled_state_still_revokes(org_authority, tmp_path):
+    """Independent check with openssl: the revoked certificate stays revoked on the next CRL."""
+    d, serials, crl_args, _ = org_authority
+    state = copy_state(d, tmp_path)
+    smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl.pem"))
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes((d / "root.pem").read_bytes() + (d / "issuing.pem").read_bytes())
+    checked = openssl("verify", "-crl_check", "-CAfile", str(chain), "-CRLfile", str(tmp_path / "crl.pem"), str(d / "o0.pem"))
+    assert checked.returncode != 0 and b"certificate revoked" in checked.stdout + checked.stderr
+
+
+def test_reconciliation_at_the_store_level(tmp_path):
+    from smki.errors import RefusedError
+    from smki.store.certificates import CertificateRecord, insert_certificate
+    from smki.store.reconcile import StateChange, reconcile_issuer
+    from smki.store.revocations import next_crl_number, record_revocation
+    from datetime import datetime, timezone
+
+    connection = open_database(tmp_path / "s.db", create=True)
+    trail = AuditTrail(connection)
+    issuer, now = "AB" * 8, datetime(2026, 3, 1, tzinfo=timezone.utc)
+    with transaction(connection):
+        for n in range(3):
+            serial = f"{n + 1:032X}"
+            insert_certificate(connection, CertificateRecord(serial, issuer, "organisation", "CD" * 8, "I", "2026", "2027", b"x"))
+            trail.append(AuditEntry("ca", "certificate.issue.organisation", details=StateChange().issue(issuer, serial).details()))
+        record_revocation(connection, issuer, f"{2:032X}", now, "keyCompromise")
+        trail.append(AuditEntry("ca", "certificate.revoke", details=StateChange().revoke(issuer, f"{2:032X}", now.isoformat(), "keyCompromise").details()))
+        trail.append(AuditEntry("ca", "crl.issue", details=StateChange().crl(issuer, next_crl_number(connection, issuer, now)).details()))
+        # A refused operation's entry and another issuer's records change nothing here.
+        trail.append(AuditEntry("ca", "crl.issue", "refused", details=StateChange().crl(issuer, 99).details()))
+        trail.append(AuditEntry("ca", "crl.issue", details=StateChange().crl("EF" * 8, 5).details()))
+    reconcile_issuer(connection, issuer)
+    connection.execute("UPDATE revocations SET revoked_at = '2026-03-02T00:00:00+00:00'")
+    with pytest.raises(RefusedError, match="differ in time or reason"):
+        reconcile_issuer(connection, issuer)
+
+
+def test_an_arl_ceremony_on_edited_state_is_refused(tmp_path, hsm_token):
+    from test_ceremony import SOURCES, workspace
+    from test_ceremony import smki as ceremony_smki
+
+    work = workspace(tmp_path, "RC")
+    ceremony_smki("ceremony", "run", str(work / "ceremonies" / "root-oca.yaml"), *SOURCES)
+    arl = work / "ceremonies" / "arl-oca.yaml"
+    first = json.loads(ceremony_smki("ceremony", "run", str(arl), *SOURCES, "--json").stdout)
+    assert first["facts"]["arl"]["crl_number"] == 1
+    tamper(work / "state" / "root-oca", ("DELETE FROM crl_numbers",))
+    again = work / "ceremonies" / "arl-oca-again.yaml"
+    again.write_text(arl.read_text().replace("root-oca-arl-1", "root-oca-arl-again"))
+    result = ceremony_smki("ceremony", "run", str(again), *SOURCES, check=False)
+    one_line(result, 1)
+    assert "last cRLNumber is 0 in the state but 1" in result.stderr and not (work / "out" / "root-oca-arl-again.pem").exists()
