@@ -345,3 +345,65 @@ def test_an_arl_ceremony_on_edited_state_is_refused(tmp_path, hsm_token):
     result = ceremony_smki("ceremony", "run", str(again), *SOURCES, check=False)
     one_line(result, 1)
     assert "last cRLNumber is 0 in the state but 1" in result.stderr and not (work / "out" / "root-oca-arl-again.pem").exists()
+
+
+@pytest.mark.parametrize("command", [["ca", "list"], ["ca", "show", "01"]])
+def test_ca_records_are_read_without_writing(tmp_path, command):
+    (tmp_path / "state").mkdir()
+    empty = tmp_path / "state" / "smki.db"
+    empty.write_bytes(b"")
+    result = smki(*command, "--state", str(tmp_path / "state"), check=False)
+    one_line(result, 3)
+    assert empty.read_bytes() == b"" and [p.name for p in (tmp_path / "state").iterdir()] == ["smki.db"]
+
+
+# -- reconciliation as a property: any single edit of the state tables is caught, none is a false alarm ---
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+EDITS = {
+    "delete a certificate": "DELETE FROM certificates WHERE rowid = (SELECT MIN(rowid) FROM certificates WHERE status = 'I')",
+    "add a certificate": "INSERT INTO certificates SELECT 'FF' || substr(serial_hex, 3), issuer_key_id, certificate_type, subject_key_id,"
+                         " entity_id, role, key_usage, 'I', not_before, not_after, policy_name, policy_version, policy_sha256,"
+                         " request_sha256, issued_at, der FROM certificates LIMIT 1",
+    "delete a revocation": "DELETE FROM revocations WHERE rowid = (SELECT MIN(rowid) FROM revocations)",
+    "change a reason": "UPDATE revocations SET reason = reason || 'X' WHERE rowid = (SELECT MIN(rowid) FROM revocations)",
+    "un-revoke a status": "UPDATE certificates SET status = 'I' WHERE rowid = (SELECT MIN(rowid) FROM certificates WHERE status = 'R')",
+    "revoke a status": "UPDATE certificates SET status = 'R' WHERE rowid = (SELECT MIN(rowid) FROM certificates WHERE status = 'I')",
+    "lower the cRLNumber": "UPDATE crl_numbers SET last_number = last_number - 1",
+    "raise the cRLNumber": "UPDATE crl_numbers SET last_number = last_number + 1",
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(issued=st.integers(2, 12), revoked=st.integers(1, 6), crls=st.integers(1, 4), edit=st.sampled_from([None, *EDITS]))
+def test_reconciliation_catches_any_single_edit(tmp_path_factory, issued, revoked, crls, edit):
+    from datetime import datetime, timezone
+
+    from smki.errors import RefusedError
+    from smki.store.certificates import CertificateRecord, insert_certificate
+    from smki.store.reconcile import StateChange, reconcile_issuer
+    from smki.store.revocations import next_crl_number, record_revocation
+
+    revoked = min(revoked, issued - 1)  # at least one certificate stays in use
+    connection = open_database(tmp_path_factory.mktemp("p") / "s.db", create=True)
+    trail, issuer = AuditTrail(connection), "AB" * 8
+    with transaction(connection):
+        serials = [f"{n + 1:032X}" for n in range(issued)]
+        for serial in serials:
+            insert_certificate(connection, CertificateRecord(serial, issuer, "organisation", "CD" * 8, "I", "2026", "2027", b"x"))
+        trail.append(AuditEntry("ca", "certificate.issue.device.batch", details=StateChange().issue(issuer, *serials).details()))
+        for n, serial in enumerate(serials[:revoked]):
+            at = datetime(2026, 3, 1 + n, tzinfo=timezone.utc)
+            record_revocation(connection, issuer, serial, at, "keyCompromise")
+            trail.append(AuditEntry("ca", "certificate.revoke", details=StateChange().revoke(issuer, serial, at.isoformat(), "keyCompromise").details()))
+        for _ in range(crls):
+            number = next_crl_number(connection, issuer, datetime.now(timezone.utc))
+            trail.append(AuditEntry("ca", "crl.issue", details=StateChange().crl(issuer, number).details()))
+    if edit is None:
+        reconcile_issuer(connection, issuer)
+    else:
+        connection.execute("PRAGMA foreign_keys = OFF")
+        assert connection.execute(EDITS[edit]).rowcount == 1
+        with pytest.raises(RefusedError, match="disagrees with its audit trail"):
+            reconcile_issuer(connection, issuer)
+    connection.close()

@@ -180,7 +180,7 @@ read_state_option = click.option("--state", "state_dir", required=True, type=cli
 @json_option
 def show_command(serial, state_dir, as_json):
     """One issued certificate's record: status, request digest, policy that allowed it."""
-    records = find_certificate(open_database(Path(state_dir) / "smki.db"), serial)
+    records = find_certificate(open_database(Path(state_dir) / "smki.db", read_only=True), serial)
     if not records:
         raise BadInputError(f"no certificate with serial {serial} in this authority's records")
     emit(as_json, [r.summary() for r in records], lambda rows: "\n".join("\n".join(f"{k}: {v}" for k, v in r.items()) for r in rows))
@@ -196,7 +196,7 @@ def show_command(serial, state_dir, as_json):
 def list_command(state_dir, certificate_type, status, entity_id, limit, as_json):
     """Issued certificates, oldest first, filtered."""
     from smki.identifiers import EUI64
-    records = list_certificates(open_database(Path(state_dir) / "smki.db"), certificate_type=certificate_type, status=status,
+    records = list_certificates(open_database(Path(state_dir) / "smki.db", read_only=True), certificate_type=certificate_type, status=status,
                                 entity_id=EUI64.parse(entity_id).hex if entity_id else None, limit=limit)
     emit(as_json, [r.summary() for r in records], lambda rows: "\n".join(
         f"{r['serial_hex']}  {r['certificate_type']:<12} {r['entity_id'] or '-':<16} {r['key_usage'] or '-'} status {r['status']}  policy {r['policy_version']}"
