@@ -81,11 +81,18 @@ def verify_command(database, export_file, public_key, expected_heads, since_expo
     data = {**report.as_json(), "public_key_from": trusted_from, "expected_heads": [str(head) for head in heads]}
     emit(as_json, data, lambda d: (
         (f"audit trail intact: {d['entries']} entries, {d['checkpoints']} checkpoints, signed up to entry {d['last_signed_seq']} "
-         f"(audit key: {d['public_key_from']}); head {d['head']}" if d["checkpoints"] else
+         f"(audit key: {d['public_key_from']}){_unsigned_tail(d)}; head {d['head']}" if d["checkpoints"] else
          f"audit chain intact: {d['entries']} entries, no signed checkpoint yet (attach an audit key with --audit-key-uri); head {d['head']}")
         if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
     if not report.ok:
         raise SystemExit(1)
+
+
+def _unsigned_tail(report: dict) -> str:
+    """Said aloud when the stored key was used: entries after the last checkpoint are vouched for by nobody."""
+    if report["last_signed_seq"] >= report["entries"]:
+        return ""
+    return f", entries {report['last_signed_seq'] + 1} to {report['entries']} not yet signed"
 
 
 @audit_group.command("show")
