@@ -202,7 +202,7 @@ def org_authority(tmp_path_factory, hsm_token):
     policy = ["--policy", str(POLICIES / "organisation.yaml")]
     smki("policy", "adopt", str(POLICIES / "organisation.yaml"), *state)
     keys = {}
-    for name, key_id in (("rc-root-o", "c1"), ("rc-issuing-o", "c2")):
+    for name, key_id in (("rc-root-o", "ad01"), ("rc-issuing-o", "ad02")):
         smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
         keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN]
     smki("cert", "root", *keys["rc-root-o"], *state, *policy, "--environment", "test", "--not-before", "2026-01-01", "--out", str(d / "root.pem"))
