@@ -44,8 +44,8 @@ from smki.requests.outcomes import Outcome
 from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
                                 known_subject_keys, record_outcomes, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
-from smki.store.reconcile import StateChange
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange
 
 OPERATION = "certificate.issue.device.batch"
 

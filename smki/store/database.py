@@ -169,9 +169,14 @@ def require_smki_store(connection: sqlite3.Connection, where: str) -> int:
         raise BadInputError(f"{where}: holds no smki store ({exc}); nothing was written to it") from None
     if version == 0:
         raise BadInputError(f"{where}: holds no smki store (no schema version); nothing was written to it")
+    _refuse_newer_schema(version)
+    return version
+
+
+def _refuse_newer_schema(version: int) -> None:
+    """A database newer than this code is refused rather than guessed at."""
     if version > SCHEMA_VERSION:
         raise ConflictError(f"database schema version {version} is newer than this smki ({SCHEMA_VERSION}); upgrade smki")
-    return version
 
 
 def _switch_to_wal(connection: sqlite3.Connection, attempts: int = 100) -> None:
@@ -207,8 +212,7 @@ def schema_version(connection: sqlite3.Connection) -> int:
 def migrate(connection: sqlite3.Connection) -> int:
     """Apply the migrations this database lacks; return the schema version."""
     current = schema_version(connection)
-    if current > SCHEMA_VERSION:
-        raise ConflictError(f"database schema version {current} is newer than this smki ({SCHEMA_VERSION}); upgrade smki")
+    _refuse_newer_schema(current)
     for version, description, sql in MIGRATIONS:
         if version <= current:
             continue
