@@ -45,6 +45,7 @@ from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_ou
                                 known_subject_keys, record_outcomes, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange
 
 OPERATION = "certificate.issue.device.batch"
 
@@ -237,7 +238,8 @@ class _Run:
         with transaction(self.connection):
             insert_certificates(self.connection, records)
             record_outcomes(self.connection, self.summary.batch_id, outcomes)
-            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=self.plan.policy.identity))
+            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, StateChange().issue(self.issuer_key_id, *serials).details(),
+                                         policy=self.plan.policy.identity))
         self.records, self.outcomes, self.ders, self.tasks_pending = [], [], {}, 0
         self.transactions += 1
         for outcome in outcomes:  # recorded now; released only when the whole batch is durable

@@ -51,6 +51,7 @@ from smki.profiles.public_keys import check_public_key
 from smki.store import open_database
 from smki.store.certificates import find_certificate, insert_certificate
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
 
 STATE_DATABASE = "smki.db"
@@ -246,6 +247,7 @@ def _arl(run: _Run, session, connection) -> None:
     ceremony = run.ceremony
     root, signer = _root_and_signer(run, session, "root key")
     root_key_id = describe(root).subject_key_id.hex().upper()
+    reconcile_issuer(connection, root_key_id)  # the ARL is signed from the root's state: it must be the audited one
     for item in ceremony.revoke:
         revoked = read_certificate(item.certificate)
         serial = f"{revoked.serial_number:032X}"
@@ -410,17 +412,20 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
 def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:
     """The ceremony's records and its audit entry, in one transaction, before any output is released."""
     ceremony = run.ceremony
+    change = StateChange()
     with transaction(connection):
         for record in run.records:
             insert_certificate(connection, record)
+            change.issue(record.issuer_key_id, record.serial_hex)
         for issuer_key_id, serial, reason in run.revocations:
             record_revocation(connection, issuer_key_id, serial, run.started, reason)
+            change.revoke(issuer_key_id, serial, run.started.isoformat(), reason)
         if run.crl_number is not None:
-            next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started)
+            change.crl(run.facts["arl_issuer_key_id"], next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started))
         audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "success",
                                 {"ceremony": ceremony.name, "file_sha256": ceremony.sha256, "transcript_sha256": transcript_sha256,
                                  "outputs": [str(path) for path, *_ in run.outputs]},
-                                {"custodians_present": run.custodians_present}, run.policy.identity))
+                                change.details(custodians_present=run.custodians_present), run.policy.identity))
         audit.checkpoint(f"ceremony {ceremony.name}")
 
 

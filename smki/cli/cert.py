@@ -32,6 +32,7 @@ from smki.profiles.lint import pre_issuance_check
 from smki.profiles.validity import utc_midnight
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange
 
 
 def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy,
@@ -42,7 +43,8 @@ def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, oper
                          "issuer_key_id": record.issuer_key_id, "file": str(out)}
     with transaction(operation.connection):
         insert_certificate(operation.connection, record)
-        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject, policy=policy.identity))
+        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject,
+                                          StateChange().issue(record.issuer_key_id, record.serial_hex).details(), policy=policy.identity))
     write_new_file(out, certificate.public_bytes(Encoding.PEM))
     data = {"file": str(out), "serial": record.serial_hex, "subject": certificate.subject.rfc4514_string(),
             "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat(),
