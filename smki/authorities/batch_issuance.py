@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.authorities.batch_workers import check_requests, sign_certificates, start_worker
+from smki.authorities.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
 from smki.errors import BadInputError
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
@@ -253,17 +253,17 @@ class _Run:
         def submit_check() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(("check", pool.apply_async(check_requests, (self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
+                in_flight.append(("check", pool.apply_async(in_plain_data, (check_requests, self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
 
         for _ in range(limit):
             submit_check()
         while in_flight:
             kind, pending, accepted = in_flight.popleft()
-            result = pending.get()
+            result = task_result(pending.get())
             if kind == "check":
                 jobs, accepted = self.decide(result)
                 if jobs:
-                    in_flight.append(("sign", pool.apply_async(sign_certificates, (jobs,)), accepted))
+                    in_flight.append(("sign", pool.apply_async(in_plain_data, (sign_certificates, jobs)), accepted))
                 submit_check()
             else:
                 self.record(result, accepted)

@@ -45,6 +45,14 @@ class Outcome(enum.Enum):
         return self.value[1]
 
 
+def describe_exception(exc: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line and of bounded length: foreign libraries' messages run over
+    several lines (asn1crypto adds `while parsing ...` lines) and may quote the input at length."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class RequestRejected(BadInputError):
     """A request that cannot be honoured; `str()` is `<code> <reason>`."""
 
