@@ -16,7 +16,6 @@ never released; the next run issues those requests afresh with new serials.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from cryptography import x509
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
 from smki.errors import BadInputError
+from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
@@ -89,7 +89,7 @@ class BatchWorkers:
         self.pool = None
 
     def __enter__(self) -> "BatchWorkers":
-        self.pool = multiprocessing.get_context("spawn").Pool(self.count, initializer=start_worker, initargs=self._initargs)
+        self.pool = spawn_pool(self.count, start_worker, self._initargs)  # the allowed environment only: no secret but by the pipe
         self._initargs = ()  # the workers have the PIN; this object no longer needs it
         return self
 
