@@ -3,7 +3,7 @@
 What the ZIP's central directory says is the batch's: its faults refuse the whole batch before
 anything is issued: not a ZIP, too many entries, an empty batch, nested or `..` paths, entries
 that are not `.csr`, duplicate names, encrypted entries, a compression method other than stored
-or deflated, and declared sizes or ratios of a decompression bomb.
+or deflated, declared sizes or ratios of a decompression bomb, and entries lying outside the file.
 What an entry's own bytes hold is its request's: a bad CRC, a truncated or undecodable deflate
 stream, a missing local header, or contents of another size than declared (reading stops at
 the limit whatever the directory claimed) answer that request `FM:0001`, and the rest go on.
@@ -209,6 +209,7 @@ def open_batch(source: Path, limit: int) -> Batch:
     try:
         with zipfile.ZipFile(os.fdopen(os.dup(descriptor), "rb")) as archive:
             infos = archive.infolist()
+        size = os.fstat(descriptor).st_size
         batch_id = _descriptor_sha256(descriptor)  # after the directory: a file that is no ZIP is refused before it is hashed
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as exc:
         # zipfile reports a broken central directory in all of these (ValueError: a negative offset, a name that is not UTF-8).
@@ -222,12 +223,12 @@ def open_batch(source: Path, limit: int) -> Batch:
         if info.filename in seen:
             raise BatchRefused(f"{source}: entry {info.filename!r} appears twice")
         seen.add(info.filename)
-        _check_directory_entry(source, info)
+        _check_directory_entry(source, info, size)
     return Batch(source, tuple(info.filename for info in infos), batch_id)
 
 
-def _check_directory_entry(source: Path, info: zipfile.ZipInfo) -> None:
-    """What the central directory says of one entry: how it is stored and how large it claims to be."""
+def _check_directory_entry(source: Path, info: zipfile.ZipInfo, size: int) -> None:
+    """What the central directory says of one entry: how it is stored, how large it claims to be, where it lies."""
     if info.flag_bits & 0x1:
         raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
     if info.compress_type not in ACCEPTED_COMPRESSION:
@@ -238,6 +239,8 @@ def _check_directory_entry(source: Path, info: zipfile.ZipInfo) -> None:
         raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes from {info.compress_size} (a zip bomb?)")
     if info.compress_size > MAX_COMPRESSED_SIZE:
         raise BatchRefused(f"{source}: entry {info.filename} declares {info.compress_size} compressed bytes for {info.file_size}, over {MAX_COMPRESSED_SIZE}")
+    if info.header_offset < 0 or info.header_offset + _LOCAL_HEADER.size + info.compress_size > size:
+        raise BatchRefused(f"{source}: entry {info.filename} lies outside the file (a truncated ZIP, or a wrong directory)")
 
 
 STATUS_FIELDS = ("identifier", "file", "status", "code", "detail", "serial")

@@ -57,5 +57,6 @@ class RequestRejected(BadInputError):
     """A request that cannot be honoured; `str()` is `<code> <reason>`."""
 
     def __init__(self, outcome: Outcome, reason: str, where: str = "") -> None:
+        reason = " ".join(reason.split())  # one line, whatever a library's message it quotes (asn1crypto's run over several)
         self.outcome, self.reason, self.where = outcome, reason, where
         super().__init__(f"{where + ': ' if where else ''}{outcome.code} {reason}")
