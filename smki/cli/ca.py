@@ -26,7 +26,7 @@ from smki.profiles.describe import describe
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates, open_database
 from smki.store.database import transaction
-from smki.store.reconcile import StateChange, reconcile_issuer
+from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
 
 
@@ -275,3 +275,39 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "
         f"{d['answered_before']} answered before; all answers: {', '.join(f'{k} {v}' for k, v in d['totals'].items())}\n"
         f"wrote {d['response']} and {d['status']}"))
+
+
+@ca_group.command("reconcile")
+@read_state_option
+@json_option
+def reconcile_command(state_dir, as_json):
+    """Check, issuer by issuer, that the state tables agree with what the audit trail records (read-only).
+
+    The same check runs before every CRL, ARL and revocation. Exit 0 when they agree, 1 when not.
+    """
+    connection = open_database(Path(state_dir) / "smki.db", read_only=True)
+    found = {issuer_key_id: differences(connection, issuer_key_id) for issuer_key_id in issuers(connection)}
+    emit(as_json, {"agree": not any(found.values()), "issuers": found}, lambda d: "\n".join(
+        f"issuer {issuer}: " + ("state agrees with the audit trail" if not problems else "DIFFERS: " + "; ".join(problems))
+        for issuer, problems in d["issuers"].items()) or "no issuer in this state")
+    if any(found.values()):
+        raise SystemExit(1)
+
+
+@ca_group.command("adopt-state")
+@state_option
+@json_option
+def adopt_state_command(state_dir, actor, audit_key_uri, audit_pin_source, as_json):
+    """Once, after upgrading from an smki whose audit entries did not record state changes: record the
+    state tables as they stand, in entries signed by the audit key, so that CRLs and revocations reconcile.
+
+    Refused (exit 5) on a trail that already records state changes: there the state is checked against
+    the trail (`smki ca reconcile`), never adopted. Needs --audit-key-uri.
+    """
+    from smki.authorities.state_adoption import OPERATION, adopt_legacy_state
+
+    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, OPERATION) as operation:
+        adopted = adopt_legacy_state(operation.audit, actor)
+    emit(as_json, adopted, lambda d: "\n".join(
+        f"adopted issuer {issuer}: {facts['issued']} certificates, {facts['revoked']} revocations, last cRLNumber {facts['crl_number']}"
+        for issuer, facts in d.items()) or "nothing to adopt: the state names no issuer")

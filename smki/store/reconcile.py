@@ -118,9 +118,41 @@ def _differences(recorded: _IssuerState, held: _IssuerState) -> list[str]:
     return found
 
 
+def differences(connection: sqlite3.Connection, issuer_key_id: str) -> list[str]:
+    """What the issuer's state tables hold that its audit trail does not record, or the other way round."""
+    return _differences(_recorded(connection, issuer_key_id), _held(connection, issuer_key_id))
+
+
+def issuers(connection: sqlite3.Connection) -> list[str]:
+    """Every issuer the state tables name (certificates, revocations, cRLNumbers)."""
+    return sorted({issuer for (issuer,) in connection.execute(
+        "SELECT DISTINCT issuer_key_id FROM certificates UNION SELECT issuer_key_id FROM revocations "
+        "UNION SELECT issuer_key_id FROM crl_numbers")})
+
+
+def records_state_changes(connection: sqlite3.Connection) -> bool:
+    """Whether any audit entry records a state change (trails written before smki did have none)."""
+    return connection.execute("SELECT 1 FROM audit_entries WHERE details LIKE ? LIMIT 1", (f'%"{STATE_KEY}":{{%',)).fetchone() is not None
+
+
+def state_as_changes(connection: sqlite3.Connection, issuer_key_id: str, serials_per_change: int = 5000) -> list[StateChange]:
+    """The issuer's state tables as they stand, written as state changes (issued serials in chunks, as
+    batches record them): what adopting a trail written before smki recorded state changes records."""
+    held = _held(connection, issuer_key_id)
+    serials = sorted(held.issued)
+    changes = [StateChange().issue(issuer_key_id, *serials[start:start + serials_per_change])
+               for start in range(0, len(serials), serials_per_change)] or [StateChange()]
+    last = changes[-1]
+    for serial, (revoked_at, reason) in sorted(held.revoked.items()):
+        last.revoke(issuer_key_id, serial, revoked_at, reason)
+    if held.crl_number:
+        last.crl(issuer_key_id, held.crl_number)
+    return changes
+
+
 def reconcile_issuer(connection: sqlite3.Connection, issuer_key_id: str) -> None:
     """Refuse (one line, exit 1) when the issuer's state tables disagree with its audit trail."""
-    found = _differences(_recorded(connection, issuer_key_id), _held(connection, issuer_key_id))
+    found = differences(connection, issuer_key_id)
     if found:
         more = f" (and {len(found) - 1} more kind(s) of difference)" if len(found) > 1 else ""
         raise RefusedError(f"the state of issuer {issuer_key_id} disagrees with its audit trail: {found[0]}{more}; "
