@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from smki.audit.verify import export_trail, load_export, rows_from_database, verify_trail
 from smki.cli.common import DATABASE, emit, json_option
 from smki.errors import BadInputError, RefusedError
-from smki.files import write_new_file
+from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
 from smki.store import open_database
 
 
@@ -33,10 +33,7 @@ def _public_key(pem: bytes, where: str) -> ec.EllipticCurvePublicKey:
 
 
 def _key_from_file(path: Path) -> ec.EllipticCurvePublicKey:
-    try:
-        return _public_key(path.read_bytes(), str(path))
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
+    return _public_key(read_input(path, MAX_PUBLIC_KEY_BYTES), str(path))
 
 
 def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | None:
@@ -109,7 +106,7 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 def export_command(database, out, public_key) -> None:
     """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
     connection = open_database(database)
-    key_pem = (public_key.read_text() if public_key else
+    key_pem = (read_text_input(public_key, MAX_PUBLIC_KEY_BYTES) if public_key else
                next(iter(connection.execute("SELECT public_key_pem FROM audit_keys").fetchone() or []), None))
     if not key_pem:
         raise RefusedError("the trail has no checkpoint key yet; give --public-key")

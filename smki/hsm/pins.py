@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from smki.errors import BadInputError
 
+MAX_SECRET_CHARACTERS = 4096  # a PIN or passphrase line; far longer is not one
+
 _SOURCE = re.compile(r"(?P<kind>env|fd):(?P<where>.+)|(?P<prompt>prompt)")
 
 
@@ -58,9 +60,15 @@ class PinSource:
         if self.kind == "fd":
             try:
                 with os.fdopen(int(self.where), "r", closefd=False) as stream:
-                    return stream.readline().rstrip("\r\n")
+                    # Bounded: a descriptor on /dev/zero or a huge file must not be read forever.
+                    line = stream.readline(MAX_SECRET_CHARACTERS + 1).rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise BadInputError(f"{purpose}: file descriptor {self.where} does not hold UTF-8 text") from None
             except OSError as exc:
                 raise BadInputError(f"{purpose}: cannot read file descriptor {self.where}: {exc.strerror}") from None
+            if len(line) > MAX_SECRET_CHARACTERS:
+                raise BadInputError(f"{purpose}: the line from file descriptor {self.where} is longer than {MAX_SECRET_CHARACTERS} characters")
+            return line
         return getpass.getpass(f"{purpose}: ")
 
     def describe(self) -> str:

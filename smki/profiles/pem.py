@@ -30,14 +30,11 @@ _WHITESPACE = b" \t\r\n"
 
 
 def der_object(data: bytes, what: str) -> bytes:
-    """`data` if it is one whole DER TLV (a SEQUENCE, as every object here is); bytes after it are refused."""
-    if data[:1] != b"\x30":
-        raise BadInputError(f"{what}: not a DER SEQUENCE")
+    """`data`, refused if bytes follow its first DER TLV. A truncated or malformed TLV is left to
+    the object's own parser, which says best what is wrong."""
     end = _tlv_end(data)
-    if end is None or end > len(data):
-        raise BadInputError(f"{what}: DER is truncated or its length is malformed")
-    if end < len(data):
-        raise BadInputError(f"{what}: {len(data) - end} byte(s) after the DER object")
+    if end is not None and end < len(data):
+        raise _refused(what, f"{len(data) - end} byte(s) after the DER object")
     return data
 
 
@@ -62,22 +59,27 @@ def pem_blocks(data: bytes, what: str, labels: tuple[bytes, ...] | None = None) 
         _refuse_text(data[position:match.start()], what, "between PEM blocks" if blocks else "before the PEM block")
         if labels is not None and match[1] not in labels:
             expected = " or ".join(label.decode() for label in labels)
-            raise BadInputError(f"{what}: PEM armour is {match[1].decode()}, not {expected}")
+            raise _refused(what, f"PEM armour is {match[1].decode()}, not {expected}")
         try:
             der = base64.b64decode(b"".join(match[2].split()), validate=True)
         except binascii.Error:
-            raise BadInputError(f"{what}: PEM block {len(blocks) + 1} has invalid Base64") from None
-        blocks.append((match[1], der_object(der, f"{what}: PEM block {len(blocks) + 1}")))
+            raise _refused(what, f"PEM block {len(blocks) + 1} has invalid Base64") from None
+        blocks.append((match[1], der_object(der, f"{what + ': ' if what else ''}PEM block {len(blocks) + 1}")))
         position = match.end()
     if not blocks:
-        raise BadInputError(f"{what}: {'PEM armour is incomplete or malformed' if b'-----' in data else 'neither DER nor PEM'}")
+        raise _refused(what, "PEM armour is incomplete or malformed" if b"-----" in data else "neither DER nor PEM")
     _refuse_text(data[position:], what, "after the PEM block")
     return blocks
 
 
 def _refuse_text(text: bytes, what: str, where: str) -> None:
     if text.strip(_WHITESPACE):
-        raise BadInputError(f"{what}: text {where} (a file holds exactly the object, nothing else)")
+        raise _refused(what, f"text {where} (a file holds exactly the object, nothing else)")
+
+
+def _refused(what: str, problem: str) -> BadInputError:
+    """`what: problem`, or the problem alone when the caller names the file itself."""
+    return BadInputError(f"{what}: {problem}" if what else problem)
 
 
 def single_object(data: bytes, labels: tuple[PemLabel, ...], what: str) -> bytes:
@@ -87,5 +89,5 @@ def single_object(data: bytes, labels: tuple[PemLabel, ...], what: str) -> bytes
         return der_object(data, what)
     blocks = pem_blocks(data, what, labels)
     if len(blocks) != 1:
-        raise BadInputError(f"{what}: holds {len(blocks)} PEM blocks; exactly one is expected")
+        raise _refused(what, f"holds {len(blocks)} PEM blocks; exactly one is expected")
     return blocks[0][1]
