@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import click
@@ -58,7 +60,8 @@ def _lint_one(kind: str, der: bytes, certificate_type, expected, rfc5280: bool):
         return lint_type, [f.as_json() for f in findings]
     if kind == "csr":
         return _lint_csr(der)
-    lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected)
+    lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected,
+                                           policy_roles=shipped_policy_roles())
     rows = [f.as_json() for f in findings]
     if rfc5280:
         from smki.profiles.lint.pkix import rfc5280_findings
@@ -98,6 +101,12 @@ def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) 
         return tuple(policy_oids)
     env = Environment.parse(environment)
     return tuple(policy_oids) + tuple(load_policy(POLICIES / name).policy_oid(env) for name in ("organisation.yaml", "device.yaml"))
+
+
+@functools.cache
+def shipped_policy_roles() -> tuple[str, ...]:
+    """OU codes of the roles the shipped Organisation Certificate policy names."""
+    return tuple(role.ou for role in load_policy(POLICIES / "organisation.yaml").organisation_roles)
 
 
 @click.command("lint")
