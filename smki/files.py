@@ -127,8 +127,9 @@ def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> Ya
         text = _utf8(raw, path)
     except BadInputError as exc:
         raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # checks the characters first: a NUL or other control is refused here
         node = loader.get_single_node()
         if node is not None:
             _check_expansion(node)
@@ -141,7 +142,8 @@ def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> Ya
     except RecursionError:
         raise YamlError(path, 0, "(yaml)", "nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return YamlDocument(raw, node, data)
 
 
