@@ -27,8 +27,7 @@ from cryptography.x509.oid import NameOID
 import csr_factory as f
 from smki.authorities.crl_lodging import crl_der_from_file
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
-from smki.files import MAX_AUDIT_EXPORT_BYTES, MAX_CERTIFICATE_BYTES, MAX_CSR_BYTES, MAX_PUBLIC_KEY_BYTES, MAX_SHARE_FILE_BYTES, \
-    MAX_YAML_BYTES, read_input
+from smki import files  # its limits are read when a test runs, so each test fails on its own where they are missing
 from smki.hsm.activation import CustodianShare
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.policy import load_policy
@@ -211,7 +210,7 @@ def test_the_token_layout_goes_through_the_same_loader(tmp_path, content, fragme
 def test_an_oversized_yaml_file_is_refused_before_it_is_parsed(tmp_path):
     path = tmp_path / "huge.yaml"
     with path.open("wb") as stream:
-        stream.truncate(MAX_YAML_BYTES + 1)  # sparse: if it were read and parsed, NULs would be "unacceptable characters"
+        stream.truncate(files.MAX_YAML_BYTES + 1)  # sparse: if it were read and parsed, NULs would be "unacceptable characters"
     one_line_error(bounded_smki("policy", "check", str(path)), EXIT_BAD_INPUT, "huge.yaml:0: (file):", "limit")
 
 
@@ -336,14 +335,15 @@ def sparse(path: Path, size: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("reader, limit", [
-    (lambda p: parse_organisation_request(read_input(p, MAX_CSR_BYTES)), MAX_CSR_BYTES),
-    (read_certificate, MAX_CERTIFICATE_BYTES),
-    (read_public_key, MAX_PUBLIC_KEY_BYTES),
-    (load_policy, MAX_YAML_BYTES),
-    (CustodianShare.load, MAX_SHARE_FILE_BYTES),
+@pytest.mark.parametrize("reader, limit_name", [
+    (lambda p: parse_organisation_request(files.read_input(p, files.MAX_CSR_BYTES)), "MAX_CSR_BYTES"),
+    (read_certificate, "MAX_CERTIFICATE_BYTES"),
+    (read_public_key, "MAX_PUBLIC_KEY_BYTES"),
+    (load_policy, "MAX_YAML_BYTES"),
+    (CustodianShare.load, "MAX_SHARE_FILE_BYTES"),
 ], ids=["csr", "certificate", "public-key", "policy", "share"])
-def test_every_reader_refuses_a_file_over_its_kinds_limit_before_reading_it(tmp_path, reader, limit):
+def test_every_reader_refuses_a_file_over_its_kinds_limit_before_reading_it(tmp_path, reader, limit_name):
+    limit = getattr(files, limit_name)
     path = sparse(tmp_path / "big", limit + 1)
     with pytest.raises(BadInputError, match=f"{limit}-byte limit"):
         reader(path)
@@ -354,7 +354,7 @@ def test_a_200_mb_csr_is_refused_by_its_size_without_being_read(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(BadInputError, match="over the 16384-byte limit"):
-            read_input(path, MAX_CSR_BYTES)
+            files.read_input(path, files.MAX_CSR_BYTES)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -367,7 +367,7 @@ def test_an_audit_export_over_its_limit_is_refused(tmp_path, monkeypatch):
     path = sparse(tmp_path / "export.json", 1025)
     with pytest.raises(BadInputError, match="1024-byte limit"):
         verify.load_export(path)
-    assert MAX_AUDIT_EXPORT_BYTES >= 256 * 1024 * 1024  # a long trail still fits
+    assert files.MAX_AUDIT_EXPORT_BYTES >= 256 * 1024 * 1024  # a long trail still fits
 
 
 # -- conformance nits ----------------------------------------------------------------------------------------
