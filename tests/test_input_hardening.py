@@ -210,7 +210,7 @@ def test_the_token_layout_goes_through_the_same_loader(tmp_path, content, fragme
 def test_an_oversized_yaml_file_is_refused_before_it_is_parsed(tmp_path):
     path = tmp_path / "huge.yaml"
     with path.open("wb") as stream:
-        stream.truncate(files.MAX_YAML_BYTES + 1)  # sparse: if it were read and parsed, NULs would be "unacceptable characters"
+        stream.truncate(50 * 1024 * 1024)  # sparse; read and parsed, its NULs would be "unacceptable characters" (a traceback)
     one_line_error(bounded_smki("policy", "check", str(path)), EXIT_BAD_INPUT, "huge.yaml:0: (file):", "limit")
 
 
@@ -363,16 +363,16 @@ def test_a_crl_file_over_its_limit_is_refused_in_one_line(software_pki, tmp_path
 
 def test_a_200_mb_csr_is_refused_by_its_size_without_being_read(tmp_path, run_smki):
     path = sparse(tmp_path / "huge.csr", HUGE)
+    result = run_smki("lint", str(path))
+    assert result.returncode == EXIT_BAD_INPUT and result.stdout.startswith(f"{path}: cannot lint: ") and "-byte limit" in result.stdout
     tracemalloc.start()
     try:
         with pytest.raises(BadInputError, match="over the 16384-byte limit"):
-            files.read_input(path, files.MAX_CSR_BYTES)  # what `smki ca issue-org/issue-device --csr` read
+            files.read_input(path, files.MAX_CSR_BYTES)  # what `smki ca issue-org/issue-device` read a CSR with
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 1024 * 1024
-    result = run_smki("lint", str(path))
-    assert result.returncode == EXIT_BAD_INPUT and result.stdout.startswith(f"{path}: cannot lint: ") and "-byte limit" in result.stdout
 
 
 def test_an_audit_export_far_over_its_limit_is_refused_in_one_line(tmp_path):
