@@ -415,3 +415,22 @@ def test_lint_warns_on_an_organisation_role_no_policy_names(software_pki, tmp_pa
     by_file = {Path(row["file"]).name: row["findings"] for row in json.loads(result.stdout)}
     assert [(r["rule"], r["severity"]) for r in by_file["xml.der"]] == [("smki.organisation.role_in_policy", "warning")]
     assert "xmlSign" in by_file["xml.der"][0]["message"] and by_file["supplier.der"] == []
+
+
+def test_an_audit_public_key_file_with_trailing_junk_is_refused(software_pki, tmp_path):
+    from smki.cli.audit import _key_from_file
+    _, issuing, _ = software_pki
+    key = issuing.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(BadInputError, match="after the PEM block"):
+        _key_from_file(_write(tmp_path / "audit.pem", key + b"junk\n"))
+    with pytest.raises(BadInputError, match="2 PEM blocks"):
+        _key_from_file(_write(tmp_path / "two.pem", key * 2))
+    assert _key_from_file(_write(tmp_path / "ok.pem", key)).public_numbers() == issuing.public_key().public_numbers()
+
+
+def test_publishing_over_a_link_to_dev_zero_replaces_it_instead_of_reading_forever(tmp_path):
+    (tmp_path / "crl.der").symlink_to("/dev/zero")
+    result = bounded_python("from pathlib import Path\nfrom smki.authorities.publishing import _publish_file\n"
+                            f"path = Path({str(tmp_path / 'crl.der')!r})\n"
+                            "print(_publish_file(path, b'CRL', set()), path.is_symlink(), path.read_bytes())\n", timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == "1 False b'CRL'", result.stderr[-2000:]
