@@ -6,7 +6,6 @@ from asn1crypto import core, x509 as asn1_x509
 
 from smki.errors import BadInputError
 from smki.identifiers import RemotePartyRole
-
 from smki.profiles.lint.certificate_view import (AKI, BC, CONTINGENCY, CP, ECDSA_WITH_SHA256, KU, SAN, SKI,
                                                  CertificateView)
 from smki.profiles.lint.findings import Rule, Severity
