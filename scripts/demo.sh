@@ -33,8 +33,11 @@ for authority in issuing-oca issuing-dca librarian-audit; do
   if [ "$authority" != librarian-audit ]; then
     run "$SMKI" hsm keygen --token "$token" --key-label "$authority-audit" --key-id 02 --pin-source env:DEMO_PIN --state "state/$authority"
   fi
+  # The Issuing Authorities' keygen is checkpointed by their audit key (made just before); the Librarian's
+  # audit key signs the checkpoint of its own generation.
+  own_audit_key="$(audit_uri "$authority")"; [ "$authority" = librarian-audit ] && own_audit_key="pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01"
   run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN --state "state/$authority" \
-    $( [ "$authority" != librarian-audit ] && echo --audit-key-uri "$(audit_uri "$authority")" --audit-pin-source env:DEMO_PIN )
+    --audit-key-uri "$own_audit_key" --audit-pin-source env:DEMO_PIN
 done
 run "$SMKI" hsm list --token SMKI-ISSUING-OCA --pin-source env:DEMO_PIN
 
@@ -238,13 +241,6 @@ run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --db repository.db
 run "$SMKI" audit export --db repository.db --out audit-trail.json
 run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
-for authority in issuing-oca issuing-dca; do   # key generation and issuance: each authority's own trail
-  run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
-  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
-done
-for authority in root-oca root-dca; do   # the roots' ceremonies: each entry names the ceremony file and transcript digests
-  run "$SMKI" audit verify --db "state/$authority/smki.db"
-done
 
 step "11. Root drills from the shipped files: a root re-key with a cross-certificate, and contingency key recovery"
 run "$SMKI" ceremony run ceremonies/root-oca-rekey.yaml --operator demo-operator $PASSPHRASES
@@ -265,5 +261,19 @@ same = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(
 print("the Root OCA certificate's wrapped contingency key unwraps to the recovered public key:", same)
 assert same
 PY
+
+step "12. The auditor verifies every trail the demo left, each against its own audit key"
+echo "(a root's audit key lives in the root's token beside the root key; its public key is in the key ceremony's"
+echo " transcript, which the witnesses signed: that is where the auditor takes it from)"
+for root in root-oca root-dca; do
+  "$REPO/.venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["facts"]["audit_key"]["public_key_pem"], end="")' \
+    "transcripts/$root-key.json" > "state/$root/audit.pub.pem"
+  run "$SMKI" audit verify --db "state/$root/smki.db" --public-key "state/$root/audit.pub.pem"
+done
+run "$SMKI" audit verify --db state/librarian-audit/smki.db --public-key librarian-audit.pub.pem   # the key's own generation
+for authority in issuing-oca issuing-dca; do   # key generation and issuance: each Issuing Authority's own trail
+  run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
+  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
+done
 
 step "Done. Everything is in $OUT"

@@ -180,7 +180,7 @@ def test_pin_sources(monkeypatch):
     for spec in ("1234", "env:", "fd:x", "file:/tmp/pin"):
         with pytest.raises(BadInputError, match="never accepted|fd: takes|must be env"):
             PinSource.parse(spec)
-    with pytest.raises(BadInputError, match="NOT_SET_ANYWHERE is not set"):
+    with pytest.raises(BadInputError, match="environment variable named by the secret source is not set"):
         PinSource.parse("env:NOT_SET_ANYWHERE").read()
 
 

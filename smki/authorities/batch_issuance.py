@@ -16,7 +16,6 @@ never released; the next run issues those requests afresh with new serials.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,8 +25,9 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.authorities.batch_workers import check_requests, sign_certificates, start_worker
+from smki.authorities.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
 from smki.errors import BadInputError
+from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
@@ -45,6 +45,7 @@ from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_ou
                                 known_subject_keys, record_outcomes, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange
 
 OPERATION = "certificate.issue.device.batch"
 
@@ -89,7 +90,7 @@ class BatchWorkers:
         self.pool = None
 
     def __enter__(self) -> "BatchWorkers":
-        self.pool = multiprocessing.get_context("spawn").Pool(self.count, initializer=start_worker, initargs=self._initargs)
+        self.pool = spawn_pool(self.count, start_worker, self._initargs)  # the allowed environment only: no secret but by the pipe
         self._initargs = ()  # the workers have the PIN; this object no longer needs it
         return self
 
@@ -237,7 +238,8 @@ class _Run:
         with transaction(self.connection):
             insert_certificates(self.connection, records)
             record_outcomes(self.connection, self.summary.batch_id, outcomes)
-            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, policy=self.plan.policy.identity))
+            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, StateChange().issue(self.issuer_key_id, *serials).details(),
+                                         policy=self.plan.policy.identity))
         self.records, self.outcomes, self.ders, self.tasks_pending = [], [], {}, 0
         self.transactions += 1
         for outcome in outcomes:  # recorded now; released only when the whole batch is durable
@@ -253,17 +255,17 @@ class _Run:
         def submit_check() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(("check", pool.apply_async(check_requests, (self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
+                in_flight.append(("check", pool.apply_async(in_plain_data, (check_requests, self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
 
         for _ in range(limit):
             submit_check()
         while in_flight:
             kind, pending, accepted = in_flight.popleft()
-            result = pending.get()
+            result = task_result(pending.get())
             if kind == "check":
                 jobs, accepted = self.decide(result)
                 if jobs:
-                    in_flight.append(("sign", pool.apply_async(sign_certificates, (jobs,)), accepted))
+                    in_flight.append(("sign", pool.apply_async(in_plain_data, (sign_certificates, jobs)), accepted))
                 submit_check()
             else:
                 self.record(result, accepted)

@@ -36,12 +36,14 @@ from pathlib import Path
 
 from smki.errors import ConflictError
 from smki.files import refuse_existing
+from smki.store.certificates import REPOSITORY_STATUS_SQL, status_now
 
 BULK_FORMAT = "smki-bulk/1"
 DEFAULT_DELTA_PERIOD = timedelta(days=1)
 
+# The status as every reader derives it (one parameter: status_now()).
 _LINE_COLUMNS = "c.serial_hex, c.issuer_key_id, c.subject_key_id, c.certificate_type, c.entity_id, c.role, c.key_usage, " \
-                "c.status, c.not_before, c.not_after, c.issued_at, c.der"
+                f"{REPOSITORY_STATUS_SQL}, c.not_before, c.not_after, c.issued_at, c.der"
 # Status changes come from CRLs the Librarian lodged, and from revocations an authority recorded in its own database.
 _STATUS_CHANGED_SINCE = (
     "(EXISTS (SELECT 1 FROM certificate_status_changes s WHERE s.issuer_key_id = c.issuer_key_id "
@@ -76,18 +78,19 @@ def _line(row, changes: list[str] | None = None) -> bytes:
     return (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def full_lines(connection: sqlite3.Connection) -> Iterator[bytes]:
+def full_lines(connection: sqlite3.Connection, now: datetime | None = None) -> Iterator[bytes]:
     # Streamed from the cursor: a full file may hold millions of certificates.
-    for row in connection.execute(f"SELECT {_LINE_COLUMNS} FROM certificates c ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex"):
+    for row in connection.execute(f"SELECT {_LINE_COLUMNS} FROM certificates c ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex",
+                                  (status_now(now),)):
         yield _line(row)
 
 
-def delta_lines(connection: sqlite3.Connection, since: datetime) -> Iterator[bytes]:
+def delta_lines(connection: sqlite3.Connection, since: datetime, now: datetime | None = None) -> Iterator[bytes]:
     start = iso_utc(since)
     rows = connection.execute(
         f"SELECT {_LINE_COLUMNS}, CASE WHEN c.issued_at >= ? THEN 1 ELSE 0 END, CASE WHEN {_STATUS_CHANGED_SINCE} THEN 1 ELSE 0 END "
         f"FROM certificates c WHERE c.issued_at >= ? OR {_STATUS_CHANGED_SINCE} ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex",
-        (start, start, start, start, start, start))
+        (status_now(now), start, start, start, start, start, start))
     for *row, lodged, status_changed in rows:
         yield _line(row, [name for name, flag in (("lodged", lodged), ("status", status_changed)) if flag])
 
@@ -145,5 +148,5 @@ def write_bulk_files(connection: sqlite3.Connection, directory: Path, *, since: 
     full_name, delta_name = bulk_file_names(now)
     for name in (full_name, delta_name):
         refuse_existing(Path(directory) / name)
-    return [write_bulk_file(Path(directory) / full_name, "full", full_lines(connection)),
-            write_bulk_file(Path(directory) / delta_name, "delta", delta_lines(connection, since))]
+    return [write_bulk_file(Path(directory) / full_name, "full", full_lines(connection, now)),
+            write_bulk_file(Path(directory) / delta_name, "delta", delta_lines(connection, since, now))]

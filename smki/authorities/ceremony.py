@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from smki.audit.trail import AuditEntry, AuditTrail
+from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
 from smki.authorities.ceremony_file import Ceremony
 from smki.authorities.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
@@ -52,6 +52,7 @@ from smki.profiles.public_keys import check_public_key
 from smki.store import open_database
 from smki.store.certificates import find_certificate, insert_certificate
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
 
 STATE_DATABASE = "smki.db"
@@ -138,6 +139,25 @@ def _signer_for(run: _Run, session, key, role: str) -> Pkcs11Signer:
     public_object, private_object = find_key_pair(session, key.label, key.key_id)
     _read_back(run, private_object, role)
     return Pkcs11Signer(private_object, public_key_of(public_object))
+
+
+def _audit_signer(run: _Run, session) -> Pkcs11Signer:
+    """The root's audit key, beside the root key in its token: made by the root-key ceremony, found by every other.
+
+    It signs a checkpoint of the root's audit trail at the end of every ceremony, so a root's trail
+    is as verifiable as an Issuing Authority's. Its public key goes into the transcript the witnesses
+    sign, which is where an auditor takes it from.
+    """
+    spec = run.ceremony.hsm.audit_key
+    if run.ceremony.kind == "root-key":
+        public_object, private_object = generate_p256_key_pair(session, spec.label, spec.key_id)
+    else:
+        public_object, private_object = find_key_pair(session, spec.label, spec.key_id)
+    _read_back(run, private_object, "audit key")
+    signer = Pkcs11Signer(private_object, public_key_of(public_object))
+    run.facts["audit_key"] = {"label": spec.label, "id": spec.key_id.hex(), "key_id": key_id_of(signer.public_key),
+                              "public_key_pem": signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()}
+    return signer
 
 
 def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, Pkcs11Signer]:
@@ -229,6 +249,7 @@ def _arl(run: _Run, session, connection) -> None:
     ceremony = run.ceremony
     root, signer = _root_and_signer(run, session, "root key")
     root_key_id = describe(root).subject_key_id.hex().upper()
+    reconcile_issuer(connection, root_key_id)  # the ARL is signed from the root's state: it must be the audited one
     for item in ceremony.revoke:
         revoked = read_certificate(item.certificate)
         serial = f"{revoked.serial_number:032X}"
@@ -366,6 +387,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
             pin = _presented_pin(run)
         session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.kind in ("root-key", "root-rekey"))
         del pin
+        audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
         if ceremony.kind == "arl":
             _arl(run, session, connection)
         else:
@@ -374,13 +396,11 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
         _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
     except BaseException as error:
+        if isinstance(error, SmkiError):
+            _record_refusal(run, connection, audit, error, signed=not created_token)
         close_all()
         if created_token:
             delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
-        if isinstance(error, SmkiError):
-            with transaction(connection):
-                audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "refused",
-                                        {"ceremony": ceremony.name, "file_sha256": ceremony.sha256}, {"reason": str(error)}))
         raise
     finally:
         close_all()
@@ -394,17 +414,39 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
 def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:
     """The ceremony's records and its audit entry, in one transaction, before any output is released."""
     ceremony = run.ceremony
+    change = StateChange()
     with transaction(connection):
         for record in run.records:
             insert_certificate(connection, record)
+            change.issue(record.issuer_key_id, record.serial_hex)
         for issuer_key_id, serial, reason in run.revocations:
             record_revocation(connection, issuer_key_id, serial, run.started, reason)
+            change.revoke(issuer_key_id, serial, run.started.isoformat(), reason)
         if run.crl_number is not None:
-            next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started)
+            change.crl(run.facts["arl_issuer_key_id"], next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started))
         audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "success",
                                 {"ceremony": ceremony.name, "file_sha256": ceremony.sha256, "transcript_sha256": transcript_sha256,
                                  "outputs": [str(path) for path, *_ in run.outputs]},
-                                {"custodians_present": run.custodians_present}, run.policy.identity))
+                                change.details(custodians_present=run.custodians_present), run.policy.identity))
+        audit.checkpoint(f"ceremony {ceremony.name}")
+
+
+def _record_refusal(run: _Run, connection, audit: AuditTrail, error: SmkiError, signed: bool) -> None:
+    """The refusal's audit entry; signed by the audit key when the ceremony got that far and the token survives.
+
+    A refusal before the custodians' quorum cannot be signed (the key stays locked): the next
+    ceremony's checkpoint covers it.
+    """
+    ceremony = run.ceremony
+    with transaction(connection):
+        audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "refused",
+                                {"ceremony": ceremony.name, "file_sha256": ceremony.sha256}, {"reason": str(error)}))
+    if signed and audit.signer is not None:
+        try:
+            with transaction(connection):
+                audit.checkpoint(f"ceremony {ceremony.name} (refused)")
+        except SmkiError:
+            pass  # the original refusal is what the operator must see; the entry waits for the next checkpoint
 
 
 def _prompt(custodian: str, purpose: str) -> str:

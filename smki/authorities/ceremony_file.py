@@ -40,6 +40,11 @@ class HsmSpec:
     module: str
     token: str
     key: KeySpec
+    audit_key: KeySpec  # signs the root's audit checkpoints; lives beside the root key
+
+
+# The audit key a ceremony file need not name: `<authority>-audit`, CKA_ID 02 (as the Issuing Authorities' audit keys).
+DEFAULT_AUDIT_KEY_ID = bytes.fromhex("02")
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,9 @@ def load_ceremony(path: Path) -> Ceremony:
         kind=data["ceremony"], path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
         policy=here(data["policy"]), environment=Environment.parse(data["environment"]), state=here(data["state"]),
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
-        hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"])),
+        hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),
+                    _key(data["hsm"]["audit_key"]) if data["hsm"].get("audit_key")
+                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID)),
         custodians=tuple(custodians.get("names") or custodians.get("present")), shares=here(custodians["shares"]),
         certificate=certificate_spec,
         contingency=ContingencySpec(_key(contingency["key"]), _key(contingency["wrapping_key"]), bool(contingency.get("critical", False)))

@@ -7,9 +7,10 @@ A CRL is accepted only if
 - its cRLNumber is strictly greater than the last one lodged for that issuer (a replayed or
   rolled-back list would un-revoke certificates);
 - its nextUpdate is still in the future (a stale list tells relying parties nothing).
-An ARL is a CRL whose issuer is a root. Accepting a list also sets repository status R on the
-lodged certificates it names. The checks, the record, the status changes and the audit entry
-are one transaction; a refusal is audited in its own and then raised.
+An ARL is a CRL whose issuer is a root. Accepting a list records the serials it names (so a
+certificate lodged later is revoked too: status is derived in smki.store.certificates) and sets
+repository status R on the lodged certificates it names. The checks, the record, the status
+changes and the audit entry are one transaction; a refusal is audited in its own and then raised.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
 from smki.store.certificates import CertificateRecord, list_certificates
 from smki.store.database import transaction
-from smki.store.lodged_crls import LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, mark_revoked
+from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, mark_revoked,
+                                     record_listed_serials)
 
 CA_TYPES = ("root", "issuing-ca")
 
@@ -146,6 +148,7 @@ def _accept(connection: sqlite3.Connection, crl: x509.CertificateRevocationList,
                        sha256=sha256, der=crl_der, lodged_at=now.isoformat(timespec="seconds"))
     insert_lodged_crl(connection, record)
     listed = {serial_hex(entry.serial_number) for entry in crl}
+    record_listed_serials(connection, record, listed)
     revoked = mark_revoked(connection, key_id, listed, record.lodged_at, f"{kind} {key_id} {number}")
     return CrlLodgement(record, revoked)
 

@@ -8,8 +8,17 @@
     GET  /index.json?apikey=K                    the published directory's index (smki.authorities.publishing)
 
 Content type application/xml. HTTP 402: nothing found; 401: invalid search parameters;
-400: malformed XML; 403: missing or unknown apikey; 413: body over the limit. Request
-bodies are parsed with defusedxml: DTDs, entity expansion and external entities are refused.
+400: malformed XML or request framing; 403: missing or unknown apikey; 411: a body not framed by
+Content-Length (Transfer-Encoding); 413: body over the limit; 414/431: request line or headers
+over their limits; 503: too many connections. Request bodies are parsed with defusedxml: DTDs,
+entity expansion and external entities are refused.
+
+Limits, because every party and every attacker shares one process: a request (line, headers and
+body) must arrive within `timeout` seconds of the server starting to wait for it, which also ends
+idle keep-alive connections; at most `max_connections` connections are served at once (each has
+a thread), more are answered 503 and closed; headers are bounded in total, the body by
+MAX_BODY_SIZE. A malformed request gets a 4xx and its connection is closed (what follows it on
+the connection cannot be framed).
 Element names follow shared/docs/smki-profiles.md; the search request's usage and status
 elements are `CertificateUsage` (DS/KA) and `CertificateStatus` (P/I/N/E/R), as in the response.
 """
@@ -17,10 +26,14 @@ elements are `CertificateUsage` (DS/KA) and `CertificateStatus` (P/I/N/E/R), as 
 from __future__ import annotations
 
 import base64
+import http.client
 import hmac
 import re
+import socket
 import sqlite3
+import sys
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -36,11 +49,16 @@ from defusedxml import DefusedXmlException
 
 from smki.errors import BadInputError
 from smki.identifiers import EUI64
-from smki.store.certificates import CertificateRecord, find_certificate, search_certificates
+from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, search_certificates
 
 MAX_BODY_SIZE = 16 * 1024
-STATUS_CODES = {"P", "I", "N", "E", "R"}
-_SERIAL = re.compile(r"[0-9A-Fa-f]{1,40}")
+MAX_HEADER_SIZE = 16 * 1024  # the request line and every header line together
+MAX_QUERY_FIELDS = 8
+REQUEST_TIMEOUT = 20.0  # seconds: for a request to arrive whole, and for an idle keep-alive connection
+MAX_CONNECTIONS = 256
+_DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
+STATUS_CODES = {status.value for status in RepositoryStatus}
+_HEX_ID = re.compile(r"[0-9A-Fa-f]{1,40}")  # a serial or a key identifier, any case
 _CRL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\.crl")
 
 
@@ -101,7 +119,7 @@ def parse_retrieve_request(body: bytes) -> str:
     if {child.tag for child in root} != {"CertificateSerial"}:
         raise ServiceError(HTTPStatus.UNAUTHORIZED, "a CertificateDataRequest holds exactly one CertificateSerial")
     serial = _single_text(root, "CertificateSerial")
-    if not serial or not _SERIAL.fullmatch(serial):
+    if not serial or not _HEX_ID.fullmatch(serial):
         raise ServiceError(HTTPStatus.UNAUTHORIZED, f"CertificateSerial {serial!r} is not a hexadecimal serial")
     return serial.upper()
 
@@ -166,7 +184,14 @@ class RepositoryService:
         return self._local.connection
 
     def authorised(self, api_key: str | None) -> bool:
-        return api_key is not None and any(hmac.compare_digest(api_key, known) for known in self._api_keys)
+        """Compared as UTF-8 bytes (compare_digest refuses non-ASCII str) against every key, in constant time."""
+        if api_key is None:
+            return False
+        offered = api_key.encode("utf-8", "surrogateescape")
+        matched = False
+        for known in self._api_keys:
+            matched |= hmac.compare_digest(offered, known.encode("utf-8", "surrogateescape"))
+        return matched
 
     def search(self, body: bytes, audit_reference: str) -> ET.Element:
         query = parse_search_request(body)
@@ -183,7 +208,7 @@ class RepositoryService:
         return retrieve_response(records[0], audit_reference)
 
     def certificate_der(self, serial: str) -> bytes:
-        if not _SERIAL.fullmatch(serial):
+        if not _HEX_ID.fullmatch(serial):
             raise ServiceError(HTTPStatus.UNAUTHORIZED, "not a hexadecimal serial")
         records = find_certificate(self.connection(), serial)
         if not records:
@@ -191,7 +216,7 @@ class RepositoryService:
         return records[0].der
 
     def issuer_certificate_der(self, issuer_key_id: str, serial: str) -> bytes:
-        if not (_SERIAL.fullmatch(issuer_key_id) and _SERIAL.fullmatch(serial)):
+        if not (_HEX_ID.fullmatch(issuer_key_id) and _HEX_ID.fullmatch(serial)):
             raise ServiceError(HTTPStatus.UNAUTHORIZED, "not a hexadecimal issuer key identifier and serial")
         records = [r for r in find_certificate(self.connection(), serial) if r.issuer_key_id == issuer_key_id.upper()]
         if not records:
@@ -201,6 +226,10 @@ class RepositoryService:
     def published_file(self, name: str) -> bytes:
         if not _CRL_NAME.fullmatch(name) or self.published_dir is None:
             raise ServiceError(HTTPStatus.NOT_FOUND, "no such file")
+        stem = name[:-len(".crl")]
+        if _HEX_ID.fullmatch(stem):
+            # Published lists are named by the issuer's SKI in uppercase hex; hex names any case, as /certificates/ does.
+            name = f"{stem.upper()}.crl"
         # `smki librarian publish` keeps CRLs under crl/; a hand-made directory may hold them at the top.
         return self._read_published(self.published_dir / "crl" / name, self.published_dir / name)
 
@@ -224,80 +253,252 @@ _POST_ROUTES = {"/services/certificatesearch": ("search", "CertificateSearchResp
                 "/services/retrievecertificate": ("retrieve", "CertificateDataResponse")}
 
 
+class _RequestReader:
+    """The connection's input, read within the request's limits.
+
+    http.server reads the request line and headers with readline, the body is read with read:
+    here both check the request's deadline before each socket read (the socket's own timeout
+    bounds one read, so a request that trickles in a byte at a time is cut off too), and readline
+    counts the header bytes against MAX_HEADER_SIZE. Each socket read is at most one recv.
+    """
+
+    def __init__(self, stream, timeout: float) -> None:
+        self._stream, self._timeout = stream, timeout
+        self._deadline, self._header_bytes = float("inf"), 0
+
+    def start_request(self) -> None:
+        self._deadline, self._header_bytes = time.monotonic() + self._timeout, 0
+
+    def _check_deadline(self) -> None:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"request not received within {self._timeout:g} s")
+
+    def readline(self, limit: int = -1) -> bytes:
+        """One line; `limit` (http.server's, 64 KiB) is above MAX_HEADER_SIZE, which bounds the line instead."""
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            self._check_deadline()
+            buffered = self._stream.peek(1)  # what is buffered, or one recv when nothing is
+            if not buffered:
+                break  # end of stream
+            end = buffered.find(b"\n")
+            line += self._stream.read(len(buffered) if end < 0 else end + 1)
+            if self._header_bytes + len(line) > MAX_HEADER_SIZE:
+                raise http.client.LineTooLong(f"request line and headers over {MAX_HEADER_SIZE} bytes")
+        self._header_bytes += len(line)
+        return bytes(line)
+
+    def read(self, size: int) -> bytes:
+        chunks, remaining = [], size
+        while remaining > 0:
+            self._check_deadline()
+            chunk = self._stream.read1(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "smki-repository"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # TCP_NODELAY: with Nagle, a keep-alive client's delayed ACK stalls each answer 40 ms
     wbufsize = -1  # buffer the headers and body: one send per answer (handle_one_request flushes)
+    timeout = REQUEST_TIMEOUT  # the socket's timeout: one read or write (make_server sets it)
     service: RepositoryService
+    rfile: _RequestReader
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _RequestReader(self.rfile, self.timeout)
+
+    def handle_one_request(self) -> None:
+        self.rfile.start_request()
+        try:
+            super().handle_one_request()
+        except http.client.LineTooLong:  # the request line (header lines are answered 431 by parse_request)
+            self.requestline = self.request_version = self.command = ""
+            self.close_connection = True
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            self.close_connection = True
+            return False
+        return self._check_framing()
+
+    def _check_framing(self) -> bool:
+        """Take the body's length from the request's framing, or answer why not (False)."""
+        try:
+            self.body_length = self._body_length()
+        except ServiceError as error:
+            self.close_connection = True
+            self.send_error(error.status, error.message)
+            return False
+        self.body_read = self.body_length == 0  # only POST reads a body: any other must end the connection
+        return True
+
+    def _body_length(self) -> int:
+        """The body's length from the one framing this server accepts: at most one Content-Length, ASCII digits."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise ServiceError(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding is not accepted: send the body with Content-Length")
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            raise ServiceError(HTTPStatus.BAD_REQUEST, "Content-Length given more than once")
+        if not lengths:
+            return 0
+        if not _DIGITS.fullmatch(lengths[0]):
+            raise ServiceError(HTTPStatus.BAD_REQUEST, "Content-Length is not a decimal number of bytes")
+        length = int(lengths[0])
+        if length > MAX_BODY_SIZE:
+            raise ServiceError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_SIZE} bytes")
+        return length
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep API keys out of stderr logs
         return
 
     def handle_expect_100(self) -> bool:
+        if not self._check_framing():
+            return False  # no "100 Continue" for a body that would be refused
         answer = super().handle_expect_100()
         self.wfile.flush()  # the client waits for "100 Continue" before it sends the body
         return answer
 
     def _target(self) -> tuple[str, str | None]:
         parts = urlsplit(self.path)
-        keys = parse_qs(parts.query).get("apikey")
+        try:
+            keys = parse_qs(parts.query, max_num_fields=MAX_QUERY_FIELDS).get("apikey")
+        except ValueError:
+            raise ServiceError(HTTPStatus.BAD_REQUEST, f"more than {MAX_QUERY_FIELDS} query fields") from None
+        if keys and len(keys) > 1:
+            raise ServiceError(HTTPStatus.BAD_REQUEST, "apikey given more than once")
         return parts.path, keys[0] if keys else None
+
+    def _authorise(self, api_key: str | None) -> None:
+        if not self.service.authorised(api_key):
+            raise ServiceError(HTTPStatus.FORBIDDEN, "missing or unknown apikey")
+
+    def _read_body(self) -> bytes:
+        body = self.rfile.read(self.body_length)
+        self.body_read = True
+        if len(body) < self.body_length:
+            self.close_connection = True
+            raise ServiceError(HTTPStatus.BAD_REQUEST, "request body shorter than its Content-Length")
+        return body
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
     def _send_xml(self, element: ET.Element, status: HTTPStatus = HTTPStatus.OK) -> None:
         self._send(status, to_xml_bytes(element), "application/xml")
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        path, api_key = self._target()
-        reference = uuid.uuid4().hex
-        route = _POST_ROUTES.get(path)
+    def _answer(self, action: Callable[[], None], send_error: Callable[[ServiceError], None]) -> None:
+        """Run `action`; any error it raises is answered (a fault of this server as 500, with one line on stderr)."""
         try:
+            action()
+            return
+        except ServiceError as error:
+            failure = error
+        except (TimeoutError, ConnectionError):
+            raise  # the client is too slow or gone: handle_one_request and handle_error end the connection
+        except Exception as exc:  # noqa: BLE001 - a request must get an answer, not silence and a traceback
+            sys.stderr.write(f"smki librarian serve: {self.command} {urlsplit(self.path).path}: {type(exc).__name__}: {exc}\n")
+            failure = ServiceError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        if not self.body_read:
+            self.close_connection = True  # the unread body would be taken for the next request
+        send_error(failure)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        reference = uuid.uuid4().hex
+        path = urlsplit(self.path).path
+        route = _POST_ROUTES.get(path)
+
+        def answer() -> None:
+            _, api_key = self._target()
             if route is None:
                 raise ServiceError(HTTPStatus.NOT_FOUND, "no such service")
-            if not self.service.authorised(api_key):
-                raise ServiceError(HTTPStatus.FORBIDDEN, "missing or unknown apikey")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_SIZE:
-                self.close_connection = True
-                raise ServiceError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_SIZE} bytes")
-            body = self.rfile.read(length)
+            self._authorise(api_key)
+            body = self._read_body()
             self._send_xml(getattr(self.service, route[0])(body, reference))
-        except ServiceError as error:
-            self._send_xml(_response(route[1] if route else "ErrorResponse", error.status, error.message, reference), error.status)
+
+        self._answer(answer, lambda error: self._send_xml(
+            _response(route[1] if route else "ErrorResponse", error.status, error.message, reference), error.status))
 
     def do_GET(self) -> None:  # noqa: N802
-        path, api_key = self._target()
-        try:
-            if not self.service.authorised(api_key):
-                raise ServiceError(HTTPStatus.FORBIDDEN, "missing or unknown apikey")
-            if path.startswith("/certificates/") and path.endswith(".cer") and path.count("/") == 3:
-                issuer_key_id, serial = path[len("/certificates/"):-4].split("/")
-                self._send(HTTPStatus.OK, self.service.issuer_certificate_der(issuer_key_id, serial), "application/pkix-cert")
-            elif path.startswith("/certificates/") and path.endswith(".cer"):
-                self._send(HTTPStatus.OK, self.service.certificate_der(path[len("/certificates/"):-4]), "application/pkix-cert")
-            elif path.startswith("/crl/"):
-                self._send(HTTPStatus.OK, self.service.published_file(path[len("/crl/"):]), "application/pkix-crl")
-            elif path == "/index.json":
-                self._send(HTTPStatus.OK, self.service.published_index(), "application/json")
-            else:
-                raise ServiceError(HTTPStatus.NOT_FOUND, "no such resource")
-        except ServiceError as error:
-            self._send(error.status, error.message.encode() + b"\n", "text/plain")
+        if not self.body_read:
+            self.close_connection = True  # a GET's body is never read: what follows it cannot be framed
+
+        def answer() -> None:
+            path, api_key = self._target()
+            self._authorise(api_key)
+            self._send_get(path)
+
+        self._answer(answer, lambda error: self._send(error.status, error.message.encode() + b"\n", "text/plain"))
+
+    def _send_get(self, path: str) -> None:
+        if path.startswith("/certificates/") and path.endswith(".cer") and path.count("/") == 3:
+            issuer_key_id, serial = path[len("/certificates/"):-4].split("/")
+            self._send(HTTPStatus.OK, self.service.issuer_certificate_der(issuer_key_id, serial), "application/pkix-cert")
+        elif path.startswith("/certificates/") and path.endswith(".cer"):
+            self._send(HTTPStatus.OK, self.service.certificate_der(path[len("/certificates/"):-4]), "application/pkix-cert")
+        elif path.startswith("/crl/"):
+            self._send(HTTPStatus.OK, self.service.published_file(path[len("/crl/"):]), "application/pkix-crl")
+        elif path == "/index.json":
+            self._send(HTTPStatus.OK, self.service.published_index(), "application/json")
+        else:
+            raise ServiceError(HTTPStatus.NOT_FOUND, "no such resource")
+
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\n\r\ntoo many connections\n")
 
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the listen backlog; socketserver's 5 drops bursts of new connections (1 s SYN retries)
+    daemon_threads = True
+    block_on_close = False  # server_close does not wait for idle keep-alive connections to time out
+
+    def __init__(self, address, handler, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)  # one thread a connection: bounded
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Over the limit: a 503 without a thread (never blocking the accepting loop), then close."""
+        try:
+            request.setblocking(False)
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         """A client that hangs up mid-answer is routine: one line, not socketserver's traceback."""
-        import sys
         kind = sys.exc_info()[0]
         if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
             sys.stderr.write(f"smki librarian serve: {client_address[0]}:{client_address[1]}: {kind.__name__}\n")
@@ -305,9 +506,12 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(service: RepositoryService, address: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """A threading HTTP server for `service`; port 0 picks a free port (server.server_address)."""
-    handler = type("RepositoryHandler", (_Handler,), {"service": service})
-    server = _Server((address, port), handler)
-    server.daemon_threads = True
-    return server
+def make_server(service: RepositoryService, address: str = "127.0.0.1", port: int = 0, *, timeout: float = REQUEST_TIMEOUT,
+                max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+    """A threading HTTP server for `service`; port 0 picks a free port (server.server_address).
+
+    `timeout`: seconds for a request to arrive whole (and for an idle connection); `max_connections`:
+    connections served at once, more are answered 503.
+    """
+    handler = type("RepositoryHandler", (_Handler,), {"service": service, "timeout": timeout})
+    return _Server((address, port), handler, max_connections)

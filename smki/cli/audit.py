@@ -10,7 +10,7 @@ import click
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from smki.audit.verify import export_trail, load_export, rows_from_database, verify_trail
+from smki.audit.verify import ChainHead, export_trail, load_export, rows_from_database, verify_trail
 from smki.cli.common import DATABASE, emit, json_option
 from smki.errors import BadInputError, RefusedError
 from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
@@ -48,39 +48,54 @@ def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | N
 
 
 @audit_group.command("verify")
-@click.option("--db", "database", type=DATABASE, help="An authority's database: an SQLite file or a postgresql:// URL.")
+@click.option("--db", "database", type=DATABASE, help="An authority's database: an SQLite file or a postgresql:// URL (opened read-only).")
 @click.option("--export", "export_file", type=click.Path(dir_okay=False, path_type=Path), help="An exported trail.")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="The audit public key (PEM) to trust. Without it, the key stored with the trail is used, and said so.")
+              help="The audit public key (PEM) to trust. Pinned: every entry must be covered by a checkpoint it signed. "
+                   "Without it, the key stored with the trail is used, and said so.")
+@click.option("--expect-head", "expected_heads", multiple=True, metavar="SEQ:HASH",
+              help="A head recorded earlier (printed by an earlier verify): the trail must still hold it. Repeatable.")
+@click.option("--since-export", "since_exports", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="An earlier export of this trail: the trail must still hold its last entry. Repeatable.")
 @json_option
-def verify_command(database, export_file, public_key, as_json) -> None:
-    """Check the whole chain and every checkpoint signature; name the first broken entry.
+def verify_command(database, export_file, public_key, expected_heads, since_exports, as_json) -> None:
+    """Check the whole chain and every checkpoint signature; name the first broken entry; print the
+    head verified (SEQ:HASH) for the auditor to record and give back later with --expect-head.
 
     Exit 0 when intact, 1 when broken.
     """
     if (database is None) == (export_file is None):
         raise click.UsageError("give exactly one of --db or --export")
+    heads = tuple(ChainHead.parse(text, "--expect-head") for text in expected_heads)
+    heads += tuple(ChainHead.of_entries(load_export(path)[0]) for path in since_exports)
     trusted_from = str(public_key) if public_key else "the key stored with the trail (give --public-key to pin it)"
     if database:
-        connection = open_database(database)
+        connection = open_database(database, read_only=True)
         entries, checkpoints = rows_from_database(connection)
         key = _key_from_file(public_key) if public_key else _stored_key(connection)
     else:
         entries, checkpoints, pem = load_export(export_file)
         key = _key_from_file(public_key) if public_key else _public_key(pem.encode(), f"{export_file} audit_public_key")
-    report = verify_trail(entries, checkpoints, key)
-    data = {**report.as_json(), "public_key_from": trusted_from}
+    report = verify_trail(entries, checkpoints, key, require_signed_head=public_key is not None, expected_heads=heads)
+    data = {**report.as_json(), "public_key_from": trusted_from, "expected_heads": [str(head) for head in heads]}
     emit(as_json, data, lambda d: (
         (f"audit trail intact: {d['entries']} entries, {d['checkpoints']} checkpoints, signed up to entry {d['last_signed_seq']} "
-         f"(audit key: {d['public_key_from']})" if d["checkpoints"] else
-         f"audit chain intact: {d['entries']} entries, no signed checkpoint yet (attach an audit key with --audit-key-uri)")
+         f"(audit key: {d['public_key_from']}){_unsigned_tail(d)}; head {d['head']}" if d["checkpoints"] else
+         f"audit chain intact: {d['entries']} entries, no signed checkpoint yet (attach an audit key with --audit-key-uri); head {d['head']}")
         if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
     if not report.ok:
         raise SystemExit(1)
 
 
+def _unsigned_tail(report: dict) -> str:
+    """Said aloud when the stored key was used: entries after the last checkpoint are vouched for by nobody."""
+    if report["last_signed_seq"] >= report["entries"]:
+        return ""
+    return f", entries {report['last_signed_seq'] + 1} to {report['entries']} not yet signed"
+
+
 @audit_group.command("show")
-@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL.")
+@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL (opened read-only).")
 @click.option("--operation", help="Only this operation (e.g. certificate.lodge), or a prefix ending in '.' (certificate.).")
 @click.option("--outcome", type=click.Choice(["success", "refused", "failed"]))
 @click.option("--since", help="Only entries at or after this ISO 8601 time.")
@@ -88,7 +103,7 @@ def verify_command(database, export_file, public_key, as_json) -> None:
 @json_option
 def show_command(database, operation, outcome, since, subject, as_json) -> None:
     """Print audit entries, oldest first, filtered."""
-    entries, _ = rows_from_database(open_database(database))
+    entries, _ = rows_from_database(open_database(database, read_only=True))
     selected = [e for e in entries
                 if (not operation or e["operation"] == operation or (operation.endswith(".") and e["operation"].startswith(operation)))
                 and (not outcome or e["outcome"] == outcome) and (not since or e["time"] >= since)
@@ -102,12 +117,12 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 
 
 @audit_group.command("export")
-@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL.")
+@click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL (opened read-only).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The export file (never overwritten).")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The audit public key to include (default: the stored one).")
 def export_command(database, out, public_key) -> None:
     """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
-    connection = open_database(database)
+    connection = open_database(database, read_only=True)
     if public_key:
         _key_from_file(public_key)  # one P-256 public key, nothing else, before it goes into the export
     key_pem = (read_text_input(public_key, MAX_PUBLIC_KEY_BYTES) if public_key else

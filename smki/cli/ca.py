@@ -16,7 +16,6 @@ from smki.profiles.files import read_certificate
 from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.errors import BadInputError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
-from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer
 from smki.identifiers import DeviceType, RemotePartyRole
 from smki.policy import PolicyRefusal, load_policy
@@ -27,6 +26,7 @@ from smki.profiles.describe import describe
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates, open_database
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
 
 
@@ -122,9 +122,12 @@ def _revoke(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_
         method = policy.check_revocation(record.certificate_type, reason)
         now = datetime.now(timezone.utc).replace(microsecond=0)
         with transaction(operation.connection):
+            reconcile_issuer(operation.connection, record.issuer_key_id)  # a revocation builds on the issuer's state: it must be the audited one
             record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
             operation.audit.append(AuditEntry(actor, operation_name, "success",
-                                              {**operation.subject, "type": record.certificate_type, "method": method}, policy=policy.identity))
+                                              {**operation.subject, "type": record.certificate_type, "method": method},
+                                              StateChange().revoke(record.issuer_key_id, record.serial_hex, now.isoformat(), reason).details(),
+                                              policy=policy.identity))
         emit(as_json, {"serial": record.serial_hex, "reason": reason, "method": method, "revoked_at": now.isoformat()},
              lambda d: f"revoked {d['serial']} ({d['reason']}): {'on the next ' + d['method'].upper() if d['method'] in ('crl', 'arl') else 'repository status R'}")
 
@@ -150,14 +153,17 @@ def crl_command(module_path, key_uri, token_label, key_label, key_id, pin_source
         list_type = "arl" if facts.certificate_type == "root" else "crl"
         operation.operation = f"{list_type}.issue"
         issuer_key_id = facts.subject_key_id.hex().upper()
-        signer = open_signer(key_ref_from_options(module_path, key_uri, token_label, key_label, key_id), PinSource.parse(pin_source))
+        signer = open_signer(key_ref_from_options(module_path, key_uri, token_label, key_label, key_id), pin_source)
         now = datetime.now(timezone.utc).replace(microsecond=0)
-        entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
-        with transaction(operation.connection):
+        with transaction(operation.connection):  # the write lock from here: the state checked is the state signed
+            reconcile_issuer(operation.connection, issuer_key_id)
+            entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
+                       for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
             number = next_crl_number(operation.connection, issuer_key_id, now)
             crl = build_crl(issuer, signer, crl_number=number, this_update_utc=now, next_update_utc=policy.next_update(list_type, now), entries=entries)
             operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries), "file": str(out)}
-            operation.audit.append(AuditEntry(actor, operation.operation, "success", operation.subject, policy=policy.identity))
+            operation.audit.append(AuditEntry(actor, operation.operation, "success", operation.subject,
+                                              StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
         write_new_file(out, crl.public_bytes(Encoding.PEM))
         emit(as_json, {**operation.subject, "type": list_type, "next_update": crl.next_update_utc.isoformat()},
              lambda d: f"wrote {d['file']}: {d['type'].upper()} number {d['crl_number']}, {d['entries']} entries, next update {d['next_update']}")
@@ -173,7 +179,7 @@ read_state_option = click.option("--state", "state_dir", required=True, type=cli
 @json_option
 def show_command(serial, state_dir, as_json):
     """One issued certificate's record: status, request digest, policy that allowed it."""
-    records = find_certificate(open_database(Path(state_dir) / "smki.db"), serial)
+    records = find_certificate(open_database(Path(state_dir) / "smki.db", read_only=True), serial)
     if not records:
         raise BadInputError(f"no certificate with serial {serial} in this authority's records")
     emit(as_json, [r.summary() for r in records], lambda rows: "\n".join("\n".join(f"{k}: {v}" for k, v in r.items()) for r in rows))
@@ -189,7 +195,7 @@ def show_command(serial, state_dir, as_json):
 def list_command(state_dir, certificate_type, status, entity_id, limit, as_json):
     """Issued certificates, oldest first, filtered."""
     from smki.identifiers import EUI64
-    records = list_certificates(open_database(Path(state_dir) / "smki.db"), certificate_type=certificate_type, status=status,
+    records = list_certificates(open_database(Path(state_dir) / "smki.db", read_only=True), certificate_type=certificate_type, status=status,
                                 entity_id=EUI64.parse(entity_id).hex if entity_id else None, limit=limit)
     emit(as_json, [r.summary() for r in records], lambda rows: "\n".join(
         f"{r['serial_hex']}  {r['certificate_type']:<12} {r['entity_id'] or '-':<16} {r['key_usage'] or '-'} status {r['status']}  policy {r['policy_version']}"
@@ -251,7 +257,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         checked_environment, checked_requester, checked_type = Environment.parse(environment), RemotePartyRole.parse(requester), DeviceType.parse(device_type)
         start = parse_utc(not_before, "--not-before") if not_before else utc_midnight(datetime.now(timezone.utc))
         template = batch_template(issuer, policy, checked_environment, start)
-        pin = PinSource.parse(pin_source).read(f"user PIN for token {key.token_label}")
+        pin = pin_source.read(f"user PIN for token {key.token_label}")
         if signer_for(key, pin).public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {key.key_label!r} on token {key.token_label!r} does not match the issuer certificate's public key")
         with BatchWorkers(key, pin, template, workers, verify_one_in) as batch_workers:  # they start while the batch is read

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from smki.cli.common import emit, json_option
-from smki.errors import BadInputError
-from smki.hsm.pins import PinSource
+from smki.cli.common import CUSTODIAN_SECRET_SOURCE, emit, json_option
+from smki.hsm.pins import PinSource, SourceKind
 
 CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -17,16 +16,6 @@ CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
 def ceremony_group() -> None:
     """Root Authority ceremonies: root keys and certificates, Issuing Authority certificates, ARLs,
     root re-key and contingency key recovery, each from one strictly validated file."""
-
-
-def _passphrase_sources(pairs: tuple[str, ...]) -> dict[str, PinSource]:
-    sources = {}
-    for pair in pairs:
-        name, separator, spec = pair.partition("=")
-        if not separator or not name:
-            raise BadInputError(f"--passphrase-source {pair!r}: give CUSTODIAN=SOURCE, e.g. alice=env:ALICE_PASSPHRASE")
-        sources[name] = PinSource.parse(spec)
-    return sources
 
 
 @ceremony_group.command("check")
@@ -59,7 +48,7 @@ def check_command(ceremony_file, as_json):
 @ceremony_group.command("run")
 @click.argument("ceremony_file", type=CEREMONY_FILE)
 @click.option("--operator", help="Who conducts the ceremony, as the transcript and audit trail record it (default $USER).")
-@click.option("--passphrase-source", "passphrase_sources", multiple=True, metavar="CUSTODIAN=SOURCE",
+@click.option("--passphrase-source", "passphrase_sources", type=CUSTODIAN_SECRET_SOURCE, multiple=True, metavar="CUSTODIAN=SOURCE",
               help="Where a custodian's passphrase comes from: env:NAME, fd:N or prompt (the default for anyone not named). Repeatable.")
 @json_option
 def run_command(ceremony_file, operator, passphrase_sources, as_json):
@@ -73,10 +62,10 @@ def run_command(ceremony_file, operator, passphrase_sources, as_json):
     from smki.authorities.ceremony import run_ceremony
     from smki.authorities.ceremony_file import load_ceremony
 
-    sources = _passphrase_sources(passphrase_sources)
+    sources = dict(passphrase_sources)  # (custodian, PinSource) pairs, parsed with the command line
 
     def passphrase(custodian: str, purpose: str) -> str:
-        return sources.get(custodian, PinSource.parse("prompt")).read(f"{custodian}: {purpose}")
+        return sources.get(custodian, PinSource(SourceKind.PROMPT)).read(f"{custodian}: {purpose}")
 
     ceremony = load_ceremony(ceremony_file)
     transcript = run_ceremony(ceremony, operator=operator, passphrase=passphrase)

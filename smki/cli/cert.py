@@ -22,7 +22,6 @@ from smki.cli.common import (AuditedOperation, emit, json_option, key_options, k
                              pin_source_option, state_option)
 from smki.errors import BadInputError
 from smki.files import refuse_existing, write_new_file
-from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
@@ -33,6 +32,7 @@ from smki.profiles.lint import pre_issuance_check
 from smki.profiles.validity import utc_midnight
 from smki.store.certificates import insert_certificate, list_certificates
 from smki.store.database import transaction
+from smki.store.reconcile import StateChange
 
 
 def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy,
@@ -43,7 +43,8 @@ def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, oper
                          "issuer_key_id": record.issuer_key_id, "file": str(out)}
     with transaction(operation.connection):
         insert_certificate(operation.connection, record)
-        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject, policy=policy.identity))
+        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject,
+                                          StateChange().issue(record.issuer_key_id, record.serial_hex).details(), policy=policy.identity))
     write_new_file(out, certificate.public_bytes(Encoding.PEM))
     data = {"file": str(out), "serial": record.serial_hex, "subject": certificate.subject.rfc4514_string(),
             "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat(),
@@ -107,7 +108,7 @@ class Issuance:
 
         `build(signing_public_key)` returns the certificate builder (a root certifies the signing key itself).
         """
-        signer = open_signer(self.key, PinSource.parse(self.options["pin_source"]))
+        signer = open_signer(self.key, self.options["pin_source"])
         if issuer is not None and signer.public_key.public_numbers() != issuer.public_key().public_numbers():
             raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
         lint = pre_issuance_check(certificate_type, (self.policy.policy_oid(self.environment),), issuer=issuer)

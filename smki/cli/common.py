@@ -12,9 +12,9 @@ import click
 
 from pathlib import Path
 
-from smki.errors import SmkiError
+from smki.errors import BadInputError, SmkiError
 from smki.hsm.config import KeyRef, default_module_path, parse_key_id, parse_pkcs11_uri
-from smki.hsm.pins import PinSource
+from smki.hsm.pins import SOURCE_FORMS, PinSource
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 
@@ -28,6 +28,8 @@ class DatabaseTarget(click.ParamType):
         from smki.store.postgres import is_database_url
 
         if isinstance(value, Path) or not is_database_url(value):
+            if not str(value).strip():
+                self.fail("an empty name is no database file", param, ctx)
             return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx)
         return value
 
@@ -35,9 +37,50 @@ class DatabaseTarget(click.ParamType):
 DATABASE = DatabaseTarget()
 
 
-def pin_source_option(name: str = "--pin-source", default: str = "prompt", what: str = "the token's user PIN") -> Callable:
+def _option_name(param: click.Parameter | None) -> str:
+    return max(param.opts, key=len) if param is not None and param.opts else "the secret source"
+
+
+class SecretSource(click.ParamType):
+    """A secret-source option (--pin-source, --so-pin-source, --audit-pin-source, --api-key-source):
+    parsed into a PinSource with the command line, before the command runs.
+
+    A malformed value is refused (exit 3) before anything is opened or audited, and the message
+    names the option, never the value: an operator who typed the secret itself must not find it
+    on the screen or in the signed audit trail. Raised as BadInputError, not click's
+    BadParameter, so the refusal is the usual one line.
+    """
+
+    name = "SOURCE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> PinSource:
+        return value if isinstance(value, PinSource) else PinSource.parse(value, _option_name(param))
+
+
+class CustodianSecretSource(click.ParamType):
+    """A --passphrase-source value, CUSTODIAN=SOURCE: (custodian, PinSource); refused as SecretSource is."""
+
+    name = "CUSTODIAN=SOURCE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, PinSource]:
+        if isinstance(value, tuple):
+            return value
+        option = _option_name(param)
+        custodian, separator, spec = value.partition("=")
+        if not separator or not custodian.strip():
+            # Nothing of the value is repeated: without "=" it may be a passphrase, whole.
+            raise BadInputError(f"{option}: give CUSTODIAN=SOURCE with SOURCE {SOURCE_FORMS}, e.g. alice=env:ALICE_PASSPHRASE "
+                                "(a passphrase itself is never accepted)")
+        return custodian, PinSource.parse(spec, option)
+
+
+SECRET_SOURCE = SecretSource()
+CUSTODIAN_SECRET_SOURCE = CustodianSecretSource()
+
+
+def pin_source_option(name: str = "--pin-source", default: str | None = "prompt", what: str = "the token's user PIN") -> Callable:
     return click.option(
-        name, default=default, show_default=True, metavar="SOURCE",
+        name, type=SECRET_SOURCE, default=default, show_default=True, metavar="SOURCE",
         help=f"Where to read {what}: env:NAME (an environment variable you name), fd:N (an open file "
         "descriptor) or prompt. A PIN is never accepted on the command line.",
     )
@@ -73,20 +116,20 @@ def key_ref_from_options(module_path: str, key_uri: str | None, token_label: str
 
 def audit_options(func: Callable) -> Callable:
     """--actor, and the audit key (--audit-key-uri, --pin-source) that signs the run's checkpoint."""
-    func = click.option("--pin-source", default="prompt", show_default=True, metavar="SOURCE",
+    func = click.option("--pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
                         help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")(func)
     func = click.option("--audit-key-uri", help="pkcs11: URI of the audit key; when given, the run ends with a signed checkpoint.")(func)
     return click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                         help="Who is acting, as recorded in the audit trail.")(func)
 
 
-def audit_trail(connection, audit_key_uri: str | None, pin_source: str):
+def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
     """The database's audit trail, with the HSM audit key attached when one is named."""
     from smki.audit.trail import AuditTrail
     from smki.hsm.signer import open_signer
 
     signer = open_signer(key_ref_from_options(default_module_path(), audit_key_uri, None, None, None),
-                         PinSource.parse(pin_source)) if audit_key_uri else None
+                         pin_source) if audit_key_uri else None
     return AuditTrail(connection, signer)
 
 
@@ -101,7 +144,7 @@ def state_option(func: Callable) -> Callable:
         click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                      help="Who is acting, as recorded in the audit trail."),
         click.option("--audit-key-uri", help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
-        click.option("--audit-pin-source", default="prompt", show_default=True, metavar="SOURCE",
+        click.option("--audit-pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
                      help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt."),
     ]):
         func = option(func)
@@ -114,7 +157,7 @@ class AuditedOperation:
     Success is recorded by the operation itself, in the same transaction as the state it changes.
     """
 
-    def __init__(self, state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: str, operation: str) -> None:
+    def __init__(self, state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: PinSource, operation: str) -> None:
         from smki.store import open_database
 
         self.connection = open_database(Path(state_dir) / STATE_DATABASE, create=True)
@@ -143,10 +186,6 @@ def checkpoint(audit, context: str) -> None:
 
         with transaction(audit.connection):
             audit.checkpoint(context)
-
-
-def read_pin(spec: str, purpose: str) -> str:
-    return PinSource.parse(spec).read(purpose)
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:

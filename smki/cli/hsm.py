@@ -8,9 +8,11 @@ import click
 
 from smki.audit.trail import AuditEntry
 from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
-                             pin_source_option, read_pin, state_option)
+                             pin_source_option, state_option)
 from smki.store.database import transaction
 from smki.files import write_new_file
+from smki.hsm.config import KeyRef
+from smki.hsm.signer import Pkcs11Signer
 from smki.hsm.keys import find_key_pair, find_public_key, generate_p256_key_pair, list_keys, public_key_of, read_attributes
 from smki.hsm.session import get_token, load_module, open_session
 from smki.hsm.softhsm import init_token, write_softhsm_conf
@@ -41,8 +43,8 @@ def init_token_command(label: str, so_pin_source: str, pin_source: str) -> None:
 
     On a real HSM, tokens are created with the vendor's tools; smki only needs their labels.
     """
-    so_pin = read_pin(so_pin_source, f"new SO PIN for token {label}")
-    user_pin = read_pin(pin_source, f"new user PIN for token {label}")
+    so_pin = so_pin_source.read(f"new SO PIN for token {label}")
+    user_pin = pin_source.read(f"new user PIN for token {label}")
     init_token(label, so_pin, user_pin)
     click.echo(f"token {label} created")
 
@@ -50,7 +52,7 @@ def init_token_command(label: str, so_pin_source: str, pin_source: str) -> None:
 @hsm_group.command("list")
 @module_option()
 @click.option("--token", "token_label", help="Show the keys on this token (logs in to see private keys).")
-@pin_source_option(default="")
+@pin_source_option(default=None)
 @json_option
 def list_command(module_path: str, token_label: str | None, pin_source: str, as_json: bool) -> None:
     """List tokens, or the keys on one token with their security attributes.
@@ -67,7 +69,7 @@ def list_command(module_path: str, token_label: str | None, pin_source: str, as_
         emit(as_json, {"module": module_path, "tokens": tokens},
              lambda d: "\n".join(f"{t['label']}\tserial {t['serial']}\t{t['manufacturer']} {t['model']}" for t in d["tokens"]) or "no tokens")
         return
-    pin = read_pin(pin_source, f"user PIN for token {token_label}") if pin_source else None
+    pin = pin_source.read(f"user PIN for token {token_label}") if pin_source else None
     get_token(module_path, token_label)  # a clear error for an unknown label before login
     session = open_session(module_path, token_label, pin)
     keys = []
@@ -107,14 +109,20 @@ def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_sou
     """Generate a P-256 CA key pair inside the token, and audit it in the authority's state.
 
     The private key is a token object, SENSITIVE, not EXTRACTABLE, sign-only, with the
-    given CKA_ID; its attributes are read back, printed and recorded.
+    given CKA_ID; its attributes are read back, printed and recorded. When --audit-key-uri
+    names the key being generated (a new audit key), that key signs the checkpoint of its
+    own generation entry.
     """
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "key.generate") as operation:
-        key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+    key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
+    # An audit key's own generation is the first entry of its trail: the new key signs that checkpoint itself.
+    audits_itself = audit_key_uri is not None and _same_key(key_ref_from_options(module_path, audit_key_uri, None, None, None), key)
+    with AuditedOperation(state_dir, actor, None if audits_itself else audit_key_uri, audit_pin_source, "key.generate") as operation:
         operation.subject = {"key_uri": key.uri}
-        pin = read_pin(pin_source, f"user PIN for token {key.token_label}")
+        pin = pin_source.read(f"user PIN for token {key.token_label}")
         session = open_session(key.module, key.token_label, pin, rw=True)
         public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
+        if audits_itself:
+            operation.audit.signer = Pkcs11Signer(private_object, public_key_of(public_object))
         attributes = read_attributes(private_object)
         data = {
             "key_uri": key.uri,
@@ -128,6 +136,10 @@ def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_sou
                                               {"attributes": attributes.as_json(), "violations": data["violations"]}))
     emit(as_json, data, lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
          + ("attributes as required" if not d["violations"] else "ATTRIBUTES WRONG: " + ", ".join(d["violations"])))
+
+
+def _same_key(one: KeyRef, other: KeyRef) -> bool:
+    return (one.token_label, one.key_label, one.key_id) == (other.token_label, other.key_label, other.key_id)
 
 
 @hsm_group.command("pubkey")

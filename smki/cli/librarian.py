@@ -12,11 +12,10 @@ from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
 from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
 from smki.files import MAX_CRL_BYTES, read_input
-from smki.cli.common import DATABASE, audit_options, audit_trail, checkpoint, emit, json_option
+from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.profiles.files import read_certificate
 from smki.errors import BadInputError, SmkiError
-from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.store import find_certificate, list_certificates, open_database
 
@@ -42,8 +41,9 @@ def lodge_command(database, files, trust_root, publish_dir, actor, audit_key_uri
     """Lodge certificates (PEM or DER) in the repository, issuers first.
 
     Each must chain by AKI -> SKI to a lodged certificate (or a root given with --trust-root)
-    whose key verifies its signature. Stops at the first refusal; what was lodged before it stays
-    (and is published, with --publish). With --publish, --json prints {"lodged": [...], "published": {...}}.
+    whose key verifies its signature. Stops at the first refusal; what was lodged before it stays.
+    --publish publishes the repository even after a refusal (so repeating a run that died before
+    publishing publishes what it lodged). With --publish, --json prints {"lodged": [...], "published": {...}}.
     """
     connection = open_database(database, create=True)
     audit = audit_trail(connection, audit_key_uri, pin_source)
@@ -65,8 +65,10 @@ def _lodged_text(rows: list[dict]) -> str:
 
 
 def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, context) -> tuple[list[dict], dict | None]:
-    """Lodge FILES in order, stopping at the first refusal; publish what was lodged (even before a refusal,
-    so the published directory matches the repository); end with the audit checkpoint."""
+    """Lodge FILES in order, stopping at the first refusal; with publish_dir, then publish the repository
+    whatever was lodged, so the published directory matches the repository after every run: a run that
+    died after its commit and before publishing is mended by repeating it (its files are then "already
+    lodged", exit 5, and the repository is published all the same). End with the audit checkpoint."""
     lodged, refusal, published = [], None, None
     try:
         try:
@@ -79,11 +81,13 @@ def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, contex
                     raise
         except SmkiError as exc:
             refusal = exc
-        if publish_dir is not None and lodged:
+        if publish_dir is not None:
             published = publish_repository(connection, publish_dir, audit=audit, actor=actor).summary()
     finally:
         checkpoint(audit, f"{context} of {len(files)} file(s)")
     if refusal is not None:
+        if published is not None:
+            refusal.args = (f"{refusal}; the repository was published to {published['directory']} all the same",)
         raise refusal
     return lodged, published
 
@@ -108,7 +112,9 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
     the signature; the CRL must lint clean; its cRLNumber must exceed the last lodged for that
     issuer; its nextUpdate must be in the future. A list from a root is an ARL. Lodged
     certificates it names get repository status R. Stops at the first refusal (exit 1; 3 for a
-    file that is no CRL; 5 for one already lodged); what was lodged before it stays.
+    file that is no CRL; 5 for one already lodged); what was lodged before it stays. --publish
+    publishes the repository even after a refusal (so repeating a run that died before publishing
+    publishes what it lodged).
     """
     connection = open_database(database)
     audit = audit_trail(connection, audit_key_uri, pin_source)
@@ -209,7 +215,7 @@ def _hex(text: str, option: str) -> str:
 @db_option
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port (0 picks a free one).")
-@click.option("--api-key-source", required=True, metavar="SOURCE",
+@click.option("--api-key-source", required=True, type=SECRET_SOURCE, metavar="SOURCE",
               help="Where to read the API key parties must send: env:NAME, fd:N or prompt (never argv).")
 @click.option("--published", type=click.Path(file_okay=False, path_type=Path),
               help="The published directory (`smki librarian publish --dir`): serves crl/<NAME>.crl and index.json.")
@@ -219,7 +225,7 @@ def serve_command(database, address, port, api_key_source, published) -> None:
     Prints the address it listens on, then serves until interrupted.
     """
     open_database(database).close()  # a clear error now rather than on the first request
-    api_key = PinSource.parse(api_key_source).read("repository API key")
+    api_key = api_key_source.read("repository API key")
     server = make_server(RepositoryService(lambda: open_database(database), {api_key}, published), address, port)
     host, bound_port = server.server_address[:2]
     click.echo(f"serving the SMKI Repository on http://{host}:{bound_port}/services/ (Ctrl-C to stop)", err=True)

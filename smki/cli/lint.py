@@ -216,7 +216,10 @@ def verify_command(leaf, anchors, intermediates, crl_files, at_text, environment
     if at_text is None:
         at = datetime.now(timezone.utc)
     elif at_text.isdigit():
-        at = datetime.fromtimestamp(int(at_text), timezone.utc)
+        try:
+            at = datetime.fromtimestamp(int(at_text), timezone.utc)
+        except (OverflowError, OSError, ValueError):  # beyond year 9999, or beyond the C time_t
+            raise BadInputError(f"--at: {at_text[:40]!r} unix seconds is out of range (years 1970 to 9999)") from None
     else:
         try:
             at = datetime.fromisoformat(at_text.replace("Z", "+00:00"))

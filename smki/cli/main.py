@@ -2,17 +2,25 @@
 
 Operator mistakes (`SmkiError`) print one line on stderr and exit with the error's code;
 nothing else is printed, so no traceback ever reaches an operator for bad input.
+
+Any other exception is a bug: each one found is fixed where it arises (an input check that
+raises SmkiError). As a last resort an uncaught exception prints one line naming only its
+type, never its text or traceback (either could hold a PIN or other operator input), and
+exits 70; SMKI_TRACEBACK=1 shows the traceback to a developer who asks for it.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from smki import __version__
-from smki.errors import SmkiError
+from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, SmkiError
+
+TRACEBACK_ENV = "SMKI_TRACEBACK"
 
 # Command name -> "module:attribute". Each group is imported only when it runs (or when
 # --help lists them): one certificate from the CLI should not pay for loading them all.
@@ -50,7 +58,8 @@ def cli() -> None:
     Certificate Policy, with every CA key inside an HSM.
 
     Exit codes: 0 success, 1 refused (a check said no), 2 usage, 3 bad input,
-    4 HSM/token/PIN/key problem, 5 would overwrite or contradict existing state.
+    4 HSM/token/PIN/key problem, 5 would overwrite or contradict existing state,
+    70 internal error (a bug).
     """
 
 
@@ -68,6 +77,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.strerror is None:
+            _internal_error(exc)
+        # The system refused a path, descriptor or address the operator gave (a name too long, a
+        # file where a directory is due, no permission): say which and why, as for any bad input.
+        where = f"{_shortened(str(exc.filename))}: " if exc.filename is not None else ""
+        click.echo(f"smki: error: {where}{exc.strerror}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, nothing secret
+        _internal_error(exc)
+
+
+def _shortened(text: str, limit: int = 120) -> str:
+    """A name fit for one line: control characters escaped, a long one cut."""
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get(TRACEBACK_ENV) == "1":
+        raise exc
+    click.echo(f"smki: internal error ({type(exc).__name__}): a bug, not a mistake of yours; please report it "
+               f"with the command line (without secrets). {TRACEBACK_ENV}=1 shows the traceback.", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def parse_key_id(text: str) -> bytes:
 def parse_pkcs11_uri(uri: str) -> KeyRef:
     """Parse the parts of an RFC 7512 URI that locate a key. PINs in the URI are refused."""
     if not uri.startswith("pkcs11:"):
-        raise BadInputError(f"{uri!r} is not a pkcs11: URI")
+        # Not repeated: a PIN typed into --audit-key-uri (beside --audit-pin-source) must not be echoed.
+        raise BadInputError("the key URI is not a pkcs11: URI (pkcs11:token=...;object=...;id=...)")
     path, _, query = uri[len("pkcs11:"):].partition("?")
     attrs: dict[str, bytes] = {}
     for part in filter(None, path.split(";")):

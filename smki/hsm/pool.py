@@ -2,14 +2,15 @@
 
 python-pkcs11 is not thread-safe against SoftHSM, and a forked child inherits a
 half-usable library state, so workers are started with `spawn` and each logs in once.
-The PIN reaches workers over the pool's pipe, never through argv or the environment.
+The PIN reaches workers over the pool's pipe, never through argv or the environment, and the
+workers get only the allowed environment (`child_env`).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterable, Iterator
 
+from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import signer_for
 
@@ -42,8 +43,7 @@ class SigningPool:
         self._pool = None
 
     def __enter__(self) -> "SigningPool":
-        context = multiprocessing.get_context("spawn")
-        self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self._key, self._pin))
+        self._pool = spawn_pool(self.workers, _start_worker, (self._key, self._pin))
         self._pin = ""  # the workers have it; this object no longer needs it
         return self
 

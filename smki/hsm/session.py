@@ -3,10 +3,23 @@
 python-pkcs11 loads one module per process and is not thread-safe against SoftHSM, and a
 second C_Login on a token raises UserAlreadyLoggedIn. So each process keeps one library
 and one logged-in session per token here; parallel work uses processes (see `pool`).
+
+Every PIN given is checked, even once the token is logged in. Login state is per process
+and token, so a second C_Login answers USER_ALREADY_LOGGED_IN without looking at the PIN:
+the token checks only the first. The first PIN the token accepted is therefore kept here as a
+salted digest (HMAC-SHA256 under a random per-login salt; never the PIN itself), and each
+later PIN for that token must match it (constant-time comparison) or is refused exactly as
+the token refuses a wrong PIN. A token has one user PIN, so matching the PIN it accepted is
+being correct. (Asking the token again, from a fresh process, would also count the wrong
+attempt against its retry limit, but costs a process and a library load per PIN; here a
+mismatch is refused without reaching the token, and so does not count.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +31,8 @@ from smki.hsm.store_lock import token_store_lock
 
 _libraries: dict[str, pkcs11.lib] = {}
 _sessions: dict[tuple[str, str], "_OpenSession"] = {}
+_logins: dict[tuple[str, str], "_PinDigest"] = {}  # the PIN each logged-in token accepted, as a digest
+_opened: list[pkcs11.Session] = []  # every session opened, for close_all (a replaced one may hold the login)
 _lock = threading.Lock()  # guards the caches only; a session is used from one thread
 
 
@@ -26,6 +41,26 @@ class _OpenSession:
     session: pkcs11.Session
     logged_in: bool
     rw: bool
+
+
+@dataclass(frozen=True)
+class _PinDigest:
+    """A salted digest of a PIN the token accepted: enough to recognise it again, useless to recover it."""
+
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def of(cls, pin: str) -> "_PinDigest":
+        salt = secrets.token_bytes(32)
+        return cls(salt, _pin_digest(salt, pin))
+
+    def matches(self, pin: str) -> bool:
+        return hmac.compare_digest(self.digest, _pin_digest(self.salt, pin))
+
+
+def _pin_digest(salt: bytes, pin: str) -> bytes:
+    return hmac.new(salt, pin.encode(), hashlib.sha256).digest()
 
 
 def load_module(module_path: str) -> pkcs11.lib:
@@ -64,22 +99,29 @@ def get_token(module_path: str, token_label: str) -> pkcs11.Token:
 def open_session(module_path: str, token_label: str, pin: str | None, *, rw: bool = False) -> pkcs11.Session:
     """A logged-in session on the token, shared by every caller in this process.
 
-    `pin=None` opens a public session (only public objects are visible). The PIN is
-    checked by the token at the first login of the process and never kept here.
+    `pin=None` opens a public session (only public objects are visible). A PIN is checked
+    by the token at the first login of the process, and against that login's digest after it
+    (see the module's docstring); the PIN itself is never kept here.
     """
     key = (module_path, token_label)
     with _lock:
         cached = _sessions.get(key)
+        login = _logins.get(key)
+    if pin is not None and login is not None and not login.matches(pin):
+        raise HsmError(f"PIN incorrect for token {token_label!r}")
     if cached is not None and (pin is None or cached.logged_in) and (cached.rw or not rw):
         return cached.session
     with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
-        session = _open_logged_in(get_token(module_path, token_label), token_label, pin, rw)
+        session = _open_logged_in(get_token(module_path, token_label), token_label, pin, rw, pin_checked=login is not None)
     with _lock:
+        _opened.append(session)
         _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)
+        if pin is not None and login is None:
+            _logins[key] = _PinDigest.of(pin)  # the token has just accepted it
     return session
 
 
-def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool) -> pkcs11.Session:
+def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool, pin_checked: bool) -> pkcs11.Session:
     try:
         return token.open(user_pin=pin, rw=rw)
     except p11x.PinIncorrect:
@@ -90,7 +132,11 @@ def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: 
         raise HsmError(f"PIN has the wrong length for token {token_label!r}") from None
     except p11x.UserAlreadyLoggedIn:
         # Logged in by another session of this process: PKCS#11 login state is per
-        # application and token, so a plain session already has the user's rights.
+        # application and token, so a plain session already has the user's rights; but the
+        # token did not look at this PIN, so it must already have matched the login's digest.
+        if not pin_checked:
+            raise HsmError(f"token {token_label!r} is already logged in by this process with a PIN not checked here; "
+                           "refusing a PIN that cannot be checked") from None
         return token.open(rw=rw)
     except p11x.PKCS11Error as exc:
         raise HsmError(f"cannot open token {token_label!r}: {type(exc).__name__}") from None
@@ -99,8 +145,10 @@ def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: 
 def close_all() -> None:
     """Close every session this process opened (used by tests and long-lived workers)."""
     with _lock:
-        sessions = [cached.session for cached in _sessions.values()]
+        sessions = list(_opened)  # the cached ones, and any a cache entry replaced
+        _opened.clear()
         _sessions.clear()
+        _logins.clear()  # closing a logged-in session logs the process out: the next PIN goes to the token
     for session in sessions:
         try:
             session.close()

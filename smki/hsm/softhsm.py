@@ -2,7 +2,8 @@
 
 Token creation drives `softhsm2-util`. Its only non-interactive PIN inputs are argv
 options, which any local user can read from /proc, so we answer its prompts through
-a pseudo-terminal instead: the PINs never appear on a command line.
+a pseudo-terminal instead: the PINs never appear on a command line, nor in its environment
+(it gets only the allowed one, `child_env`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from smki.errors import ConflictError, HsmError
+from smki.hsm.child_env import child_environment
 from smki.hsm.store_lock import SOFTHSM, token_store_lock
 
 TEMPLATE_TOKENDIR = "@TOKENDIR@"
@@ -49,10 +51,11 @@ def _softhsm_util() -> str:
 
 def _answer_prompts(argv: list[str], answers: list[str]) -> tuple[int, str]:
     """Run argv on a pseudo-terminal, typing one answer at each prompt ending in ':'."""
+    environment = child_environment()
     pid, fd = pty.fork()
     if pid == 0:  # child: becomes the tool, with the pty as its terminal
         try:
-            os.execv(argv[0], argv)
+            os.execve(argv[0], argv, environment)
         finally:
             os._exit(127)
     output = b""

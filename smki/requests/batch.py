@@ -1,9 +1,12 @@
 """Batch intake: a ZIP (or a directory) of up to 50,000 `.csr` files.
 
-Batch-level faults refuse the whole batch before anything is issued: not a ZIP, too many
-entries, an empty batch, nested or `..` paths, entries that are not `.csr`, duplicate
-names, and anything that looks like a decompression bomb (declared sizes and ratios are
-checked first, and reading stops at the limit whatever the header claimed).
+What the ZIP's central directory says is the batch's: its faults refuse the whole batch before
+anything is issued: not a ZIP, too many entries, an empty batch, nested or `..` paths, entries
+that are not `.csr`, duplicate names, encrypted entries, a compression method other than stored
+or deflated, declared sizes or ratios of a decompression bomb, and entries lying outside the file.
+What an entry's own bytes hold is its request's: a bad CRC, a truncated or undecodable deflate
+stream, a missing local header, or contents of another size than declared (reading stops at
+the limit whatever the directory claimed) answer that request `FM:0001`, and the rest go on.
 Entries are then streamed one at a time: a batch is never held in memory whole.
 """
 
@@ -24,9 +27,13 @@ from pathlib import Path
 
 from smki.errors import BadInputError
 from smki.files import new_file, refuse_existing
+from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 
 MAX_ENTRY_SIZE = 16 * 1024  # one CSR in Base64 is about 700 bytes
 MAX_COMPRESSION_RATIO = 100  # Base64 text compresses about 1.3:1; 100:1 is a bomb
+# Deflate never needs much more than the entry's own size; more than this for a 16 KiB entry is a lying directory.
+MAX_COMPRESSED_SIZE = 4 * MAX_ENTRY_SIZE
+ACCEPTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 SUFFIX = ".csr"
 
 
@@ -43,10 +50,21 @@ class BatchRefused(BadInputError):
 class BatchEntry:
     name: str  # the file name, from which the response's `.crt` name is made
     data: bytes
+    fault: str | None = None  # why the entry's bytes cannot be read (a bad CRC, say); data is then empty
 
     @property
     def response_name(self) -> str:
         return response_name(self.name)
+
+    def request_data(self) -> bytes:
+        """The entry's bytes, or its fault as this request's refusal."""
+        if self.fault is not None:
+            raise RequestRejected(Outcome.NOT_DECODABLE, self.fault, self.name)
+        return self.data
+
+
+class _CorruptEntry(Exception):
+    """An entry whose bytes are not what the central directory says: that request's fault."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +87,12 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 class _ArchiveReader:
     """Reads members by their recorded offsets with one `pread` each: `zipfile.open` costs more per
-    member than checking the request in it. Stored and deflated members only (others go through
-    zipfile); the size limit and the CRC are checked as zipfile would. With `expected_sha256` the
-    file is first proved to be the one that was checked, and everything is read from that same
-    open file, so a batch replaced after its check is never read in its place."""
+    member than checking the request in it. `open_batch` let through only stored and deflated
+    members of bounded declared sizes; everything zipfile would check on reading (the local header,
+    the sizes, the end of the deflate stream, the CRC) is checked here, and a member that fails is
+    that request's fault. With `expected_sha256` the file is first proved to be the one that was
+    checked, and everything is read from that same open file, so a batch replaced after its check
+    is never read in its place."""
 
     def __init__(self, source: Path, expected_sha256: str | None) -> None:
         self.source = source
@@ -85,20 +105,39 @@ class _ArchiveReader:
             os.close(self.descriptor)
             raise
 
-    def read(self, name: str) -> bytes:
+    def entry(self, name: str) -> BatchEntry:
+        try:
+            return BatchEntry(name, self._read(name))
+        except _CorruptEntry as fault:
+            return BatchEntry(name, b"", f"ZIP entry {fault}")
+
+    def _read(self, name: str) -> bytes:
         info = self.archive.getinfo(name)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.compress_size > 4 * MAX_ENTRY_SIZE:
-            with self.archive.open(name) as stream:
-                return stream.read(MAX_ENTRY_SIZE + 1)
         header = os.pread(self.descriptor, _LOCAL_HEADER.size, info.header_offset)
-        signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-        if signature != b"PK\x03\x04":
-            raise BatchRefused(f"{self.source}: entry {name} has no local header where the directory says")
+        if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise _CorruptEntry("has no local header where the directory says")
+        _, name_length, extra_length = _LOCAL_HEADER.unpack(header)
         raw = os.pread(self.descriptor, info.compress_size, info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
-        data = zlib.decompressobj(-15).decompress(raw, MAX_ENTRY_SIZE + 1) if info.compress_type == zipfile.ZIP_DEFLATED else raw
-        if len(data) <= MAX_ENTRY_SIZE and zlib.crc32(data) != info.CRC:
-            raise BatchRefused(f"{self.source}: entry {name} is corrupt (CRC mismatch)")
+        if len(raw) != info.compress_size:
+            raise _CorruptEntry(f"is truncated ({len(raw)} of its {info.compress_size} bytes are in the file)")
+        data = _inflate(raw) if info.compress_type == zipfile.ZIP_DEFLATED else raw
+        if len(data) != info.file_size:
+            raise _CorruptEntry(f"holds {len(data)}{'+' if len(data) > MAX_ENTRY_SIZE else ''} bytes, not the {info.file_size} its directory entry declares")
+        if zlib.crc32(data) != info.CRC:
+            raise _CorruptEntry("is corrupt (CRC mismatch)")
         return data
+
+
+def _inflate(raw: bytes) -> bytes:
+    """A member's deflate stream, inflated no further than one byte past the entry limit."""
+    inflater = zlib.decompressobj(-15)
+    try:
+        data = inflater.decompress(raw, MAX_ENTRY_SIZE + 1)
+    except zlib.error as exc:
+        raise _CorruptEntry(f"is not valid deflate data ({exc})") from None
+    if len(data) <= MAX_ENTRY_SIZE and not inflater.eof:
+        raise _CorruptEntry("is truncated (its deflate stream does not end)")
+    return data
 
 
 def read_entries(source: Path, names: Iterable[str], batch_id: str | None = None) -> Iterator[BatchEntry]:
@@ -113,10 +152,7 @@ def read_entries(source: Path, names: Iterable[str], batch_id: str | None = None
     if reader is None:
         reader = _open_archives[(source, batch_id)] = _ArchiveReader(source, batch_id)
     for name in names:
-        data = reader.read(name)
-        if len(data) > MAX_ENTRY_SIZE:
-            raise BatchRefused(f"{source}: entry {name} inflates beyond {MAX_ENTRY_SIZE} bytes")
-        yield BatchEntry(name, data)
+        yield reader.entry(name)
 
 
 def _check_name(source: Path, name: str) -> None:
@@ -173,9 +209,11 @@ def open_batch(source: Path, limit: int) -> Batch:
     try:
         with zipfile.ZipFile(os.fdopen(os.dup(descriptor), "rb")) as archive:
             infos = archive.infolist()
+        size = os.fstat(descriptor).st_size
         batch_id = _descriptor_sha256(descriptor)  # after the directory: a file that is no ZIP is refused before it is hashed
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise BatchRefused(f"{source}: not a ZIP file ({exc})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as exc:
+        # zipfile reports a broken central directory in all of these (ValueError: a negative offset, a name that is not UTF-8).
+        raise BatchRefused(f"{source}: not a ZIP file ({describe_exception(exc)})") from None
     finally:
         os.close(descriptor)
     _check_count(source, len(infos), limit)
@@ -185,13 +223,24 @@ def open_batch(source: Path, limit: int) -> Batch:
         if info.filename in seen:
             raise BatchRefused(f"{source}: entry {info.filename!r} appears twice")
         seen.add(info.filename)
-        if info.file_size > MAX_ENTRY_SIZE:
-            raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes, over {MAX_ENTRY_SIZE}")
-        if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-            raise BatchRefused(f"{source}: entry {info.filename} compresses {info.file_size // info.compress_size}:1 (a zip bomb?)")
-        if info.flag_bits & 0x1:
-            raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
+        _check_directory_entry(source, info, size)
     return Batch(source, tuple(info.filename for info in infos), batch_id)
+
+
+def _check_directory_entry(source: Path, info: zipfile.ZipInfo, size: int) -> None:
+    """What the central directory says of one entry: how it is stored, how large it claims to be, where it lies."""
+    if info.flag_bits & 0x1:
+        raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
+    if info.compress_type not in ACCEPTED_COMPRESSION:
+        raise BatchRefused(f"{source}: entry {info.filename} uses compression method {info.compress_type}; only stored and deflated are accepted")
+    if info.file_size > MAX_ENTRY_SIZE:
+        raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes, over {MAX_ENTRY_SIZE}")
+    if info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
+        raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes from {info.compress_size} (a zip bomb?)")
+    if info.compress_size > MAX_COMPRESSED_SIZE:
+        raise BatchRefused(f"{source}: entry {info.filename} declares {info.compress_size} compressed bytes for {info.file_size}, over {MAX_COMPRESSED_SIZE}")
+    if info.header_offset < 0 or info.header_offset + _LOCAL_HEADER.size + info.compress_size > size:
+        raise BatchRefused(f"{source}: entry {info.filename} lies outside the file (a truncated ZIP, or a wrong directory)")
 
 
 STATUS_FIELDS = ("identifier", "file", "status", "code", "detail", "serial")

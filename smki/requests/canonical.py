@@ -232,6 +232,13 @@ def _walk(der: bytes) -> tuple[bytes, bytes, _Layout] | None:
 
 def canonical_fields(der: bytes) -> CanonicalDeviceFields | None:
     """The fields of a canonical, validly signed device request, or None (the full parser decides)."""
+    try:
+        return _canonical_fields(der)
+    except Exception:  # noqa: BLE001 - hostile bytes (an IndexError at a cut-short signature, say): not canonical
+        return None
+
+
+def _canonical_fields(der: bytes) -> CanonicalDeviceFields | None:
     layout = found = None
     for known in _LAYOUTS:
         found = known.match(der)

@@ -6,12 +6,19 @@ rule it breaks: version 0, ecdsa-with-SHA256, P-256 uncompressed key, a valid si
 (proof of possession), exactly one key usage (digitalSignature or keyAgreement), and the
 subject or subjectAltName of its kind. The criticality a CSR requests is not checked: the
 certificate's follows the profile.
+
+Whatever else the parsing libraries raise on a malformed request (cryptography's
+DuplicateExtension for two keyUsage requests, an IndexError deep in asn1crypto) is turned into
+the request's own `FM:0002` refusal at this boundary: a caller sees `RequestRejected` or a request.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
@@ -26,12 +33,30 @@ from smki.profiles.names import raw_attributes, string_value
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.requests.canonical import canonical_fields
 from smki.requests.encodings import decode_request
-from smki.requests.outcomes import Outcome, RequestRejected
+from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 
 ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 COMMON_NAME, ORGANIZATIONAL_UNIT, UNIQUE_IDENTIFIER = "2.5.4.3", "2.5.4.11", "2.5.4.45"
 KEY_USAGE, SUBJECT_ALT_NAME = "2.5.29.15", "2.5.29.17"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
+
+
+_Parsed = TypeVar("_Parsed")
+
+
+def _refusal_at_the_boundary(parse: Callable[[bytes, str], _Parsed]) -> Callable[[bytes, str], _Parsed]:
+    """A parser that answers a request or `RequestRejected`, never a library's own exception."""
+
+    @functools.wraps(parse)
+    def parse_or_refuse(data: bytes, where: str = "") -> _Parsed:
+        try:
+            return parse(data, where)
+        except RequestRejected:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the ASN.1 libraries raise many kinds on hostile input
+            raise RequestRejected(Outcome.NOT_PKCS10, f"the request cannot be parsed ({describe_exception(exc)})", where) from None
+
+    return parse_or_refuse
 
 
 @dataclass(frozen=True)
@@ -92,7 +117,7 @@ def _check_common(data: bytes, where: str, allowed_extensions: set[str]) -> _Che
         raise RequestRejected(Outcome.BAD_SIGNATURE, "the request's signature does not verify (no proof of possession)", where) from None
     try:
         extensions = x509.load_der_x509_csr(der).extensions
-    except (ValueError, x509.DuplicateExtension) as exc:
+    except (ValueError, x509.DuplicateExtension) as exc:  # two keyUsage (or subjectAltName) requests: DuplicateExtension
         raise RequestRejected(Outcome.NOT_PKCS10, f"requested extensions are malformed ({exc})", where) from None
     unexpected = sorted(ext.oid.dotted_string for ext in extensions if ext.oid.dotted_string not in allowed_extensions)
     if unexpected:
@@ -112,6 +137,7 @@ def _one_key_usage(extensions: x509.Extensions, where: str) -> KeyUsage:
     return KeyUsage.parse(asserted[0])
 
 
+@_refusal_at_the_boundary
 def parse_organisation_request(data: bytes, where: str = "") -> OrganisationRequest:
     checked = _check_common(data, where, {KEY_USAGE})
     attributes = {}
@@ -150,6 +176,7 @@ def _unique_identifier(value: tuple[int, bytes], where: str) -> EUI64:
     return EUI64(bytes(contents[1:]))
 
 
+@_refusal_at_the_boundary
 def parse_device_request(data: bytes, where: str = "") -> DeviceRequest:
     """A checked device request. Requests in the canonical shape take a fast path (batches of
     50,000 spend most of their time here); anything else, and every rejection, takes the full

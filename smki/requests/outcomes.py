@@ -45,9 +45,18 @@ class Outcome(enum.Enum):
         return self.value[1]
 
 
+def describe_exception(exc: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line and of bounded length: foreign libraries' messages run over
+    several lines (asn1crypto adds `while parsing ...` lines) and may quote the input at length."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class RequestRejected(BadInputError):
     """A request that cannot be honoured; `str()` is `<code> <reason>`."""
 
     def __init__(self, outcome: Outcome, reason: str, where: str = "") -> None:
+        reason = " ".join(reason.split())  # one line, whatever a library's message it quotes (asn1crypto's run over several)
         self.outcome, self.reason, self.where = outcome, reason, where
         super().__init__(f"{where + ': ' if where else ''}{outcome.code} {reason}")

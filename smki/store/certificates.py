@@ -6,6 +6,7 @@ import operator
 import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
+from enum import Enum
 
 from smki.errors import BadInputError, ConflictError
 
@@ -39,6 +40,38 @@ class CertificateRecord:
 
 
 _COLUMNS = [field.name for field in fields(CertificateRecord)]
+
+
+class RepositoryStatus(str, Enum):
+    """The status codes parties see (search, retrieve, bulk files)."""
+
+    PENDING = "P"
+    IN_USE = "I"
+    NOT_IN_USE = "N"
+    EXPIRED = "E"
+    REVOKED = "R"
+
+
+# The one place repository status is derived (every reader selects it; filters compare it), for a row
+# `c` of certificates and one parameter, the time now (status_now()). Revoked wins: R recorded on the
+# row (an authority's revocation, or a lodged list naming a certificate lodged before it) or any lodged
+# list of the certificate's issuer naming its serial (the list may have arrived first). Otherwise a
+# certificate past its notAfter is expired; otherwise the recorded status (P, I or N) stands. Derived
+# when read, not stored, because expiry follows the clock and revocation follows lodging order.
+_REVOKED, _EXPIRED = f"'{RepositoryStatus.REVOKED.value}'", f"'{RepositoryStatus.EXPIRED.value}'"
+REPOSITORY_STATUS_SQL = (
+    f"CASE WHEN c.status = {_REVOKED} OR EXISTS (SELECT 1 FROM listed_serials l WHERE l.issuer_key_id = c.issuer_key_id "
+    f"AND l.serial_hex = c.serial_hex) THEN {_REVOKED} WHEN c.not_after < ? THEN {_EXPIRED} ELSE c.status END")
+
+
+def status_now(now: datetime | None = None) -> str:
+    """REPOSITORY_STATUS_SQL's parameter: the time as not_after is written (ISO 8601, UTC, to the second),
+    so text order is time order (notAfter itself is still within the validity period)."""
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+_SELECT = "SELECT " + ", ".join(f"{REPOSITORY_STATUS_SQL} AS status" if column == "status" else f"c.{column}"
+                                for column in _COLUMNS) + " FROM certificates c"
 _ROW = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one call
 
 
@@ -70,7 +103,7 @@ def find_certificate(connection: sqlite3.Connection, serial_hex: str) -> list[Ce
     serial = serial_hex.strip().upper().replace(":", "")
     if not serial or any(ch not in "0123456789ABCDEF" for ch in serial):
         raise BadInputError(f"serial {serial_hex!r} is not hexadecimal")
-    rows = connection.execute("SELECT * FROM certificates WHERE serial_hex = ?", (serial,)).fetchall()
+    rows = connection.execute(f"{_SELECT} WHERE c.serial_hex = ?", (status_now(), serial)).fetchall()
     return [_record(row) for row in rows]
 
 
@@ -78,25 +111,32 @@ def list_certificates(connection: sqlite3.Connection, *, certificate_type: str |
                       status: str | None = None, role: str | None = None, key_usage: str | None = None,
                       subject_key_id: str | None = None, limit: int = 1000) -> list[CertificateRecord]:
     """Records matching every filter given (None: any), oldest first."""
-    clauses, values = [], []
-    filters = (("certificate_type", certificate_type), ("entity_id", entity_id), ("status", status), ("role", role),
-               ("key_usage", key_usage), ("subject_key_id", subject_key_id))
-    for column, value in filters:
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            values.append(value)
+    now = status_now()
+    clauses, values = _filters((("certificate_type", certificate_type), ("entity_id", entity_id), ("role", role),
+                                ("key_usage", key_usage), ("subject_key_id", subject_key_id)), status, now)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = connection.execute(f"SELECT * FROM certificates {where} ORDER BY issued_at, serial_hex LIMIT ?", (*values, limit)).fetchall()
+    rows = connection.execute(f"{_SELECT} {where} ORDER BY c.issued_at, c.serial_hex LIMIT ?", (now, *values, limit)).fetchall()
     return [_record(row) for row in rows]
+
+
+def _filters(columns: tuple[tuple[str, str | None], ...], status: str | None, now: str) -> tuple[list[str], list]:
+    """WHERE clauses and their values: each column given (None: any), and the derived status."""
+    clauses, values = [], []
+    for column, value in columns:
+        if value is not None:
+            clauses.append(f"c.{column} = ?")
+            values.append(value)
+    if status is not None:
+        clauses.append(f"{REPOSITORY_STATUS_SQL} = ?")
+        values += [now, status]
+    return clauses, values
 
 
 def search_certificates(connection: sqlite3.Connection, *, entity_id: str, certificate_type: str,
                         key_usage: str | None = None, role: str | None = None, status: str | None = None) -> list[CertificateRecord]:
     """Every certificate for an EUI-64 of one type (a party may hold several live ones): clients pick by serial."""
-    clauses, values = ["entity_id = ?", "certificate_type = ?"], [entity_id, certificate_type]
-    for column, value in (("key_usage", key_usage), ("role", role), ("status", status)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            values.append(value)
-    rows = connection.execute(f"SELECT * FROM certificates WHERE {' AND '.join(clauses)} ORDER BY issued_at, serial_hex", values).fetchall()
+    now = status_now()
+    clauses, values = _filters((("entity_id", entity_id), ("certificate_type", certificate_type), ("key_usage", key_usage),
+                                ("role", role)), status, now)
+    rows = connection.execute(f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY c.issued_at, c.serial_hex", (now, *values)).fetchall()
     return [_record(row) for row in rows]

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from smki.audit.trail import SCHEMA as AUDIT_SCHEMA
 from smki.errors import BadInputError, ConflictError
-from smki.store.postgres import is_database_url
+from smki.store.lodged_crls import create_listed_serials
+from smki.store.postgres import is_database_url, redact
 
 # (version, description, SQL). Append only: never edit a migration that has shipped.
-MIGRATIONS: list[tuple[int, str, str]] = [
+MIGRATIONS: list[tuple[int, str, str | Callable[[sqlite3.Connection], None]]] = [
     (1, "issued certificates", """
         CREATE TABLE certificates (
             serial_hex       TEXT NOT NULL,
@@ -105,25 +106,38 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX certificate_status_changes_time ON certificate_status_changes (changed_at);
         CREATE INDEX certificates_issued_at ON certificates (issued_at)
     """),
+    # A callable step runs in the migration's transaction: this one indexes the lists already lodged.
+    (7, "serials named by lodged CRLs and ARLs", create_listed_serials),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connection:
+def open_database(path: Path | str, *, create: bool = False, read_only: bool = False) -> sqlite3.Connection:
     """Open (or, with create=True, create) the database at `path` and migrate it.
 
     `path` is an SQLite file, or a `postgresql://` URL (whose database must exist; with create=True
     an empty one is given the schema). Either way the connection answers the same SQL.
+    With read_only=True (verification, inspection) nothing is written, not even a schema or a
+    migration: a file that holds no smki store is refused as it is.
     """
+    if create and read_only:
+        raise ValueError("a database is opened to create it or to read it, not both")
     if is_database_url(path):
         from smki.store.postgres import connect
 
-        return connect(str(path), create=create, migrate=migrate)  # type: ignore[return-value]
+        if not read_only:
+            return connect(str(path), create=create, migrate=migrate)  # type: ignore[return-value]
+        connection = connect(str(path), create=False, migrate=lambda c: require_smki_store(c, redact(str(path))))
+        connection.execute("SET default_transaction_read_only = on")  # the server refuses every write from here on
+        return connection  # type: ignore[return-value]
     path = Path(path)
     if not create and not path.exists():
         raise BadInputError(f"{path}: no smki database here")
+    if read_only:
+        return _open_sqlite_read_only(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, isolation_level=None, timeout=30)  # explicit transactions only
+    # Absolute: this SQLite reads a name starting "file:" as a URI, which opens another file.
+    connection = sqlite3.connect(path.absolute(), isolation_level=None, timeout=30)  # explicit transactions only
     connection.row_factory = sqlite3.Row
     try:
         _switch_to_wal(connection)
@@ -134,6 +148,39 @@ def open_database(path: Path | str, *, create: bool = False) -> sqlite3.Connecti
         connection.close()
         raise BadInputError(f"{path}: not an smki database ({exc})") from None
     return connection
+
+
+def _open_sqlite_read_only(path: Path) -> sqlite3.Connection:
+    """The SQLite file opened with mode=ro: SQLite itself refuses every write, so reading cannot change it."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
+    except sqlite3.Error as exc:
+        raise BadInputError(f"{path}: cannot open for reading ({exc})") from None
+    connection.row_factory = sqlite3.Row
+    try:
+        require_smki_store(connection, str(path))
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def require_smki_store(connection: sqlite3.Connection, where: str) -> int:
+    """The store's schema version, read without writing; refuse a database that holds no smki store."""
+    try:
+        version = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+    except sqlite3.DatabaseError as exc:  # an empty file: no such table; junk: not a database
+        raise BadInputError(f"{where}: holds no smki store ({exc}); nothing was written to it") from None
+    if version == 0:
+        raise BadInputError(f"{where}: holds no smki store (no schema version); nothing was written to it")
+    _refuse_newer_schema(version)
+    return version
+
+
+def _refuse_newer_schema(version: int) -> None:
+    """A database newer than this code is refused rather than guessed at."""
+    if version > SCHEMA_VERSION:
+        raise ConflictError(f"database schema version {version} is newer than this smki ({SCHEMA_VERSION}); upgrade smki")
 
 
 def _switch_to_wal(connection: sqlite3.Connection, attempts: int = 100) -> None:
@@ -169,16 +216,18 @@ def schema_version(connection: sqlite3.Connection) -> int:
 def migrate(connection: sqlite3.Connection) -> int:
     """Apply the migrations this database lacks; return the schema version."""
     current = schema_version(connection)
-    if current > SCHEMA_VERSION:
-        raise ConflictError(f"database schema version {current} is newer than this smki ({SCHEMA_VERSION}); upgrade smki")
+    _refuse_newer_schema(current)
     for version, description, sql in MIGRATIONS:
         if version <= current:
             continue
         with transaction(connection):
             if schema_version(connection) >= version:
                 continue  # applied by another process while this one waited for the write lock
-            for statement in filter(str.strip, sql.split(";")):
-                connection.execute(statement)
+            if callable(sql):
+                sql(connection)
+            else:
+                for statement in filter(str.strip, sql.split(";")):
+                    connection.execute(statement)
             connection.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
                                (version, description, datetime.now(timezone.utc).isoformat()))
     return SCHEMA_VERSION

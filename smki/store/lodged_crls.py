@@ -7,7 +7,10 @@ also served by PostgreSQL.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+
+from cryptography import x509
 
 from smki.errors import ConflictError
 
@@ -85,3 +88,37 @@ def mark_revoked(connection: sqlite3.Connection, issuer_key_id: str, serials: se
     connection.executemany("INSERT INTO certificate_status_changes VALUES (?, ?, 'R', ?, ?)",
                            [(issuer_key_id, serial, changed_at, source) for serial in changed])
     return changed
+
+
+# Every serial a lodged list names, kept per issuer (the first list to name it), so that a certificate
+# lodged after the list that revokes it is revoked too: repository status reads this table
+# (smki.store.certificates.REPOSITORY_STATUS_SQL), whatever the order in which lists and certificates arrive.
+_LISTED_SERIALS_SCHEMA = """
+    CREATE TABLE listed_serials (
+        issuer_key_id TEXT NOT NULL,         -- the list's issuer (its AKI) = the certificate's issuer
+        serial_hex    TEXT NOT NULL,         -- as certificates.serial_hex
+        crl_number    TEXT NOT NULL,         -- crl_number_key of the first lodged list that names it
+        PRIMARY KEY (issuer_key_id, serial_hex)
+    )
+"""
+
+
+def record_listed_serials(connection: sqlite3.Connection, crl: LodgedCrl, serials: Iterable[str]) -> None:
+    """Remember the serials `crl` names (inside the caller's transaction); ones named before keep their first list."""
+    connection.executemany("INSERT OR IGNORE INTO listed_serials VALUES (?, ?, ?)",
+                           [(crl.issuer_key_id, serial, crl.crl_number) for serial in serials])
+
+
+def _serial_hex(serial: int) -> str:
+    # The repository's serial form (smki.profiles.serials.serial_hex, which the store sits below):
+    # uppercase hex, two digits an octet. tests/test_librarian_hardening.py checks the two agree.
+    text = f"{serial:X}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def create_listed_serials(connection: sqlite3.Connection) -> None:
+    """Migration 7: the listed_serials table, filled from the lists lodged before it existed."""
+    connection.execute(_LISTED_SERIALS_SCHEMA)
+    for row in connection.execute("SELECT * FROM lodged_crls ORDER BY issuer_key_id, crl_number").fetchall():
+        crl = _lodged(row)
+        record_listed_serials(connection, crl, [_serial_hex(entry.serial_number) for entry in x509.load_der_x509_crl(bytes(crl.der))])

@@ -1,0 +1,74 @@
+"""The environment of every process smki starts: an allow-list, never the whole of smki's own.
+
+An operator's environment holds secrets that smki reads by name (`env:NAME` PIN sources, the
+SO PIN, custodian passphrases, a web service's API key). A child given that environment holds
+them for its whole life, readable in /proc/PID/environ and in any core dump. So each child
+smki starts (spawned batch and signing workers, multiprocessing's resource tracker,
+softhsm2-util) gets only what an interpreter, the C library and a PKCS#11 module need, by name.
+A secret a worker does need (the user PIN) reaches it through the pool's initialiser, a pipe.
+
+A vendor's PKCS#11 module may need variables of its own: name them, comma-separated, in
+$SMKI_CHILD_ENV.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.context
+import multiprocessing.pool
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
+
+from smki.hsm.config import MODULE_ENV
+from smki.hsm.store_lock import SOFTHSM_CONF_ENV
+
+EXTRA_NAMES_ENV = "SMKI_CHILD_ENV"
+ALLOWED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TZ", "LANG", "LANGUAGE", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONPATH",
+    SOFTHSM_CONF_ENV, MODULE_ENV, EXTRA_NAMES_ENV,
+})
+ALLOWED_PREFIXES = ("LC_",)  # the locale categories
+
+
+def child_environment(environment: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of `environment` (default: this process's) that a child may have."""
+    environment = os.environ if environment is None else environment
+    extra = {name.strip() for name in environment.get(EXTRA_NAMES_ENV, "").split(",") if name.strip()}
+    return {name: value for name, value in environment.items()
+            if name in ALLOWED_NAMES or name in extra or name.startswith(ALLOWED_PREFIXES)}
+
+
+@contextmanager
+def children_get_allowed_environment() -> Iterator[None]:
+    """For the block, this process's environment is `child_environment()`, then it is restored.
+
+    multiprocessing starts its children (workers, the resource tracker) with the process's own
+    environment and takes no other; `os.environ` changes reach the C environment they inherit."""
+    saved = dict(os.environ)
+    for name in set(saved) - set(child_environment(saved)):
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+class _SpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process started with the allowed environment: also a worker a pool starts later, in place of one that died."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        with children_get_allowed_environment():
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SpawnProcess
+
+
+def spawn_pool(processes: int, initializer: Callable, initargs: tuple) -> multiprocessing.pool.Pool:
+    """A pool of spawned workers, which, like the resource tracker it may start, get only the allowed environment."""
+    with children_get_allowed_environment():
+        resource_tracker.ensure_running()  # once per process: started now, it never sees the secrets
+        return multiprocessing.pool.Pool(processes, initializer=initializer, initargs=initargs, context=_SpawnContext())
