@@ -156,14 +156,23 @@ def test_reading_an_older_store_does_not_migrate_it(tmp_path, audit_key, run_smk
     db = tmp_path / "a.db"
     write_trail(db, audit_key, runs=(3,)).close()
     with sqlite3.connect(db) as raw:  # as if written by an smki one migration older
-        raw.execute("DROP TABLE certificate_status_changes")
+        raw.execute("DROP TABLE listed_serials")  # the newest migration's table
         raw.execute("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)")
         versions = raw.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     for command in (["verify"], ["show"], ["export", "--out", str(tmp_path / "t.json")]):
         assert run_smki("audit", *command, "--db", str(db)).returncode == 0
     with sqlite3.connect(db) as raw:
         assert raw.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == versions
-        assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'certificate_status_changes'").fetchone() is None
+        assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'listed_serials'").fetchone() is None
+    # A reader that needs the current tables refuses the older store in one line, and migrates nothing either.
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(db) as source, sqlite3.connect(state / "smki.db") as copy:
+        source.backup(copy)  # the whole store, its write-ahead log included
+    listed = run_smki("ca", "list", "--state", str(state))
+    assert listed.returncode == 5 and "older than this smki" in listed.stderr and len(listed.stderr.strip().splitlines()) == 1
+    with sqlite3.connect(state / "smki.db") as raw:
+        assert raw.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == versions
 
 
 def test_verification_reads_either_backend_without_writing(database_target, audit_key, run_smki):

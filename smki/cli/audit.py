@@ -70,7 +70,7 @@ def verify_command(database, export_file, public_key, expected_heads, since_expo
     heads += tuple(ChainHead.of_entries(load_export(path)[0]) for path in since_exports)
     trusted_from = str(public_key) if public_key else "the key stored with the trail (give --public-key to pin it)"
     if database:
-        connection = open_database(database, read_only=True)
+        connection = open_database(database, read_only=True, any_schema=True)
         entries, checkpoints = rows_from_database(connection)
         key = _key_from_file(public_key) if public_key else _stored_key(connection)
     else:
@@ -103,7 +103,7 @@ def _unsigned_tail(report: dict) -> str:
 @json_option
 def show_command(database, operation, outcome, since, subject, as_json) -> None:
     """Print audit entries, oldest first, filtered."""
-    entries, _ = rows_from_database(open_database(database, read_only=True))
+    entries, _ = rows_from_database(open_database(database, read_only=True, any_schema=True))
     selected = [e for e in entries
                 if (not operation or e["operation"] == operation or (operation.endswith(".") and e["operation"].startswith(operation)))
                 and (not outcome or e["outcome"] == outcome) and (not since or e["time"] >= since)
@@ -122,7 +122,7 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The audit public key to include (default: the stored one).")
 def export_command(database, out, public_key) -> None:
     """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
-    connection = open_database(database, read_only=True)
+    connection = open_database(database, read_only=True, any_schema=True)
     if public_key:
         _key_from_file(public_key)  # one P-256 public key, nothing else, before it goes into the export
     key_pem = (read_text_input(public_key, MAX_PUBLIC_KEY_BYTES) if public_key else

@@ -112,13 +112,16 @@ MIGRATIONS: list[tuple[int, str, str | Callable[[sqlite3.Connection], None]]] = 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def open_database(path: Path | str, *, create: bool = False, read_only: bool = False) -> sqlite3.Connection:
+def open_database(path: Path | str, *, create: bool = False, read_only: bool = False,
+                  any_schema: bool = False) -> sqlite3.Connection:
     """Open (or, with create=True, create) the database at `path` and migrate it.
 
     `path` is an SQLite file, or a `postgresql://` URL (whose database must exist; with create=True
     an empty one is given the schema). Either way the connection answers the same SQL.
     With read_only=True (verification, inspection) nothing is written, not even a schema or a
-    migration: a file that holds no smki store is refused as it is.
+    migration: a file that holds no smki store is refused as it is, and so is a store older than
+    this code (it cannot be migrated without writing), unless the reader needs only the tables
+    every schema version has (`any_schema`: the audit trail).
     """
     if create and read_only:
         raise ValueError("a database is opened to create it or to read it, not both")
@@ -127,14 +130,14 @@ def open_database(path: Path | str, *, create: bool = False, read_only: bool = F
 
         if not read_only:
             return connect(str(path), create=create, migrate=migrate)  # type: ignore[return-value]
-        connection = connect(str(path), create=False, migrate=lambda c: require_smki_store(c, redact(str(path))))
+        connection = connect(str(path), create=False, migrate=lambda c: require_smki_store(c, redact(str(path)), any_schema))
         connection.execute("SET default_transaction_read_only = on")  # the server refuses every write from here on
         return connection  # type: ignore[return-value]
     path = Path(path)
     if not create and not path.exists():
         raise BadInputError(f"{path}: no smki database here")
     if read_only:
-        return _open_sqlite_read_only(path)
+        return _open_sqlite_read_only(path, any_schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Absolute: this SQLite reads a name starting "file:" as a URI, which opens another file.
     connection = sqlite3.connect(path.absolute(), isolation_level=None, timeout=30)  # explicit transactions only
@@ -150,7 +153,7 @@ def open_database(path: Path | str, *, create: bool = False, read_only: bool = F
     return connection
 
 
-def _open_sqlite_read_only(path: Path) -> sqlite3.Connection:
+def _open_sqlite_read_only(path: Path, any_schema: bool) -> sqlite3.Connection:
     """The SQLite file opened with mode=ro: SQLite itself refuses every write, so reading cannot change it."""
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
@@ -158,15 +161,16 @@ def _open_sqlite_read_only(path: Path) -> sqlite3.Connection:
         raise BadInputError(f"{path}: cannot open for reading ({exc})") from None
     connection.row_factory = sqlite3.Row
     try:
-        require_smki_store(connection, str(path))
+        require_smki_store(connection, str(path), any_schema)
     except BaseException:
         connection.close()
         raise
     return connection
 
 
-def require_smki_store(connection: sqlite3.Connection, where: str) -> int:
-    """The store's schema version, read without writing; refuse a database that holds no smki store."""
+def require_smki_store(connection: sqlite3.Connection, where: str, any_schema: bool = False) -> int:
+    """The store's schema version, read without writing; refuse a database that holds no smki store
+    (or, unless `any_schema`, one older than this code)."""
     try:
         version = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
     except sqlite3.DatabaseError as exc:  # an empty file: no such table; junk: not a database
@@ -174,6 +178,9 @@ def require_smki_store(connection: sqlite3.Connection, where: str) -> int:
     if version == 0:
         raise BadInputError(f"{where}: holds no smki store (no schema version); nothing was written to it")
     _refuse_newer_schema(version)
+    if version < SCHEMA_VERSION and not any_schema:
+        raise ConflictError(f"{where}: store schema version {version} is older than this smki's ({SCHEMA_VERSION}); "
+                            "the next command that writes to it migrates it")
     return version
 
 
