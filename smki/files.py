@@ -1,4 +1,10 @@
-"""Writing outputs: atomically, and never over an existing file.
+"""Reading inputs (bounded by kind) and writing outputs (atomically, never over an existing file).
+
+Every file smki reads goes through `read_input`, with the limit for its kind: the size is
+checked before anything is read, a device, FIFO or directory is refused (a share file that is
+a symlink to /dev/zero would otherwise be read forever), and at most limit+1 bytes are read
+(a file that grows after the check is still refused). YAML goes through `read_yaml`, the one
+YAML loader: duplicate keys refused, alias expansion and nesting bounded.
 
 A ceremony or issuance output that already exists is a sign of a repeated or confused
 run; it is refused rather than replaced. Readers never see a half-written file.
@@ -15,21 +21,165 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import yaml
 
 from smki.errors import BadInputError, ConflictError
 
+KIB, MIB = 1024, 1024 * 1024
+# Largest file accepted, by kind. Each is far above any genuine file of its kind and far
+# below what would hurt a CA host.
+MAX_CSR_BYTES = 16 * KIB  # an SMKI CSR is under 1 KiB
+MAX_PUBLIC_KEY_BYTES = 16 * KIB  # a P-256 SubjectPublicKeyInfo is 91 bytes
+MAX_CERTIFICATE_BYTES = 64 * KIB  # an SMKI certificate is under 1 KiB
+MAX_CRL_BYTES = 64 * MIB  # a 1M-entry CRL is ~40 MB DER, ~54 MB PEM (benchmarks/bench_crl.py)
+MAX_LINT_BYTES = MAX_CRL_BYTES  # `smki lint` and `verify` read CRLs and bundles of certificates alike
+MAX_YAML_BYTES = 1 * MIB  # policy, ceremony and hsm-config files are a few KiB
+MAX_SHARE_FILE_BYTES = 64 * KIB  # a custodian share file is under 1 KiB
+MAX_AUDIT_EXPORT_BYTES = 1024 * MIB  # one JSON export of a whole trail
+MAX_BATCH_ZIP_BYTES = 256 * MIB  # 50,000 CSRs of ~1 KiB, with ZIP overhead to spare
+# Expanded nodes of one YAML document (aliases counted every time they are used): a policy
+# file has a few hundred; an alias bomb has billions.
+MAX_YAML_NODES = 100_000
 
-def read_input(path: Path) -> bytes:
-    """An input file's bytes, or a one-line BadInputError naming the file."""
+
+def read_input(path: Path, limit: int) -> bytes:
+    """An input file's bytes, at most `limit` of them, or a one-line BadInputError naming the file.
+
+    Only regular files (or symlinks to them) are read: the size of anything else is unknown.
+    """
+    path = Path(path)
     try:
-        return Path(path).read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise BadInputError(f"{path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as stream:
+        info = os.fstat(descriptor)  # of the file opened, not of whatever the path names later
+        if not stat.S_ISREG(info.st_mode):
+            raise BadInputError(f"{path}: not a regular file ({_file_type(info.st_mode)})")
+        if info.st_size > limit:
+            raise BadInputError(f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this kind of file")
+        try:
+            data = stream.read(limit + 1)
+        except OSError as exc:
+            raise BadInputError(f"{path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise BadInputError(f"{path}: over the {limit}-byte limit for this kind of file (it grew while being read)")
+    return data
+
+
+def read_text_input(path: Path, limit: int) -> str:
+    """An input file's text: UTF-8 (a binary or otherwise encoded file is one line naming the first bad byte)."""
+    return _utf8(read_input(path, limit), path)
+
+
+def _utf8(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})") from None
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+class YamlError(BadInputError):
+    """A YAML file that cannot be read: `file:line: (file|yaml): what is wrong` (line 0: the file as a whole)."""
+
+    def __init__(self, path: Path, line: int, part: str, problem: str) -> None:
+        self.path, self.line, self.part, self.problem = path, line, part, problem
+        super().__init__(f"{path}:{line}: {part}: {problem}")
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    raw: bytes  # the file's bytes (for its digest)
+    node: Any  # the composed node graph, for line numbers; None for an empty document
+    data: Any
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> YamlDocument:
+    """The one YAML loader: a bounded, UTF-8, single-document file; duplicate keys refused; alias
+    expansion bounded (an alias bomb is a few hundred bytes that expand to gigabytes)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise YamlError(path, 0, "(file)", f"{what} file not found")
+    try:
+        raw = read_input(path, limit)
+        text = _utf8(raw, path)
+    except BadInputError as exc:
+        raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
+    loader = None
+    try:
+        loader = _StrictLoader(text)  # checks the characters first: a NUL or other control is refused here
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
+        raise YamlError(path, mark.line + 1 if mark else 0, "(yaml)", str(exc.problem or exc.context)) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(path, 0, "(yaml)", str(exc).splitlines()[0]) from None
+    except RecursionError:
+        raise YamlError(path, 0, "(yaml)", "nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return YamlDocument(raw, node, data)
+
+
+def _check_expansion(root) -> None:
+    """Refuse a node graph whose aliases expand past MAX_YAML_NODES, or that contains itself.
+
+    Sizes are memoised per node, so the check costs one visit per distinct node however
+    many times aliases repeat it."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it (recursive structure)", node.start_mark)
+        in_progress.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else []
+        total = 1 + sum(size(child) for child in children)
+        in_progress.discard(key)
+        if total > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_YAML_NODES} nodes", node.start_mark)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def refuse_existing(path: Path) -> None:

@@ -67,6 +67,9 @@ class RemotePartyRole(enum.IntEnum):
     ISSUING_AUTHORITY = 0x07
     LOAD_CONTROLLER = 0x08
     OTHER = 0x7F
+    # The XML-signing roles: Organisation Certificates that sign DUIS XML (DCC's own and the DSP's).
+    XML_SIGN = 0x87
+    DSP_XML_SIGN = 0x89
 
     @property
     def ou(self) -> str:

@@ -38,7 +38,8 @@ def test_role_ou_codes_match_gbcs():
     codes = {role.camel_name: role.ou for role in RemotePartyRole}
     assert codes == {"root": "00", "recovery": "01", "supplier": "02", "networkOperator": "03",
                      "accessControlBroker": "04", "transitionalCoS": "05", "wanProvider": "06",
-                     "issuingAuthority": "07", "loadController": "08", "other": "7F"}
+                     "issuingAuthority": "07", "loadController": "08", "other": "7F",
+                     "xmlSign": "87", "dspXmlSign": "89"}
 
 
 @pytest.mark.parametrize("ou", ["2", "002", "0x02", "7f", "09", "ZZ"])

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from smki.audit.canonical import CANONICALISATION
 from smki.audit.trail import GENESIS_HASH, checkpoint_message, entry_hash, key_id_of
 from smki.errors import BadInputError
+from smki.files import MAX_AUDIT_EXPORT_BYTES, read_input
 
 EXPORT_FORMAT = "smki-audit-export/1"
 
@@ -162,10 +163,9 @@ def export_trail(connection: sqlite3.Connection, public_key_pem: str) -> bytes:
 
 
 def load_export(path: Path) -> tuple[list[dict], list[dict], str]:
+    data = read_input(Path(path), MAX_AUDIT_EXPORT_BYTES)
     try:
-        document = json.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
+        document = json.loads(data)
     except ValueError:
         raise BadInputError(f"{path}: not a JSON audit export") from None
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:

@@ -28,7 +28,7 @@ from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
 from smki.authorities.ceremony_file import Ceremony
 from smki.authorities.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
-from smki.files import read_input, refuse_existing, write_new_file
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
 from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
@@ -46,6 +46,7 @@ from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
 from smki.profiles.lint import pre_issuance_check
 from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.lint.findings import Severity
 from smki.profiles.public_keys import check_public_key
 from smki.store import open_database
@@ -173,9 +174,10 @@ def _subject_public_key(ceremony: Ceremony):
     """The Issuing Authority's key: from its PKCS#10 request (proof of possession checked) or a public key file."""
     if not ceremony.subject_csr:
         return read_public_key(ceremony.subject_public_key)
-    path, data = ceremony.subject_csr, read_input(ceremony.subject_csr)
+    path = ceremony.subject_csr
+    der = single_object(read_input(path, MAX_CSR_BYTES), (PemLabel.CSR, PemLabel.NEW_CSR), str(path))
     try:
-        request = x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
+        request = x509.load_der_x509_csr(der)
     except ValueError:
         raise BadInputError(f"{path}: not a PEM or DER PKCS#10 request") from None
     if not request.is_signature_valid:

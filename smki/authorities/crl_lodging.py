@@ -15,8 +15,6 @@ changes and the audit entry are one transaction; a refusal is audited in its own
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import sqlite3
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from smki.audit.trail import AuditEntry, AuditTrail
 from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.lint.findings import Severity
+from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
 from smki.store.certificates import CertificateRecord, list_certificates
 from smki.store.database import transaction
@@ -36,7 +35,6 @@ from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl
                                      record_listed_serials)
 
 CA_TYPES = ("root", "issuing-ca")
-_PEM_BEGIN, _PEM_END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
 
 
 @dataclass(frozen=True)
@@ -49,14 +47,11 @@ class CrlLodgement:
 
 
 def crl_der_from_file(data: bytes) -> bytes:
-    """The DER of a CRL file, PEM (`X509 CRL` armour) or DER; the DER bytes are kept exactly as signed."""
-    if _PEM_BEGIN not in data:
-        return data
-    body = data.split(_PEM_BEGIN, 1)[1].split(_PEM_END, 1)[0]
+    """The DER of a CRL file, PEM (`X509 CRL` armour) or DER, kept exactly as signed; exactly one CRL, nothing around it."""
     try:
-        return base64.b64decode(b"".join(body.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInputError("malformed PEM: the X509 CRL armour does not hold Base64") from None
+        return single_object(data, (PemLabel.CRL,), "CRL")
+    except BadInputError as exc:
+        raise BadInputError(f"not a DER or PEM CRL: {str(exc).removeprefix('CRL: ')}") from None
 
 
 def _parse(crl_der: bytes) -> x509.CertificateRevocationList:

@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from smki.audit.trail import AuditEntry, AuditTrail
+from smki.errors import BadInputError
+from smki.files import read_input
 from smki.store.database import transaction
 from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
 
@@ -90,9 +92,9 @@ def _publish_file(path: Path, data: bytes, touched: set[Path]) -> int:
     just existence) also repairs a file someone altered in the published directory.
     """
     try:
-        if path.read_bytes() == data:
+        if read_input(path, len(data)) == data:  # bounded: a longer file (or a link to a device) differs
             return 0
-    except OSError:
+    except BadInputError:
         pass
     replace_atomically(path, data)
     touched.add(path.parent)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from smki.audit.verify import ChainHead, export_trail, load_export, rows_from_database, verify_trail
 from smki.cli.common import DATABASE, emit, json_option
 from smki.errors import BadInputError, RefusedError
-from smki.files import write_new_file
+from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
+from smki.profiles.pem import PemLabel, single_object
 from smki.store import open_database
 
 
@@ -23,8 +24,9 @@ def audit_group() -> None:
 
 
 def _public_key(pem: bytes, where: str) -> ec.EllipticCurvePublicKey:
+    der = single_object(pem, (PemLabel.PUBLIC_KEY,), where)  # exactly one key, nothing around it
     try:
-        key = load_pem_public_key(pem)
+        key = load_der_public_key(der)
     except (ValueError, TypeError):
         raise BadInputError(f"{where}: not a PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -33,10 +35,7 @@ def _public_key(pem: bytes, where: str) -> ec.EllipticCurvePublicKey:
 
 
 def _key_from_file(path: Path) -> ec.EllipticCurvePublicKey:
-    try:
-        return _public_key(path.read_bytes(), str(path))
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
+    return _public_key(read_input(path, MAX_PUBLIC_KEY_BYTES), str(path))
 
 
 def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | None:
@@ -124,7 +123,9 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 def export_command(database, out, public_key) -> None:
     """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
     connection = open_database(database, read_only=True, any_schema=True)
-    key_pem = (public_key.read_text() if public_key else
+    if public_key:
+        _key_from_file(public_key)  # one P-256 public key, nothing else, before it goes into the export
+    key_pem = (read_text_input(public_key, MAX_PUBLIC_KEY_BYTES) if public_key else
                next(iter(connection.execute("SELECT public_key_pem FROM audit_keys").fetchone() or []), None))
     if not key_pem:
         raise RefusedError("the trail has no checkpoint key yet; give --public-key")

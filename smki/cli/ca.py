@@ -15,7 +15,7 @@ from smki.cli.cert import Issuance, signing_options
 from smki.profiles.files import read_certificate
 from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.errors import BadInputError
-from smki.files import read_input, refuse_existing, write_new_file
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm.signer import open_signer
 from smki.identifiers import DeviceType, RemotePartyRole
 from smki.policy import PolicyRefusal, load_policy
@@ -47,7 +47,7 @@ def issue_org_command(csr, **options):
     optional CN and key usage become the certificate's.
     """
     with Issuance(options, "certificate.issue.organisation") as issuance:
-        request = parse_organisation_request(read_input(csr), str(csr))
+        request = parse_organisation_request(read_input(csr, MAX_CSR_BYTES), str(csr))
         issuance.operation.subject = {"request": str(csr), "entity_id": request.entity_id.hex, "role": request.role.ou}
         params = issuance.policy.organisation_certificate_params(
             issuance.environment, requester=RemotePartyRole.parse(options["requester"]), role=request.role, entity_id=request.entity_id,
@@ -66,7 +66,7 @@ def issue_device_command(csr, **options):
     """One Device Certificate from one PKCS#10 request: an ad hoc request replaces, so the device must
     already hold a certificate from this authority (policy 4.2), and stays under the per-device cap."""
     with Issuance(options, "certificate.issue.device") as issuance:
-        request = parse_device_request(read_input(csr), str(csr))
+        request = parse_device_request(read_input(csr, MAX_CSR_BYTES), str(csr))
         issuance.operation.subject = {"request": str(csr), "device_id": request.device_id.hex}
         device_type = DeviceType.parse(options["device_type"])
         expected_hw_type = issuance.policy.hw_type_oid(issuance.environment, device_type)

@@ -11,7 +11,7 @@ from smki.authorities.bulk import write_bulk_files
 from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
 from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
-from smki.files import read_input
+from smki.files import MAX_CRL_BYTES, read_input
 from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
 from smki.authorities.lodging import lodge_certificate
 from smki.profiles.files import read_certificate
@@ -120,7 +120,7 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
     audit = audit_trail(connection, audit_key_uri, pin_source)
 
     def lodge_one(path: Path) -> dict:
-        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(read_input(path)), audit=audit, actor=actor).summary()}
+        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(read_input(path, MAX_CRL_BYTES)), audit=audit, actor=actor).summary()}
 
     lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "CRL lodge")
     emit(as_json, {"lodged": lodged, "published": published}, lambda d: "\n".join(filter(None, [

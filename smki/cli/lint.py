@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
+import functools
 from pathlib import Path
 
 import click
 
 from smki.cli.common import emit, json_option
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
+from smki.files import MAX_CRL_BYTES, MAX_LINT_BYTES, read_input
 from smki.policy import Environment, load_policy
 from smki.profiles.lint import CERTIFICATE_RULES, lint_certificate
 from smki.profiles.lint.crl_rules import CRL_RULES, lint_crl
+from smki.profiles.files import read_certificate
 from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES
+from smki.profiles.pem import PemLabel, der_object, pem_blocks, single_object
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-_KINDS = {b"CERTIFICATE": "certificate", b"X509 CRL": "crl", b"CERTIFICATE REQUEST": "csr", b"NEW CERTIFICATE REQUEST": "csr"}
+_KINDS = {PemLabel.CERTIFICATE: "certificate", PemLabel.CRL: "crl", PemLabel.CSR: "csr", PemLabel.NEW_CSR: "csr"}
 
 
 def _der_kind(der: bytes) -> str:
@@ -40,23 +40,16 @@ def _der_kind(der: bytes) -> str:
 
 
 def _artefacts(path: Path) -> list[tuple[str, str, bytes]]:
-    """(label, kind, DER) of each certificate, CRL or CSR in a PEM (one or more blocks) or DER file."""
-    data = path.read_bytes()
+    """(label, kind, DER) of each certificate, CRL or CSR in a PEM (one or more blocks, only whitespace
+    around them) or DER (exactly one object) file."""
+    try:
+        data = read_input(path, MAX_LINT_BYTES)
+    except BadInputError as exc:  # each result already names its file
+        raise BadInputError(str(exc).removeprefix(f"{path}: ")) from None
     if data[:1] == b"\x30":
-        return [(str(path), _der_kind(data), data)]
-    blocks = _PEM_BLOCK.findall(data)
-    if not blocks:
-        raise BadInputError("neither DER nor PEM")
-    artefacts = []
-    for index, (label, body) in enumerate(blocks):
-        if label not in _KINDS:
-            raise BadInputError(f"PEM block {index + 1} is {label.decode()}, not a certificate, CRL or CSR")
-        try:
-            der = base64.b64decode(b"".join(body.split()), validate=True)
-        except binascii.Error:
-            raise BadInputError(f"PEM block {index + 1} has invalid Base64") from None
-        artefacts.append((f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), _KINDS[label], der))
-    return artefacts
+        return [(str(path), _der_kind(data), der_object(data, ""))]
+    blocks = pem_blocks(data, "", tuple(_KINDS))
+    return [(f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), _KINDS[label], der) for index, (label, der) in enumerate(blocks)]
 
 
 def _lint_one(kind: str, der: bytes, certificate_type, expected, rfc5280: bool):
@@ -66,7 +59,8 @@ def _lint_one(kind: str, der: bytes, certificate_type, expected, rfc5280: bool):
         return lint_type, [f.as_json() for f in findings]
     if kind == "csr":
         return _lint_csr(der)
-    lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected)
+    lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected,
+                                           policy_roles=shipped_policy_roles())
     rows = [f.as_json() for f in findings]
     if rfc5280:
         from smki.profiles.lint.pkix import rfc5280_findings
@@ -106,6 +100,12 @@ def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) 
         return tuple(policy_oids)
     env = Environment.parse(environment)
     return tuple(policy_oids) + tuple(load_policy(POLICIES / name).policy_oid(env) for name in ("organisation.yaml", "device.yaml"))
+
+
+@functools.cache
+def shipped_policy_roles() -> tuple[str, ...]:
+    """OU codes of the roles the shipped Organisation Certificate policy names."""
+    return tuple(role.ou for role in load_policy(POLICIES / "organisation.yaml").organisation_roles)
 
 
 @click.command("lint")
@@ -186,9 +186,9 @@ def _load_crls(paths) -> list:
     from cryptography import x509 as cx
     crls = []
     for path in paths:
-        data = Path(path).read_bytes()
+        der = single_object(read_input(Path(path), MAX_CRL_BYTES), (PemLabel.CRL,), str(path))
         try:
-            crls.append(cx.load_pem_x509_crl(data) if b"-----BEGIN" in data else cx.load_der_x509_crl(data))
+            crls.append(cx.load_der_x509_crl(der))
         except ValueError:
             raise BadInputError(f"{path}: not a PEM or DER CRL") from None
     return crls
@@ -226,7 +226,7 @@ def verify_command(leaf, anchors, intermediates, crl_files, at_text, environment
         except ValueError:
             raise BadInputError(f"--at: {at_text!r} is neither ISO 8601 nor unix seconds") from None
         at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
-    [certificate] = _load_certificates([leaf])[:1] or [None]
+    [certificate] = [read_certificate(leaf)]  # exactly one: a bundle's first certificate is not "the leaf"
     result = validate_path(certificate, _load_certificates(anchors), _load_certificates(intermediates), at=at,
                            expected_policy_oids=expected_policy_oids(environment, policy_oids), crls=_load_crls(crl_files))
     data = {"valid": result.valid, "reason": result.reason, "at": at.isoformat(), "revocation_checked": result.revocation_checked,

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from smki.errors import BadInputError, RefusedError
+from smki.files import MAX_SHARE_FILE_BYTES, read_input
 
 SHARE_FORMAT = "smki-custodian-share/1"
 SECRET_SIZE = 32  # 16 bytes of user PIN and 16 of SO PIN entropy
@@ -63,9 +64,9 @@ class CustodianShare:
     @classmethod
     def load(cls, path: Path) -> "CustodianShare":
         try:
-            data = json.loads(Path(path).read_bytes())
-        except OSError as exc:
-            raise BadInputError(f"share file {path}: {exc.strerror}") from None
+            data = json.loads(read_input(Path(path), MAX_SHARE_FILE_BYTES))
+        except BadInputError as exc:
+            raise BadInputError(f"share file {exc}") from None
         except ValueError:
             raise BadInputError(f"share file {path}: not JSON (malformed share)") from None
         if not isinstance(data, dict) or set(data) != _SHARE_FIELDS or data.get("format") != SHARE_FORMAT:

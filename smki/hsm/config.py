@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-import yaml
-
 from smki.errors import BadInputError
+from smki.files import read_yaml
 
 # Where Debian and other distributions put SoftHSM2's module; first existing wins.
 SOFTHSM_MODULE_CANDIDATES = (
@@ -121,12 +120,7 @@ class TokenLayout:
 
     @classmethod
     def load(cls, path: Path) -> "TokenLayout":
-        try:
-            document = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"{path}: token layout file not found") from None
-        except yaml.YAMLError as exc:
-            raise BadInputError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+        document = read_yaml(Path(path), "token layout").data
         if not isinstance(document, dict) or set(document) != {"authorities"}:
             raise BadInputError(f"{path}: expected exactly one top-level key 'authorities'")
         keys = {}

@@ -1,4 +1,4 @@
-"""Loading a policy file: YAML (duplicate keys refused), the published JSON Schema, then the
+"""Loading a policy file: YAML (smki.files.read_yaml: bounded, duplicate keys refused), the published JSON Schema, then the
 cross-field rules. Every error names file, line and field in one line, e.g.
 
     policies/device.yaml:42: eligibility.per_device_cap: 'many' is not of type 'integer'
@@ -14,25 +14,13 @@ import jsonschema
 import yaml
 
 from smki.errors import BadInputError
+from smki.files import YamlError, read_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "policies" / "policy.schema.json"
 
 
 class PolicyError(BadInputError):
     """A policy file that cannot be used; the message is `file:line: field: what is wrong`."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
 
 
 def _line_map(node, path=(), lines=None) -> dict[tuple, int]:
@@ -75,21 +63,10 @@ def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputE
     anything else raises `error` as `file:line: field: what is wrong`."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}:0: (file): {kind} file not found") from None
-    except OSError as exc:
-        raise error(f"{path}:0: (file): {exc.strerror}") from None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        node = yaml.compose(text, Loader=_StrictLoader)
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
-        line = mark.line + 1 if mark else 0
-        raise error(f"{path}:{line}: (yaml): {exc.problem or exc.context}") from None
-    except yaml.YAMLError:  # unmarked: a character YAML does not allow (NUL, most control characters)
-        raise error(f"{path}:0: (yaml): not YAML text (a character YAML does not allow)") from None
+        document = read_yaml(path, kind)
+    except YamlError as exc:
+        raise error(str(exc)) from None
+    node, data, raw = document.node, document.data, document.raw
     if node is None or not isinstance(data, dict):
         raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)

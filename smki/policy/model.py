@@ -128,6 +128,12 @@ class CertificatePolicy:
         return OrganisationCertificateParams(role, entity_id, key_usage, self.policy_oid(environment),
                                              Validity(not_before, validity.after(not_before)), common_name)
 
+    @property
+    def organisation_roles(self) -> tuple[RemotePartyRole, ...]:
+        """The roles the 7.1 profile lets hold Organisation Certificates."""
+        self._require_kind("organisation")
+        return tuple(RemotePartyRole.parse(name) for name in self.document["subscriber_certificates"]["roles"])
+
     def check_organisation_issuance(self, requester: RemotePartyRole, role: RemotePartyRole, key_usage: KeyUsage,
                                     common_name: str | None) -> None:
         self._require_kind("organisation")

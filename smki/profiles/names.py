@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from asn1crypto import core
@@ -21,6 +22,47 @@ CA_NAME_ATTRIBUTES = {
     "C": NameOID.COUNTRY_NAME,
 }
 _PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
+
+
+# Unicode categories no certified name may hold: what they do to a displayed name is invisible,
+# so a name shown to a person may differ from the name certified. Cc: C0 and C1 controls and
+# DEL (NUL ends a C string early); Cf: format characters (bidirectional embeddings, overrides
+# and isolates U+202A-U+202E, U+2066-U+2069, marks U+200E/U+200F, zero-width U+200B-U+200D,
+# U+2060, U+FEFF); Zl, Zp: line and paragraph separators; Cs: lone surrogates.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# ASN.1 string types of X.520 DirectoryString and its relatives, with the codec of each.
+STRING_CODECS = {0x0C: "utf-8", 0x12: "ascii", 0x13: "ascii", 0x14: "latin-1", 0x16: "ascii", 0x1A: "ascii",
+                 0x1C: "utf-32-be", 0x1E: "utf-16-be"}
+ATTRIBUTE_NAMES = {"2.5.4.3": "CN", "2.5.4.11": "OU", "2.5.4.10": "O", "2.5.4.6": "C", "2.5.4.45": "uniqueIdentifier"}
+
+
+def unsafe_characters(text: str) -> list[str]:
+    """The code points of `text` no certified name may hold, as U+XXXX, each once, in order."""
+    if text.isascii() and text.isprintable():
+        return []  # the common case, without a per-character look-up
+    found = [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
+    return list(dict.fromkeys(found))
+
+
+def string_value(oid: str, tag: int, contents: bytes) -> str | None:
+    """An attribute's text, checked: None if it is no string type; BadInputError if it cannot be
+    decoded or holds a character no certified name may hold. Used at intake and by lint alike."""
+    codec = STRING_CODECS.get(tag)
+    if codec is None:
+        return None
+    name = ATTRIBUTE_NAMES.get(oid, oid)
+    try:
+        text = contents.decode(codec)
+    except UnicodeDecodeError:
+        raise BadInputError(f"{name} is not a valid {codec} string (ASN.1 tag {tag:#04x})") from None
+    check_name_text(text, name)
+    return text
+
+
+def check_name_text(text: str, name: str) -> None:
+    unsafe = unsafe_characters(text)
+    if unsafe:
+        raise BadInputError(f"{name} holds {', '.join(unsafe)}: control, bidirectional or invisible characters are not certified")
 
 
 def ca_name(attributes: Sequence[tuple[str, str]]) -> x509.Name:
@@ -43,6 +85,7 @@ def organisation_subject(role: RemotePartyRole, entity_id: EUI64, common_name: s
     if common_name is not None:
         if not common_name or len(common_name) > 64:
             raise BadInputError(f"organisation common name {common_name!r} must be 1 to 64 characters")
+        check_name_text(common_name, "organisation common name")
         rdns.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name, _ASN1Type.UTF8String))
     rdns.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.ou, _ASN1Type.UTF8String))
     # cryptography takes a BIT STRING's contents: the unused-bits octet (0) then the bits.

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from smki.errors import BadInputError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles.extensions import ID_ON_HARDWARE_MODULE_NAME, parse_hardware_module_name
-from smki.profiles.names import raw_attributes
+from smki.profiles.names import raw_attributes, string_value
 from smki.profiles.public_keys import check_subject_public_key_info
 from smki.requests.canonical import canonical_fields
 from smki.requests.encodings import decode_request
@@ -38,6 +38,7 @@ from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 COMMON_NAME, ORGANIZATIONAL_UNIT, UNIQUE_IDENTIFIER = "2.5.4.3", "2.5.4.11", "2.5.4.45"
 KEY_USAGE, SUBJECT_ALT_NAME = "2.5.29.15", "2.5.29.17"
+EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
 
 
 _Parsed = TypeVar("_Parsed")
@@ -96,8 +97,12 @@ def _check_common(data: bytes, where: str, allowed_extensions: set[str]) -> _Che
         spki_der = info["subject_pk_info"].dump()
         info_der, signature = info.dump(), request["signature"].native
         subject_der = info["subject"].dump()
+        extension_requests = [len(attribute["values"]) for attribute in info["attributes"] if attribute["type"].dotted == EXTENSION_REQUEST]
     except (ValueError, TypeError, KeyError):
         raise RequestRejected(Outcome.NOT_PKCS10, "not a PKCS#10 certification request", where) from None
+    if extension_requests not in ([], [1]):
+        # Parsers differ on which of several extensionRequests they read: what is checked might not be what is certified.
+        raise RequestRejected(Outcome.NOT_PKCS10, "the request holds more than one extensionRequest (attribute or value)", where)
     if version != "v1":
         raise RequestRejected(Outcome.WRONG_VERSION, f"PKCS#10 version must be 0, got {version}", where)
     if algorithm != ECDSA_WITH_SHA256:
@@ -146,19 +151,19 @@ def parse_organisation_request(data: bytes, where: str = "") -> OrganisationRequ
     if ORGANIZATIONAL_UNIT not in attributes or UNIQUE_IDENTIFIER not in attributes:
         raise RequestRejected(Outcome.WRONG_SUBJECT, "subject must hold OU (role) and uniqueIdentifier (EUI-64)", where)
     try:
-        role = RemotePartyRole.from_ou(_directory_string(attributes[ORGANIZATIONAL_UNIT]))
-        common_name = _directory_string(attributes[COMMON_NAME]) if COMMON_NAME in attributes else None
+        role = RemotePartyRole.from_ou(_directory_string(ORGANIZATIONAL_UNIT, attributes[ORGANIZATIONAL_UNIT]))
+        common_name = _directory_string(COMMON_NAME, attributes[COMMON_NAME]) if COMMON_NAME in attributes else None
     except BadInputError as exc:
         raise RequestRejected(Outcome.WRONG_SUBJECT, str(exc), where) from None
     return OrganisationRequest(role, _unique_identifier(attributes[UNIQUE_IDENTIFIER], where), common_name,
                                checked.key_usage, checked.public_key, checked.request_sha256)
 
 
-def _directory_string(value: tuple[int, bytes]) -> str:
+def _directory_string(oid: str, value: tuple[int, bytes]) -> str:
     identifier, contents = value
     if identifier not in (0x0C, 0x13):  # UTF8String, PrintableString
         raise BadInputError(f"attribute is ASN.1 tag {identifier:#04x}, not UTF8String or PrintableString")
-    return contents.decode("utf-8")
+    return string_value(oid, identifier, contents)
 
 
 def _unique_identifier(value: tuple[int, bytes], where: str) -> EUI64:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from asn1crypto import core, x509 as asn1_x509
 
+from smki.errors import BadInputError
+from smki.identifiers import RemotePartyRole
 from smki.profiles.lint.certificate_view import (AKI, BC, CONTINGENCY, CP, ECDSA_WITH_SHA256, KU, SAN, SKI,
                                                  CertificateView)
 from smki.profiles.lint.findings import Rule, Severity
+from smki.profiles.names import string_value
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 EXPECTED_ORDER = {
@@ -134,7 +137,8 @@ def _extension_order(v: CertificateView):
 
 
 def _unexpected_extensions(v: CertificateView):
-    extra = sorted({e.oid for e in v.extensions} - set(EXPECTED_ORDER[v.certificate_type]))
+    allowed = set(EXPECTED_ORDER[v.certificate_type]) | ({BC} if _end_entity_ca_false(v) else set())  # a warning of its own
+    extra = sorted({e.oid for e in v.extensions} - allowed)
     return f"unexpected extension(s) for a {v.certificate_type} certificate: {', '.join(extra)}" if extra else None
 
 
@@ -145,8 +149,8 @@ def _issuer_matches(v: CertificateView):
 
 def _basic_constraints(v: CertificateView):
     extension = v.extension(BC)
-    if v.is_end_entity:
-        return "an end-entity certificate carries basicConstraints" if extension is not None else None
+    if v.is_end_entity:  # cA FALSE is only a warning (_end_entity_basic_constraints)
+        return "an end-entity certificate asserts basicConstraints cA TRUE" if v.basic_constraints_ca else None
     if extension is None or not extension.critical:
         return "a CA certificate needs critical basicConstraints cA=TRUE"
     path_length = asn1_x509.BasicConstraints.load(extension.value).native["path_len_constraint"]
@@ -154,6 +158,40 @@ def _basic_constraints(v: CertificateView):
         return "an Issuing CA's pathLenConstraint must be 0"
     if v.certificate_type == "cross-certificate" and path_length == 0:
         return "a cross-certificate's pathLenConstraint must leave room for the Issuing CAs below the new root"
+
+
+def _end_entity_ca_false(v: CertificateView) -> bool:
+    return v.is_end_entity and v.extension(BC) is not None and not v.basic_constraints_ca
+
+
+def _end_entity_basic_constraints(v: CertificateView):
+    # DCC Boxed's "other user" Organisation Certificates carry a critical, empty basicConstraints
+    # (cA FALSE) and work: outside the test PKI's profile, but not broken.
+    if _end_entity_ca_false(v):
+        return "an end-entity certificate carries basicConstraints cA FALSE (the test PKI's carry none)"
+
+
+def _name_characters(v: CertificateView):
+    for which, attributes in (("subject", v.subject_attributes), ("issuer", v.issuer_attributes)):
+        for oid, tag, contents in attributes:
+            try:
+                string_value(oid, tag, contents)
+            except BadInputError as exc:
+                return f"{which} {exc}"
+
+
+def _role_in_policy(v: CertificateView):
+    if v.certificate_type != "organisation" or v.policy_roles is None:
+        return None
+    ou = next((value for oid, _, value in v.subject_attributes if oid == "2.5.4.11"), None)
+    if ou is None:
+        return None  # smki.organisation.subject reports it
+    text = ou.decode("latin-1")
+    try:
+        role = RemotePartyRole.from_ou(text).camel_name
+    except BadInputError:
+        return f"role OU {text!r} names no RemotePartyRole"
+    return None if text in v.policy_roles else f"role {text} ({role}) is named by no policy"
 
 
 def _root_subject(v: CertificateView):
@@ -218,10 +256,15 @@ CERTIFICATE_RULES = [
     Rule("smki.cert.extension_order", WARNING, "extension order of the test PKI", _extension_order),
     Rule("smki.cert.unexpected_extension", ERROR, "no extensions beyond the profile's", _unexpected_extensions),
     Rule("smki.cert.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer_matches),
-    Rule("smki.cert.basic_constraints", ERROR, "critical cA=TRUE on CAs (pathLen 0 on Issuing CAs); none on end entities", _basic_constraints),
+    Rule("smki.cert.basic_constraints", ERROR, "critical cA=TRUE on CAs (pathLen 0 on Issuing CAs); no cA TRUE on end entities", _basic_constraints),
+    Rule("smki.cert.basic_constraints_end_entity", WARNING, "no basicConstraints cA FALSE on end entities (DCC Boxed has it)",
+         _end_entity_basic_constraints),
+    Rule("smki.name.safe_characters", ERROR, "subject and issuer strings decode and hold no control, bidi or invisible characters",
+         _name_characters),
     Rule("smki.root.subject", ERROR, "a root is self-issued with subject OU 00", _root_subject),
     Rule("smki.device.subject_empty", ERROR, "empty Device Certificate subject", _device_subject),
     Rule("smki.device.not_after", ERROR, "device notAfter GeneralizedTime 99991231235959Z", _device_not_after),
     Rule("smki.device.hardware_module_name", ERROR, "critical SAN with exactly one HardwareModuleName, 8-octet hwSerialNum", _device_san),
     Rule("smki.organisation.subject", ERROR, "CN?/OU/uniqueIdentifier with their string types; EUI-64 BIT STRING", _organisation_subject),
+    Rule("smki.organisation.role_in_policy", WARNING, "a role some policy names (when the policies are known)", _role_in_policy),
 ]

@@ -29,7 +29,7 @@ class Extension:
 
 class CertificateView:
     def __init__(self, der: bytes, certificate_type: str | None = None, expected_policy_oids: tuple[str, ...] = (),
-                 issuer_subject_der: bytes | None = None) -> None:
+                 issuer_subject_der: bytes | None = None, policy_roles: tuple[str, ...] | None = None) -> None:
         self.der = der
         self.certificate = asn1_x509.Certificate.load(der, strict=True)
         self.tbs = self.certificate["tbs_certificate"]
@@ -38,6 +38,7 @@ class CertificateView:
         self.subject_attributes = [attribute for rdn in raw_attributes(self.tbs["subject"].dump()) for attribute in rdn]
         self.expected_policy_oids = expected_policy_oids
         self.issuer_subject_der = issuer_subject_der
+        self.policy_roles = policy_roles  # OU codes of the roles some policy names; None: not known, not checked
         self.certificate_type = certificate_type or self.detected_type
 
     @cached_property
@@ -47,6 +48,10 @@ class CertificateView:
     def extension(self, oid: str) -> Extension | None:
         found = [e for e in self.extensions if e.oid == oid]
         return found[0] if found else None
+
+    @cached_property
+    def issuer_attributes(self) -> list[tuple[str, int, bytes]]:
+        return [attribute for rdn in raw_attributes(self.tbs["issuer"].dump()) for attribute in rdn]
 
     @cached_property
     def point(self) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from asn1crypto import crl as asn1_crl
 
 from smki.profiles.crl import REASON_CODES
@@ -13,12 +15,18 @@ _REASON_NAMES = {"unspecified", "key_compromise", "ca_compromise", "affiliation_
 assert len(_REASON_NAMES) == len(REASON_CODES)  # the two spellings of one list
 
 
+# How far ahead of this host's clock a CRL's thisUpdate may be: clocks differ a little, but a
+# CRL dated later than that was made by a wrong clock (or to be used later), not just now.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 class CrlView:
-    def __init__(self, der: bytes, issuer_subject_der: bytes | None = None) -> None:
+    def __init__(self, der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None) -> None:
         self.crl = asn1_crl.CertificateList.load(der, strict=True)
         self.tbs = self.crl["tbs_cert_list"]
         self.tbs.native  # parse now: malformed structures fail here
         self.issuer_subject_der = issuer_subject_der
+        self.now = now or datetime.now(timezone.utc)
         self.extensions = {e["extn_id"].dotted: e for e in self.tbs["crl_extensions"]}
         self.is_arl = any(a["type"].dotted == "2.5.4.11" and a["value"].native == "00" for rdn in self.tbs["issuer"].chosen for a in rdn)
 
@@ -50,6 +58,12 @@ def _next_update(v: CrlView):
     return None if v.tbs["next_update"].native is not None else "nextUpdate is missing"
 
 
+def _this_update(v: CrlView):
+    this_update = v.tbs["this_update"].native
+    if this_update > v.now + CLOCK_SKEW:
+        return f"thisUpdate {this_update:%Y-%m-%dT%H:%M:%SZ} is more than {CLOCK_SKEW} ahead of the clock ({v.now:%Y-%m-%dT%H:%M:%SZ})"
+
+
 def _reasons(v: CrlView):
     for entry in v.tbs["revoked_certificates"]:
         for extension in entry["crl_entry_extensions"]:
@@ -68,16 +82,18 @@ CRL_RULES = [
     Rule("smki.crl.authority_key_identifier", ERROR, "AKI: 8-octet keyIdentifier only", _aki),
     Rule("smki.crl.crl_number", ERROR, "cRLNumber present", _crl_number),
     Rule("smki.crl.next_update", ERROR, "nextUpdate present", _next_update),
+    Rule("smki.crl.this_update_not_future", ERROR, "thisUpdate not ahead of the clock by more than a small skew", _this_update),
     Rule("smki.crl.reason_codes", ERROR, "reasonCode values of RFC 5280", _reasons),
     Rule("smki.crl.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer),
 ]
 
 
-def lint_crl(der: bytes, issuer_subject_der: bytes | None = None) -> tuple[str, list[Finding]]:
+def lint_crl(der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None) -> tuple[str, list[Finding]]:
+    """(crl or arl, findings); `now` (default: the clock) is what thisUpdate is compared with."""
     from smki.errors import BadInputError
 
     try:
-        view = CrlView(der, issuer_subject_der)
+        view = CrlView(der, issuer_subject_der, now)
     except (ValueError, TypeError, KeyError) as exc:
         raise BadInputError(f"not a DER CRL ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return ("arl" if view.is_arl else "crl"), [finding for rule in CRL_RULES if (finding := rule.run(view))]

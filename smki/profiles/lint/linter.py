@@ -12,12 +12,14 @@ from smki.profiles.lint.findings import Finding, Severity
 
 
 def lint_certificate(der: bytes, *, certificate_type: str | None = None, expected_policy_oids: tuple[str, ...] = (),
-                     issuer_subject_der: bytes | None = None, cheap_only: bool = False) -> tuple[str, list[Finding]]:
-    """(the certificate type linted as, findings). Malformed DER raises BadInputError."""
+                     issuer_subject_der: bytes | None = None, cheap_only: bool = False,
+                     policy_roles: tuple[str, ...] | None = None) -> tuple[str, list[Finding]]:
+    """(the certificate type linted as, findings). Malformed DER raises BadInputError.
+    `policy_roles`: OU codes of the roles some policy names (an Organisation Certificate of another role is warned about)."""
     if certificate_type is not None and certificate_type not in CERTIFICATE_TYPES:
         raise BadInputError(f"unknown certificate type {certificate_type!r} ({', '.join(CERTIFICATE_TYPES)})")
     try:
-        view = CertificateView(der, certificate_type, tuple(expected_policy_oids), issuer_subject_der)
+        view = CertificateView(der, certificate_type, tuple(expected_policy_oids), issuer_subject_der, policy_roles)
     except (ValueError, TypeError, KeyError) as exc:
         raise BadInputError(f"not a DER X.509 certificate ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     findings = [finding for rule in CERTIFICATE_RULES if rule.cheap or not cheap_only if (finding := rule.run(view))]
