@@ -126,6 +126,21 @@ echo "(the revoked certificate now fails path validation; openssl agrees)"
 cat root-oca.pem issuing-oca.pem > oca-chain.pem
 openssl verify -crl_check -CAfile oca-chain.pem -CRLfile organisation-crl-1.pem org-supplier-ka.pem || true
 run "$SMKI" ca list --state state/issuing-oca
+echo "(before it signs a CRL or records a revocation, an authority checks its state tables against what its audit trail"
+echo " records; an edited table is refused. Here a copy of the state loses its revocation, as a careless or hostile edit would:)"
+run "$SMKI" ca reconcile --state state/issuing-oca
+mkdir -p tampered
+"$REPO/.venv/bin/python" - <<'PY'
+import sqlite3
+copy = sqlite3.connect("tampered/smki.db")
+sqlite3.connect("state/issuing-oca/smki.db").backup(copy)  # the whole store, its write-ahead log included
+copy.execute("DELETE FROM revocations")
+copy.commit()
+PY
+echo '$ smki ca crl ... --state tampered ...   (the copy whose revocation was deleted)'
+"$SMKI" ca crl $(sign_as issuing-oca | sed 's|state/issuing-oca|tampered|') --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem \
+  --out tampered-crl.pem || true
+rm -r tampered
 
 step "6c. Organisation Certificates for several roles, each requested by its own party, from CSRs"
 "$REPO/.venv/bin/python" - <<'PY'
@@ -241,6 +256,10 @@ run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --db repository.db
 run "$SMKI" audit export --db repository.db --out audit-trail.json
 run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
+echo "(the auditor keeps the head it verified, outside the database: a tail removed later, checkpoints and all, is caught against it)"
+REPOSITORY_HEAD=$("$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem --json \
+  | "$REPO/.venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["head"])')
+echo "recorded head: $REPOSITORY_HEAD"
 
 step "11. Root drills from the shipped files: a root re-key with a cross-certificate, and contingency key recovery"
 run "$SMKI" ceremony run ceremonies/root-oca-rekey.yaml --operator demo-operator $PASSPHRASES
@@ -270,6 +289,7 @@ for root in root-oca root-dca; do
     "transcripts/$root-key.json" > "state/$root/audit.pub.pem"
   run "$SMKI" audit verify --db "state/$root/smki.db" --public-key "state/$root/audit.pub.pem"
 done
+run "$SMKI" audit verify --db repository.db --public-key librarian-audit.pub.pem --expect-head "$REPOSITORY_HEAD"
 run "$SMKI" audit verify --db state/librarian-audit/smki.db --public-key librarian-audit.pub.pem   # the key's own generation
 for authority in issuing-oca issuing-dca; do   # key generation and issuance: each Issuing Authority's own trail
   run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"

@@ -3,6 +3,7 @@ a removed tail is caught against a head recorded earlier, verification never wri
 refuses to sign a CRL from state its audit trail does not account for."""
 
 import hashlib
+import itertools
 import json
 import sqlite3
 
@@ -203,6 +204,9 @@ POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 
 
+_org_authorities = itertools.count()
+
+
 @pytest.fixture(scope="module")
 def org_authority(tmp_path_factory, hsm_token):
     """An Organisation root and Issuing OCA; two certificates issued, one revoked keyCompromise, CRL 1 issued."""
@@ -211,9 +215,11 @@ def org_authority(tmp_path_factory, hsm_token):
     policy = ["--policy", str(POLICIES / "organisation.yaml")]
     smki("policy", "adopt", str(POLICIES / "organisation.yaml"), *state)
     keys = {}
-    for name, key_id in (("rc-root-o", "ad01"), ("rc-issuing-o", "ad02")):
-        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
-        keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN]
+    instance = next(_org_authorities)  # other modules build their own (the session's token is shared: labels must differ)
+    for name, key_id in (("rc-root-o", f"ad{instance:02x}01"), ("rc-issuing-o", f"ad{instance:02x}02")):
+        label = f"{name}-{instance}"
+        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN, *state)
+        keys[name] = ["--token", hsm_token.label, "--key-label", label, "--key-id", key_id, *PIN]
     smki("cert", "root", *keys["rc-root-o"], *state, *policy, "--environment", "test", "--not-before", "2026-01-01", "--out", str(d / "root.pem"))
     smki("hsm", "pubkey", *keys["rc-issuing-o"][:6], "--out", str(d / "issuing.pub"))
     smki("cert", "issuing-ca", *keys["rc-root-o"], *state, *policy, "--environment", "test", "--not-before", "2026-01-01",

@@ -1,7 +1,6 @@
 """Hostile batches: malformed requests and ZIPs answer one request or refuse in one line, killed runs
 leave no temporaries behind their rerun, and no child process smki starts inherits a secret."""
 
-import csv
 import functools
 import json
 import os
@@ -28,6 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import csr_factory as f
 from conftest import PIN_ENV, SO_PIN_ENV, smki
+from test_batch_issuance import batch_args, statuses, write_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
@@ -54,25 +54,6 @@ def dca(tmp_path_factory, hsm_token):
     smki("cert", "issuing-ca", *keys["hard-root-d"], *state, *policy, "--not-before", "2026-01-01", "--issuer-cert", str(d / "root.pem"),
          "--public-key", str(d / "issuing.pub"), "--out", str(d / "issuing.pem"))
     return d, state, keys["hard-issuing-d"]
-
-
-def batch_args(dca, batch, out_dir: Path, *extra):
-    d, state, key = dca
-    return ["ca", "issue-batch", *key, *state, "--policy", str(POLICIES / "device.yaml"), "--environment", "test",
-            "--issuer-cert", str(d / "issuing.pem"), "--requester", "supplier", "--device-type", "ESME", "--not-before", "2026-02-01",
-            "--response", str(out_dir / "response.zip"), "--status", str(out_dir / "status.csv"), "--workers", "2", *extra, str(batch)]
-
-
-def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return path
-
-
-def statuses(out_dir: Path) -> dict[str, dict]:
-    with open(out_dir / "status.csv", newline="") as stream:
-        return {row["file"]: row for row in csv.DictReader(stream)}
 
 
 def _counts(d: Path) -> tuple[int, int]:
