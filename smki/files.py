@@ -44,7 +44,6 @@ MAX_LINT_BYTES = MAX_CRL_BYTES  # `smki lint` and `verify` read CRLs and bundles
 MAX_YAML_BYTES = 1 * MIB  # policy, ceremony and hsm-config files are a few KiB
 MAX_SHARE_FILE_BYTES = 64 * KIB  # a custodian share file is under 1 KiB
 MAX_AUDIT_EXPORT_BYTES = 1024 * MIB  # one JSON export of a whole trail
-MAX_BATCH_ZIP_BYTES = 256 * MIB  # 50,000 CSRs of ~1 KiB, with ZIP overhead to spare
 # Expanded nodes of one YAML document (aliases counted every time they are used): a policy
 # file has a few hundred; an alias bomb has billions.
 MAX_YAML_NODES = 100_000
