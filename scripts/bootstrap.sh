@@ -22,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating virtualenv .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest, psycopg" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
+if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest, psycopg, hypothesis" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
   echo "== installing smki into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.smki-installed
