@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from smki.audit.trail import AuditEntry
 from smki.cli.cert import Issuance, signing_options
 from smki.profiles.files import read_certificate
-from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
+from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option, SERIAL
 from smki.errors import BadInputError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm.signer import open_signer
@@ -89,7 +89,7 @@ def _policy_options(func):
 
 @ca_group.command("revoke")
 @_policy_options
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @click.option("--reason", required=True, help="RFC 5280 reason, as the policy allows (e.g. keyCompromise).")
 @json_option
 def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
@@ -99,7 +99,7 @@ def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri,
 
 @ca_group.command("reject")
 @_policy_options
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @json_option
 def reject_command(serial, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
     """The subscriber rejected this certificate when it was issued: where the policy says so
@@ -175,7 +175,7 @@ read_state_option = click.option("--state", "state_dir", required=True, type=cli
 
 @ca_group.command("show")
 @read_state_option
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @json_option
 def show_command(serial, state_dir, as_json):
     """One issued certificate's record: status, request digest, policy that allowed it."""
