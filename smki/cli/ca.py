@@ -246,6 +246,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     from smki.profiles.validity import utc_midnight
     from smki.requests.batch import BatchResponse, open_batch
 
+    refuse_same_file({"--response": response_zip, "--status": status_csv, "the batch": batch})
     with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device.batch") as operation:
         operation.subject = {"batch": str(batch)}
         refuse_existing(response_zip)
@@ -275,6 +276,26 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "
         f"{d['answered_before']} answered before; all answers: {', '.join(f'{k} {v}' for k, v in d['totals'].items())}\n"
         f"wrote {d['response']} and {d['status']}"))
+
+
+def refuse_same_file(paths: dict[str, Path]) -> None:
+    """A usage error (exit 2) before anything is opened or issued when two of `paths` name one file:
+    outputs written over each other (or over the input) would lose one of them after the work is done."""
+    seen: dict[tuple, str] = {}
+    for what, path in paths.items():
+        identity = _file_identity(Path(path))
+        if identity in seen:
+            raise click.UsageError(f"{seen[identity]} and {what} name the same file; give each its own")
+        seen[identity] = what
+
+
+def _file_identity(path: Path) -> tuple:
+    """(device, inode) of an existing file (so links and hard links are the same), else its resolved path."""
+    try:
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
 
 
 @ca_group.command("reconcile")
