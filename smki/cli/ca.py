@@ -279,13 +279,13 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
 
 
 def refuse_same_file(paths: dict[str, Path]) -> None:
-    """A usage error (exit 2) before anything is opened or issued when two of `paths` name one file:
+    """Refused (exit 3) before anything is opened or issued when two of `paths` name one file:
     outputs written over each other (or over the input) would lose one of them after the work is done."""
     seen: dict[tuple, str] = {}
     for what, path in paths.items():
         identity = _file_identity(Path(path))
         if identity in seen:
-            raise click.UsageError(f"{seen[identity]} and {what} name the same file; give each its own")
+            raise BadInputError(f"{seen[identity]} and {what} name the same file; give each its own")
         seen[identity] = what
 
 
