@@ -293,7 +293,7 @@ def _serve(path: Path):
     from smki.authorities.repository_service import RepositoryService, make_server
 
     service = RepositoryService(lambda: open_database(path), {API_KEY})
-    server = make_server(service)
+    server = make_server(service, max_connections_per_client=256)  # every benchmark connection comes from loopback
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server

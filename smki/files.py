@@ -49,21 +49,40 @@ MAX_AUDIT_EXPORT_BYTES = 1024 * MIB  # one JSON export of a whole trail
 MAX_YAML_NODES = 100_000
 
 
+def open_regular_file(path: Path) -> int:
+    """A read-only descriptor of `path`, a regular file (or a symlink to one), or a one-line
+    BadInputError naming it. The check is on the descriptor opened (not on whatever the path
+    names later): a device such as /dev/zero has no end, and a FIFO can block forever.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise BadInputError(f"{path}: {exc.strerror}") from None
+    try:
+        require_regular_file(descriptor, path)
+    except BadInputError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def require_regular_file(descriptor: int, path: Path) -> None:
+    """Refuse (one line naming `path`) an open descriptor that is not of a regular file."""
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"{path}: not a regular file ({_file_type(mode)})")
+
+
 def read_input(path: Path, limit: int) -> bytes:
     """An input file's bytes, at most `limit` of them, or a one-line BadInputError naming the file.
 
     Only regular files (or symlinks to them) are read: the size of anything else is unknown.
     """
     path = Path(path)
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise BadInputError(f"{path}: {exc.strerror}") from None
+    descriptor = open_regular_file(path)
     with os.fdopen(descriptor, "rb") as stream:
-        info = os.fstat(descriptor)  # of the file opened, not of whatever the path names later
-        if not stat.S_ISREG(info.st_mode):
-            raise BadInputError(f"{path}: not a regular file ({_file_type(info.st_mode)})")
+        info = os.fstat(descriptor)
         if info.st_size > limit:
             raise BadInputError(f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this kind of file")
         try:

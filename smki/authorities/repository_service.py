@@ -15,8 +15,9 @@ entity expansion and external entities are refused.
 
 Limits, because every party and every attacker shares one process: a request (line, headers and
 body) must arrive within `timeout` seconds of the server starting to wait for it, which also ends
-idle keep-alive connections; at most `max_connections` connections are served at once (each has
-a thread), more are answered 503 and closed; headers are bounded in total, the body by
+idle keep-alive connections; a connection must start each request within `request_line_timeout`
+(shorter); at most `max_connections` connections are served at once (each has a thread), and at
+most `max_connections_per_client` from one client address, more are answered 503 and closed; headers are bounded in total, the body by
 MAX_BODY_SIZE. A malformed request gets a 4xx and its connection is closed (what follows it on
 the connection cannot be framed).
 Element names follow shared/docs/smki-profiles.md; the search request's usage and status
@@ -48,14 +49,21 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from smki.errors import BadInputError
+from smki.files import MAX_CRL_BYTES, read_input
 from smki.identifiers import EUI64
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, search_certificates
 
 MAX_BODY_SIZE = 16 * 1024
 MAX_HEADER_SIZE = 16 * 1024  # the request line and every header line together
 MAX_QUERY_FIELDS = 8
-REQUEST_TIMEOUT = 20.0  # seconds: for a request to arrive whole, and for an idle keep-alive connection
+REQUEST_TIMEOUT = 20.0  # seconds: for a request to arrive whole, once its first byte has
+# Seconds a connection may wait before the first byte of a request (a new or an idle keep-alive one):
+# an idle socket costs a thread and a connection slot, so holding one must not be free for long.
+REQUEST_LINE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 256
+# Connections from one client address at once default to a quarter of max_connections (64 of 256):
+# one address cannot take every slot. (The benchmark, the only client, passes its own bound.)
+MAX_PUBLISHED_INDEX_BYTES = 64 * 1024 * 1024  # index.json names every published file: a few MB for a large repository
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
 STATUS_CODES = {status.value for status in RepositoryStatus}
 _HEX_ID = re.compile(r"[0-9A-Fa-f]{1,40}")  # a serial or a key identifier, any case
@@ -231,21 +239,27 @@ class RepositoryService:
             # Published lists are named by the issuer's SKI in uppercase hex; hex names any case, as /certificates/ does.
             name = f"{stem.upper()}.crl"
         # `smki librarian publish` keeps CRLs under crl/; a hand-made directory may hold them at the top.
-        return self._read_published(self.published_dir / "crl" / name, self.published_dir / name)
+        return self._read_published(MAX_CRL_BYTES, self.published_dir / "crl" / name, self.published_dir / name)
 
     def published_index(self) -> bytes:
         if self.published_dir is None:
             raise ServiceError(HTTPStatus.NOT_FOUND, "no such file")
-        return self._read_published(self.published_dir / "index.json")
+        return self._read_published(MAX_PUBLISHED_INDEX_BYTES, self.published_dir / "index.json")
 
     @staticmethod
-    def _read_published(*candidates: Path) -> bytes:
-        # Publishing renames complete files into place, so one read returns one whole version.
+    def _read_published(limit: int, *candidates: Path) -> bytes:
+        """The first candidate that exists, read with its kind's bound. Publishing renames complete
+        files into place, so one read returns one whole version. Anything else put there by hand (a
+        device such as /dev/zero, a FIFO, a file over the bound) is refused on the descriptor opened:
+        a 500 and one line on stderr, never a read without end."""
         for candidate in candidates:
-            try:
-                return candidate.read_bytes()
-            except OSError:
+            if not candidate.exists():  # follows links: a dangling one is not published either
                 continue
+            try:
+                return read_input(candidate, limit)
+            except BadInputError as exc:
+                sys.stderr.write(f"smki librarian serve: published file refused: {exc}\n")
+                raise ServiceError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error") from None
         raise ServiceError(HTTPStatus.PAYMENT_REQUIRED, "not published")
 
 
@@ -262,12 +276,20 @@ class _RequestReader:
     counts the header bytes against MAX_HEADER_SIZE. Each socket read is at most one recv.
     """
 
-    def __init__(self, stream, timeout: float) -> None:
-        self._stream, self._timeout = stream, timeout
-        self._deadline, self._header_bytes = float("inf"), 0
+    def __init__(self, stream, connection: socket.socket, timeout: float, request_line_timeout: float) -> None:
+        self._stream, self._connection = stream, connection
+        self._timeout, self._request_line_timeout = timeout, request_line_timeout
+        self._deadline, self._header_bytes, self._waiting = float("inf"), 0, False
 
     def start_request(self) -> None:
-        self._deadline, self._header_bytes = time.monotonic() + self._timeout, 0
+        """Wait for a request: at most `request_line_timeout` for its first byte (the socket's timeout too)."""
+        self._deadline, self._header_bytes, self._waiting = time.monotonic() + self._request_line_timeout, 0, True
+        self._connection.settimeout(self._request_line_timeout)
+
+    def _request_started(self) -> None:
+        """The first byte is here: the whole request now has `timeout` to arrive."""
+        self._deadline, self._waiting = time.monotonic() + self._timeout, False
+        self._connection.settimeout(self._timeout)
 
     def _check_deadline(self) -> None:
         if time.monotonic() > self._deadline:
@@ -281,6 +303,8 @@ class _RequestReader:
             buffered = self._stream.peek(1)  # what is buffered, or one recv when nothing is
             if not buffered:
                 break  # end of stream
+            if self._waiting:
+                self._request_started()
             end = buffered.find(b"\n")
             line += self._stream.read(len(buffered) if end < 0 else end + 1)
             if self._header_bytes + len(line) > MAX_HEADER_SIZE:
@@ -309,12 +333,13 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # TCP_NODELAY: with Nagle, a keep-alive client's delayed ACK stalls each answer 40 ms
     wbufsize = -1  # buffer the headers and body: one send per answer (handle_one_request flushes)
     timeout = REQUEST_TIMEOUT  # the socket's timeout: one read or write (make_server sets it)
+    request_line_timeout = REQUEST_LINE_TIMEOUT  # before a request's first byte (make_server sets it)
     service: RepositoryService
     rfile: _RequestReader
 
     def setup(self) -> None:
         super().setup()
-        self.rfile = _RequestReader(self.rfile, self.timeout)
+        self.rfile = _RequestReader(self.rfile, self.connection, self.timeout, self.request_line_timeout)
 
     def handle_one_request(self) -> None:
         self.rfile.start_request()
@@ -468,19 +493,42 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # server_close does not wait for idle keep-alive connections to time out
 
-    def __init__(self, address, handler, max_connections: int) -> None:
+    def __init__(self, address, handler, max_connections: int, max_connections_per_client: int) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)  # one thread a connection: bounded
+        self._per_client_limit = max_connections_per_client
+        self._per_client: dict[str, int] = {}  # client address -> connections being served
+        self._per_client_lock = threading.Lock()
 
     def process_request(self, request, client_address) -> None:
+        if not self._take_client_slot(client_address[0]):
+            self._refuse(request)
+            return
         if not self._slots.acquire(blocking=False):
+            self._release_client_slot(client_address[0])
             self._refuse(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
+            self._release_client_slot(client_address[0])
             raise
+
+    def _take_client_slot(self, host: str) -> bool:
+        with self._per_client_lock:
+            if self._per_client.get(host, 0) >= self._per_client_limit:
+                return False
+            self._per_client[host] = self._per_client.get(host, 0) + 1
+            return True
+
+    def _release_client_slot(self, host: str) -> None:
+        with self._per_client_lock:
+            remaining = self._per_client[host] - 1
+            if remaining:
+                self._per_client[host] = remaining
+            else:
+                del self._per_client[host]  # the table holds only addresses with connections open
 
     def _refuse(self, request: socket.socket) -> None:
         """Over the limit: a 503 without a thread (never blocking the accepting loop), then close."""
@@ -496,6 +544,7 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._release_client_slot(client_address[0])
 
     def handle_error(self, request, client_address) -> None:
         """A client that hangs up mid-answer is routine: one line, not socketserver's traceback."""
@@ -507,11 +556,16 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(service: RepositoryService, address: str = "127.0.0.1", port: int = 0, *, timeout: float = REQUEST_TIMEOUT,
-                max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+                max_connections: int = MAX_CONNECTIONS, max_connections_per_client: int | None = None,
+                request_line_timeout: float = REQUEST_LINE_TIMEOUT) -> ThreadingHTTPServer:
     """A threading HTTP server for `service`; port 0 picks a free port (server.server_address).
 
-    `timeout`: seconds for a request to arrive whole (and for an idle connection); `max_connections`:
-    connections served at once, more are answered 503.
+    `timeout`: seconds for a request to arrive whole once it has started; `request_line_timeout`:
+    seconds a connection (new or idle keep-alive) may take to start a request (at most `timeout`);
+    `max_connections`: connections served at once; `max_connections_per_client`: from one client
+    address (default a quarter of `max_connections`, at least 1). More are answered 503 at once.
     """
-    handler = type("RepositoryHandler", (_Handler,), {"service": service, "timeout": timeout})
-    return _Server((address, port), handler, max_connections)
+    per_client = max(1, max_connections // 4) if max_connections_per_client is None else max_connections_per_client
+    handler = type("RepositoryHandler", (_Handler,), {"service": service, "timeout": timeout,
+                                                       "request_line_timeout": min(request_line_timeout, timeout)})
+    return _Server((address, port), handler, max_connections, per_client)

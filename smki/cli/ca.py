@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from smki.audit.trail import AuditEntry
 from smki.cli.cert import Issuance, signing_options
 from smki.profiles.files import read_certificate
-from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
+from smki.cli.common import AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option, SERIAL
 from smki.errors import BadInputError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm.signer import open_signer
@@ -89,7 +89,7 @@ def _policy_options(func):
 
 @ca_group.command("revoke")
 @_policy_options
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @click.option("--reason", required=True, help="RFC 5280 reason, as the policy allows (e.g. keyCompromise).")
 @json_option
 def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
@@ -99,7 +99,7 @@ def revoke_command(serial, reason, policy_file, state_dir, actor, audit_key_uri,
 
 @ca_group.command("reject")
 @_policy_options
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @json_option
 def reject_command(serial, policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json):
     """The subscriber rejected this certificate when it was issued: where the policy says so
@@ -175,7 +175,7 @@ read_state_option = click.option("--state", "state_dir", required=True, type=cli
 
 @ca_group.command("show")
 @read_state_option
-@click.argument("serial")
+@click.argument("serial", type=SERIAL)
 @json_option
 def show_command(serial, state_dir, as_json):
     """One issued certificate's record: status, request digest, policy that allowed it."""
@@ -246,6 +246,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     from smki.profiles.validity import utc_midnight
     from smki.requests.batch import BatchResponse, open_batch
 
+    refuse_same_file({"--response": response_zip, "--status": status_csv, "the batch": batch})
     with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "certificate.issue.device.batch") as operation:
         operation.subject = {"batch": str(batch)}
         refuse_existing(response_zip)
@@ -275,6 +276,26 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
         f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "
         f"{d['answered_before']} answered before; all answers: {', '.join(f'{k} {v}' for k, v in d['totals'].items())}\n"
         f"wrote {d['response']} and {d['status']}"))
+
+
+def refuse_same_file(paths: dict[str, Path]) -> None:
+    """Refused (exit 3) before anything is opened or issued when two of `paths` name one file:
+    outputs written over each other (or over the input) would lose one of them after the work is done."""
+    seen: dict[tuple, str] = {}
+    for what, path in paths.items():
+        identity = _file_identity(Path(path))
+        if identity in seen:
+            raise BadInputError(f"{seen[identity]} and {what} name the same file; give each its own")
+        seen[identity] = what
+
+
+def _file_identity(path: Path) -> tuple:
+    """(device, inode) of an existing file (so links and hard links are the same), else its resolved path."""
+    try:
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
 
 
 @ca_group.command("reconcile")

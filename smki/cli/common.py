@@ -74,7 +74,37 @@ class CustodianSecretSource(click.ParamType):
         return custodian, PinSource.parse(spec, option)
 
 
+class ActorName(click.ParamType):
+    """An --actor value: printable text, as it goes into every audit entry (JSON) and on screens.
+
+    Refused (exit 3) without repeating it: an undecodable byte, a control or bidirectional
+    override character, or an overlong name would break or disguise the trail's entries.
+    """
+
+    name = "NAME"
+    MAX_LENGTH = 128
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or not value.strip() or not value.isprintable() or len(value) > self.MAX_LENGTH:
+            raise BadInputError(f"{_option_name(param)}: give a name of printable text, 1 to {self.MAX_LENGTH} characters "
+                                "(no control or bidirectional-override characters)")
+        return value
+
+
+class SerialNumber(click.ParamType):
+    """A certificate serial number argument: hex (colons allowed), checked where it enters, upper-case."""
+
+    name = "SERIAL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from smki.store.certificates import normalised_serial_hex
+
+        return normalised_serial_hex(value)
+
+
 SECRET_SOURCE = SecretSource()
+ACTOR = ActorName()
+SERIAL = SerialNumber()
 CUSTODIAN_SECRET_SOURCE = CustodianSecretSource()
 
 
@@ -119,7 +149,7 @@ def audit_options(func: Callable) -> Callable:
     func = click.option("--pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
                         help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")(func)
     func = click.option("--audit-key-uri", help="pkcs11: URI of the audit key; when given, the run ends with a signed checkpoint.")(func)
-    return click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+    return click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                         help="Who is acting, as recorded in the audit trail.")(func)
 
 
@@ -141,7 +171,7 @@ def state_option(func: Callable) -> Callable:
     for option in reversed([
         click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="The authority's state directory: its database (issued certificates, audit trail) lives here."),
-        click.option("--actor", default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+        click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                      help="Who is acting, as recorded in the audit trail."),
         click.option("--audit-key-uri", help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
         click.option("--audit-pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",

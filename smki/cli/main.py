@@ -18,7 +18,7 @@ import sys
 import click
 
 from smki import __version__
-from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, SmkiError
+from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, SmkiError
 
 TRACEBACK_ENV = "SMKI_TRACEBACK"
 
@@ -65,6 +65,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
+        refuse_undecodable_arguments(sys.argv[1:] if argv is None else argv)
         cli.main(args=argv, prog_name="smki", standalone_mode=False)
     except SmkiError as exc:
         click.echo(f"smki: error: {exc}", err=True)
@@ -87,6 +88,37 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, nothing secret
         _internal_error(exc)
+
+
+def refuse_undecodable_arguments(argv: list[str]) -> None:
+    """Refuse, before any command runs, a command-line value that is not UTF-8.
+
+    Python hands undecodable argv bytes over as surrogate escapes (U+DC80-U+DCFF); passed on,
+    they crashed the PKCS#11 module natively or broke the audit trail's JSON. File names are
+    refused too (Linux allows any bytes in them; smki takes UTF-8 names only). The message names
+    the argument's position and option, never its value: it could be a mistyped secret.
+    """
+    for position, argument in enumerate(argv, start=1):
+        if _is_utf8(argument):
+            continue
+        option, equals, _ = argument.partition("=")
+        previous = argv[position - 2] if position > 1 else ""
+        if argument.startswith("--") and equals and _is_utf8(option):
+            where = f" ({option}=...)"
+        elif previous.startswith("-") and _is_utf8(previous) and "=" not in previous:
+            where = f" (the value after {_shortened(previous)})"
+        else:
+            where = ""
+        raise BadInputError(f"command-line argument {position}{where} is not valid UTF-8 text; "
+                            "give every value, file names included, as UTF-8")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # surrogate escapes do not encode
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shortened(text: str, limit: int = 120) -> str:

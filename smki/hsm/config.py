@@ -27,6 +27,32 @@ SOFTHSM_MODULE_CANDIDATES = (
     "/usr/local/lib/softhsm/libsofthsm2.so",
 )
 MODULE_ENV = "SMKI_PKCS11_MODULE"
+TOKEN_LABEL_MAX_BYTES = 32  # CK_TOKEN_INFO.label: 32 bytes of UTF-8, blank-padded
+
+
+def pkcs11_text(value: str, what: str, max_bytes: int | None = None) -> str:
+    """`value`, checked before it reaches a PKCS#11 module: UTF-8 text with no NUL (and at most
+    `max_bytes` of UTF-8). A label the module cannot take as UTF-8 (an undecodable command-line
+    byte arrives as a surrogate escape) once crashed the process natively inside C_FindObjects.
+
+    The message names `what`, never the value: it may be a secret typed in the wrong place.
+    """
+    if not isinstance(value, str):
+        raise BadInputError(f"{what} is not text")
+    try:
+        encoded = value.encode("utf-8")  # surrogate escapes (U+DC80-U+DCFF) do not encode
+    except UnicodeEncodeError:
+        raise BadInputError(f"{what} is not valid UTF-8 text") from None
+    if "\x00" in value:
+        raise BadInputError(f"{what} holds a NUL character")
+    if max_bytes is not None and len(encoded) > max_bytes:
+        raise BadInputError(f"{what} is longer than {max_bytes} bytes of UTF-8")
+    return value
+
+
+def token_label_text(label: str) -> str:
+    """A token label, checked as `pkcs11_text` with PKCS#11's 32-byte bound."""
+    return pkcs11_text(label, "the token label", TOKEN_LABEL_MAX_BYTES)
 
 
 def default_module_path() -> str:
@@ -50,6 +76,10 @@ class KeyRef:
     module_path: str = ""
 
     def __post_init__(self) -> None:
+        # Checked first, so that no message below repeats a value the module could not take.
+        token_label_text(self.token_label)
+        pkcs11_text(self.key_label, "the key label")
+        pkcs11_text(self.module_path, "the PKCS#11 module path")
         if not self.token_label:
             raise BadInputError("key reference names no token")
         if not self.key_label:
@@ -94,22 +124,35 @@ def parse_pkcs11_uri(uri: str) -> KeyRef:
     for part in filter(None, path.split(";")):
         name, sep, value = part.partition("=")
         if not sep:
-            raise BadInputError(f"pkcs11 URI attribute {part!r} has no value")
+            # Not repeated: the attribute text may be a PIN typed into the URI.
+            raise BadInputError("a pkcs11 URI attribute has no value (each is NAME=VALUE, e.g. token=...)")
         attrs[name] = unquote_to_bytes(value)
     for part in filter(None, query.split("&")):
         name, _, value = part.partition("=")
         if name == "pin-value":
             raise BadInputError("pkcs11 URI carries pin-value: PINs are never accepted in a URI")
         attrs[name] = unquote_to_bytes(value)
-    unknown = set(attrs) - {"token", "object", "id", "module-path", "type", "serial", "model", "manufacturer"}
+    unknown = set(attrs) - set(URI_ATTRIBUTES)
     if unknown:
-        raise BadInputError(f"pkcs11 URI attribute(s) not supported: {', '.join(sorted(unknown))}")
+        # The names are not repeated either (a PIN typed as "pin123456" is an unknown name).
+        raise BadInputError(f"the pkcs11 URI has an attribute not supported (supported: {', '.join(URI_ATTRIBUTES)})")
     return KeyRef(
-        token_label=attrs.get("token", b"").decode(),
-        key_label=attrs.get("object", b"").decode(),
+        token_label=_uri_text(attrs, "token"),
+        key_label=_uri_text(attrs, "object"),
         key_id=attrs.get("id", b""),
-        module_path=attrs.get("module-path", b"").decode(),
+        module_path=_uri_text(attrs, "module-path"),
     )
+
+
+URI_ATTRIBUTES = ("token", "object", "id", "module-path", "type", "serial", "model", "manufacturer")
+
+
+def _uri_text(attrs: dict[str, bytes], name: str) -> str:
+    """A percent-decoded URI attribute as text: refused (without its value) unless UTF-8."""
+    try:
+        return attrs.get(name, b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"pkcs11 URI attribute {name} is not valid UTF-8 once percent-decoded") from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from smki.errors import ConflictError, HsmError
+from smki.hsm.config import pkcs11_text
 from smki.hsm.store_lock import token_store_lock
 
 P256_OID = "1.2.840.10045.3.1.7"
@@ -118,7 +119,8 @@ def public_key_of(public_key_object: pkcs11.PublicKey) -> ec.EllipticCurvePublic
 def _objects(session: pkcs11.Session, object_class: ObjectClass, label: str | None, key_id: bytes | None) -> list:
     template = {Attribute.CLASS: object_class}
     if label is not None:
-        template[Attribute.LABEL] = label
+        # python-pkcs11 crashes the process natively on a label that is not UTF-8 (a surrogate escape).
+        template[Attribute.LABEL] = pkcs11_text(label, "the key label")
     if key_id is not None:
         template[Attribute.ID] = key_id
     with token_store_lock():  # C_FindObjects reloads changed object files
@@ -129,6 +131,7 @@ def generate_p256_key_pair(session: pkcs11.Session, label: str, key_id: bytes) -
     """Generate a P-256 key pair inside the token. Refuses a label or id already in use."""
     if len(key_id) == 0:
         raise HsmError("a key needs an explicit, non-empty CKA_ID")
+    pkcs11_text(label, "the key label")
     for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
         if _objects(session, object_class, label, None) or _objects(session, object_class, None, key_id):
             raise ConflictError(f"token already holds a key labelled {label!r} or with id {key_id.hex()}")

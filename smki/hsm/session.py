@@ -27,6 +27,7 @@ import pkcs11
 import pkcs11.exceptions as p11x
 
 from smki.errors import HsmError
+from smki.hsm.config import pkcs11_text, token_label_text
 from smki.hsm.store_lock import token_store_lock
 
 _libraries: dict[str, pkcs11.lib] = {}
@@ -65,6 +66,7 @@ def _pin_digest(salt: bytes, pin: str) -> bytes:
 
 def load_module(module_path: str) -> pkcs11.lib:
     """Load (once per process) the PKCS#11 module at `module_path`."""
+    pkcs11_text(module_path, "the PKCS#11 module path")
     with token_store_lock(module_path), _lock:  # C_Initialize reads every token of the store (the flock first, always)
         if module_path not in _libraries:
             try:
@@ -83,6 +85,7 @@ def token_labels(module_path: str) -> list[str]:
 
 
 def get_token(module_path: str, token_label: str) -> pkcs11.Token:
+    token_label_text(token_label)  # before the module sees it, and before a message repeats it
     library = load_module(module_path)
     try:
         with token_store_lock(module_path):
@@ -103,6 +106,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     by the token at the first login of the process, and against that login's digest after it
     (see the module's docstring); the PIN itself is never kept here.
     """
+    token_label_text(token_label)
     key = (module_path, token_label)
     with _lock:
         cached = _sessions.get(key)

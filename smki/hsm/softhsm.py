@@ -16,6 +16,7 @@ from pathlib import Path
 
 from smki.errors import ConflictError, HsmError
 from smki.hsm.child_env import child_environment
+from smki.hsm.config import token_label_text
 from smki.hsm.store_lock import SOFTHSM, token_store_lock
 
 TEMPLATE_TOKENDIR = "@TOKENDIR@"
@@ -80,8 +81,9 @@ def _answer_prompts(argv: list[str], answers: list[str]) -> tuple[int, str]:
 
 def init_token(label: str, so_pin: str, user_pin: str) -> None:
     """Initialise a free SoftHSM slot as token `label` with the given SO and user PINs."""
-    if not label or len(label) > 32:
-        raise HsmError(f"token label {label!r} must be 1 to 32 characters")
+    token_label_text(label)  # UTF-8, no NUL, at most 32 bytes; the value is not repeated
+    if not label:
+        raise HsmError("the token label is empty (give 1 to 32 bytes of UTF-8)")
     for name, pin in (("SO PIN", so_pin), ("user PIN", user_pin)):
         if len(pin) not in PIN_LENGTH:
             raise HsmError(f"{name} must be 4 to 255 characters")
@@ -107,6 +109,7 @@ def _softhsm_labels() -> list[str]:
 
 def delete_token(label: str) -> None:
     """Remove a SoftHSM token (a ceremony that failed after creating it leaves nothing behind)."""
+    token_label_text(label)
     with token_store_lock(SOFTHSM):
         code, output = _answer_prompts([_softhsm_util(), "--delete-token", "--token", label], [])
     if code != 0:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smki.errors import BadInputError
-from smki.files import new_file, refuse_existing
+from smki.files import new_file, refuse_existing, require_regular_file
 from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 
 MAX_ENTRY_SIZE = 16 * 1024  # one CSR in Base64 is about 700 bytes
@@ -96,7 +96,7 @@ class _ArchiveReader:
 
     def __init__(self, source: Path, expected_sha256: str | None) -> None:
         self.source = source
-        self.descriptor = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        self.descriptor = _open_regular(source)
         try:
             if expected_sha256 is not None and _descriptor_sha256(self.descriptor) != expected_sha256:
                 raise BatchRefused(f"{source}: the file changed after the batch was checked (its SHA-256 is no longer the batch's); nothing more is read")
@@ -170,8 +170,26 @@ def _check_count(source: Path, count: int, limit: int) -> None:
         raise BatchRefused(f"{source}: {count} entries, more than the batch limit of {limit}")
 
 
+def _open_regular(path: Path) -> int:
+    """A descriptor of a batch file or entry, which must be a regular file (checked on the descriptor):
+    a device such as /dev/zero never ends, a FIFO can block forever. Refused as the whole batch's fault."""
+    try:
+        # O_NONBLOCK: opening a FIFO does not wait for a writer; it has no effect on regular files.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise BatchRefused(f"{path}: no such file") from None
+    except OSError as exc:
+        raise BatchRefused(f"{path}: cannot be opened ({exc.strerror})") from None
+    try:
+        require_regular_file(descriptor, path)
+    except BadInputError as exc:
+        os.close(descriptor)
+        raise BatchRefused(str(exc)) from None
+    return descriptor
+
+
 def _read_limited_file(path: Path) -> bytes:
-    with open(path, "rb") as stream:
+    with os.fdopen(_open_regular(path), "rb") as stream:
         data = stream.read(MAX_ENTRY_SIZE + 1)
     if len(data) > MAX_ENTRY_SIZE:
         raise BatchRefused(f"{path}: larger than {MAX_ENTRY_SIZE} bytes; not a CSR")
@@ -195,17 +213,10 @@ def open_batch(source: Path, limit: int) -> Batch:
         digest = hashlib.sha256()
         for name in names:
             _check_name(source, name)
-            if not (source / name).is_file():
-                raise BatchRefused(f"{source}: entry {name!r} is not a regular file")
             digest.update(name.encode() + b"\0" + hashlib.sha256(_read_limited_file(source / name)).digest())
         return Batch(source, tuple(names), digest.hexdigest())
     # One open file for the directory and the digest: the names checked come from the very file the digest covers.
-    try:
-        descriptor = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise BatchRefused(f"{source}: no such file") from None
-    except OSError as exc:
-        raise BatchRefused(f"{source}: not a ZIP file ({exc})") from None
+    descriptor = _open_regular(source)
     try:
         with zipfile.ZipFile(os.fdopen(os.dup(descriptor), "rb")) as archive:
             infos = archive.infolist()

@@ -98,11 +98,24 @@ def _record(row: sqlite3.Row) -> CertificateRecord:
     return CertificateRecord(**{column: row[column] for column in _COLUMNS})
 
 
+MAX_SERIAL_OCTETS = 20  # RFC 5280 4.1.2.2
+
+
+def normalised_serial_hex(text: str) -> str:
+    """A serial number as given by an operator (hex, colons allowed), in the stored form (upper-case hex)."""
+    serial = text.strip().upper().replace(":", "")
+    if not serial or any(ch not in "0123456789ABCDEF" for ch in serial):
+        # Repeated only when printable: the value then shows what was typed without breaking the line.
+        shown = f" {text!r}" if text.isprintable() and len(text) <= 2 * MAX_SERIAL_OCTETS + 20 else ""
+        raise BadInputError(f"serial{shown} is not hexadecimal")
+    if len(serial) > 2 * MAX_SERIAL_OCTETS:
+        raise BadInputError(f"serial is longer than {MAX_SERIAL_OCTETS} octets")
+    return serial
+
+
 def find_certificate(connection: sqlite3.Connection, serial_hex: str) -> list[CertificateRecord]:
     """Records with this serial (one per issuer at most)."""
-    serial = serial_hex.strip().upper().replace(":", "")
-    if not serial or any(ch not in "0123456789ABCDEF" for ch in serial):
-        raise BadInputError(f"serial {serial_hex!r} is not hexadecimal")
+    serial = normalised_serial_hex(serial_hex)
     rows = connection.execute(f"{_SELECT} WHERE c.serial_hex = ?", (status_now(), serial)).fetchall()
     return [_record(row) for row in rows]
 
