@@ -81,3 +81,140 @@ def test_reconcile_reports_an_edited_or_deleted_adoption(org_authority, tmp_path
     tamper(state, ("DELETE FROM adopted_policies",))
     deleted = smki("ca", "reconcile", "--state", str(state), check=False)
     assert deleted.returncode == 1 and "is missing from the state" in deleted.stdout
+
+
+# -- finding B: a store read from read-only media, and nothing created beside the evidence -----------------
+import os  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _can_mount_read_only() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind -o ro / /mnt 2>/dev/null || mount --bind -o ro /tmp /tmp"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+read_only_mounts = pytest.mark.skipif(not _can_mount_read_only(), reason="needs `unshare -m` and a bind mount (root, or user namespaces)")
+
+
+def smki_on_read_only(directories: list[Path], *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a private mount namespace where each of `directories` is bind-mounted read-only onto itself."""
+    mounts = "; ".join(f"mount --bind -o ro {shlex.quote(str(d))} {shlex.quote(str(d))}" for d in directories)
+    command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "smki.cli.main", *args))
+    return subprocess.run(["unshare", "-m", "sh", "-c", f"{mounts} && exec {command}"], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def public_key_file(tmp_path: Path) -> Path:
+    """Any P-256 public key: an export names the audit key it is to be verified with."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    path = tmp_path / "audit-key.pem"
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def store(tmp_path: Path) -> Path:
+    """A small authority state: the organisation policy adopted (one audit entry)."""
+    state = tmp_path / "evidence"
+    smki("policy", "adopt", str(POLICIES / "organisation.yaml"), "--state", str(state))
+    return state
+
+
+def store_with_a_log(tmp_path: Path, with_shm: bool) -> Path:
+    """A copy of a store taken while its write-ahead log held a committed adoption (as a crash or a live copy leaves it)."""
+    live = store(tmp_path / "live")
+    holder = sqlite3.connect(live / "smki.db")  # keeps the log from being checkpointed away when smki closes
+    holder.execute("PRAGMA wal_autocheckpoint = 0")
+    holder.execute("SELECT COUNT(*) FROM audit_entries").fetchone()
+    smki("policy", "adopt", str(POLICIES / "device.yaml"), "--state", str(live))
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    for suffix in ("", "-wal", *(("-shm",) if with_shm else ())):
+        shutil.copyfile(live / f"smki.db{suffix}", evidence / f"smki.db{suffix}")
+    holder.close()
+    assert (evidence / "smki.db-wal").stat().st_size > 0
+    return evidence
+
+
+@read_only_mounts
+def test_audit_verify_export_and_list_read_a_store_on_read_only_media(tmp_path):
+    """Finding B as reported: a store on a read-only mount verifies, exports and lists (it was "holds no smki store", exit 3)."""
+    state = store(tmp_path)
+    verified = smki_on_read_only([state], "audit", "verify", "--db", str(state / "smki.db"))
+    assert verified.returncode == 0 and "audit chain intact: 1 entries" in verified.stdout, verified.stderr
+    exported = smki_on_read_only([state], "audit", "export", "--db", str(state / "smki.db"), "--out", str(tmp_path / "export.json"),
+                                  "--public-key", str(public_key_file(tmp_path)))
+    assert exported.returncode == 0, exported.stderr
+    listed = smki_on_read_only([state], "ca", "list", "--state", str(state))
+    assert listed.returncode == 0, listed.stderr
+
+
+@read_only_mounts
+@pytest.mark.parametrize("with_shm", [True, False], ids=["with-shm", "without-shm"])
+def test_a_read_only_store_with_a_full_log_is_read_whole(tmp_path, with_shm):
+    """The committed entries still in the write-ahead log are read too (through a private copy where needed)."""
+    state = store_with_a_log(tmp_path, with_shm)
+    before = sorted(os.listdir(state))
+    verified = smki_on_read_only([state], "audit", "verify", "--db", str(state / "smki.db"))
+    assert verified.returncode == 0 and "audit chain intact: 2 entries" in verified.stdout, verified.stderr
+    assert sorted(os.listdir(state)) == before
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _can_run_as_nobody() -> bool:
+    if shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import smki.cli.main"], capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_run_as_nobody(), reason="needs setpriv and a Python that user nobody can run")
+def test_an_auditor_without_write_permission_reads_the_store_and_is_told_what_is_wrong():
+    """Finding B with permissions: an auditor who may only read the store verifies it; a file the auditor may not
+    read is reported as such, not as "holds no smki store"."""
+    top = Path(tempfile.mkdtemp(prefix="smki-state-hardening-"))  # outside pytest's 0700 directories: nobody must reach it
+    try:
+        top.chmod(0o755)
+        state = store(top)
+        state.chmod(0o755)
+        (state / "smki.db").chmod(0o644)
+        before = sorted(os.listdir(state))
+        run = [*NOBODY, sys.executable, "-m", "smki.cli.main", "audit", "verify", "--db", str(state / "smki.db")]
+        readable = subprocess.run(run, capture_output=True, text=True, timeout=300)
+        assert readable.returncode == 0 and "audit chain intact: 1 entries" in readable.stdout, readable.stderr
+        assert sorted(os.listdir(state)) == before
+        (state / "smki.db").chmod(0o600)  # (audit verify's --db refuses it already, exit 2; ca list opens it itself)
+        unreadable = subprocess.run([*NOBODY, sys.executable, "-m", "smki.cli.main", "ca", "list", "--state", str(state)],
+                                    capture_output=True, text=True, timeout=300)
+        one_line(unreadable, 3)
+        assert "permission denied" in unreadable.stderr and "holds no smki store" not in unreadable.stderr, unreadable.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.parametrize("with_log", [False, True], ids=["no-log", "log-without-shm"])
+def test_reading_a_store_creates_nothing_beside_it(tmp_path, with_log):
+    """On writable storage too: no -wal or -shm left beside the evidence by verify, export, list or reconcile."""
+    state = store_with_a_log(tmp_path, with_shm=False) if with_log else store(tmp_path)
+    before = sorted(os.listdir(state))
+    db, scratch = str(state / "smki.db"), tmp_path / "scratch"
+    scratch.mkdir()
+    for args in (("audit", "verify", "--db", db),
+                 ("audit", "export", "--db", db, "--out", str(tmp_path / "e.json"), "--public-key", str(public_key_file(tmp_path))),
+                 ("ca", "list", "--state", str(state)), ("ca", "reconcile", "--state", str(state))):
+        smki(*args, env={"TMPDIR": str(scratch)})
+        (tmp_path / "e.json").unlink(missing_ok=True)
+        assert sorted(os.listdir(state)) == before, args
+    assert list(scratch.iterdir()) == []  # the private copies are removed
