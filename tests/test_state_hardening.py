@@ -218,3 +218,101 @@ def test_reading_a_store_creates_nothing_beside_it(tmp_path, with_log):
         (tmp_path / "e.json").unlink(missing_ok=True)
         assert sorted(os.listdir(state)) == before, args
     assert list(scratch.iterdir()) == []  # the private copies are removed
+
+
+# -- finding C: repeating a multi-file lodge lodges what the earlier run did not --------------------------
+from test_librarian_publishing import Pki, make_crl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lodging_pki(new_hsm_key):
+    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+
+
+def pem_file(path: Path, certificate) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    return str(path)
+
+
+def lodge_outcomes(db: str) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(db) as raw:
+        return [(operation, outcome, json.loads(details).get("reason", "")) for operation, outcome, details in
+                raw.execute("SELECT operation, outcome, details FROM audit_entries WHERE operation LIKE '%.lodge' ORDER BY seq")]
+
+
+def test_a_repeated_crl_lodge_lodges_the_rest(tmp_path, lodging_pki):
+    """Finding C as reported: organisation-crl-1 lodged alone, then crl-1, the ARL and crl-2 together."""
+    pki, db, pub = lodging_pki, str(tmp_path / "repo.db"), tmp_path / "pub"
+    smki("librarian", "lodge", "--db", db, "--trust-root", pem_file(tmp_path / "root.pem", pki.root),
+            pem_file(tmp_path / "issuing.pem", pki.issuing), pem_file(tmp_path / "org.pem", pki.orgs[0]))
+    (tmp_path / "crl-1.crl").write_bytes(make_crl(pki.issuing, pki.issuing_signer, 1))
+    (tmp_path / "arl-1.crl").write_bytes(make_crl(pki.root, pki.root_signer, 1))
+    (tmp_path / "crl-2.crl").write_bytes(make_crl(pki.issuing, pki.issuing_signer, 2, revoked=[pki.orgs[0].serial_number]))
+    lists = [str(tmp_path / name) for name in ("crl-1.crl", "arl-1.crl", "crl-2.crl")]
+    smki("librarian", "lodge-crl", "--db", db, lists[0])
+
+    repeated = smki("librarian", "lodge-crl", "--db", db, *lists, "--publish", str(pub), check=False)
+    assert repeated.returncode == 0, repeated.stderr
+    lines = repeated.stdout.splitlines()
+    assert lines[0].startswith(f"already lodged {lists[0]}  CRL number 1") and lines[1].startswith(f"lodged {lists[1]}  ARL number 1")
+    assert lines[2].startswith(f"lodged {lists[2]}  CRL number 2") and "1 certificate(s) now revoked" in lines[2]
+    index = json.loads((pub / "index.json").read_text())
+    assert sorted((c["kind"], c["crl_number"]) for c in index["crls"]) == [("arl", 1), ("crl", 2)]
+    assert lodge_outcomes(db)[-3:] == [("crl.lodge", "refused", f"this CRL (number 1) from issuer {Pki.ski(pki.issuing)} is already lodged"),
+                                       ("arl.lodge", "success", ""), ("crl.lodge", "success", "")]
+
+    # Every file lodged already, by this run or an earlier one: exit 0, each said per file (crl-1 is no longer the last).
+    again = json.loads(smki("librarian", "lodge-crl", "--db", db, *lists, "--json").stdout)
+    assert [(r["file"], r["already_lodged"], r["crl_number"]) for r in again["lodged"]] == [(lists[0], True, 1), (lists[1], True, 1), (lists[2], True, 2)]
+
+
+def test_another_list_with_a_lodged_number_stays_a_refusal(tmp_path, lodging_pki):
+    pki, db = lodging_pki, str(tmp_path / "repo.db")
+    smki("librarian", "lodge", "--db", db, "--trust-root", pem_file(tmp_path / "root.pem", pki.root), pem_file(tmp_path / "issuing.pem", pki.issuing))
+    (tmp_path / "crl-1.crl").write_bytes(make_crl(pki.issuing, pki.issuing_signer, 1))
+    (tmp_path / "other-1.crl").write_bytes(make_crl(pki.issuing, pki.issuing_signer, 1, revoked=[pki.orgs[1].serial_number]))
+    (tmp_path / "crl-2.crl").write_bytes(make_crl(pki.issuing, pki.issuing_signer, 2))
+    smki("librarian", "lodge-crl", "--db", db, str(tmp_path / "crl-1.crl"))
+    refused = smki("librarian", "lodge-crl", "--db", db, str(tmp_path / "other-1.crl"), str(tmp_path / "crl-2.crl"), check=False)
+    one_line(refused, 1)
+    assert f"{tmp_path / 'other-1.crl'}: cRLNumber 1 is not greater than 1" in refused.stderr
+    assert [number for (number,) in sqlite3.connect(db).execute("SELECT crl_number FROM lodged_crls")] == [f"{1:040X}"]
+
+
+def test_a_repeated_certificate_lodge_lodges_the_rest(tmp_path, lodging_pki):
+    pki, db = lodging_pki, str(tmp_path / "repo.db")
+    files = [pem_file(tmp_path / "root.pem", pki.root), pem_file(tmp_path / "issuing.pem", pki.issuing),
+             *(pem_file(tmp_path / f"org{i}.pem", certificate) for i, certificate in enumerate(pki.orgs))]
+    smki("librarian", "lodge", "--db", db, "--trust-root", *files[:3])
+    repeated = smki("librarian", "lodge", "--db", db, "--trust-root", *files, check=False)
+    assert repeated.returncode == 0, repeated.stderr
+    said = [line.split("  ")[0] for line in repeated.stdout.splitlines()]
+    assert said == [*(f"already lodged {f}" for f in files[:3]), *(f"lodged {f}" for f in files[3:])]
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM certificates").fetchone()[0] == 5
+    assert [outcome for _, outcome, _ in lodge_outcomes(db)][-5:] == ["refused", "refused", "refused", "success", "success"]
+    # The root, already lodged, needs no new --trust-root decision; everything lodged before: exit 0.
+    again = json.loads(smki("librarian", "lodge", "--db", db, *files, "--json").stdout)
+    assert all(row["already_lodged"] for row in again) and len(again) == 5
+
+
+def test_another_certificate_with_a_lodged_serial_stays_a_conflict(tmp_path, lodging_pki, monkeypatch):
+    """Same issuer, same serial, other bytes: not "the same file again", so exit 5 and nothing after it lodged."""
+    from test_librarian_publishing import POLICY, START
+    from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
+    from smki.profiles import OrganisationCertificateParams, Validity, organisation_certificate, sign_certificate
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pki, db = lodging_pki, str(tmp_path / "repo.db")
+    monkeypatch.setattr("smki.profiles.certificates.new_serial_number", lambda: pki.orgs[0].serial_number)
+    twin = sign_certificate(organisation_certificate(OrganisationCertificateParams(
+        RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F30010000"), KeyUsage.KEY_AGREEMENT, POLICY, Validity(START, START.replace(year=2036))),
+        ec.generate_private_key(ec.SECP256R1()).public_key(), pki.issuing), pki.issuing_signer)
+    assert twin.serial_number == pki.orgs[0].serial_number and twin != pki.orgs[0]
+    smki("librarian", "lodge", "--db", db, "--trust-root", pem_file(tmp_path / "root.pem", pki.root),
+            pem_file(tmp_path / "issuing.pem", pki.issuing), pem_file(tmp_path / "org0.pem", pki.orgs[0]))
+    refused = smki("librarian", "lodge", "--db", db, pem_file(tmp_path / "twin.pem", twin), pem_file(tmp_path / "org1.pem", pki.orgs[1]), check=False)
+    one_line(refused, 5)
+    assert "another certificate with serial" in refused.stderr
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM certificates").fetchone()[0] == 3
