@@ -216,7 +216,7 @@ AUDIT_KEY='pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01'
 run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN --trust-root root-oca.pem root-dca.pem
 run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
   issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
-echo "(lodging the same certificate twice is refused, and the refusal is audited too:)"
+echo "(lodging the same certificate twice lodges nothing: it is reported \"already lodged\", exit 0, and audited as a refusal:)"
 "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN device-ka.pem || true
 run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
 echo "(the Organisation CRL and the Root OCA's ARL are lodged too: each chains to its issuer, lints clean, has a higher"

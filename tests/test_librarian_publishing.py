@@ -388,10 +388,11 @@ def test_cli_lodge_crl_publish_serve_and_bulk(tmp_path, pki, other_pki):
         (write(tmp_path / "bad-sig.crl", with_bad_signature(make_crl(pki.issuing, pki.issuing_signer, 4))), EXIT_REFUSED, "bad signature"),
         (write(tmp_path / "unknown.crl", make_crl(other_pki.issuing, other_pki.issuing_signer, 4)), EXIT_REFUSED, "issuer unknown"),
         (write(tmp_path / "old.crl", make_crl(pki.issuing, pki.issuing_signer, 2)), EXIT_REFUSED, "not greater than 3"),
-        (str(tmp_path / "crl.pem"), EXIT_CONFLICT, "already lodged"),
         (write(tmp_path / "junk.crl", b"not a CRL"), EXIT_BAD_INPUT, "not a DER or PEM CRL"),
         (str(tmp_path / "missing.crl"), EXIT_BAD_INPUT, "No such file"),
     ]
+    again = smki("librarian", "lodge-crl", "--db", db, str(tmp_path / "crl.pem"), "--publish", str(pub))
+    assert again.returncode == 0 and again.stdout.startswith(f"already lodged {tmp_path / 'crl.pem'}  CRL number 3"), again.stderr
     for path, code, fragment in refusals:
         refused = smki("librarian", "lodge-crl", "--db", db, path, "--publish", str(pub))
         assert refused.returncode == code, (path, refused.stderr)

@@ -380,6 +380,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         if ceremony.kind == "root-key":
             if (adopted(connection, run.policy.kind) or {}).get("sha256") != run.policy.sha256:
                 adopt(connection, run.policy, run.operator, audit)
+            require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
             pin = _new_root_token(run)
             created_token = True
         else:

@@ -24,14 +24,15 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
+from smki.authorities.lodging import AlreadyLodged
+from smki.errors import BadInputError, RefusedError, SmkiError
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.lint.findings import Severity
 from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
 from smki.store.certificates import CertificateRecord, list_certificates
 from smki.store.database import transaction
-from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, mark_revoked,
+from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, lodged_crl, mark_revoked,
                                      record_listed_serials)
 
 CA_TYPES = ("root", "issuing-ca")
@@ -114,11 +115,13 @@ def _check_lint(crl_der: bytes, issuer: CertificateRecord) -> None:
 def _check_number(connection: sqlite3.Connection, number: int | None, key_id: str, sha256: str) -> None:
     if number is None or number < 0 or number.bit_length() > 159:
         raise RefusedError("cRLNumber must be a non-negative integer of at most 20 octets")
+    same_number = lodged_crl(connection, key_id, number)
+    if same_number is not None and same_number.sha256 == sha256:  # not only the last: a rerun repeats earlier lists too
+        raise AlreadyLodged(f"this {same_number.kind.upper()} (number {number}) from issuer {key_id} is already lodged",
+                            {**same_number.summary(), "newly_revoked": []})
     last = latest_lodged_crl(connection, key_id)
     if last is None:
         return
-    if last.sha256 == sha256:
-        raise ConflictError(f"this CRL (number {number}) from issuer {key_id} is already lodged")
     if number <= last.number:
         raise RefusedError(f"cRLNumber {number} is not greater than {last.number}, the last lodged from issuer {key_id}")
 
@@ -157,8 +160,8 @@ def lodge_crl(connection: sqlite3.Connection, crl_der: bytes, *, audit: AuditTra
               now: datetime | None = None) -> CrlLodgement:
     """Check and record one CRL or ARL (DER) with its audit entry in one transaction.
 
-    A refusal (RefusedError; BadInputError for bytes that are no CRL; ConflictError for one
-    already lodged) is audited as "refused" and raised with a one-line message.
+    A refusal (RefusedError; BadInputError for bytes that are no CRL; AlreadyLodged, a ConflictError,
+    for these very bytes lodged before) is audited as "refused" and raised with a one-line message.
     """
     audit = audit or AuditTrail(connection)
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)

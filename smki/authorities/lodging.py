@@ -11,12 +11,32 @@ import sqlite3
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.records import record_for
 from smki.errors import ConflictError, RefusedError, SmkiError
-from smki.store.certificates import insert_certificate, list_certificates
+from smki.store.certificates import find_certificate, insert_certificate, list_certificates
 from smki.store.database import transaction
+
+
+class AlreadyLodged(ConflictError):
+    """These very bytes are already in the repository: nothing to do. A multi-file lodge reports the file and
+    goes on (so repeating a run that stopped part-way completes it); `summary` describes what is lodged."""
+
+    def __init__(self, message: str, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def _already_lodged(connection: sqlite3.Connection, certificate: x509.Certificate, record) -> bool:
+    """Whether this certificate is lodged, byte for byte; refuse (exit 5) another one with its issuer and serial."""
+    lodged = [r for r in find_certificate(connection, record.serial_hex) if r.issuer_key_id == record.issuer_key_id]
+    if not lodged:
+        return False
+    if bytes(lodged[0].der) != certificate.public_bytes(Encoding.DER):
+        raise ConflictError(f"another certificate with serial {record.serial_hex} from issuer {record.issuer_key_id} is already lodged")
+    return True
 
 
 def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, record) -> x509.Certificate:
@@ -49,13 +69,17 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
     subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
                "entity_id": record.entity_id}
     try:
+        if _already_lodged(connection, certificate, record):  # checked when it was lodged; a root was trusted then
+            raise AlreadyLodged(f"certificate {record.serial_hex} is already lodged", {"serial": record.serial_hex})
         _check(connection, certificate, record, trust_root)
         with transaction(connection):
-            insert_certificate(connection, record)
+            try:
+                insert_certificate(connection, record)
+            except ConflictError:  # another run lodged this serial since the check above
+                raise ConflictError(f"certificate {record.serial_hex} is already lodged") from None
             audit.append(AuditEntry(actor, "certificate.lodge", "success", subject))
     except SmkiError as exc:
-        reason = f"certificate {record.serial_hex} is already lodged" if isinstance(exc, ConflictError) else str(exc)
         with transaction(connection):
-            audit.append(AuditEntry(actor, "certificate.lodge", "refused", subject, {"reason": reason}))
-        raise type(exc)(reason) from None
+            audit.append(AuditEntry(actor, "certificate.lodge", "refused", subject, {"reason": str(exc)}))
+        raise
     return record.serial_hex

@@ -19,7 +19,7 @@ from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_fil
 from smki.hsm.signer import open_signer
 from smki.identifiers import DeviceType, RemotePartyRole
 from smki.policy import PolicyRefusal, load_policy
-from smki.policy.adoption import require_adopted
+from smki.policy.adoption import adoption_differences, require_adopted
 from smki.profiles import device_certificate, organisation_certificate
 from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
@@ -302,16 +302,20 @@ def _file_identity(path: Path) -> tuple:
 @read_state_option
 @json_option
 def reconcile_command(state_dir, as_json):
-    """Check, issuer by issuer, that the state tables agree with what the audit trail records (read-only).
+    """Check, issuer by issuer, that the state tables agree with what the audit trail records (read-only),
+    and that each adopted policy is the one the trail's last adoption of its kind records.
 
-    The same check runs before every CRL, ARL and revocation. Exit 0 when they agree, 1 when not.
+    The same checks run before every CRL, ARL and revocation (the policy's before every issuance too).
+    Exit 0 when they agree, 1 when not.
     """
     connection = open_database(Path(state_dir) / "smki.db", read_only=True)
     found = {issuer_key_id: differences(connection, issuer_key_id) for issuer_key_id in issuers(connection)}
-    emit(as_json, {"agree": not any(found.values()), "issuers": found}, lambda d: "\n".join(
-        f"issuer {issuer}: " + ("state agrees with the audit trail" if not problems else "DIFFERS: " + "; ".join(problems))
-        for issuer, problems in d["issuers"].items()) or "no issuer in this state")
-    if any(found.values()):
+    policies = adoption_differences(connection)
+    emit(as_json, {"agree": not any(found.values()) and not policies, "issuers": found, "policies": policies}, lambda d: "\n".join([
+        *(f"issuer {issuer}: " + ("state agrees with the audit trail" if not problems else "DIFFERS: " + "; ".join(problems))
+          for issuer, problems in d["issuers"].items()),
+        *(f"policy {kind}: DIFFERS: {problem}" for kind, problem in d["policies"].items())]) or "no issuer in this state")
+    if any(found.values()) or policies:
         raise SystemExit(1)
 
 

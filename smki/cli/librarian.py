@@ -13,7 +13,7 @@ from smki.authorities.publishing import publish_repository
 from smki.authorities.repository_service import RepositoryService, make_server
 from smki.files import MAX_CRL_BYTES, read_input
 from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
-from smki.authorities.lodging import lodge_certificate
+from smki.authorities.lodging import AlreadyLodged, lodge_certificate
 from smki.profiles.files import read_certificate
 from smki.errors import BadInputError, SmkiError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
@@ -41,7 +41,9 @@ def lodge_command(database, files, trust_root, publish_dir, actor, audit_key_uri
     """Lodge certificates (PEM or DER) in the repository, issuers first.
 
     Each must chain by AKI -> SKI to a lodged certificate (or a root given with --trust-root)
-    whose key verifies its signature. Stops at the first refusal; what was lodged before it stays.
+    whose key verifies its signature. A file already lodged (the same bytes) is reported "already
+    lodged" and the others are still lodged: exit 0 when every file is now lodged. Stops at the first
+    refusal (5 for another certificate with a lodged issuer and serial); what was lodged before it stays.
     --publish publishes the repository even after a refusal (so repeating a run that died before
     publishing publishes what it lodged). With --publish, --json prints {"lodged": [...], "published": {...}}.
     """
@@ -61,20 +63,30 @@ def lodge_command(database, files, trust_root, publish_dir, actor, audit_key_uri
 
 
 def _lodged_text(rows: list[dict]) -> str:
-    return "\n".join(f"lodged {r['file']}  serial {r['serial']}" for r in rows)
+    return "\n".join(f"{_lodged_verb(r)} {r['file']}  serial {r['serial']}" for r in rows)
+
+
+def _lodged_verb(row: dict) -> str:
+    return "already lodged" if row["already_lodged"] else "lodged"
 
 
 def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, context) -> tuple[list[dict], dict | None]:
     """Lodge FILES in order, stopping at the first refusal; with publish_dir, then publish the repository
-    whatever was lodged, so the published directory matches the repository after every run: a run that
-    died after its commit and before publishing is mended by repeating it (its files are then "already
-    lodged", exit 5, and the repository is published all the same). End with the audit checkpoint."""
+    whatever was lodged, so the published directory matches the repository after every run.
+
+    A file whose very bytes are already lodged is reported ("already_lodged": true, its audit entry a
+    refusal naming it) and the others are still lodged: so repeating a run that stopped part-way, or
+    died after its commit and before publishing, completes it, and exits 0 when every file is now
+    lodged. A different certificate with a lodged issuer and serial, or a different list whose
+    cRLNumber is not above the last, stays a refusal. End with the audit checkpoint."""
     lodged, refusal, published = [], None, None
     try:
         try:
             for path in files:
                 try:
-                    lodged.append(lodge_one(path))
+                    lodged.append({**lodge_one(path), "already_lodged": False})
+                except AlreadyLodged as exc:
+                    lodged.append({"file": str(path), **exc.summary, "already_lodged": True})
                 except SmkiError as exc:
                     if not str(exc).startswith(f"{path}:"):  # read errors already name the file
                         exc.args = (f"{path}: {exc}",)
@@ -111,8 +123,10 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
     The issuer is the lodged CA certificate whose SKI is the CRL's AKI, and its key must verify
     the signature; the CRL must lint clean; its cRLNumber must exceed the last lodged for that
     issuer; its nextUpdate must be in the future. A list from a root is an ARL. Lodged
-    certificates it names get repository status R. Stops at the first refusal (exit 1; 3 for a
-    file that is no CRL; 5 for one already lodged); what was lodged before it stays. --publish
+    certificates it names get repository status R. A file already lodged (the same bytes) is
+    reported "already lodged" and the others are still lodged: exit 0 when every file is now lodged.
+    Stops at the first refusal (exit 1, as for another list whose cRLNumber is not above the last;
+    3 for a file that is no CRL); what was lodged before it stays. --publish
     publishes the repository even after a refusal (so repeating a run that died before publishing
     publishes what it lodged).
     """
@@ -124,7 +138,7 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
 
     lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "CRL lodge")
     emit(as_json, {"lodged": lodged, "published": published}, lambda d: "\n".join(filter(None, [
-        *(f"lodged {r['file']}  {r['kind'].upper()} number {r['crl_number']} from issuer {r['issuer_key_id']}, next update "
+        *(f"{_lodged_verb(r)} {r['file']}  {r['kind'].upper()} number {r['crl_number']} from issuer {r['issuer_key_id']}, next update "
           f"{r['next_update']}, {len(r['newly_revoked'])} certificate(s) now revoked" for r in d["lodged"]),
         _published_text(d["published"])])))
 

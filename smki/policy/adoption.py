@@ -4,17 +4,26 @@ Adoption records the policy's name, version and SHA-256 in the authority's datab
 audit entry, in one transaction. Before every issuance or revocation the authority checks the
 file it was given against that record: a silently edited file is refused until an operator
 adopts it explicitly (`smki policy adopt`).
+
+The `adopted_policies` row can be edited by anyone who can write the database, and such an edit
+leaves the audit chain intact. So the row counts only when it agrees with the trail's last
+successful `policy.adopt` entry for its kind (which records the policy's name, version and
+SHA-256): an authority acts only under a policy whose adoption its audit trail records.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime, timezone
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.errors import ConflictError
+from smki.errors import ConflictError, RefusedError
 from smki.policy.model import CertificatePolicy
 from smki.store.database import transaction
+
+OPERATION = "policy.adopt"
+_IDENTITY = ("name", "version", "sha256")  # what the adoption's audit entry records (CertificatePolicy.identity)
 
 
 def adopted(connection: sqlite3.Connection, kind: str) -> dict | None:
@@ -30,16 +39,60 @@ def adopt(connection: sqlite3.Connection, policy: CertificatePolicy, actor: str,
         connection.execute("INSERT OR REPLACE INTO adopted_policies VALUES (?, ?, ?, ?, ?, ?)",
                            (policy.kind, policy.name, policy.version, policy.sha256,
                             datetime.now(timezone.utc).isoformat(timespec="seconds"), actor))
-        audit.append(AuditEntry(actor, "policy.adopt", "success", {"kind": policy.kind, "file": str(policy.path)},
+        audit.append(AuditEntry(actor, OPERATION, "success", {"kind": policy.kind, "file": str(policy.path)},
                                 {"replaces": previous and {k: previous[k] for k in ("version", "sha256")}}, policy.identity))
     return previous
 
 
+def recorded_adoptions(connection: sqlite3.Connection) -> dict[str, dict]:
+    """Per policy kind, the identity (name, version, sha256) its last successful adoption entry records.
+
+    Cost: the adoption entries only (the trail's operation index); an authority has a handful."""
+    recorded: dict[str, dict] = {}
+    for subject, policy in connection.execute(
+            "SELECT subject, policy FROM audit_entries WHERE operation = ? AND outcome = 'success' ORDER BY seq", (OPERATION,)):
+        kind = json.loads(subject).get("kind")
+        identity = json.loads(policy) if policy else None
+        if isinstance(kind, str) and isinstance(identity, dict):
+            recorded[kind] = {key: identity.get(key) for key in _IDENTITY}
+    return recorded
+
+
+def adoption_differences(connection: sqlite3.Connection) -> dict[str, str]:
+    """Per policy kind, how the adopted_policies table disagrees with the adoptions the audit trail records."""
+    recorded = recorded_adoptions(connection)
+    held = {row["kind"]: {key: row[key] for key in _IDENTITY}
+            for row in connection.execute("SELECT kind, name, version, sha256 FROM adopted_policies")}
+    found = {}
+    for kind in sorted(set(recorded) | set(held)):
+        difference = _difference(kind, held.get(kind), recorded.get(kind))
+        if difference:
+            found[kind] = difference
+    return found
+
+
+def _difference(kind: str, held: dict | None, recorded: dict | None) -> str | None:
+    def named(identity: dict) -> str:
+        return f"version {identity['version']}, sha256 {str(identity['sha256'])[:16]}..."
+
+    if held == recorded:
+        return None
+    if recorded is None:
+        return f"the adopted {kind} policy ({named(held)}) was adopted by no audited operation"
+    if held is None:
+        return f"the {kind} policy the audit trail records adopting ({named(recorded)}) is missing from the state"
+    return f"the adopted {kind} policy is {named(held)} in the state but {named(recorded)} in the audit trail"
+
+
 def require_adopted(connection: sqlite3.Connection, policy: CertificatePolicy) -> None:
-    """Refuse to act under a policy file other than the adopted one."""
+    """Refuse to act under a policy file other than the adopted one, or under an adoption the audit trail does not record."""
     record = adopted(connection, policy.kind)
     if record is None:
         raise ConflictError(f"no {policy.kind} policy adopted in this authority's state: run `smki policy adopt` first")
+    difference = _difference(policy.kind, {key: record[key] for key in _IDENTITY}, recorded_adoptions(connection).get(policy.kind))
+    if difference:
+        raise RefusedError(f"{difference}; nothing is done under it until the state is restored or the policy adopted again "
+                           "(`smki policy adopt`)")
     if record["sha256"] != policy.sha256:
         raise ConflictError(
             f"{policy.path} (version {policy.version}, sha256 {policy.sha256[:16]}...) is not the adopted {policy.kind} policy "

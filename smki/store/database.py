@@ -8,8 +8,12 @@ same code (smki/store/postgres.py adapts it to the sqlite3 interface used here).
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -154,17 +158,92 @@ def open_database(path: Path | str, *, create: bool = False, read_only: bool = F
 
 
 def _open_sqlite_read_only(path: Path, any_schema: bool) -> sqlite3.Connection:
-    """The SQLite file opened with mode=ro: SQLite itself refuses every write, so reading cannot change it."""
-    try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
-    except sqlite3.Error as exc:
-        raise BadInputError(f"{path}: cannot open for reading ({exc})") from None
-    connection.row_factory = sqlite3.Row
+    """The SQLite file opened read-only (SQLite itself refuses every write), without creating anything beside it.
+
+    The stores are in WAL mode, where a plain mode=ro open needs a writable -shm file beside the
+    database (so it fails on read-only media) and leaves new -wal and -shm files beside the evidence.
+    So: with no write-ahead log, or an empty one, the main file holds everything and is opened
+    `immutable` (SQLite then reads it alone, with no -shm and no locks: a writer that starts during
+    the read is not seen). With a log that holds pages, its -shm already exists while a writer has
+    it open, and mode=ro reads through it; where that cannot be done (read-only media, a copy without
+    its -shm), the database and its log are copied into a private temporary directory and the copy
+    is read: that costs a copy of the database (removed when the connection is closed).
+    """
+    if not os.access(path, os.R_OK):
+        raise BadInputError(f"{path}: cannot open for reading (permission denied)")
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if not _holds_pages(wal):
+        connection = _connect_read_only(path, "immutable=1")
+    elif shm.exists():
+        connection = _connect_read_only(path)
+        try:
+            connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()  # the log is read here, or cannot be
+        except sqlite3.DatabaseError as exc:
+            if _cannot_open(exc):
+                connection.close()
+                connection = _read_private_copy(path, wal)
+            # otherwise require_smki_store below says what the file holds
+    else:
+        connection = _read_private_copy(path, wal)
     try:
         require_smki_store(connection, str(path), any_schema)
     except BaseException:
         connection.close()
         raise
+    return connection
+
+
+def _holds_pages(wal: Path) -> bool:
+    try:
+        return wal.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    """An error about opening or writing files (permissions, read-only media), not about the database's content."""
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_IOERR"))
+
+
+def _connect_read_only(path: Path, options: str = "", factory: type = sqlite3.Connection) -> sqlite3.Connection:
+    # A URI, absolute: this SQLite reads a name starting "file:" as a URI, which opens another file.
+    uri = f"{path.resolve().as_uri()}?mode=ro" + (f"&{options}" if options else "")
+    try:
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, factory=factory)
+    except sqlite3.Error as exc:
+        raise BadInputError(f"{path}: cannot open for reading ({exc})") from None
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+class _PrivateCopyConnection(sqlite3.Connection):
+    """A connection to a private copy of a store; the copy is removed when the connection is closed or collected."""
+
+    def remove_on_close(self, directory: str) -> None:
+        self._remove = weakref.finalize(self, shutil.rmtree, directory, True)
+
+    def close(self) -> None:
+        super().close()
+        remove = getattr(self, "_remove", None)
+        if remove is not None:
+            remove()
+
+
+def _read_private_copy(path: Path, wal: Path) -> sqlite3.Connection:
+    """The database and its write-ahead log copied into a private directory (0700), the copy opened read-only."""
+    directory = tempfile.mkdtemp(prefix="smki-read-")
+    try:
+        copy = Path(directory) / "smki.db"
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, Path(f"{copy}-wal"))
+        connection = _connect_read_only(copy, factory=_PrivateCopyConnection)
+    except OSError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BadInputError(f"{path}: cannot copy it and its write-ahead log for reading ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    connection.remove_on_close(directory)
     return connection
 
 
@@ -174,6 +253,8 @@ def require_smki_store(connection: sqlite3.Connection, where: str, any_schema: b
     try:
         version = connection.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
     except sqlite3.DatabaseError as exc:  # an empty file: no such table; junk: not a database
+        if _cannot_open(exc):  # not about what the file holds: say what went wrong
+            raise BadInputError(f"{where}: cannot be read ({exc}); nothing was written to it") from None
         raise BadInputError(f"{where}: holds no smki store ({exc}); nothing was written to it") from None
     if version == 0:
         raise BadInputError(f"{where}: holds no smki store (no schema version); nothing was written to it")

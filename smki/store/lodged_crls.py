@@ -66,6 +66,13 @@ def latest_lodged_crl(connection: sqlite3.Connection, issuer_key_id: str) -> Lod
     return _lodged(row) if row else None
 
 
+def lodged_crl(connection: sqlite3.Connection, issuer_key_id: str, number: int) -> LodgedCrl | None:
+    """The issuer's list with this cRLNumber, if one is lodged (the primary key)."""
+    row = connection.execute("SELECT * FROM lodged_crls WHERE issuer_key_id = ? AND crl_number = ?",
+                             (issuer_key_id, crl_number_key(number))).fetchone()
+    return _lodged(row) if row else None
+
+
 def current_lodged_crls(connection: sqlite3.Connection) -> list[LodgedCrl]:
     """Every issuer's current CRL or ARL, in issuer order."""
     rows = connection.execute(
