@@ -18,6 +18,10 @@ from __future__ import annotations
 from asn1crypto import core
 
 _SEQUENCE, _EXPLICIT_0, _EXPLICIT_3 = 0x30, 0xA0, 0xA3
+# RFC 5280's names of the extensions SMKI certificates and CRLs carry, for the message.
+_NAMES = {"2.5.29.14": "subjectKeyIdentifier", "2.5.29.15": "keyUsage", "2.5.29.17": "subjectAltName", "2.5.29.19": "basicConstraints",
+          "2.5.29.32": "certificatePolicies", "2.5.29.35": "authorityKeyIdentifier", "2.5.29.20": "cRLNumber", "2.5.29.21": "reasonCode",
+          "2.5.29.24": "invalidityDate", "2.5.29.27": "deltaCRLIndicator", "2.5.29.28": "issuingDistributionPoint"}
 
 
 class _Unrecognised(Exception):
@@ -101,9 +105,9 @@ def _entry_serial(der: bytes, entry: int, entry_end: int) -> str:
 
 
 def _message(oid: bytes, where: str) -> str:
-    identifier = core.ObjectIdentifier.load(oid)
-    name = identifier.native if identifier.native != identifier.dotted else None
-    return (f"extension {identifier.dotted}{f' ({name})' if name else ''} appears more than once in {where} "
+    dotted = core.ObjectIdentifier.load(oid).dotted
+    name = _NAMES.get(dotted)
+    return (f"extension {dotted}{f' ({name})' if name else ''} appears more than once in {where} "
             "(RFC 5280: at most one instance of each extension)")
 
 
