@@ -265,7 +265,7 @@ CERTIFICATE_RULES = [
     Rule("smki.cert.basic_constraints", ERROR, "critical cA=TRUE on CAs (pathLen 0 on Issuing CAs); no cA TRUE on end entities", _basic_constraints),
     Rule("smki.cert.basic_constraints_end_entity", WARNING, "no basicConstraints cA FALSE on end entities (DCC Boxed has it)",
          _end_entity_basic_constraints),
-    Rule("smki.name.safe_characters", ERROR, "subject and issuer strings decode and hold no control, bidi or invisible characters",
+    Rule("smki.name.safe_characters", ERROR, "subject and issuer strings decode and hold no control, bidi, invisible, private-use, unassigned or non-characters",
          _name_characters),
     Rule("smki.root.subject", ERROR, "a root is self-issued with subject OU 00", _root_subject),
     Rule("smki.device.subject_empty", ERROR, "empty Device Certificate subject", _device_subject),
