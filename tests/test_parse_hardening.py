@@ -31,7 +31,6 @@ from smki.profiles.files import read_certificate
 from smki.profiles.lint import Severity, lint_certificate
 from smki.profiles.lint.crl_rules import CRL_RULES, lint_crl
 from smki.profiles.names import check_name_text, organisation_subject
-from smki.profiles.unique_extensions import repeated_certificate_extension, repeated_crl_extension
 from smki.requests import RequestRejected, parse_organisation_request
 from smki.requests.outcomes import Outcome
 from smki.store import open_database
@@ -194,6 +193,7 @@ def test_librarian_lodge_crl_refuses_a_repeated_extension_and_audits_the_refusal
 
 def test_a_repetition_in_the_last_entry_of_a_long_list_is_found(software_pki):
     """Every entry is walked, long-form lengths included (an entry past 65,535 octets of list)."""
+    from smki.profiles.unique_extensions import repeated_crl_extension  # new here: the other tests fail on the old code by behaviour
     _, issuing, signer = software_pki
     crl = good_crl(issuing, signer, entries=5000)
     assert repeated_crl_extension(crl) is None
@@ -211,6 +211,7 @@ def test_a_repetition_in_the_last_entry_of_a_long_list_is_found(software_pki):
 
 def test_the_walk_is_cheap_on_a_long_list(software_pki):
     """Lodging runs it once per list: 100,000 entries must cost a small fraction of a second."""
+    from smki.profiles.unique_extensions import repeated_crl_extension
     _, issuing, signer = software_pki
     crl = good_crl(issuing, signer, entries=100_000)
     began = time.perf_counter()
@@ -220,6 +221,7 @@ def test_the_walk_is_cheap_on_a_long_list(software_pki):
 
 @pytest.mark.parametrize("data", [b"", b"\x30", b"\x30\x80", b"\x30\x03\x30\x01", b"\x30\x84\xff\xff\xff\xff", bytes(range(256))])
 def test_the_walk_answers_none_on_what_is_no_certificate_or_crl(data):
+    from smki.profiles.unique_extensions import repeated_certificate_extension, repeated_crl_extension
     assert repeated_certificate_extension(data) is None and repeated_crl_extension(data) is None
 
 
@@ -248,9 +250,10 @@ def test_the_new_rules_are_listed(run_smki):
 
 
 # -- B: non-characters, private use, unassigned and invisible characters ------------------------------------------------
-INVISIBLE = ["\ufffe", "\uffff", "\U0010fffe", "\ufdd0", "\ue000", "\U000f0000", "\u0378", "\u034f", "\u115f", "\u1160", "\u3164",
-             "\uffa0", "\u2800", "\u180e", "\u17b4", "\u17b5", "\ufe00", "\ufe0f", "\U000e0100", "\U000e01ef", "\U000e0001",
-             "\U000e0041", "\U000e007f", "\u2029"]
+# Non-characters, private use, unassigned (U+0378, the unassigned tag U+E0000), and the invisible letters and marks.
+# (Format characters such as the tags U+E0001-U+E007F, U+180E and the separators were refused already: Cf, Zl, Zp.)
+INVISIBLE = ["\ufffe", "\uffff", "\U0010fffe", "\ufdd0", "\ue000", "\U000f0000", "\u0378", "\U000e0000", "\u034f", "\u115f",
+             "\u1160", "\u3164", "\uffa0", "\u2800", "\u17b4", "\u17b5", "\u180b", "\ufe00", "\ufe0f", "\U000e0100", "\U000e01ef"]
 
 
 @pytest.mark.parametrize("character", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
