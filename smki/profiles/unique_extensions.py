@@ -7,8 +7,8 @@ Parsers differ on a repeated extension: cryptography raises DuplicateExtension o
 take one copy or the other. What one check reads might not be what another acts on, so the strict
 readers (smki.profiles.files) refuse such a file and lint reports it.
 
-The DER is walked once without building objects: entries of a million-entry CRL cost well under
-a microsecond each. Call it on DER a parser has already accepted (cryptography, or asn1crypto
+The DER is walked once without building objects: under a microsecond an entry (about 0.1 s for a
+100,000-entry CRL, 0.9 s for a million), against several seconds for parsing the list. Call it on DER a parser has already accepted (cryptography, or asn1crypto
 with strict=True): the walk trusts the structure it finds, and a structure it does not recognise
 answers None (no repetition seen) rather than guess.
 """
@@ -36,7 +36,7 @@ def repeated_certificate_extension(der: bytes) -> str | None:
             if tag == _EXPLICIT_3:
                 oid = _repeated_oid(der, *_sequence_contents(der, start, end))
                 return _message(oid, "the certificate's extensions") if oid else None
-    except (_Unrecognised, IndexError):
+    except (_Unrecognised, IndexError, ValueError):  # not the shape expected: the parser's to judge
         pass
     return None
 
@@ -58,7 +58,7 @@ def repeated_crl_extension(der: bytes) -> str | None:
                 oid = _repeated_oid(der, *_sequence_contents(der, start, end))
                 if oid:
                     return _message(oid, "the crlExtensions")
-    except (_Unrecognised, IndexError):
+    except (_Unrecognised, IndexError, ValueError):  # not the shape expected: the parser's to judge
         pass
     return None
 
