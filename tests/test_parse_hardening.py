@@ -191,15 +191,15 @@ def test_librarian_lodge_crl_refuses_a_repeated_extension_and_audits_the_refusal
     assert good.returncode == 0, good.stderr
 
 
-def test_a_repetition_in_the_last_entry_of_a_long_list_is_found(software_pki):
-    """Every entry is walked, long-form lengths included (an entry past 65,535 octets of list)."""
+def test_a_repetition_in_the_last_entry_of_a_long_list_is_found(software_pki, tmp_path):
+    """Every entry is walked: a list longer than 65,535 octets, and an entry too long for a one-octet length."""
     from smki.profiles.unique_extensions import repeated_crl_extension  # new here: the other tests fail on the old code by behaviour
     _, issuing, signer = software_pki
     crl = good_crl(issuing, signer, entries=5000)
     assert repeated_crl_extension(crl) is None
     repeated = crl_repeating_entry_reason(crl, signer, index=4999)
     assert repeated_crl_extension(repeated).endswith(f"of entry {0x4000 + 4999:X} (RFC 5280: at most one instance of each extension)")
-    connection = open_database(":memory:", create=True)
+    connection = open_database(str(tmp_path / "repo.db"), create=True)
     root = software_pki[0]
     lodge_certificate(connection, root, trust_root=True)
     lodge_certificate(connection, issuing)
@@ -207,6 +207,16 @@ def test_a_repetition_in_the_last_entry_of_a_long_list_is_found(software_pki):
         lodge_crl(connection, repeated, actor="parse-test")
     last = rows_from_database(connection)[0][-1]
     assert (last["operation"], last["outcome"]) == ("crl.lodge", "refused")
+
+    def long_entry(tbs):  # reasonCode, a 200-octet private extension, reasonCode again: over 127 octets
+        entries = [asn1_crl.RevokedCertificate.load(e.dump()) for e in tbs["revoked_certificates"]]
+        reason = entries[-1]["crl_entry_extensions"][0].dump()
+        private = asn1_crl.CRLEntryExtension({"extn_id": "1.3.6.1.4.1.99999.1", "extn_value": b"\x04\x81\xc8" + bytes(200)}).dump()
+        extensions = [asn1_crl.CRLEntryExtension.load(d) for d in (reason, private, reason)]
+        entries[-1]["crl_entry_extensions"] = asn1_crl.CRLEntryExtensions(extensions)
+        tbs["revoked_certificates"] = asn1_crl.RevokedCertificates([asn1_crl.RevokedCertificate.load(e.dump(force=True)) for e in entries])
+    long = resigned_crl(crl, signer, long_entry)
+    assert repeated_crl_extension(long).startswith(f"extension {REASON_CODE} (reasonCode) {REPEATED} in the crlEntryExtensions of entry")
 
 
 def test_the_walk_is_cheap_on_a_long_list(software_pki):
