@@ -25,7 +25,8 @@ from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.lodging import AlreadyLodged
-from smki.errors import BadInputError, RefusedError, SmkiError
+from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
+from smki.profiles.files import load_crl
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.lint.findings import Severity
 from smki.profiles.pem import PemLabel, single_object
@@ -56,10 +57,7 @@ def crl_der_from_file(data: bytes) -> bytes:
 
 
 def _parse(crl_der: bytes) -> x509.CertificateRevocationList:
-    try:
-        return x509.load_der_x509_crl(crl_der)
-    except ValueError:
-        raise BadInputError("not a DER or PEM CRL") from None
+    return load_crl(crl_der, "", "not a DER or PEM CRL")  # inside lodge_crl's audit: a refusal here is recorded
 
 
 def _authority_key_id(crl: x509.CertificateRevocationList) -> str:

@@ -13,7 +13,7 @@ from smki.files import MAX_CRL_BYTES, MAX_LINT_BYTES, read_input
 from smki.policy import Environment, load_policy
 from smki.profiles.lint import CERTIFICATE_RULES, lint_certificate
 from smki.profiles.lint.crl_rules import CRL_RULES, lint_crl
-from smki.profiles.files import read_certificate
+from smki.profiles.files import load_certificate, load_crl, read_certificate
 from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES
 from smki.profiles.pem import PemLabel, der_object, pem_blocks, single_object
 
@@ -165,7 +165,6 @@ def _text(results: list[dict]) -> str:
 
 
 def _load_certificates(paths) -> list:
-    from cryptography import x509 as cx
     certificates = []
     for path in paths:
         try:
@@ -174,24 +173,12 @@ def _load_certificates(paths) -> list:
             raise BadInputError(f"{path}: {exc}") from None
         except OSError as exc:
             raise BadInputError(f"{path}: {exc.strerror}") from None
-        for label, _, der in artefacts:
-            try:
-                certificates.append(cx.load_der_x509_certificate(der))
-            except ValueError:
-                raise BadInputError(f"{label}: not a DER X.509 certificate") from None
+        certificates += [load_certificate(der, label, "not a DER X.509 certificate") for label, _, der in artefacts]
     return certificates
 
 
 def _load_crls(paths) -> list:
-    from cryptography import x509 as cx
-    crls = []
-    for path in paths:
-        der = single_object(read_input(Path(path), MAX_CRL_BYTES), (PemLabel.CRL,), str(path))
-        try:
-            crls.append(cx.load_der_x509_crl(der))
-        except ValueError:
-            raise BadInputError(f"{path}: not a PEM or DER CRL") from None
-    return crls
+    return [load_crl(single_object(read_input(Path(path), MAX_CRL_BYTES), (PemLabel.CRL,), str(path)), str(path)) for path in paths]
 
 
 @click.command("verify")

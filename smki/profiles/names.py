@@ -28,8 +28,17 @@ _PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 # so a name shown to a person may differ from the name certified. Cc: C0 and C1 controls and
 # DEL (NUL ends a C string early); Cf: format characters (bidirectional embeddings, overrides
 # and isolates U+202A-U+202E, U+2066-U+2069, marks U+200E/U+200F, zero-width U+200B-U+200D,
-# U+2060, U+FEFF); Zl, Zp: line and paragraph separators; Cs: lone surrogates.
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# U+2060, U+FEFF, tags U+E0000-U+E007F); Zl, Zp: line and paragraph separators; Cs: lone
+# surrogates; Co: private use (shown as whatever a font puts there); Cn: unassigned code points
+# and the non-characters U+FDD0-U+FDEF and U+xxFFFE/U+xxFFFF (no meaning; U+FFFE swaps byte order).
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+# Characters of other categories that show as nothing or as blank space: the combining grapheme
+# joiner, Hangul and Khmer fillers and inherent vowels, the Mongolian vowel separator and free
+# variation selectors, the braille blank, and the variation selectors (marks that change how the
+# character before them is drawn, so two names that look alike differ in their code points).
+INVISIBLE_CHARACTERS = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10))) + "".join(map(chr, range(0xE0100, 0xE01F0))))
 # ASN.1 string types of X.520 DirectoryString and its relatives, with the codec of each.
 STRING_CODECS = {0x0C: "utf-8", 0x12: "ascii", 0x13: "ascii", 0x14: "latin-1", 0x16: "ascii", 0x1A: "ascii",
                  0x1C: "utf-32-be", 0x1E: "utf-16-be"}
@@ -40,7 +49,7 @@ def unsafe_characters(text: str) -> list[str]:
     """The code points of `text` no certified name may hold, as U+XXXX, each once, in order."""
     if text.isascii() and text.isprintable():
         return []  # the common case, without a per-character look-up
-    found = [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
+    found = [f"U+{ord(c):04X}" for c in text if c in INVISIBLE_CHARACTERS or unicodedata.category(c) in UNSAFE_CATEGORIES]
     return list(dict.fromkeys(found))
 
 
@@ -62,7 +71,8 @@ def string_value(oid: str, tag: int, contents: bytes) -> str | None:
 def check_name_text(text: str, name: str) -> None:
     unsafe = unsafe_characters(text)
     if unsafe:
-        raise BadInputError(f"{name} holds {', '.join(unsafe)}: control, bidirectional or invisible characters are not certified")
+        raise BadInputError(f"{name} holds {', '.join(unsafe)}: control, bidirectional, invisible, private-use, "
+                            "unassigned or non-characters are not certified")
 
 
 def ca_name(attributes: Sequence[tuple[str, str]]) -> x509.Name:

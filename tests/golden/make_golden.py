@@ -49,10 +49,54 @@ def main() -> None:
                  .add_extension(x509.AuthorityKeyIdentifier(t.key_identifier(t.CA_KEY.public_key), None, None), False)
                  .sign(t.CA_KEY.private_key, hashes.SHA256()))
     write("crl-without-crlnumber.der", no_number.public_bytes(Encoding.DER), ["smki.crl.crl_number"])
+    write_parse_cases()
     write("csr-organisation-good.der", csr_factory.organisation_csr(), [])
     key = ec.generate_private_key(ec.SECP256R1())
     write("csr-device-two-key-usages.der", csr_factory.build_csr(key, b"\x30\x00", [csr_factory.key_usage("key_agreement", "digital_signature"),
                                                                                    csr_factory.hardware_module_name_san()]), ["smki.csr.wrong_key_usage"])
+
+
+def write_parse_cases() -> None:
+    """Repeated extensions (a certificate's, a CRL's, a CRL entry's) and a CRL whose nextUpdate precedes its thisUpdate."""
+    from asn1crypto import crl as asn1_crl, x509 as asn1_x509
+
+    def repeat(extensions, extension_class, oid):
+        items = [extension_class.load(e.dump()) for e in extensions]
+        return [*items, next(extension_class.load(e.dump()) for e in items if e["extn_id"].dotted == oid)]
+
+    def two_key_usages(tbs):
+        tbs["extensions"] = asn1_x509.Extensions(repeat(tbs["extensions"], asn1_x509.Extension, "2.5.29.15"))
+        return tbs
+    write("device-two-keyusage-extensions.der", t.resign(t.der(sign_certificate(t.device_builder(), t.CA_KEY)), two_key_usages),
+          ["smki.cert.duplicate_extension", "smki.cert.extension_order"])
+
+    now = t.START + timedelta(days=1)
+    crl = build_crl(t.CA, t.CA_KEY, crl_number=3, this_update_utc=now, next_update_utc=now + timedelta(days=1),
+                    entries=[RevokedEntry(12345, now, "keyCompromise"), RevokedEntry(12346, now, "superseded")]).public_bytes(Encoding.DER)
+
+    def resign_crl(mutate) -> bytes:
+        original = asn1_crl.CertificateList.load(crl)
+        tbs = asn1_crl.TbsCertList.load(original["tbs_cert_list"].dump())
+        mutate(tbs)
+        tbs_der = tbs.dump(force=True)
+        return asn1_crl.CertificateList({"tbs_cert_list": asn1_crl.TbsCertList.load(tbs_der), "signature_algorithm": original["signature_algorithm"],
+                                         "signature": t.CA_KEY.sign(tbs_der)}).dump()
+
+    def two_numbers(tbs):
+        tbs["crl_extensions"] = asn1_crl.TBSCertListExtensions(repeat(tbs["crl_extensions"], asn1_crl.TBSCertListExtension, "2.5.29.20"))
+
+    def entry_with_two_reasons(tbs):
+        entries = [asn1_crl.RevokedCertificate.load(e.dump()) for e in tbs["revoked_certificates"]]
+        entries[1]["crl_entry_extensions"] = asn1_crl.CRLEntryExtensions(
+            repeat(entries[1]["crl_entry_extensions"], asn1_crl.CRLEntryExtension, "2.5.29.21"))
+        tbs["revoked_certificates"] = asn1_crl.RevokedCertificates([asn1_crl.RevokedCertificate.load(e.dump(force=True)) for e in entries])
+
+    def backwards(tbs):
+        tbs["next_update"] = asn1_x509.Time(name="utc_time", value=now - timedelta(hours=1))
+
+    write("crl-two-crlnumbers.der", resign_crl(two_numbers), ["smki.crl.duplicate_extension"])
+    write("crl-entry-with-two-reasoncodes.der", resign_crl(entry_with_two_reasons), ["smki.crl.duplicate_extension"])
+    write("crl-next-update-before-this-update.der", resign_crl(backwards), ["smki.crl.next_update_after_this_update"])
 
 
 def _variants():

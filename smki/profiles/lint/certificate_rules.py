@@ -10,6 +10,7 @@ from smki.profiles.lint.certificate_view import (AKI, BC, CONTINGENCY, CP, ECDSA
                                                  CertificateView)
 from smki.profiles.lint.findings import Rule, Severity
 from smki.profiles.names import string_value
+from smki.profiles.unique_extensions import repeated_certificate_extension
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 EXPECTED_ORDER = {
@@ -142,6 +143,10 @@ def _unexpected_extensions(v: CertificateView):
     return f"unexpected extension(s) for a {v.certificate_type} certificate: {', '.join(extra)}" if extra else None
 
 
+def _repeated_extension(v: CertificateView):
+    return repeated_certificate_extension(v.der)  # the one check the strict certificate reader applies too
+
+
 def _issuer_matches(v: CertificateView):
     if v.issuer_subject_der is not None and v.tbs["issuer"].dump() != v.issuer_subject_der:
         return "issuer is not byte-identical to the issuing CA's subject"
@@ -255,11 +260,12 @@ CERTIFICATE_RULES = [
     Rule("smki.cert.serial_16_octets", ERROR, "16-octet positive serial", _serial),
     Rule("smki.cert.extension_order", WARNING, "extension order of the test PKI", _extension_order),
     Rule("smki.cert.unexpected_extension", ERROR, "no extensions beyond the profile's", _unexpected_extensions),
+    Rule("smki.cert.duplicate_extension", ERROR, "each extension at most once", _repeated_extension),
     Rule("smki.cert.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer_matches),
     Rule("smki.cert.basic_constraints", ERROR, "critical cA=TRUE on CAs (pathLen 0 on Issuing CAs); no cA TRUE on end entities", _basic_constraints),
     Rule("smki.cert.basic_constraints_end_entity", WARNING, "no basicConstraints cA FALSE on end entities (DCC Boxed has it)",
          _end_entity_basic_constraints),
-    Rule("smki.name.safe_characters", ERROR, "subject and issuer strings decode and hold no control, bidi or invisible characters",
+    Rule("smki.name.safe_characters", ERROR, "subject and issuer strings decode and hold no control, bidi, invisible, private-use, unassigned or non-characters",
          _name_characters),
     Rule("smki.root.subject", ERROR, "a root is self-issued with subject OU 00", _root_subject),
     Rule("smki.device.subject_empty", ERROR, "empty Device Certificate subject", _device_subject),

@@ -8,6 +8,7 @@ from asn1crypto import crl as asn1_crl
 
 from smki.profiles.crl import REASON_CODES
 from smki.profiles.lint.findings import Finding, Rule, Severity
+from smki.profiles.unique_extensions import repeated_crl_extension
 
 ERROR = Severity.ERROR
 _REASON_NAMES = {"unspecified", "key_compromise", "ca_compromise", "affiliation_changed", "superseded",
@@ -22,6 +23,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 class CrlView:
     def __init__(self, der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None) -> None:
+        self.der = der
         self.crl = asn1_crl.CertificateList.load(der, strict=True)
         self.tbs = self.crl["tbs_cert_list"]
         self.tbs.native  # parse now: malformed structures fail here
@@ -58,6 +60,12 @@ def _next_update(v: CrlView):
     return None if v.tbs["next_update"].native is not None else "nextUpdate is missing"
 
 
+def _next_after_this(v: CrlView):
+    this_update, next_update = v.tbs["this_update"].native, v.tbs["next_update"].native
+    if next_update is not None and next_update <= this_update:
+        return f"nextUpdate {next_update:%Y-%m-%dT%H:%M:%SZ} is not after thisUpdate {this_update:%Y-%m-%dT%H:%M:%SZ}"
+
+
 def _this_update(v: CrlView):
     this_update = v.tbs["this_update"].native
     if this_update > v.now + CLOCK_SKEW:
@@ -71,6 +79,10 @@ def _reasons(v: CrlView):
                 return f"entry {entry['user_certificate'].native:X} has reasonCode {extension['extn_value'].parsed.native}"
 
 
+def _repeated_extension(v: CrlView):
+    return repeated_crl_extension(v.der)  # the one check the strict CRL reader applies too
+
+
 def _issuer(v: CrlView):
     if v.issuer_subject_der is not None and v.tbs["issuer"].dump() != v.issuer_subject_der:
         return "issuer is not byte-identical to the CA's subject"
@@ -82,8 +94,10 @@ CRL_RULES = [
     Rule("smki.crl.authority_key_identifier", ERROR, "AKI: 8-octet keyIdentifier only", _aki),
     Rule("smki.crl.crl_number", ERROR, "cRLNumber present", _crl_number),
     Rule("smki.crl.next_update", ERROR, "nextUpdate present", _next_update),
+    Rule("smki.crl.next_update_after_this_update", ERROR, "nextUpdate later than thisUpdate", _next_after_this),
     Rule("smki.crl.this_update_not_future", ERROR, "thisUpdate not ahead of the clock by more than a small skew", _this_update),
     Rule("smki.crl.reason_codes", ERROR, "reasonCode values of RFC 5280", _reasons),
+    Rule("smki.crl.duplicate_extension", ERROR, "each extension at most once, in crlExtensions and in each entry", _repeated_extension),
     Rule("smki.crl.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer),
 ]
 
