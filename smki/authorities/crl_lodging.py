@@ -25,7 +25,7 @@ from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.lodging import AlreadyLodged
-from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
+from smki.errors import BadInputError, RefusedError, SmkiError
 from smki.profiles.files import load_crl
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.lint.findings import Severity
