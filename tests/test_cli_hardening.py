@@ -22,7 +22,6 @@ from pathlib import Path
 import click
 import pytest
 
-from conftest import smki
 from test_secrets_and_options import (DOCUMENTED_EXIT_CODES, ORG_POLICY, REPO, _argv_reaching_the_secret, all_commands,
                                       options, run_in_process)
 

@@ -259,7 +259,7 @@ MALFORMED = {
     "chunked body": (post_raw("Transfer-Encoding: chunked\r\n", b"5\r\n<Cert\r\n0\r\n\r\n"), 411),
     "chunked and length": (post_raw(f"Transfer-Encoding: chunked\r\nContent-Length: {len(SEARCH)}\r\n"), 411),
     "non-ASCII apikey": (post_raw(f"Content-Length: {len(SEARCH)}\r\n", target="/services/certificatesearch?apikey=%C3%A9t%C3%A9"), 403),
-    "raw non-ASCII apikey": (f"GET /certificates/00.cer?apikey=\u00e9\u00ff HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"), 403),
+    "raw non-ASCII apikey": ("GET /certificates/00.cer?apikey=\u00e9\u00ff HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"), 403),
     "undecodable apikey": (b"GET /index.json?apikey=%FF%FE HTTP/1.1\r\nHost: x\r\n\r\n", 403),
     "apikey twice": (f"GET /index.json?apikey={API_KEY}&apikey=other HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
     "too many query fields": (("GET /index.json?" + "&".join(f"f{i}=1" for i in range(50)) + " HTTP/1.1\r\nHost: x\r\n\r\n").encode(), 400),

@@ -34,7 +34,7 @@ from smki.profiles.names import check_name_text, organisation_subject
 from smki.requests import RequestRejected, parse_organisation_request
 from smki.requests.outcomes import Outcome
 from smki.store import open_database
-from test_input_hardening import (START, one_line_error, organisation_der, raw_organisation_subject, rules,  # noqa: F401
+from test_input_hardening import (one_line_error, organisation_der, raw_organisation_subject, rules,  # noqa: F401
                                   software_pki)
 
 KU, SKI, CRL_NUMBER, REASON_CODE = "2.5.29.15", "2.5.29.14", "2.5.29.20", "2.5.29.21"
