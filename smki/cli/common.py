@@ -124,13 +124,23 @@ def audit_options(func: Callable) -> Callable:
 
 
 def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
-    """The database's audit trail, with the HSM audit key attached when one is named."""
+    """The database's audit trail, with the HSM audit key attached when one is named.
+
+    With an audit key, the trail is checked against the head anchored in the key's token before
+    anything is done (a trail cut back with its state is refused, exit 1), and `checkpoint` below
+    moves the anchor once the run's checkpoint has committed.
+    """
     from smki.audit.trail import AuditTrail
+    from smki.hsm.anchor import TokenHeadAnchor
     from smki.hsm.signer import open_signer
 
-    signer = open_signer(key_ref_from_options(default_module_path(), audit_key_uri, None, None, None),
-                         pin_source) if audit_key_uri else None
-    return AuditTrail(connection, signer)
+    if not audit_key_uri:
+        return AuditTrail(connection)
+    key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
+    signer = open_signer(key, pin_source)
+    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor(key.module, key.token_label, key.key_label, key.key_id))
+    audit.check_anchor()
+    return audit
 
 
 STATE_DATABASE = "smki.db"
@@ -186,6 +196,7 @@ def checkpoint(audit, context: str) -> None:
 
         with transaction(audit.connection):
             audit.checkpoint(context)
+        audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:
