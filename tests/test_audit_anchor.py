@@ -179,10 +179,11 @@ def _roll_back(state: Path, cut: int, issued_after_cut: list[str]) -> None:
         raw.executemany("DELETE FROM certificates WHERE serial_hex = ?", [(serial,) for serial in issued_after_cut])
 
 
-def test_the_reported_rollback_is_refused_before_signing(anchored_authority, authority, tmp_path, run_smki):
+# These two leave the anchor where it is (nothing is signed from the copy), so they copy the state directly.
+def test_the_reported_rollback_is_refused_before_signing(anchored_authority, tmp_path, run_smki):
     d, serials, cut, crl_args, policy, _ = anchored_authority
-    state, _ = authority
-    anchored_seq = _head(state)[0]
+    state = copy_state(d, tmp_path)
+    anchored_seq = _head(state)[0]  # every run anchors its final checkpoint (checked by the `authority` fixture)
     _roll_back(state, cut, serials[2:])
     # Everything the database alone can say agrees: why the anchor exists.
     verified = run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(d / "audit.pub"))
@@ -202,11 +203,11 @@ def test_the_reported_rollback_is_refused_before_signing(anchored_authority, aut
         assert raw.execute("SELECT COUNT(*) FROM audit_entries").fetchone() == before  # and nothing written
 
 
-def test_a_trail_cut_and_rewritten_to_the_anchored_length_is_refused(anchored_authority, authority, tmp_path):
+def test_a_trail_cut_and_rewritten_to_the_anchored_length_is_refused(anchored_authority, tmp_path):
     """Appending after the cut until the anchored sequence number exists again does not help: its hash differs."""
     d, serials, cut, crl_args, policy, audit_uri = anchored_authority
-    state, anchor = authority
-    anchored_seq, _ = anchor.load()
+    state = copy_state(d, tmp_path)
+    anchored_seq = _head(state)[0]
     _roll_back(state, cut, serials[2:])
     from smki.audit.trail import AuditEntry, AuditTrail
     from smki.store import open_database
