@@ -252,3 +252,30 @@ def test_a_crash_between_commit_and_anchor_write_still_signs(anchored_authority,
     third = json.loads(smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl3.pem"), "--json").stdout)
     assert third["crl_number"] == 3
     assert anchor.load() == _head(state)  # the anchor caught up
+
+
+# -- a root's trail: ceremonies anchor the head in the root's token, and refuse a trail cut behind it ---------
+def test_an_arl_ceremony_on_a_root_trail_cut_back_is_refused(tmp_path):
+    from test_ceremony import PASSPHRASES, SOURCES, workspace
+
+    def ceremony(name: str, check: bool = True):
+        return smki("ceremony", "run", str(work / "ceremonies" / name), *SOURCES, check=check, env=PASSPHRASES)
+
+    work = workspace(tmp_path, "ANCHOR")
+    ceremony("root-oca.yaml")
+    database = work / "state" / "root-oca" / "smki.db"
+    cut = _head(database.parent)[0]
+    ceremony("arl-oca.yaml")  # ARL number 1, anchored in the root's token
+    anchored_seq = _head(database.parent)[0]
+    with sqlite3.connect(database) as raw:  # the ARL's entry and checkpoint cut away, and its cRLNumber with them
+        raw.execute("DELETE FROM audit_checkpoints WHERE seq > ?", (cut,))
+        raw.execute("DELETE FROM audit_entries WHERE seq > ?", (cut,))
+        raw.execute("DELETE FROM crl_numbers")
+    again = work / "ceremonies" / "arl-oca-again.yaml"
+    again.write_text((work / "ceremonies" / "arl-oca.yaml").read_text().replace("root-oca-arl-1", "root-oca-arl-again"))
+    refused = ceremony("arl-oca-again.yaml", check=False)
+    one_line(refused, 1)
+    assert f"no longer holds entry {anchored_seq}" in refused.stderr
+    assert not (work / "out" / "root-oca-arl-again.pem").exists()
+    with sqlite3.connect(database) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM crl_numbers").fetchone()[0] == 0
