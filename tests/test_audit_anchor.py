@@ -189,6 +189,10 @@ def test_the_reported_rollback_is_refused_before_signing(anchored_authority, tmp
     verified = run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(d / "audit.pub"))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert smki("ca", "reconcile", "--state", str(state), check=False).returncode == 0
+    # The auditor, given the anchor, sees the cut.
+    anchored = run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(d / "audit.pub"),
+                        "--anchor-key-uri", crl_args[-3], *PIN)
+    assert anchored.returncode == 1 and f"held entry {anchored_seq} when its head was recorded" in anchored.stdout, anchored.stdout + anchored.stderr
     before = sqlite3.connect(state / "smki.db").execute("SELECT COUNT(*) FROM audit_entries").fetchone()
     for _ in range(2):  # the refusal moves nothing: a second attempt is refused the same way
         result = smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl.pem"), check=False)
@@ -228,6 +232,9 @@ def test_an_untampered_state_signs_and_moves_the_anchor(anchored_authority, auth
     third = json.loads(smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl3.pem"), "--json").stdout)
     assert third["crl_number"] == 3 and third["entries"] == 1
     assert anchor.load() == _head(state)
+    verified = smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(d / "audit.pub"),
+                    "--anchor-key-uri", crl_args[-3], *PIN, "--json")
+    assert json.loads(verified.stdout)["expected_heads"] == ["%d:%s" % _head(state)]
 
 
 @pytest.mark.parametrize("crash", ["anchor behind the trail", "anchor never written"])
@@ -279,3 +286,11 @@ def test_an_arl_ceremony_on_a_root_trail_cut_back_is_refused(tmp_path):
     assert not (work / "out" / "root-oca-arl-again.pem").exists()
     with sqlite3.connect(database) as raw:
         assert raw.execute("SELECT COUNT(*) FROM crl_numbers").fetchone()[0] == 0
+
+
+def test_the_auditor_is_told_when_a_key_anchors_no_head(anchored_authority, new_hsm_key, run_smki):
+    d, *_ = anchored_authority
+    never_used, _ = new_hsm_key("anchor-unused-audit")
+    result = run_smki("audit", "verify", "--db", str(d / "state" / "smki.db"), "--anchor-key-uri", never_used.uri, *PIN)
+    one_line(result, 1)
+    assert "anchors no audit trail head" in result.stderr
