@@ -294,3 +294,17 @@ def test_the_auditor_is_told_when_a_key_anchors_no_head(anchored_authority, new_
     result = run_smki("audit", "verify", "--db", str(d / "state" / "smki.db"), "--anchor-key-uri", never_used.uri, *PIN)
     one_line(result, 1)
     assert "anchors no audit trail head" in result.stderr
+
+
+def test_a_run_refused_on_a_copy_of_the_state_leaves_the_anchor(anchored_authority, authority, tmp_path):
+    """A refused run changes no state, so it does not move the anchor: a copy tried and refused (as the demo
+    does with an edited copy) does not lock the authority out of its own trail."""
+    d, serials, cut, crl_args, policy, _ = anchored_authority
+    state, anchor = authority
+    with sqlite3.connect(state / "smki.db") as raw:
+        raw.execute("DELETE FROM revocations")
+    refused = smki(*crl_args, "--state", str(state), "--out", str(tmp_path / "crl.pem"), check=False)
+    one_line(refused, 1)
+    assert "disagrees with its audit trail" in refused.stderr
+    assert _head(state)[0] == _head(d / "state")[0] + 1  # the refusal is recorded (and signed) in the copy
+    assert anchor.load() == _head(d / "state")

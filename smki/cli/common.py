@@ -181,22 +181,27 @@ class AuditedOperation:
         from smki.audit.trail import AuditEntry
         from smki.store.database import transaction
 
-        if error is not None and not isinstance(error, click.exceptions.Exit):
+        succeeded = error is None or isinstance(error, click.exceptions.Exit)
+        if not succeeded:
             outcome = "refused" if isinstance(error, SmkiError) else "failed"
             reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
             with transaction(self.connection):
                 self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
-        checkpoint(self.audit, self.operation)
+        # A refused run changed no state, so it leaves the anchor where it is (behind: safe; the next success
+        # covers its entry). This also keeps a run refused on a copy of the state from anchoring the copy.
+        checkpoint(self.audit, self.operation, anchor=succeeded)
 
 
-def checkpoint(audit, context: str) -> None:
-    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached."""
+def checkpoint(audit, context: str, anchor: bool = True) -> None:
+    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached; then
+    (unless `anchor` is false) anchor that head in the audit key's token."""
     if audit.signer is not None:
         from smki.store.database import transaction
 
         with transaction(audit.connection):
             audit.checkpoint(context)
-        audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
+        if anchor:
+            audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:
