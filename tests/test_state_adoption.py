@@ -13,9 +13,10 @@ from test_audit_hardening import copy_state, one_line, org_authority, rechain, t
 PIN = ["--audit-pin-source", "env:SMKI_TEST_PIN"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def audit_key_uri(new_hsm_key):
-    return new_hsm_key("adoption-audit")[0].uri
+    """A new audit key per test: one audit key anchors one trail, and each test signs from its own copy."""
+    return new_hsm_key()[0].uri
 
 
 def legacy(state):

@@ -10,6 +10,14 @@ Checkpoints sign the chain head (sequence number, head hash, time, context) with
 key, held in the HSM: per batch, per ceremony, and every `checkpoint_every` entries.
 This layer takes the signer as a duck type (`.public_key`, `.sign(data) -> DER`): it sits
 below the HSM layer and never imports it.
+
+The trail lives in the database it protects, so whoever can write that database can cut its
+tail (entries and checkpoints together) and roll the state tables back to match: the chain,
+the checkpoints and reconciliation all still agree. A `HeadAnchor` (a duck type too; the HSM
+layer keeps it in the audit key's token, out of the database's reach) holds the last head a
+run checkpointed and committed. Before an authority acts, `check_anchor` refuses a trail that
+no longer holds that head. The anchor is written after the checkpoint's commit, so a crash in
+between leaves it behind the trail, never ahead of it: the check stays true.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.canonical import canonical, canonical_text
-from smki.errors import BadInputError
+from smki.errors import BadInputError, RefusedError
 
 GENESIS_HASH = hashlib.sha256(b"smki audit trail genesis v1").hexdigest()
 OUTCOMES = ("success", "refused", "failed")
@@ -52,6 +60,14 @@ class CheckpointSigner(Protocol):
     def public_key(self) -> ec.EllipticCurvePublicKey: ...
 
     def sign(self, data: bytes) -> bytes: ...
+
+
+class HeadAnchor(Protocol):
+    """Where a trail's last checkpointed head is kept beyond the database's reach (e.g. the HSM)."""
+
+    def load(self) -> tuple[int, str] | None: ...
+
+    def store(self, seq: int, head_hash: str) -> None: ...
 
 
 def _refuse_secrets(value: object, where: str) -> None:
@@ -113,10 +129,31 @@ class AuditTrail:
     """The audit trail in one SQLite database (the authority's own; its tables come from the store's migrations)."""
 
     def __init__(self, connection: sqlite3.Connection, checkpoint_signer: CheckpointSigner | None = None,
-                 checkpoint_every: int = 1000) -> None:
+                 checkpoint_every: int = 1000, anchor: HeadAnchor | None = None) -> None:
         if checkpoint_every < 1:
             raise BadInputError("checkpoint_every must be at least 1")
         self.connection, self.signer, self.checkpoint_every = connection, checkpoint_signer, checkpoint_every
+        self.anchor = anchor
+        self._checkpointed: tuple[int, str] | None = None  # the last head this run signed, to anchor once committed
+        self._anchor_broken = False  # a trail that lost its anchored head never moves the anchor again
+
+    def check_anchor(self) -> None:
+        """Refuse (one line, exit 1) when the trail no longer holds the head last anchored (no anchor: nothing to check)."""
+        anchored = self.anchor.load() if self.anchor is not None else None
+        if anchored is None:
+            return
+        seq, head_hash = anchored
+        row = self.connection.execute("SELECT entry_hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
+        if row is None or row[0] != head_hash:
+            self._anchor_broken = True
+            what = "no longer holds" if row is None else "holds a different"
+            raise RefusedError(f"the audit trail {what} entry {seq}, the head its audit key's token anchored: the trail was "
+                               "truncated or rewritten (and the state with it); nothing is done from it until it is restored")
+
+    def anchor_checkpointed(self) -> None:
+        """Record the last checkpointed head in the anchor: call only once the checkpoint's transaction has committed."""
+        if self.anchor is not None and self._checkpointed is not None and not self._anchor_broken:
+            self.anchor.store(*self._checkpointed)
 
     def head(self) -> tuple[int, str]:
         row = self.connection.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -159,4 +196,5 @@ class AuditTrail:
         signature = self.signer.sign(checkpoint_message(seq, head_hash, when, context))
         self.connection.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
                                 (seq, head_hash, when, context, key_id, signature))
+        self._checkpointed = (seq, head_hash)
         return seq

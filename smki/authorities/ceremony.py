@@ -30,6 +30,7 @@ from smki.authorities.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm import activation
+from smki.hsm.anchor import TokenHeadAnchor
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
 from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
 from smki.hsm.session import close_all, open_session
@@ -158,6 +159,12 @@ def _audit_signer(run: _Run, session) -> Pkcs11Signer:
     run.facts["audit_key"] = {"label": spec.label, "id": spec.key_id.hex(), "key_id": key_id_of(signer.public_key),
                               "public_key_pem": signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()}
     return signer
+
+
+def _head_anchor(ceremony: Ceremony) -> TokenHeadAnchor:
+    """Where the root's trail head is anchored: beside its audit key, in the root's token."""
+    spec = ceremony.hsm.audit_key
+    return TokenHeadAnchor(ceremony.hsm.module, ceremony.hsm.token, spec.label, spec.key_id)
 
 
 def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, Pkcs11Signer]:
@@ -389,6 +396,8 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.kind in ("root-key", "root-rekey"))
         del pin
         audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
+        audit.anchor = _head_anchor(ceremony)
+        audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
         if ceremony.kind == "arl":
             _arl(run, session, connection)
         else:
@@ -396,6 +405,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         transcript = _transcript(run)
         transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
         _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
+        audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
     except BaseException as error:
         if isinstance(error, SmkiError):
             _record_refusal(run, connection, audit, error, signed=not created_token)

@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from smki.audit.verify import ChainHead, export_trail, load_export, rows_from_database, verify_trail
-from smki.cli.common import DATABASE, emit, json_option
+from smki.cli.common import DATABASE, SECRET_SOURCE, emit, json_option, key_ref_from_options
 from smki.errors import BadInputError, RefusedError
 from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
+from smki.hsm.config import default_module_path
 from smki.profiles.pem import PemLabel, single_object
 from smki.store import open_database
 
@@ -57,8 +58,12 @@ def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | N
               help="A head recorded earlier (printed by an earlier verify): the trail must still hold it. Repeatable.")
 @click.option("--since-export", "since_exports", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="An earlier export of this trail: the trail must still hold its last entry. Repeatable.")
+@click.option("--anchor-key-uri", help="pkcs11: URI of the trail's audit key: the head its token anchors must still be in the "
+                                       "trail (needs the token's PIN, from --pin-source).")
+@click.option("--pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
+              help="With --anchor-key-uri: where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")
 @json_option
-def verify_command(database, export_file, public_key, expected_heads, since_exports, as_json) -> None:
+def verify_command(database, export_file, public_key, expected_heads, since_exports, anchor_key_uri, pin_source, as_json) -> None:
     """Check the whole chain and every checkpoint signature; name the first broken entry; print the
     head verified (SEQ:HASH) for the auditor to record and give back later with --expect-head.
 
@@ -68,6 +73,8 @@ def verify_command(database, export_file, public_key, expected_heads, since_expo
         raise click.UsageError("give exactly one of --db or --export")
     heads = tuple(ChainHead.parse(text, "--expect-head") for text in expected_heads)
     heads += tuple(ChainHead.of_entries(load_export(path)[0]) for path in since_exports)
+    if anchor_key_uri:
+        heads += (_anchored_head(anchor_key_uri, pin_source),)
     trusted_from = str(public_key) if public_key else "the key stored with the trail (give --public-key to pin it)"
     if database:
         connection = open_database(database, read_only=True, any_schema=True)
@@ -85,6 +92,19 @@ def verify_command(database, export_file, public_key, expected_heads, since_expo
         if d["ok"] else f"AUDIT TRAIL BROKEN at entry {d['first_broken_seq']}: {d['problem']}"))
     if not report.ok:
         raise SystemExit(1)
+
+
+def _anchored_head(audit_key_uri: str, pin_source) -> ChainHead:
+    """The head anchored beside the audit key in its token (what the authority checks before it acts)."""
+    from smki.hsm.anchor import TokenHeadAnchor
+    from smki.hsm.signer import open_signer
+
+    key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
+    open_signer(key, pin_source)  # logs in, and the audit key must be there
+    anchored = TokenHeadAnchor(key.module, key.token_label, key.key_label, key.key_id).load()
+    if anchored is None:
+        raise RefusedError(f"token {key.token_label!r} anchors no audit trail head for key {key.key_label!r}")
+    return ChainHead(*anchored)
 
 
 def _unsigned_tail(report: dict) -> str:

@@ -154,13 +154,23 @@ def audit_options(func: Callable) -> Callable:
 
 
 def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
-    """The database's audit trail, with the HSM audit key attached when one is named."""
+    """The database's audit trail, with the HSM audit key attached when one is named.
+
+    With an audit key, the trail is checked against the head anchored in the key's token before
+    anything is done (a trail cut back with its state is refused, exit 1), and `checkpoint` below
+    moves the anchor once the run's checkpoint has committed.
+    """
     from smki.audit.trail import AuditTrail
+    from smki.hsm.anchor import TokenHeadAnchor
     from smki.hsm.signer import open_signer
 
-    signer = open_signer(key_ref_from_options(default_module_path(), audit_key_uri, None, None, None),
-                         pin_source) if audit_key_uri else None
-    return AuditTrail(connection, signer)
+    if not audit_key_uri:
+        return AuditTrail(connection)
+    key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
+    signer = open_signer(key, pin_source)
+    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor(key.module, key.token_label, key.key_label, key.key_id))
+    audit.check_anchor()
+    return audit
 
 
 STATE_DATABASE = "smki.db"
@@ -201,21 +211,27 @@ class AuditedOperation:
         from smki.audit.trail import AuditEntry
         from smki.store.database import transaction
 
-        if error is not None and not isinstance(error, click.exceptions.Exit):
+        succeeded = error is None or isinstance(error, click.exceptions.Exit)
+        if not succeeded:
             outcome = "refused" if isinstance(error, SmkiError) else "failed"
             reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
             with transaction(self.connection):
                 self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
-        checkpoint(self.audit, self.operation)
+        # A refused run changed no state, so it leaves the anchor where it is (behind: safe; the next success
+        # covers its entry). This also keeps a run refused on a copy of the state from anchoring the copy.
+        checkpoint(self.audit, self.operation, anchor=succeeded)
 
 
-def checkpoint(audit, context: str) -> None:
-    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached."""
+def checkpoint(audit, context: str, anchor: bool = True) -> None:
+    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached; then
+    (unless `anchor` is false) anchor that head in the audit key's token."""
     if audit.signer is not None:
         from smki.store.database import transaction
 
         with transaction(audit.connection):
             audit.checkpoint(context)
+        if anchor:
+            audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:

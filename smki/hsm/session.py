@@ -125,6 +125,12 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     return session
 
 
+def is_logged_in(module_path: str, token_label: str) -> bool:
+    """Whether this process has logged in to the token with a PIN (objects it keeps private are then visible)."""
+    with _lock:
+        return (module_path, token_label) in _logins
+
+
 def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool, pin_checked: bool) -> pkcs11.Session:
     try:
         return token.open(user_pin=pin, rw=rw)
