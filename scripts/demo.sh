@@ -293,9 +293,12 @@ for root in root-oca root-dca; do
 done
 run "$SMKI" audit verify --db repository.db --public-key librarian-audit.pub.pem --expect-head "$REPOSITORY_HEAD"
 run "$SMKI" audit verify --db state/librarian-audit/smki.db --public-key librarian-audit.pub.pem   # the key's own generation
+echo "(an Issuing Authority's token also anchors the last head it checkpointed: a trail cut back and its state rolled"
+echo " back to match would still verify on its own, but not against the anchor, and the authority refuses to act on it)"
 for authority in issuing-oca issuing-dca; do   # key generation and issuance: each Issuing Authority's own trail
   run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
-  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
+  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem" \
+    --anchor-key-uri "$(audit_uri "$authority")" --pin-source env:DEMO_PIN
 done
 
 step "Done. Everything is in $OUT"
