@@ -27,7 +27,7 @@ from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.lodging import AlreadyLodged
 from smki.errors import BadInputError, RefusedError, SmkiError
 from smki.profiles.files import load_crl
-from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.lint.crl_rules import DUPLICATE_EXTENSION, lint_crl
 from smki.profiles.lint.findings import Severity
 from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
@@ -101,10 +101,11 @@ def _check_signature(crl: x509.CertificateRevocationList, issuer: CertificateRec
         raise RefusedError(f"bad signature: the CRL does not verify with the key of issuer {issuer.subject_key_id} (serial {issuer.serial_hex})")
 
 
-def _check_lint(crl_der: bytes, issuer: CertificateRecord) -> None:
+def _check_lint(crl_der: bytes, issuer: CertificateRecord, now: datetime) -> None:
     # The issuer's subject exactly as encoded in its certificate: "byte-identical" means bytes, not a re-encoding.
     issuer_subject = asn1_x509.Certificate.load(issuer.der)["tbs_certificate"]["subject"].dump()
-    _, findings = lint_crl(crl_der, issuer_subject)
+    # `_parse` (load_crl) has already refused a repeated extension: the walk is not made twice.
+    _, findings = lint_crl(crl_der, issuer_subject, now=now, skip=frozenset({DUPLICATE_EXTENSION}))
     errors = [f for f in findings if f.severity == Severity.ERROR]
     if errors:
         raise RefusedError("lint error: " + "; ".join(f"{f.rule_id}: {f.message}" for f in errors))
@@ -139,7 +140,7 @@ def _accept(connection: sqlite3.Connection, crl: x509.CertificateRevocationList,
     kind = "arl" if issuer.certificate_type == "root" else "crl"
     subject["kind"] = kind
     _check_signature(crl, issuer)
-    _check_lint(crl_der, issuer)
+    _check_lint(crl_der, issuer, now)
     number = _crl_number(crl)
     subject["crl_number"] = number
     _check_number(connection, number, key_id, sha256)

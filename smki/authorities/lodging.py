@@ -11,7 +11,6 @@ import sqlite3
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.authorities.records import record_for
@@ -29,12 +28,12 @@ class AlreadyLodged(ConflictError):
         self.summary = summary
 
 
-def _already_lodged(connection: sqlite3.Connection, certificate: x509.Certificate, record) -> bool:
+def _already_lodged(connection: sqlite3.Connection, record) -> bool:
     """Whether this certificate is lodged, byte for byte; refuse (exit 5) another one with its issuer and serial."""
     lodged = [r for r in find_certificate(connection, record.serial_hex) if r.issuer_key_id == record.issuer_key_id]
     if not lodged:
         return False
-    if bytes(lodged[0].der) != certificate.public_bytes(Encoding.DER):
+    if bytes(lodged[0].der) != record.der:
         raise ConflictError(f"another certificate with serial {record.serial_hex} from issuer {record.issuer_key_id} is already lodged")
     return True
 
@@ -69,7 +68,7 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
     subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
                "entity_id": record.entity_id}
     try:
-        if _already_lodged(connection, certificate, record):  # checked when it was lodged; a root was trusted then
+        if _already_lodged(connection, record):  # checked when it was lodged; a root was trusted then
             raise AlreadyLodged(f"certificate {record.serial_hex} is already lodged", {"serial": record.serial_hex})
         _check(connection, certificate, record, trust_root)
         with transaction(connection):

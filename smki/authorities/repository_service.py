@@ -183,7 +183,8 @@ class RepositoryService:
     def __init__(self, connect: Callable[[], sqlite3.Connection], api_keys: set[str], published_dir: Path | None = None) -> None:
         if not api_keys:
             raise BadInputError("the repository service needs at least one API key")
-        self._connect, self._api_keys, self.published_dir = connect, api_keys, published_dir
+        self._connect, self.published_dir = connect, published_dir
+        self._api_keys = tuple(key.encode("utf-8", "surrogateescape") for key in api_keys)  # compared as bytes
         self._local = threading.local()
 
     def connection(self) -> sqlite3.Connection:
@@ -198,7 +199,7 @@ class RepositoryService:
         offered = api_key.encode("utf-8", "surrogateescape")
         matched = False
         for known in self._api_keys:
-            matched |= hmac.compare_digest(offered, known.encode("utf-8", "surrogateescape"))
+            matched |= hmac.compare_digest(offered, known)
         return matched
 
     def search(self, body: bytes, audit_reference: str) -> ET.Element:

@@ -101,7 +101,7 @@ def _anchored_head(audit_key_uri: str, pin_source) -> ChainHead:
 
     key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
     open_signer(key, pin_source)  # logs in, and the audit key must be there
-    anchored = TokenHeadAnchor(key.module, key.token_label, key.key_label, key.key_id).load()
+    anchored = TokenHeadAnchor.for_key(key).load()
     if anchored is None:
         raise RefusedError(f"token {key.token_label!r} anchors no audit trail head for key {key.key_label!r}")
     return ChainHead(*anchored)

@@ -168,7 +168,7 @@ def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
         return AuditTrail(connection)
     key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
     signer = open_signer(key, pin_source)
-    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor(key.module, key.token_label, key.key_label, key.key_id))
+    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor.for_key(key))
     audit.check_anchor()
     return audit
 

@@ -211,7 +211,7 @@ def verify_command(leaf, anchors, intermediates, crl_files, at_text, environment
         try:
             at = datetime.fromisoformat(at_text.replace("Z", "+00:00"))
         except ValueError:
-            raise BadInputError(f"--at: {at_text!r} is neither ISO 8601 nor unix seconds") from None
+            raise BadInputError(f"--at: {at_text[:40]!r} is neither ISO 8601 nor unix seconds") from None
         at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
     [certificate] = [read_certificate(leaf)]  # exactly one: a bundle's first certificate is not "the leaf"
     result = validate_path(certificate, _load_certificates(anchors), _load_certificates(intermediates), at=at,

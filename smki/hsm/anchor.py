@@ -21,6 +21,7 @@ import pkcs11.exceptions as p11x
 from pkcs11 import Attribute, ObjectClass
 
 from smki.errors import HsmError
+from smki.hsm.config import KeyRef
 from smki.hsm.session import is_logged_in, open_session
 from smki.hsm.store_lock import token_store_lock
 
@@ -39,6 +40,11 @@ class TokenHeadAnchor:
     def __init__(self, module_path: str, token_label: str, key_label: str, key_id: bytes) -> None:
         self.module_path, self.token_label = module_path, token_label
         self.label = anchor_label(key_label, key_id)
+
+    @classmethod
+    def for_key(cls, key: KeyRef) -> "TokenHeadAnchor":
+        """The anchor beside the audit key `key` names."""
+        return cls(key.module, key.token_label, key.key_label, key.key_id)
 
     def _session(self) -> pkcs11.Session:
         if not is_logged_in(self.module_path, self.token_label):

@@ -59,7 +59,7 @@ def pem_blocks(data: bytes, what: str, labels: tuple[bytes, ...] | None = None) 
         _refuse_text(data[position:match.start()], what, "between PEM blocks" if blocks else "before the PEM block")
         if labels is not None and match[1] not in labels:
             expected = " or ".join(label.decode() for label in labels)
-            raise _refused(what, f"PEM armour is {match[1].decode()}, not {expected}")
+            raise _refused(what, f"PEM armour is {match[1][:40].decode()}, not {expected}")
         try:
             der = base64.b64decode(b"".join(match[2].split()), validate=True)
         except binascii.Error:

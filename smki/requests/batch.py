@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smki.errors import BadInputError
-from smki.files import new_file, refuse_existing, require_regular_file
+from smki.files import MAX_CSR_BYTES, new_file, refuse_existing, require_regular_file
 from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 
-MAX_ENTRY_SIZE = 16 * 1024  # one CSR in Base64 is about 700 bytes
+MAX_ENTRY_SIZE = MAX_CSR_BYTES  # one CSR in Base64 is about 700 bytes; the limit of every CSR smki reads
 MAX_COMPRESSION_RATIO = 100  # Base64 text compresses about 1.3:1; 100:1 is a bomb
 # Deflate never needs much more than the entry's own size; more than this for a 16 KiB entry is a lying directory.
 MAX_COMPRESSED_SIZE = 4 * MAX_ENTRY_SIZE
@@ -243,7 +243,8 @@ def _check_directory_entry(source: Path, info: zipfile.ZipInfo, size: int) -> No
     if info.flag_bits & 0x1:
         raise BatchRefused(f"{source}: entry {info.filename} is encrypted")
     if info.compress_type not in ACCEPTED_COMPRESSION:
-        raise BatchRefused(f"{source}: entry {info.filename} uses compression method {info.compress_type}; only stored and deflated are accepted")
+        raise BatchRefused(f"{source}: entry {info.filename} uses compression method {info.compress_type}; only "
+                           f"{' and '.join(ACCEPTED_COMPRESSION.values())} are accepted")
     if info.file_size > MAX_ENTRY_SIZE:
         raise BatchRefused(f"{source}: entry {info.filename} declares {info.file_size} bytes, over {MAX_ENTRY_SIZE}")
     if info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:

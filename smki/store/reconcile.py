@@ -63,7 +63,7 @@ class StateChange:
 class _IssuerState:
     issued: set[str] = field(default_factory=set)
     revoked: dict[str, tuple[str, str]] = field(default_factory=dict)  # serial -> (revoked_at, reason)
-    status_revoked: set[str] = field(default_factory=set)  # certificates whose status is R
+    status_revoked: set[str] = field(default_factory=set)  # held only: certificates whose status is R (recorded: the revoked)
     crl_number: int = 0
 
 
@@ -80,7 +80,6 @@ def _recorded(connection: sqlite3.Connection, issuer_key_id: str) -> _IssuerStat
         state.issued.update(change.get(_Part.ISSUED.value, {}).get(issuer_key_id, ()))
         for serial, revoked_at, reason in change.get(_Part.REVOKED.value, {}).get(issuer_key_id, ()):
             state.revoked[serial] = (revoked_at, reason)
-            state.status_revoked.add(serial)
         number = change.get(_Part.CRL_NUMBER.value, {}).get(issuer_key_id)
         if number is not None:
             state.crl_number = max(state.crl_number, number)
@@ -111,7 +110,7 @@ def _differences(recorded: _IssuerState, held: _IssuerState) -> list[str]:
         *some(set(recorded.revoked) - set(held.revoked), "revocation(s) the audit trail records are missing from the state"),
         *some(set(held.revoked) - set(recorded.revoked), "revocation(s) in the state were made by no audited operation"),
         *some(altered, "revocation(s) in the state differ in time or reason from the audit trail"),
-        *some(recorded.status_revoked ^ held.status_revoked, "certificate(s) have a status R that disagrees with the audit trail"),
+        *some(set(recorded.revoked) ^ held.status_revoked, "certificate(s) have a status R that disagrees with the audit trail"),
     ]
     if recorded.crl_number != held.crl_number:
         found.append(f"the last cRLNumber is {held.crl_number} in the state but {recorded.crl_number} in the audit trail")

@@ -88,6 +88,7 @@ def _issuer(v: CrlView):
         return "issuer is not byte-identical to the CA's subject"
 
 
+DUPLICATE_EXTENSION = "smki.crl.duplicate_extension"  # also checked by every CRL reader (smki.profiles.files.load_crl)
 CRL_RULES = [
     Rule("smki.crl.version_v2", ERROR, "v2", _version),
     Rule("smki.crl.signature_algorithm", ERROR, "ecdsa-with-SHA256, parameters absent", _signature),
@@ -97,17 +98,19 @@ CRL_RULES = [
     Rule("smki.crl.next_update_after_this_update", ERROR, "nextUpdate later than thisUpdate", _next_after_this),
     Rule("smki.crl.this_update_not_future", ERROR, "thisUpdate not ahead of the clock by more than a small skew", _this_update),
     Rule("smki.crl.reason_codes", ERROR, "reasonCode values of RFC 5280", _reasons),
-    Rule("smki.crl.duplicate_extension", ERROR, "each extension at most once, in crlExtensions and in each entry", _repeated_extension),
+    Rule(DUPLICATE_EXTENSION, ERROR, "each extension at most once, in crlExtensions and in each entry", _repeated_extension),
     Rule("smki.crl.issuer_byte_identical", ERROR, "issuer byte-identical to the CA subject (when the CA is given)", _issuer),
 ]
 
 
-def lint_crl(der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None) -> tuple[str, list[Finding]]:
-    """(crl or arl, findings); `now` (default: the clock) is what thisUpdate is compared with."""
+def lint_crl(der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None,
+             skip: frozenset[str] = frozenset()) -> tuple[str, list[Finding]]:
+    """(crl or arl, findings); `now` (default: the clock) is what thisUpdate is compared with; rules
+    whose ids are in `skip` are not run (a caller that has already made the same check)."""
     from smki.errors import BadInputError
 
     try:
         view = CrlView(der, issuer_subject_der, now)
     except (ValueError, TypeError, KeyError) as exc:
         raise BadInputError(f"not a DER CRL ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    return ("arl" if view.is_arl else "crl"), [finding for rule in CRL_RULES if (finding := rule.run(view))]
+    return ("arl" if view.is_arl else "crl"), [finding for rule in CRL_RULES if rule.rule_id not in skip and (finding := rule.run(view))]
