@@ -290,7 +290,7 @@ def _lua_string(data: bytes) -> str:
 
 
 def _serve(path: Path):
-    from smki.authorities.repository_service import RepositoryService, make_server
+    from smki.librarian.repository_service import RepositoryService, make_server
 
     service = RepositoryService(lambda: open_database(path), {API_KEY})
     server = make_server(service, max_connections_per_client=256)  # every benchmark connection comes from loopback

@@ -177,7 +177,7 @@ def test_mutated_requests_give_a_request_or_a_one_line_refusal(rng):
 
 
 def test_a_worker_answers_every_mutated_request_in_plain_data(tmp_path):
-    from smki.authorities.batch_workers import check_requests, in_plain_data, task_result
+    from smki.issuing.batch_workers import check_requests, in_plain_data, task_result
     from smki.requests.batch import open_batch
     rng = random.Random(20261202)
     entries = {f"m{i:03d}.csr": mutated_request(rng) for i in range(300)}
@@ -191,7 +191,7 @@ def test_a_worker_answers_every_mutated_request_in_plain_data(tmp_path):
 
 
 def test_a_task_that_fails_answers_plain_data_not_an_exception(tmp_path):
-    from smki.authorities.batch_workers import check_requests, in_plain_data, task_result
+    from smki.issuing.batch_workers import check_requests, in_plain_data, task_result
     from smki.errors import BadInputError, SmkiError
     batch = write_zip(tmp_path / "b.zip", {"a.csr": duplicated_key_usage()})
 

@@ -273,7 +273,7 @@ def test_a_directory_batch_with_sampled_verification(dca, tmp_path):
 
 def test_a_worker_that_cannot_start_stops_the_batch_instead_of_respawning(hsm_token):
     # multiprocessing restarts a worker whose initializer raises, forever; ours keeps the error for its first task.
-    from smki.authorities import batch_workers
+    from smki.issuing import batch_workers
     from smki.errors import HsmError
     from smki.hsm.config import KeyRef
     batch_workers.start_worker(KeyRef("no-such-token", "k", b"\x01", hsm_token.module), hsm_token.pin, None, 1)

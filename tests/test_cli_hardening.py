@@ -223,7 +223,7 @@ def test_a_serial_that_is_not_hex_is_refused_where_it_enters(tmp_path):
 
 @pytest.fixture
 def service(tmp_path):
-    from smki.authorities.repository_service import RepositoryService
+    from smki.librarian.repository_service import RepositoryService
     from smki.store import open_database
 
     open_database(tmp_path / "repo.db", create=True).close()
@@ -233,7 +233,7 @@ def service(tmp_path):
 
 
 def _serve(service, **options):
-    from smki.authorities.repository_service import make_server
+    from smki.librarian.repository_service import make_server
 
     server = make_server(service, **options)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -263,7 +263,7 @@ def _answer_now(connection: socket.socket) -> bytes:
 def test_idle_sockets_from_one_address_do_not_lock_other_clients_out(service):
     """The reported attack: one address holds every connection it can. By default it gets a quarter
     of the bound; the next connection from it is answered 503 at once; another client is served."""
-    from smki.authorities.repository_service import MAX_CONNECTIONS
+    from smki.librarian.repository_service import MAX_CONNECTIONS
 
     server = _serve(service)
     address = server.server_address
@@ -308,7 +308,7 @@ def test_the_per_client_cap_is_configurable_and_below_the_global_bound(service):
 
 
 def test_a_connection_that_sends_no_request_is_closed_long_before_the_request_timeout(service):
-    from smki.authorities.repository_service import REQUEST_LINE_TIMEOUT, REQUEST_TIMEOUT
+    from smki.librarian.repository_service import REQUEST_LINE_TIMEOUT, REQUEST_TIMEOUT
 
     assert REQUEST_LINE_TIMEOUT <= 5 < REQUEST_TIMEOUT
     server = _serve(service, request_line_timeout=1.0)

@@ -89,7 +89,7 @@ def test_bad_crl_inputs(pki):
         RevokedEntry(1, START, "fellOffTheBack")
     with pytest.raises(BadInputError, match="nextUpdate must be after thisUpdate"):
         build_crl(issuing, issuing_key, crl_number=1, this_update_utc=START, next_update_utc=START, entries=[])
-    with pytest.raises(BadInputError, match="not the CRL issuer's certificate key"):
+    with pytest.raises(BadInputError, match="signing key does not match the issuer certificate"):
         build_crl(issuing, root_key, crl_number=1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])
     with pytest.raises(BadInputError, match="cRLNumber"):
         build_crl(issuing, issuing_key, crl_number=-1, this_update_utc=START, next_update_utc=START + timedelta(days=1), entries=[])

@@ -25,7 +25,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 import csr_factory as f
-from smki.authorities.crl_lodging import crl_der_from_file
+from smki.librarian.crl_lodging import crl_der_from_file
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
 from smki import files  # its limits are read when a test runs, so each test fails on its own where they are missing
 from smki.hsm.activation import CustodianShare
@@ -430,7 +430,7 @@ def test_an_audit_public_key_file_with_trailing_junk_is_refused(software_pki, tm
 
 def test_publishing_over_a_link_to_dev_zero_replaces_it_instead_of_reading_forever(tmp_path):
     (tmp_path / "crl.der").symlink_to("/dev/zero")
-    result = bounded_python("from pathlib import Path\nfrom smki.authorities.publishing import _publish_file\n"
+    result = bounded_python("from pathlib import Path\nfrom smki.librarian.publishing import _publish_file\n"
                             f"path = Path({str(tmp_path / 'crl.der')!r})\n"
                             "print(_publish_file(path, b'CRL', set()), path.is_symlink(), path.read_bytes())\n", timeout=30)
     assert result.returncode == 0 and result.stdout.strip() == "1 False b'CRL'", result.stderr[-2000:]

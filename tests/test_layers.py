@@ -5,29 +5,45 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "smki"
 # Lowest first. Shared leaves (errors, identifiers, files) sit at the bottom.
-LAYERS = ["errors", "identifiers", "files", "audit", "store", "hsm", "profiles", "requests", "policy", "authorities", "cli"]
+# The three actors share one layer and never import each other; the front ends share the top one.
+ACTORS = ("root", "issuing", "librarian")
+FRONT_ENDS = ("cli", "testing")
+LAYERS = ["errors", "identifiers", "files", "audit", "store", "hsm", "profiles", "requests", "policy", "operations", ACTORS, FRONT_ENDS]
+
+
+def top_of(module: str) -> str:
+    return module.split(".")[1] if module.startswith("smki.") else module
 
 
 def layer_of(module: str) -> int:
-    top = module.split(".")[1] if module.startswith("smki.") else module
-    return LAYERS.index(top)
+    top = top_of(module)
+    return next(index for index, layer in enumerate(LAYERS) if top == layer or top in layer)
+
+
+def smki_imports(path: Path) -> list[str]:
+    imports = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smki."):
+            imports.append(node.module)
+        elif isinstance(node, ast.Import):
+            imports += [alias.name for alias in node.names if alias.name.startswith("smki.")]
+    return [name for name in imports if not name.startswith("smki.__")]
+
+
+def modules():
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if module not in ("smki.__init__", "smki"):
+            yield module, path
 
 
 def test_no_module_imports_from_a_layer_above_it():
-    crossings = []
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE.parent).with_suffix("")
-        module = ".".join(relative.parts)
-        if module in ("smki.__init__", "smki"):
-            continue
-        own = layer_of(module)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smki."):
-                imported = node.module
-            elif isinstance(node, ast.Import):
-                imported = next((alias.name for alias in node.names if alias.name.startswith("smki.")), None)
-            else:
-                continue
-            if imported and not imported.startswith("smki.__") and layer_of(imported) > own:
-                crossings.append(f"{module} imports {imported}")
+    crossings = [f"{module} imports {imported}" for module, path in modules() for imported in smki_imports(path)
+                 if layer_of(imported) > layer_of(module)]
+    assert crossings == []
+
+
+def test_the_actors_never_import_each_other():
+    crossings = [f"{module} imports {imported}" for module, path in modules() if top_of(module) in ACTORS
+                 for imported in smki_imports(path) if top_of(imported) in ACTORS and top_of(imported) != top_of(module)]
     assert crossings == []

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.authorities.lodging import lodge_certificate
+from smki.librarian.lodging import lodge_certificate
 from smki.errors import ConflictError, RefusedError
 from smki.hsm.signer import SoftwareSigner
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole

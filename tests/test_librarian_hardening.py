@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, strategies as st
 
 from conftest import smki as run_cli
-from smki.authorities.bulk import full_lines
-from smki.authorities.crl_lodging import lodge_crl
-from smki.authorities.lodging import lodge_certificate
-from smki.authorities.repository_service import RepositoryService, make_server
+from smki.librarian.bulk import full_lines
+from smki.librarian.crl_lodging import lodge_crl
+from smki.librarian.lodging import lodge_certificate
+from smki.librarian.repository_service import RepositoryService, make_server
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles import OrganisationCertificateParams, Validity, organisation_certificate, sign_certificate
 from smki.profiles.serials import serial_hex

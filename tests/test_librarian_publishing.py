@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from conftest import openssl
 from conftest import smki as run_cli
 from smki.audit.verify import rows_from_database
-from smki.authorities.bulk import write_bulk_files
-from smki.authorities.crl_lodging import lodge_crl
-from smki.authorities.lodging import lodge_certificate
-from smki.authorities import publishing
-from smki.authorities.publishing import TEMP_SUFFIX, publish_repository
-from smki.authorities.repository_service import RepositoryService, make_server
+from smki.librarian.bulk import write_bulk_files
+from smki.librarian.crl_lodging import lodge_crl
+from smki.librarian.lodging import lodge_certificate
+from smki.librarian import publishing
+from smki.librarian.publishing import TEMP_SUFFIX, publish_repository
+from smki.librarian.repository_service import RepositoryService, make_server
 from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_REFUSED, ConflictError, RefusedError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles import (IssuingCaCertificateParams, OrganisationCertificateParams, RootCertificateParams, Validity, ca_name,

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import csr_factory as f
 from smki.audit.verify import rows_from_database
-from smki.authorities.crl_lodging import lodge_crl
-from smki.authorities.lodging import lodge_certificate
+from smki.librarian.crl_lodging import lodge_crl
+from smki.librarian.lodging import lodge_certificate
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
 from smki.identifiers import EUI64, RemotePartyRole
 from smki.profiles.crl import RevokedEntry, build_crl

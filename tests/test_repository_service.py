@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from smki.authorities.repository_service import MAX_BODY_SIZE, RepositoryService, make_server
+from smki.librarian.repository_service import MAX_BODY_SIZE, RepositoryService, make_server
 from smki.store import CertificateRecord, insert_certificate, open_database, transaction
 
 KEY = "test-api-key-0123"

@@ -238,7 +238,7 @@ def issue_batch_command(batch, module_path, key_uri, token_label, key_label, key
     again (after a crash, say) answers only what is left and writes the whole response.
     Exit 0 when every request has an answer, whatever the answers.
     """
-    from smki.authorities.batch_issuance import BatchPlan, BatchWorkers, batch_template, issue_batch
+    from smki.issuing.batch_issuance import BatchPlan, BatchWorkers, batch_template, issue_batch
     from smki.profiles.files import parse_utc
     from smki.cli.common import progress
     from smki.hsm.signer import signer_for
@@ -329,7 +329,7 @@ def adopt_state_command(state_dir, actor, audit_key_uri, audit_pin_source, as_js
     Refused (exit 5) on a trail that already records state changes: there the state is checked against
     the trail (`smki ca reconcile`), never adopted. Needs --audit-key-uri.
     """
-    from smki.authorities.state_adoption import OPERATION, adopt_legacy_state
+    from smki.issuing.state_adoption import OPERATION, adopt_legacy_state
 
     with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, OPERATION) as operation:
         adopted = adopt_legacy_state(operation.audit, actor)

@@ -26,7 +26,7 @@ def check_command(ceremony_file, as_json):
 
     Exit 0 when it can run as written: valid, its policy loads, and none of its outputs exists.
     """
-    from smki.authorities.ceremony_file import load_ceremony
+    from smki.root.ceremony_file import load_ceremony
     from smki.files import refuse_existing
     from smki.policy import load_policy
 
@@ -59,8 +59,8 @@ def run_command(ceremony_file, operator, passphrase_sources, as_json):
     (a failed root-key ceremony also removes the token it created). Exit codes: 0 done,
     1 refused (policy, custody, shares), 3 bad input, 4 HSM, 5 an output exists.
     """
-    from smki.authorities.ceremony import run_ceremony
-    from smki.authorities.ceremony_file import load_ceremony
+    from smki.root.ceremony import run_ceremony
+    from smki.root.ceremony_file import load_ceremony
 
     sources = dict(passphrase_sources)  # (custodian, PinSource) pairs, parsed with the command line
 

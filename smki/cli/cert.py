@@ -16,13 +16,12 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.audit.trail import AuditEntry
-from smki.authorities.records import record_for
+from smki.operations.release import record_and_release
 from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option)
 from smki.errors import BadInputError
-from smki.files import refuse_existing, write_new_file
-from smki.hsm.signer import open_signer
+from smki.files import refuse_existing
+from smki.hsm.signer import open_signer, require_key_of
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import require_adopted
@@ -30,22 +29,13 @@ from smki.profiles import device_certificate, issuing_ca_certificate, organisati
 from smki.profiles.files import parse_utc, read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.profiles.validity import utc_midnight
-from smki.store.certificates import insert_certificate, list_certificates
-from smki.store.database import transaction
-from smki.store.reconcile import StateChange
+from smki.store.certificates import list_certificates
 
 
-def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation: AuditedOperation, policy,
+def _signed_output(certificate: x509.Certificate, out: Path, as_json: bool, operation, policy,
                    request_sha256: str | None = None) -> None:
     """Record the certificate and its audit entry in one transaction, then release it as a file."""
-    record = record_for(certificate, policy_identity=(policy.name, policy.version, policy.sha256), request_sha256=request_sha256)
-    operation.subject = {"serial": record.serial_hex, "type": record.certificate_type, "entity_id": record.entity_id,
-                         "issuer_key_id": record.issuer_key_id, "file": str(out)}
-    with transaction(operation.connection):
-        insert_certificate(operation.connection, record)
-        operation.audit.append(AuditEntry(operation.actor, operation.operation, "success", operation.subject,
-                                          StateChange().issue(record.issuer_key_id, record.serial_hex).details(), policy=policy.identity))
-    write_new_file(out, certificate.public_bytes(Encoding.PEM))
+    record = record_and_release(operation, certificate, policy, request_sha256=request_sha256, out=out)
     data = {"file": str(out), "serial": record.serial_hex, "subject": certificate.subject.rfc4514_string(),
             "issuer": certificate.issuer.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat(),
             "policy": policy.identity}
@@ -109,8 +99,8 @@ class Issuance:
         `build(signing_public_key)` returns the certificate builder (a root certifies the signing key itself).
         """
         signer = open_signer(self.key, self.options["pin_source"])
-        if issuer is not None and signer.public_key.public_numbers() != issuer.public_key().public_numbers():
-            raise BadInputError(f"HSM key {self.key.key_label!r} on token {self.key.token_label!r} does not match the issuer certificate's public key")
+        if issuer is not None:
+            require_key_of(signer, issuer, f"HSM key {self.key.key_label!r} on token {self.key.token_label!r}")
         lint = pre_issuance_check(certificate_type, (self.policy.policy_oid(self.environment),), issuer=issuer)
         certificate = sign_certificate(build(signer.public_key), signer, pre_issuance_check=lint)
         _signed_output(certificate, self.options["out"], self.options["as_json"], self.operation, self.policy, request_sha256)

@@ -153,27 +153,16 @@ def audit_options(func: Callable) -> Callable:
                         help="Who is acting, as recorded in the audit trail.")(func)
 
 
+def audit_key_ref(audit_key_uri: str | None) -> KeyRef | None:
+    """The audit key an --audit-key-uri names (None when none is named)."""
+    return key_ref_from_options(default_module_path(), audit_key_uri, None, None, None) if audit_key_uri else None
+
+
 def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
-    """The database's audit trail, with the HSM audit key attached when one is named.
+    """The database's audit trail, with the audit key an --audit-key-uri names attached."""
+    from smki.operations.audited import open_audit_trail
 
-    With an audit key, the trail is checked against the head anchored in the key's token before
-    anything is done (a trail cut back with its state is refused, exit 1), and `checkpoint` below
-    moves the anchor once the run's checkpoint has committed.
-    """
-    from smki.audit.trail import AuditTrail
-    from smki.hsm.anchor import TokenHeadAnchor
-    from smki.hsm.signer import open_signer
-
-    if not audit_key_uri:
-        return AuditTrail(connection)
-    key = key_ref_from_options(default_module_path(), audit_key_uri, None, None, None)
-    signer = open_signer(key, pin_source)
-    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor.for_key(key))
-    audit.check_anchor()
-    return audit
-
-
-STATE_DATABASE = "smki.db"
+    return open_audit_trail(connection, audit_key_ref(audit_key_uri), pin_source)
 
 
 def state_option(func: Callable) -> Callable:
@@ -191,47 +180,18 @@ def state_option(func: Callable) -> Callable:
     return func
 
 
-class AuditedOperation:
-    """Opens the authority's state, and records the operation's refusal or failure if it does not succeed.
+def AuditedOperation(state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: PinSource, operation: str):
+    """Transitional: the authority's state opened for one audited operation (the actors take this over)."""
+    from smki.operations.audited import AuditedOperation as Operation, open_state
 
-    Success is recorded by the operation itself, in the same transaction as the state it changes.
-    """
-
-    def __init__(self, state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: PinSource, operation: str) -> None:
-        from smki.store import open_database
-
-        self.connection = open_database(Path(state_dir) / STATE_DATABASE, create=True)
-        self.audit = audit_trail(self.connection, audit_key_uri, pin_source)
-        self.actor, self.operation, self.subject = actor, operation, {}
-
-    def __enter__(self) -> "AuditedOperation":
-        return self
-
-    def __exit__(self, kind, error, traceback) -> None:
-        from smki.audit.trail import AuditEntry
-        from smki.store.database import transaction
-
-        succeeded = error is None or isinstance(error, click.exceptions.Exit)
-        if not succeeded:
-            outcome = "refused" if isinstance(error, SmkiError) else "failed"
-            reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
-            with transaction(self.connection):
-                self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
-        # A refused run changed no state, so it leaves the anchor where it is (behind: safe; the next success
-        # covers its entry). This also keeps a run refused on a copy of the state from anchoring the copy.
-        checkpoint(self.audit, self.operation, anchor=succeeded)
+    connection = open_state(state_dir)
+    return Operation(audit_trail(connection, audit_key_uri, pin_source), actor, operation)
 
 
 def checkpoint(audit, context: str, anchor: bool = True) -> None:
-    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached; then
-    (unless `anchor` is false) anchor that head in the audit key's token."""
-    if audit.signer is not None:
-        from smki.store.database import transaction
+    from smki.operations.audited import checkpoint as sign_checkpoint
 
-        with transaction(audit.connection):
-            audit.checkpoint(context)
-        if anchor:
-            audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
+    sign_checkpoint(audit, context, anchor)
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from smki.authorities.bulk import write_bulk_files
-from smki.authorities.crl_lodging import crl_der_from_file, lodge_crl
-from smki.authorities.publishing import publish_repository
-from smki.authorities.repository_service import RepositoryService, make_server
+from smki.librarian.bulk import write_bulk_files
+from smki.librarian.crl_lodging import crl_der_from_file, lodge_crl
+from smki.librarian.publishing import publish_repository
+from smki.librarian.repository_service import RepositoryService, make_server
 from smki.files import MAX_CRL_BYTES, read_input
 from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
-from smki.authorities.lodging import AlreadyLodged, lodge_certificate
+from smki.librarian.lodging import AlreadyLodged, lodge_certificate
 from smki.profiles.files import read_certificate
 from smki.errors import BadInputError, SmkiError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole

@@ -20,12 +20,13 @@ from typing import Protocol
 
 import pkcs11
 import pkcs11.exceptions as p11x
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from pkcs11 import Mechanism
 
-from smki.errors import HsmError
+from smki.errors import BadInputError, HsmError
 from smki.hsm.config import KeyRef
 from smki.hsm.keys import find_key_pair, public_key_of, read_attributes, KeyAttributes
 from smki.hsm.pins import PinSource
@@ -124,6 +125,13 @@ class Pkcs11Signer(_VerifyingSigner):
 
     def attributes(self) -> KeyAttributes:
         return read_attributes(self._private_key)
+
+
+def require_key_of(signer: Signer, certificate: x509.Certificate, key_name: str = "the HSM key") -> None:
+    """The one check, for every actor, that the key about to sign is the issuer certificate's key:
+    refused (exit 3) before anything is signed. `key_name` says which key, for the message."""
+    if signer.public_key.public_numbers() != certificate.public_key().public_numbers():
+        raise BadInputError(f"{key_name} does not match the issuer certificate's public key; nothing signed")
 
 
 def open_signer(key: KeyRef, pin_source: PinSource) -> Pkcs11Signer:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from smki.errors import BadInputError, HsmError
-from smki.hsm.signer import Signer
+from smki.hsm.signer import Signer, require_key_of
 from smki.profiles import der
 
 ECDSA_WITH_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))  # parameters absent
@@ -101,8 +101,7 @@ def build_crl(issuer: x509.Certificate, signer: Signer, *, crl_number: int, this
         raise BadInputError("nextUpdate must be after thisUpdate")
     if crl_number < 0 or crl_number.bit_length() > 159:
         raise BadInputError("cRLNumber must be a non-negative integer of at most 20 octets")
-    if signer.public_key.public_numbers() != issuer.public_key().public_numbers():
-        raise BadInputError("the signing key is not the CRL issuer's certificate key")
+    require_key_of(signer, issuer, "the signing key")
     issuer_name = issuer.subject.public_bytes()  # byte-identical to the CA's encoded subject
     extensions = der.tlv(0xA0, der.sequence(
         der.sequence(_AKI_OID, der.tlv(0x04, der.sequence(der.tlv(0x80, _ca_key_identifier(issuer))))),

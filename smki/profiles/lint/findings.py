@@ -7,6 +7,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smki.errors import RefusedError
+
 
 class Severity(enum.IntEnum):
     ERROR = 1  # breaks smki-profiles.md (a GBCS section 12 or SMKI "must")
@@ -35,3 +37,15 @@ class Rule:
     def run(self, view) -> Finding | None:
         message = self.check(view)
         return Finding(self.rule_id, self.severity, message) if message else None
+
+
+def errors_of(findings: list[Finding]) -> list[Finding]:
+    return [finding for finding in findings if finding.severity is Severity.ERROR]
+
+
+def refuse_on_errors(findings: list[Finding], what: str) -> None:
+    """The one place error findings become a refusal (exit 1), for every actor: `what` names the
+    check in the message, e.g. "pre-issuance lint refused the certificate"."""
+    errors = errors_of(findings)
+    if errors:
+        raise RefusedError(f"{what}: " + "; ".join(f"{f.rule_id}: {f.message}" for f in errors))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.errors import BadInputError, RefusedError
+from smki.errors import BadInputError
 from smki.profiles.lint.certificate_rules import CERTIFICATE_RULES
 from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES, CertificateView
-from smki.profiles.lint.findings import Finding, Severity
+from smki.profiles.lint.findings import Finding, refuse_on_errors
 
 
 def lint_certificate(der: bytes, *, certificate_type: str | None = None, expected_policy_oids: tuple[str, ...] = (),
@@ -35,8 +35,6 @@ def pre_issuance_check(certificate_type: str, expected_policy_oids: tuple[str, .
         _, findings = lint_certificate(draft.public_bytes(Encoding.DER), certificate_type=certificate_type,
                                        expected_policy_oids=expected_policy_oids, issuer_subject_der=issuer_subject_der,
                                        cheap_only=not full)
-        errors = [finding for finding in findings if finding.severity is Severity.ERROR]
-        if errors:
-            raise RefusedError("pre-issuance lint refused the certificate: " + "; ".join(f"{f.rule_id}: {f.message}" for f in errors))
+        refuse_on_errors(findings, "pre-issuance lint refused the certificate")
 
     return check

@@ -5,7 +5,7 @@
     GET  /certificates/<SERIAL>.cer?apikey=K     the DER certificate
     GET  /certificates/<ISSUER-SKI>/<SERIAL>.cer?apikey=K   the same, named as in the published layout
     GET  /crl/<NAME>.crl?apikey=K                a published CRL or ARL file (<dir>/crl/<NAME>.crl, or <dir>/<NAME>.crl)
-    GET  /index.json?apikey=K                    the published directory's index (smki.authorities.publishing)
+    GET  /index.json?apikey=K                    the published directory's index (smki.librarian.publishing)
 
 Content type application/xml. HTTP 402: nothing found; 401: invalid search parameters;
 400: malformed XML or request framing; 403: missing or unknown apikey; 411: a body not framed by

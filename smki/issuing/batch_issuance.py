@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.authorities.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
+from smki.issuing.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
 from smki.errors import BadInputError
 from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef

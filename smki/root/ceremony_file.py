@@ -4,7 +4,7 @@ In the spirit of Let's Encrypt's ceremony tool: everything a ceremony does is wr
 beforehand, reviewed, and its digest goes into the transcript. This module only reads and
 checks the file (schema `ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
 `file:line: field: what is wrong`) and turns it into a typed `Ceremony`; running it is
-`smki.authorities.ceremony`. Paths in the file are relative to the file.
+`smki.root.ceremony`. Paths in the file are relative to the file.
 """
 
 from __future__ import annotations

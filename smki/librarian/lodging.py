@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.authorities.records import record_for
+from smki.operations.records import record_for
 from smki.errors import ConflictError, RefusedError, SmkiError
 from smki.store.certificates import find_certificate, insert_certificate, list_certificates
 from smki.store.database import transaction

@@ -25,8 +25,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
-from smki.authorities.ceremony_file import Ceremony
-from smki.authorities.records import record_for
+from smki.root.ceremony_file import Ceremony
+from smki.operations.audited import open_state
+from smki.operations.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
 from smki.hsm import activation
@@ -50,13 +51,11 @@ from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.lint.findings import Severity
 from smki.profiles.public_keys import check_public_key
-from smki.store import open_database
 from smki.store.certificates import find_certificate, insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
 
-STATE_DATABASE = "smki.db"
 # Asked for each custodian: (custodian, purpose) -> passphrase. Never logged, never stored.
 PassphraseSource = Callable[[str, str], str]
 
@@ -380,7 +379,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         refuse_existing(path)
     run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt)
     run.policy = load_policy(ceremony.policy)
-    connection = open_database(ceremony.state / STATE_DATABASE, create=True)
+    connection = open_state(ceremony.state)
     audit = AuditTrail(connection)
     created_token = False
     try:

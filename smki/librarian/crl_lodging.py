@@ -24,7 +24,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
-from smki.authorities.lodging import AlreadyLodged
+from smki.librarian.lodging import AlreadyLodged
 from smki.errors import BadInputError, RefusedError, SmkiError
 from smki.profiles.files import load_crl
 from smki.profiles.lint.crl_rules import DUPLICATE_EXTENSION, lint_crl

@@ -1,1 +1,0 @@
-"""The authorities: Root and Issuing Authorities and the Certificate Librarian, orchestrating the layers below."""

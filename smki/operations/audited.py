@@ -1,0 +1,96 @@
+"""An audited operation: the authority's state and audit trail, and the entry a refusal leaves.
+
+Success is recorded by the operation itself, in the same transaction as the state it changes
+(`AuditedOperation.succeed`); a refusal or failure is recorded here, once, for every actor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smki.audit.trail import AuditEntry, AuditTrail
+from smki.errors import SmkiError
+from smki.hsm.config import KeyRef
+from smki.hsm.pins import PinSource
+from smki.store.database import transaction
+
+STATE_DATABASE = "smki.db"
+
+
+def state_database(state: Path | str) -> Path | str:
+    """The database of an authority's state: `smki.db` in a state directory, or a postgresql:// URL as it is."""
+    from smki.store.postgres import is_database_url
+
+    return state if is_database_url(state) else Path(state) / STATE_DATABASE
+
+
+def open_state(state: Path | str, *, read_only: bool = False, any_schema: bool = False):
+    """The authority's database (created on first write, migrated; read-only opens never write)."""
+    from smki.store import open_database
+
+    if read_only:
+        return open_database(state_database(state), read_only=True, any_schema=any_schema)
+    return open_database(state_database(state), create=True)
+
+
+def open_audit_trail(connection, audit_key: KeyRef | None = None, pin: PinSource | str | None = None) -> AuditTrail:
+    """The database's audit trail, with the HSM audit key attached when one is named.
+
+    With an audit key, the trail is checked against the head anchored in the key's token before
+    anything is done (a trail cut back with its state is refused, exit 1); `checkpoint` moves the
+    anchor once the run's checkpoint has committed.
+    """
+    if audit_key is None:
+        return AuditTrail(connection)
+    from smki.hsm.anchor import TokenHeadAnchor
+    from smki.hsm.signer import open_signer, signer_for
+
+    signer = signer_for(audit_key, pin) if isinstance(pin, str) else open_signer(audit_key, pin or PinSource.parse("prompt"))
+    audit = AuditTrail(connection, signer, anchor=TokenHeadAnchor.for_key(audit_key))
+    audit.check_anchor()
+    return audit
+
+
+def checkpoint(audit: AuditTrail, context: str, anchor: bool = True) -> None:
+    """Sign the chain head at the end of a run (in its own transaction), if an audit key is attached; then
+    (unless `anchor` is false) anchor that head in the audit key's token."""
+    if audit.signer is not None:
+        with transaction(audit.connection):
+            audit.checkpoint(context)
+        if anchor:
+            audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
+
+
+class AuditedOperation:
+    """One operation of an actor, as a context manager: on the way out, a refusal (SmkiError) or a
+    failure (any other exception) is appended to the trail, and the run's checkpoint is signed.
+
+    `subject` is what the entry names (serials, files); the operation fills it in as it learns it.
+    """
+
+    def __init__(self, audit: AuditTrail, actor: str, operation: str, subject: dict[str, Any] | None = None) -> None:
+        self.audit, self.actor, self.operation = audit, actor, operation
+        self.subject: dict[str, Any] = dict(subject or {})
+
+    @property
+    def connection(self):
+        return self.audit.connection
+
+    def __enter__(self) -> "AuditedOperation":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        succeeded = error is None
+        if not succeeded:
+            outcome = "refused" if isinstance(error, SmkiError) else "failed"
+            reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
+            with transaction(self.connection):
+                self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
+        # A refused run changed no state, so it leaves the anchor where it is (behind: safe; the next success
+        # covers its entry). This also keeps a run refused on a copy of the state from anchoring the copy.
+        checkpoint(self.audit, self.operation, anchor=succeeded)
+
+    def success_entry(self, details: dict | None = None, policy: dict | None = None, **subject: Any) -> AuditEntry:
+        """The success entry, to append inside the transaction that changes the state it describes."""
+        return AuditEntry(self.actor, self.operation, "success", {**self.subject, **subject}, details or {}, policy=policy)
