@@ -1,0 +1,78 @@
+"""What an authority's signing operations return: immutable values a library caller can keep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smki.store.certificates import CertificateRecord
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate that has been recorded and audited (and written to `file`, when one was named)."""
+
+    certificate: x509.Certificate
+    record: CertificateRecord
+    policy_identity: dict
+    file: Path | None = None
+
+    @property
+    def serial_hex(self) -> str:
+        return self.record.serial_hex
+
+    @property
+    def der(self) -> bytes:
+        return self.record.der
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(Encoding.PEM)
+
+    def summary(self) -> dict:
+        return {"file": str(self.file) if self.file else None, "serial": self.serial_hex,
+                "subject": self.certificate.subject.rfc4514_string(), "issuer": self.certificate.issuer.rfc4514_string(),
+                "not_after": self.certificate.not_valid_after_utc.isoformat(), "policy": self.policy_identity}
+
+
+@dataclass(frozen=True)
+class IssuedCrl:
+    """A CRL (an Issuing OCA's) or ARL (a root's) that has been linted, verified, recorded and audited."""
+
+    crl: x509.CertificateRevocationList
+    number: int
+    entries: int
+    list_type: str  # "crl" or "arl"
+    issuer_key_id: str
+    file: Path | None = None
+
+    @property
+    def der(self) -> bytes:
+        return self.crl.public_bytes(Encoding.DER)
+
+    @property
+    def pem(self) -> bytes:
+        return self.crl.public_bytes(Encoding.PEM)
+
+    def summary(self) -> dict:
+        return {"issuer_key_id": self.issuer_key_id, "crl_number": self.number, "entries": self.entries,
+                "file": str(self.file) if self.file else None, "type": self.list_type,
+                "next_update": self.crl.next_update_utc.isoformat()}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A recorded revocation: on the issuer's next CRL or ARL (method crl/arl), or repository status R."""
+
+    serial_hex: str
+    issuer_key_id: str
+    reason: str
+    method: str
+    revoked_at: datetime
+
+    def summary(self) -> dict:
+        return {"serial": self.serial_hex, "reason": self.reason, "method": self.method, "revoked_at": self.revoked_at.isoformat()}
