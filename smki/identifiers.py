@@ -1,4 +1,4 @@
-"""SMKI identifiers: EUI-64, RemotePartyRole, DeviceType, KeyUsage.
+"""SMKI identifiers: EUI-64, RemotePartyRole, DeviceType, KeyUsage, CertificateType.
 
 Small value types with no dependencies beyond the standard library. Each parser accepts
 what operators and files actually contain and raises `BadInputError` naming the value.
@@ -11,6 +11,26 @@ import re
 from dataclasses import dataclass
 
 from smki.errors import BadInputError
+
+class CertificateType(enum.StrEnum):
+    """The kinds of certificate in the SMKI, by the names records, audit entries and `--type` use.
+
+    A StrEnum: it is stored and printed as its value, and compares equal to it.
+    """
+
+    ROOT = "root"
+    ISSUING_CA = "issuing-ca"
+    CROSS_CERTIFICATE = "cross-certificate"  # a root certified by another (root re-key), linted, never issued by an actor
+    ORGANISATION = "organisation"
+    DEVICE = "device"
+
+    @classmethod
+    def parse(cls, text: "str | CertificateType") -> "CertificateType":
+        try:
+            return cls(text)
+        except ValueError:
+            raise BadInputError(f"unknown certificate type {text!r} ({', '.join(t.value for t in cls)})") from None
+
 
 _EUI64_SEPARATORS = re.compile(r"[-: ]")
 _HEX16 = re.compile(r"[0-9A-Fa-f]{16}")

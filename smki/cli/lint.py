@@ -199,20 +199,9 @@ def verify_command(leaf, anchors, intermediates, crl_files, at_text, environment
     from datetime import datetime, timezone
 
     from smki.profiles.pathvalidation import validate_path
+    from smki.times import parse_utc
 
-    if at_text is None:
-        at = datetime.now(timezone.utc)
-    elif at_text.isdigit():
-        try:
-            at = datetime.fromtimestamp(int(at_text), timezone.utc)
-        except (OverflowError, OSError, ValueError):  # beyond year 9999, or beyond the C time_t
-            raise BadInputError(f"--at: {at_text[:40]!r} unix seconds is out of range (years 1970 to 9999)") from None
-    else:
-        try:
-            at = datetime.fromisoformat(at_text.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadInputError(f"--at: {at_text[:40]!r} is neither ISO 8601 nor unix seconds") from None
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    at = datetime.now(timezone.utc) if at_text is None else parse_utc(at_text, "--at", unix_seconds=True)
     [certificate] = [read_certificate(leaf)]  # exactly one: a bundle's first certificate is not "the leaf"
     result = validate_path(certificate, _load_certificates(anchors), _load_certificates(intermediates), at=at,
                            expected_policy_oids=expected_policy_oids(environment, policy_oids), crls=_load_crls(crl_files))

@@ -18,7 +18,7 @@ from smki.errors import BadInputError, HsmError
 from smki.hsm.signer import Signer, require_key_of
 from smki.profiles import der
 
-ECDSA_WITH_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))  # parameters absent
+ECDSA_WITH_SHA256 = der.ECDSA_WITH_SHA256_ALGORITHM
 _AKI_OID = bytes.fromhex("0603551d23")
 _CRL_NUMBER_OID = bytes.fromhex("0603551d14")
 _REASON_CODE_OID = bytes.fromhex("0603551d15")

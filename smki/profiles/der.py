@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+# The DER every SMKI signature and key is made of, written once (smki-profiles.md: ecdsa-with-SHA256, P-256).
+ECDSA_WITH_SHA256_OID = "1.2.840.10045.4.3.2"
+ECDSA_WITH_SHA256_ALGORITHM = bytes.fromhex("300a06082a8648ce3d040302")  # AlgorithmIdentifier, parameters absent
+# SubjectPublicKeyInfo of an id-ecPublicKey prime256v1 key, up to the uncompressed point's 0x04 (not included).
+P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+
 
 def length(n: int) -> bytes:
     if n < 0x80:

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from smki.identifiers import CertificateType
 from smki.profiles.extensions import ID_ON_HARDWARE_MODULE_NAME, parse_hardware_module_name
 
 
 @dataclass(frozen=True)
 class CertificateFacts:
-    certificate_type: str  # root, issuing-ca, organisation, device
+    certificate_type: CertificateType  # never CROSS_CERTIFICATE: a cross-certificate is described as the issuing-ca it looks like
     subject_key_id: bytes
     authority_key_id: bytes | None
     entity_id: bytes | None  # organisation uniqueIdentifier or device hwSerialNum (8 octets)
@@ -39,17 +40,17 @@ def describe(certificate: x509.Certificate) -> CertificateFacts:
     if usage is not None and not usage.key_cert_sign:
         key_usage = "DS" if usage.digital_signature else "KA" if usage.key_agreement else None
     if constraints is not None and constraints.ca:
-        kind = "root" if aki is None or (ski is not None and aki.key_identifier == ski.digest) else "issuing-ca"
+        kind = CertificateType.ROOT if aki is None or (ski is not None and aki.key_identifier == ski.digest) else CertificateType.ISSUING_CA
     elif len(certificate.subject) == 0:
-        kind = "device"
+        kind = CertificateType.DEVICE
         san = _extension(certificate, x509.SubjectAlternativeName)
         for name in san or []:
             if isinstance(name, x509.OtherName) and name.type_id == ID_ON_HARDWARE_MODULE_NAME:
                 hw_type, entity_id = parse_hardware_module_name(name)
     else:
-        kind = "organisation"
+        kind = CertificateType.ORGANISATION
         unique = certificate.subject.get_attributes_for_oid(NameOID.X500_UNIQUE_IDENTIFIER)
         if unique and isinstance(unique[0].value, bytes) and unique[0].value[:1] == b"\x00":
             entity_id = unique[0].value[1:]  # BIT STRING contents: unused-bits octet, then the EUI-64
     return CertificateFacts(kind, ski.digest if ski else b"", aki.key_identifier if aki else None, entity_id,
-                            role if kind == "organisation" else None, key_usage, hw_type)
+                            role if kind is CertificateType.ORGANISATION else None, key_usage, hw_type)

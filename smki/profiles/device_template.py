@@ -26,8 +26,7 @@ from smki.profiles.certificates import (DeviceCertificateParams, _authority_key_
 from smki.profiles.extensions import hardware_module_name
 from smki.profiles.validity import Validity
 
-ECDSA_WITH_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
-P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+ECDSA_WITH_SHA256, P256_SPKI_PREFIX = der.ECDSA_WITH_SHA256_ALGORITHM, der.P256_SPKI_PREFIX
 VERSION_3 = bytes.fromhex("a003020102")
 EMPTY_SUBJECT = b"\x30\x00"
 _CRITICAL = bytes.fromhex("0101ff")

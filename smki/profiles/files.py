@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from smki.times import parse_utc  # noqa: F401 - re-exported: the one time parser
 from smki.errors import BadInputError
 from smki.files import MAX_CERTIFICATE_BYTES, MAX_PUBLIC_KEY_BYTES, read_input
 from smki.profiles.pem import PemLabel, single_object
@@ -49,15 +50,6 @@ def _refuse_repeated(repeated: str | None, where: str) -> None:
 
 def _located(where: str, problem: str) -> str:
     return f"{where}: {problem}" if where else problem
-
-
-def parse_utc(text: str, where: str) -> datetime:
-    """An ISO 8601 date or date-time, taken as UTC when it has no offset."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInputError(f"{where}: {text!r} is not an ISO 8601 date or date-time") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def read_public_key(path: Path):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from smki.errors import BadInputError
+from smki.times import utc_midnight  # noqa: F401 - re-exported
 
 # A device certificate has no well-defined expiry (RFC 5280 4.1.2.5): GeneralizedTime 99991231235959Z.
 DEVICE_NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
@@ -30,8 +31,3 @@ class Validity:
 
     def contains(self, other: "Validity") -> bool:
         return self.not_before_utc <= other.not_before_utc and other.not_after_utc <= self.not_after_utc
-
-
-def utc_midnight(moment: datetime) -> datetime:
-    """The start of the UTC day of `moment` (test PKI validities start at 00:00:00Z)."""
-    return moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -17,9 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-# id-ecPublicKey with namedCurve P-256, then the BIT STRING header and its unused-bits octet; 04 || X || Y follows.
-P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
-ECDSA_WITH_SHA256_ALGORITHM = bytes.fromhex("300a06082a8648ce3d040302")
+from smki.profiles.der import ECDSA_WITH_SHA256_ALGORITHM, P256_SPKI_PREFIX
+
 EXTENSION_REQUEST_OID = bytes.fromhex("06092a864886f70d01090e")
 KEY_USAGE_OID, SUBJECT_ALT_NAME_OID = bytes.fromhex("0603551d0f"), bytes.fromhex("0603551d11")
 HARDWARE_MODULE_NAME_OID = bytes.fromhex("06082b06010505070804")  # id-on-hardwareModuleName

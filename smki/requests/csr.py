@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import BadInputError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
+from smki.profiles.der import ECDSA_WITH_SHA256_OID as ECDSA_WITH_SHA256
 from smki.profiles.extensions import ID_ON_HARDWARE_MODULE_NAME, parse_hardware_module_name
 from smki.profiles.names import raw_attributes, string_value
 from smki.profiles.public_keys import check_subject_public_key_info
@@ -35,7 +36,6 @@ from smki.requests.canonical import canonical_fields
 from smki.requests.encodings import decode_request
 from smki.requests.outcomes import Outcome, RequestRejected, describe_exception
 
-ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 COMMON_NAME, ORGANIZATIONAL_UNIT, UNIQUE_IDENTIFIER = "2.5.4.3", "2.5.4.11", "2.5.4.45"
 KEY_USAGE, SUBJECT_ALT_NAME = "2.5.29.15", "2.5.29.17"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"

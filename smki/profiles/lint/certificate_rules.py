@@ -6,6 +6,7 @@ from asn1crypto import core, x509 as asn1_x509
 
 from smki.errors import BadInputError
 from smki.identifiers import RemotePartyRole
+from smki.profiles import der
 from smki.profiles.lint.certificate_view import (AKI, BC, CONTINGENCY, CP, ECDSA_WITH_SHA256, KU, SAN, SKI,
                                                  CertificateView)
 from smki.profiles.lint.findings import Rule, Severity
@@ -35,7 +36,7 @@ def _signature_algorithm(v: CertificateView):
 
 def _signature_parameters_absent(v: CertificateView):
     for where, algorithm in (("tbsCertificate.signature", v.tbs["signature"]), ("signatureAlgorithm", v.certificate["signature_algorithm"])):
-        if algorithm.dump() != bytes.fromhex("300a06082a8648ce3d040302"):
+        if algorithm.dump() != der.ECDSA_WITH_SHA256_ALGORITHM:
             return f"{where} carries parameters (NULL or other); they must be absent"
 
 

@@ -12,12 +12,14 @@ from functools import cached_property
 
 from asn1crypto import x509 as asn1_x509
 
+from smki.identifiers import CertificateType
+from smki.profiles import der
 from smki.profiles.names import raw_attributes
 
-ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
+ECDSA_WITH_SHA256 = der.ECDSA_WITH_SHA256_OID
 KU, BC, CP, SKI, AKI, SAN = "2.5.29.15", "2.5.29.19", "2.5.29.32", "2.5.29.14", "2.5.29.35", "2.5.29.17"
 CONTINGENCY = "1.3.6.1.5.5.7.1.20"
-CERTIFICATE_TYPES = ("root", "issuing-ca", "cross-certificate", "organisation", "device")
+CERTIFICATE_TYPES = tuple(kind.value for kind in CertificateType)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.errors import BadInputError
 from smki.profiles.lint.certificate_rules import CERTIFICATE_RULES
-from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES, CertificateView
+from smki.identifiers import CertificateType
+from smki.profiles.lint.certificate_view import CertificateView
 from smki.profiles.lint.findings import Finding, refuse_on_errors
 
 
@@ -16,8 +17,8 @@ def lint_certificate(der: bytes, *, certificate_type: str | None = None, expecte
                      policy_roles: tuple[str, ...] | None = None) -> tuple[str, list[Finding]]:
     """(the certificate type linted as, findings). Malformed DER raises BadInputError.
     `policy_roles`: OU codes of the roles some policy names (an Organisation Certificate of another role is warned about)."""
-    if certificate_type is not None and certificate_type not in CERTIFICATE_TYPES:
-        raise BadInputError(f"unknown certificate type {certificate_type!r} ({', '.join(CERTIFICATE_TYPES)})")
+    if certificate_type is not None:
+        certificate_type = CertificateType.parse(certificate_type)
     try:
         view = CertificateView(der, certificate_type, tuple(expected_policy_oids), issuer_subject_der, policy_roles)
     except (ValueError, TypeError, KeyError) as exc:
