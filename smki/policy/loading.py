@@ -10,7 +10,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from smki.errors import BadInputError
@@ -70,6 +69,8 @@ def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputE
     if node is None or not isinstance(data, dict):
         raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)
+    import jsonschema  # here, not at the top: a command that never reads a policy or ceremony file does not pay for it
+
     validator = jsonschema.Draft202012Validator(document_schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (_line(lines, tuple(e.absolute_path)), list(e.absolute_path)))
     if errors:
@@ -77,14 +78,14 @@ def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputE
     return data, lines, raw
 
 
-def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+def _deepest(error: "jsonschema.ValidationError") -> "jsonschema.ValidationError":
     """The most specific cause (schema branches wrap the real mistake)."""
     while error.context:
         error = min(error.context, key=lambda e: (-len(e.absolute_path), e.message))
     return error
 
 
-def _describe(path: Path, lines: dict, error: jsonschema.ValidationError) -> str:
+def _describe(path: Path, lines: dict, error: "jsonschema.ValidationError") -> str:
     where = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
