@@ -258,6 +258,10 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from csr_factory import organisation_csr
+    # As installed: a wheel install compiles smki's .pyc files, so the command does not compile its own
+    # source on every run (which it would here under PYTHONDONTWRITEBYTECODE, as in CI's shells).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "smki")], check=True)
+    floor = statistics.median(_start_up_floor() for _ in range(5))
     walls = []
     for attempt in range(5):
         (work / f"org-{attempt}.csr").write_bytes(organisation_csr(eui64=f"90B3D51F3001{attempt:04X}"))
@@ -266,7 +270,16 @@ def main() -> None:
                                    "--out", str(work / f"org-{attempt}.pem"), str(work / f"org-{attempt}.csr")])
         walls.append(wall)
     median = statistics.median(walls)
-    print(f"smki     one Organisation Certificate, CLI wall (median of 5) {median:5.2f} s  (target < 1 s: {'met' if median < 1 else 'MISSED'})")
+    print(f"floor    Python start-up + the libraries one certificate needs   {floor:5.2f} s")
+    print(f"smki     one Organisation Certificate, CLI wall (median of 5) {median:5.2f} s  (target <= 0.3 s: {'met' if median <= 0.3 else 'MISSED'}; "
+          f"{median - floor:4.2f} s above the floor)")
+
+
+def _start_up_floor() -> float:
+    """Wall time of a Python that only imports what issuing one certificate cannot do without: the ceiling for `ca issue-org`."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import click, sqlite3, yaml, jsonschema, pkcs11, asn1crypto.x509, cryptography.x509"], check=True)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
