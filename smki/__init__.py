@@ -1,3 +1,33 @@
-"""smki: the GB Smart Metering Key Infrastructure on PKCS#11."""
+"""smki: the GB Smart Metering Key Infrastructure on PKCS#11.
+
+The three actors of the SMKI, and the values they take and return:
+
+    from smki import IssuingAuthority, Librarian, RootAuthority
+
+`smki.testing` builds a complete test PKI on a private SoftHSM token in one call. Names are
+imported on first use (PEP 562), so `smki --version` does not load the actors.
+"""
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "RootAuthority": "smki.root",
+    "IssuingAuthority": "smki.issuing",
+    "Librarian": "smki.librarian",
+    **dict.fromkeys(["IssuedCertificate", "IssuedCrl", "Revocation"], "smki.operations.results"),
+    **dict.fromkeys(["CertificateType", "DeviceType", "EUI64", "KeyUsage", "RemotePartyRole"], "smki.identifiers"),
+    **dict.fromkeys(["CertificatePolicy", "Environment", "load_policy"], "smki.policy"),
+    **dict.fromkeys(["CertificateRecord", "RepositoryStatus"], "smki.store.certificates"),
+    **dict.fromkeys(["KeyRef", "PinSource"], "smki.hsm"),
+    **dict.fromkeys(["SmkiError", "BadInputError", "RefusedError", "ConflictError", "HsmError"], "smki.errors"),
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smki' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
