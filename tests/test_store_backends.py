@@ -46,7 +46,7 @@ def entry(n, **overrides):
     return AuditEntry(**values)
 
 
-# ---- translation (no server needed) ----
+# ---- placeholders and URLs (no server needed) ----
 
 def test_placeholders_are_the_only_conversion_for_postgresql():
     assert pyformat("SELECT * FROM t WHERE a = ? AND b LIKE ? AND c = 'R'") == "SELECT * FROM t WHERE a = %s AND b LIKE %s AND c = 'R'"
@@ -197,7 +197,7 @@ def test_audit_trail_append_checkpoint_verify_export_and_tamper(database_target)
         trail.checkpoint("end of test batch")
     with transaction(connection):  # a second checkpoint of the same head replaces the first
         trail.checkpoint("again")
-    context, signature = connection.execute("SELECT context, signature FROM audit_checkpoints").fetchone()  # INSERT OR REPLACE
+    context, signature = connection.execute("SELECT context, signature FROM audit_checkpoints").fetchone()  # ON CONFLICT DO UPDATE
     assert context == "again" and type(signature) is bytes
     report = verify_trail(*rows_from_database(connection), signer.public_key)
     assert report.ok and (report.entries, report.checkpoints, report.last_signed_seq) == (25, 1, 25)

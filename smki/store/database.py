@@ -28,13 +28,12 @@ from smki.store.schema import MIGRATIONS, SCHEMA_MIGRATIONS, SCHEMA_VERSION, Ddl
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "open_database", "require_smki_store", "schema_version", "transaction"]
 
 
-
 def open_database(path: Path | str, *, create: bool = False, read_only: bool = False,
                   any_schema: bool = False) -> Connection:
     """Open (or, with create=True, create) the database at `path` and migrate it.
 
     `path` is an SQLite file, or a `postgresql://` URL (whose database must exist; with create=True
-    an empty one is given the schema). Either way the connection answers the same SQL.
+    an empty one is given the schema). Either way the connection speaks smki.store.connection.Connection.
     With read_only=True (verification, inspection) nothing is written, not even a schema or a
     migration: a file that holds no smki store is refused as it is, and so is a store older than
     this code (it cannot be migrated without writing), unless the reader needs only the tables
