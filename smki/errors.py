@@ -7,6 +7,8 @@ they never carry a PIN, a key share or any other secret.
 
 from __future__ import annotations
 
+from enum import Enum
+
 # Exit codes: documented in the README; scripts depend on them, so never renumber.
 EXIT_OK = 0
 EXIT_REFUSED = 1  # a check said no: lint errors, verification failure, policy refusal
@@ -45,3 +47,32 @@ class RefusedError(SmkiError):
     """A check refused the operation (policy, lint, verification)."""
 
     exit_code = EXIT_REFUSED
+
+
+class StoreFault(str, Enum):
+    """What kind of failure a database reported, whichever engine it came from (smki.store maps them)."""
+
+    DUPLICATE_KEY = "duplicate key"  # a primary key or unique index already holds the value
+    CONSTRAINT = "constraint"  # another integrity rule: foreign key, NOT NULL, CHECK
+    READ_ONLY = "read-only"  # a write on a database opened (or stored) read-only
+    UNAVAILABLE = "unavailable"  # cannot open or reach it: permissions, I/O, a lost connection
+    BUSY = "busy"  # another writer held it longer than the wait allowed
+    STATEMENT = "statement"  # the statement or the file itself: no such table, not a database
+
+
+class StoreError(SmkiError):
+    """A database failure, mapped once at the store boundary (smki.store.connection, smki.store.postgres).
+
+    The message is one line naming the database (a PostgreSQL URL without its password); the driver's
+    own exception is the `__cause__`. Not an operator's input error, so it keeps the exit code an
+    unexpected failure always had."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, where: str, detail: str, fault: StoreFault) -> None:
+        super().__init__(f"{where}: {detail}")
+        self.where, self.detail, self.fault = where, detail, fault
+
+
+class StoreConflictError(ConflictError, StoreError):
+    """A write the database refused because it contradicts what it holds (a repeated key, a broken reference)."""

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit import AuditEntry, AuditTrail
 from smki.audit.trail import GENESIS_HASH
+from smki.errors import StoreError, StoreFault
 from smki.store import open_database, transaction
 
 pytest_plugins = ["postgres_server"]  # `database_target`: SQLite and PostgreSQL
@@ -185,8 +186,9 @@ def test_verification_reads_either_backend_without_writing(database_target, audi
     shown = json.loads(run_smki("audit", "show", "--db", database_target, "--json").stdout)
     assert [row["seq"] for row in shown] == [1, 2, 3]
     reader = open_database(database_target, read_only=True)
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreError) as refused:  # the store's own error, on either backend
         reader.execute("DELETE FROM audit_entries")
+    assert refused.value.fault is StoreFault.READ_ONLY
     reader.close()
     again = open_database(database_target)
     assert [tuple(row) for row in again.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq")] == before

@@ -192,9 +192,11 @@ class AuditTrail:
         when = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         key_id = key_id_of(self.signer.public_key)
         pem = self.signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-        self.connection.execute("INSERT OR IGNORE INTO audit_keys VALUES (?, ?)", (key_id, pem))
+        self.connection.execute("INSERT INTO audit_keys VALUES (?, ?) ON CONFLICT DO NOTHING", (key_id, pem))
         signature = self.signer.sign(checkpoint_message(seq, head_hash, when, context))
-        self.connection.execute("INSERT OR REPLACE INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+        self.connection.execute("INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (seq) DO UPDATE SET "
+                                "head_hash = excluded.head_hash, time = excluded.time, context = excluded.context, "
+                                "key_id = excluded.key_id, signature = excluded.signature",
                                 (seq, head_hash, when, context, key_id, signature))
         self._checkpointed = (seq, head_hash)
         return seq

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.audit.canonical import CANONICALISATION
 from smki.audit.trail import GENESIS_HASH, checkpoint_message, entry_hash, key_id_of
-from smki.errors import BadInputError
+from smki.errors import BadInputError, StoreError
 from smki.files import MAX_AUDIT_EXPORT_BYTES, read_input
 
 EXPORT_FORMAT = "smki-audit-export/1"
@@ -78,8 +78,8 @@ def rows_from_database(connection: sqlite3.Connection) -> tuple[list[dict], list
         # seq is the INTEGER PRIMARY KEY, i.e. SQLite's rowid: stored order, on PostgreSQL too.
         entries = [dict(row) for row in connection.execute("SELECT * FROM audit_entries ORDER BY seq")]
         checkpoints = [dict(row) for row in connection.execute("SELECT * FROM audit_checkpoints ORDER BY seq")]
-    except sqlite3.DatabaseError as exc:
-        raise BadInputError(f"no audit trail in this database ({exc})") from None
+    except StoreError as exc:  # the store's connection maps the driver's errors (smki.store.connection)
+        raise BadInputError(f"no audit trail in this database ({exc.detail})") from None
     for checkpoint in checkpoints:
         checkpoint["signature"] = bytes(checkpoint["signature"]).hex()
     return entries, checkpoints

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import click
@@ -17,6 +16,8 @@ from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_
 from smki.hsm.config import default_module_path
 from smki.profiles.pem import PemLabel, single_object
 from smki.store import open_database
+from smki.store.audit_keys import audit_key_pems
+from smki.store.connection import Connection
 
 
 @click.group("audit")
@@ -39,13 +40,13 @@ def _key_from_file(path: Path) -> ec.EllipticCurvePublicKey:
     return _public_key(read_input(path, MAX_PUBLIC_KEY_BYTES), str(path))
 
 
-def _stored_key(connection: sqlite3.Connection) -> ec.EllipticCurvePublicKey | None:
-    rows = connection.execute("SELECT public_key_pem FROM audit_keys").fetchall()
-    if not rows:
+def _stored_key(connection: Connection) -> ec.EllipticCurvePublicKey | None:
+    pems = audit_key_pems(connection)
+    if not pems:
         return None  # no checkpoint was ever signed: the chain alone is checked
-    if len(rows) != 1:
-        raise BadInputError(f"the database holds {len(rows)} audit keys: name the one to trust with --public-key")
-    return _public_key(rows[0][0].encode(), "audit key stored in the database")
+    if len(pems) != 1:
+        raise BadInputError(f"the database holds {len(pems)} audit keys: name the one to trust with --public-key")
+    return _public_key(pems[0].encode(), "audit key stored in the database")
 
 
 @audit_group.command("verify")
@@ -146,7 +147,7 @@ def export_command(database, out, public_key) -> None:
     if public_key:
         _key_from_file(public_key)  # one P-256 public key, nothing else, before it goes into the export
     key_pem = (read_text_input(public_key, MAX_PUBLIC_KEY_BYTES) if public_key else
-               next(iter(connection.execute("SELECT public_key_pem FROM audit_keys").fetchone() or []), None))
+               next(iter(audit_key_pems(connection)), None))
     if not key_pem:
         raise RefusedError("the trail has no checkpoint key yet; give --public-key")
     write_new_file(out, export_trail(connection, key_pem))

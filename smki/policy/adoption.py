@@ -14,43 +14,41 @@ SHA-256): an authority acts only under a policy whose adoption its audit trail r
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timezone
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.errors import ConflictError, RefusedError
 from smki.policy.model import CertificatePolicy
+from smki.store.connection import Connection
 from smki.store.database import transaction
+from smki.store.policies import AdoptedPolicy, adopted_policies, adopted_policy, record_adoption, successful_entries
 
 OPERATION = "policy.adopt"
 _IDENTITY = ("name", "version", "sha256")  # what the adoption's audit entry records (CertificatePolicy.identity)
 
 
-def adopted(connection: sqlite3.Connection, kind: str) -> dict | None:
-    row = connection.execute("SELECT * FROM adopted_policies WHERE kind = ?", (kind,)).fetchone()
-    return dict(row) if row else None
+def adopted(connection: Connection, kind: str) -> dict | None:
+    return adopted_policy(connection, kind)
 
 
-def adopt(connection: sqlite3.Connection, policy: CertificatePolicy, actor: str, audit: AuditTrail | None = None) -> dict | None:
+def adopt(connection: Connection, policy: CertificatePolicy, actor: str, audit: AuditTrail | None = None) -> dict | None:
     """Adopt `policy` for its kind; return the record it replaces (None for the first adoption)."""
     audit = audit or AuditTrail(connection)
     previous = adopted(connection, policy.kind)
     with transaction(connection):
-        connection.execute("INSERT OR REPLACE INTO adopted_policies VALUES (?, ?, ?, ?, ?, ?)",
-                           (policy.kind, policy.name, policy.version, policy.sha256,
-                            datetime.now(timezone.utc).isoformat(timespec="seconds"), actor))
+        record_adoption(connection, AdoptedPolicy(policy.kind, policy.name, policy.version, policy.sha256,
+                                                  datetime.now(timezone.utc).isoformat(timespec="seconds"), actor))
         audit.append(AuditEntry(actor, OPERATION, "success", {"kind": policy.kind, "file": str(policy.path)},
                                 {"replaces": previous and {k: previous[k] for k in ("version", "sha256")}}, policy.identity))
     return previous
 
 
-def recorded_adoptions(connection: sqlite3.Connection) -> dict[str, dict]:
+def recorded_adoptions(connection: Connection) -> dict[str, dict]:
     """Per policy kind, the identity (name, version, sha256) its last successful adoption entry records.
 
     Cost: the adoption entries only (the trail's operation index); an authority has a handful."""
     recorded: dict[str, dict] = {}
-    for subject, policy in connection.execute(
-            "SELECT subject, policy FROM audit_entries WHERE operation = ? AND outcome = 'success' ORDER BY seq", (OPERATION,)):
+    for subject, policy in successful_entries(connection, OPERATION):
         kind = json.loads(subject).get("kind")
         identity = json.loads(policy) if policy else None
         if isinstance(kind, str) and isinstance(identity, dict):
@@ -58,11 +56,10 @@ def recorded_adoptions(connection: sqlite3.Connection) -> dict[str, dict]:
     return recorded
 
 
-def adoption_differences(connection: sqlite3.Connection) -> dict[str, str]:
+def adoption_differences(connection: Connection) -> dict[str, str]:
     """Per policy kind, how the adopted_policies table disagrees with the adoptions the audit trail records."""
     recorded = recorded_adoptions(connection)
-    held = {row["kind"]: {key: row[key] for key in _IDENTITY}
-            for row in connection.execute("SELECT kind, name, version, sha256 FROM adopted_policies")}
+    held = {row["kind"]: {key: row[key] for key in _IDENTITY} for row in adopted_policies(connection)}
     found = {}
     for kind in sorted(set(recorded) | set(held)):
         difference = _difference(kind, held.get(kind), recorded.get(kind))
@@ -84,7 +81,7 @@ def _difference(kind: str, held: dict | None, recorded: dict | None) -> str | No
     return f"the adopted {kind} policy is {named(held)} in the state but {named(recorded)} in the audit trail"
 
 
-def require_adopted(connection: sqlite3.Connection, policy: CertificatePolicy) -> None:
+def require_adopted(connection: Connection, policy: CertificatePolicy) -> None:
     """Refuse to act under a policy file other than the adopted one, or under an adoption the audit trail does not record."""
     record = adopted(connection, policy.kind)
     if record is None:

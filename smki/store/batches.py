@@ -7,12 +7,12 @@ transaction, together with the certificates they name.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from smki.errors import ConflictError
+from smki.store.connection import Connection, Dialect, dialect_of
 
 # SQLite allows 32,766 bound parameters; lookups go in slices well under that.
 _LOOKUP_SLICE = 500
@@ -48,7 +48,7 @@ def deferred_sync(connection) -> Iterator[None]:
     loses nothing committed; only a power cut could lose the latest commits). The caller's
     first transaction after this block runs at FULL again, and its fsync of the log makes
     every earlier commit durable: do that before anything is released."""
-    if not isinstance(connection, sqlite3.Connection):
+    if dialect_of(connection) is not Dialect.SQLITE:
         yield
         return
     connection.execute("PRAGMA synchronous = NORMAL")
@@ -63,12 +63,12 @@ def deferred_sync(connection) -> Iterator[None]:
         connection.execute("PRAGMA synchronous = FULL")
 
 
-def find_batch(connection: sqlite3.Connection, batch_id: str) -> BatchRow | None:
+def find_batch(connection: Connection, batch_id: str) -> BatchRow | None:
     row = connection.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
     return BatchRow(*row) if row else None
 
 
-def register_batch(connection: sqlite3.Connection, batch: BatchRow) -> BatchRow:
+def register_batch(connection: Connection, batch: BatchRow) -> BatchRow:
     """Record a new batch, or return the recorded one (a resumed run); another issuer's batch is refused."""
     existing = find_batch(connection, batch.batch_id)
     if existing is None:
@@ -80,15 +80,15 @@ def register_batch(connection: sqlite3.Connection, batch: BatchRow) -> BatchRow:
     return existing
 
 
-def finish_batch(connection: sqlite3.Connection, batch_id: str, finished_at: str) -> None:
+def finish_batch(connection: Connection, batch_id: str, finished_at: str) -> None:
     connection.execute("UPDATE batches SET finished_at = ? WHERE batch_id = ? AND finished_at IS NULL", (finished_at, batch_id))
 
 
-def answered_names(connection: sqlite3.Connection, batch_id: str) -> set[str]:
+def answered_names(connection: Connection, batch_id: str) -> set[str]:
     return {row[0] for row in connection.execute("SELECT name FROM batch_entries WHERE batch_id = ?", (batch_id,))}
 
 
-def record_outcomes(connection: sqlite3.Connection, batch_id: str, outcomes: Iterable[EntryOutcome]) -> None:
+def record_outcomes(connection: Connection, batch_id: str, outcomes: Iterable[EntryOutcome]) -> None:
     connection.executemany("INSERT INTO batch_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
         (batch_id, o.name, o.status, o.code, o.detail, o.device_id, o.serial_hex, o.request_sha256) for o in outcomes])
 
@@ -98,7 +98,7 @@ def _slices(values: list[str]) -> Iterator[list[str]]:
         yield values[start:start + _LOOKUP_SLICE]
 
 
-def device_certificate_counts(connection: sqlite3.Connection, device_ids: Iterable[str]) -> dict[str, int]:
+def device_certificate_counts(connection: Connection, device_ids: Iterable[str]) -> dict[str, int]:
     """How many Device Certificates each device already holds (devices with none are absent)."""
     counts: dict[str, int] = {}
     for part in _slices(sorted(set(device_ids))):
@@ -108,7 +108,7 @@ def device_certificate_counts(connection: sqlite3.Connection, device_ids: Iterab
     return counts
 
 
-def known_subject_keys(connection: sqlite3.Connection, subject_key_ids: Iterable[str]) -> set[str]:
+def known_subject_keys(connection: Connection, subject_key_ids: Iterable[str]) -> set[str]:
     """Which of these subject key identifiers some recorded certificate already certifies."""
     known: set[str] = set()
     for part in _slices(sorted(set(subject_key_ids))):
@@ -117,7 +117,7 @@ def known_subject_keys(connection: sqlite3.Connection, subject_key_ids: Iterable
     return known
 
 
-def batch_outcomes(connection: sqlite3.Connection, batch_id: str) -> Iterator[tuple[EntryOutcome, bytes | None]]:
+def batch_outcomes(connection: Connection, batch_id: str) -> Iterator[tuple[EntryOutcome, bytes | None]]:
     """Every answered request of the batch in name order, with the issued certificate's DER on success."""
     rows = connection.execute(
         "SELECT e.name, e.status, e.code, e.detail, e.device_id, e.serial_hex, e.request_sha256, c.der FROM batch_entries e "

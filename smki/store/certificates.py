@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import operator
-import sqlite3
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from enum import Enum
 
-from smki.errors import BadInputError, ConflictError
+from smki.errors import BadInputError, ConflictError, StoreConflictError
+from smki.store.connection import Connection
 
 
 @dataclass(frozen=True)
@@ -78,23 +78,23 @@ _ROW = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in o
 _INSERT = f"INSERT INTO certificates ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
-def insert_certificate(connection: sqlite3.Connection, record: CertificateRecord) -> None:
+def insert_certificate(connection: Connection, record: CertificateRecord) -> None:
     """Record an issued certificate (inside the caller's transaction). A repeated serial is refused."""
     try:
         connection.execute(_INSERT, _ROW(record))
-    except sqlite3.IntegrityError:
+    except StoreConflictError:
         raise ConflictError(f"certificate serial {record.serial_hex} from issuer {record.issuer_key_id} is already recorded") from None
 
 
-def insert_certificates(connection: sqlite3.Connection, records: list[CertificateRecord]) -> None:
+def insert_certificates(connection: Connection, records: list[CertificateRecord]) -> None:
     """Many records in one statement (a batch's chunk, inside the caller's transaction)."""
     try:
         connection.executemany(_INSERT, map(_ROW, records))
-    except sqlite3.IntegrityError as exc:
-        raise ConflictError(f"a certificate of this chunk is already recorded ({exc})") from None
+    except StoreConflictError as exc:
+        raise ConflictError(f"a certificate of this chunk is already recorded ({exc.detail})") from None
 
 
-def _record(row: sqlite3.Row) -> CertificateRecord:
+def _record(row) -> CertificateRecord:
     return CertificateRecord(**{column: row[column] for column in _COLUMNS})
 
 
@@ -113,14 +113,14 @@ def normalised_serial_hex(text: str) -> str:
     return serial
 
 
-def find_certificate(connection: sqlite3.Connection, serial_hex: str) -> list[CertificateRecord]:
+def find_certificate(connection: Connection, serial_hex: str) -> list[CertificateRecord]:
     """Records with this serial (one per issuer at most)."""
     serial = normalised_serial_hex(serial_hex)
     rows = connection.execute(f"{_SELECT} WHERE c.serial_hex = ?", (status_now(), serial)).fetchall()
     return [_record(row) for row in rows]
 
 
-def list_certificates(connection: sqlite3.Connection, *, certificate_type: str | None = None, entity_id: str | None = None,
+def list_certificates(connection: Connection, *, certificate_type: str | None = None, entity_id: str | None = None,
                       status: str | None = None, role: str | None = None, key_usage: str | None = None,
                       subject_key_id: str | None = None, limit: int = 1000) -> list[CertificateRecord]:
     """Records matching every filter given (None: any), oldest first."""
@@ -145,7 +145,7 @@ def _filters(columns: tuple[tuple[str, str | None], ...], status: str | None, no
     return clauses, values
 
 
-def search_certificates(connection: sqlite3.Connection, *, entity_id: str, certificate_type: str,
+def search_certificates(connection: Connection, *, entity_id: str, certificate_type: str,
                         key_usage: str | None = None, role: str | None = None, status: str | None = None) -> list[CertificateRecord]:
     """Every certificate for an EUI-64 of one type (a party may hold several live ones): clients pick by serial."""
     now = status_now()

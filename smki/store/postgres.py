@@ -1,44 +1,39 @@
-"""PostgreSQL behind the small part of the sqlite3 interface the store uses.
+"""PostgreSQL behind the store's connection protocol (smki/store/connection.py).
 
-`open_database("postgresql://...")` returns a `PostgresConnection`: `.execute(sql, params)`
-and `.executemany` take the same SQL as SQLite (`?` placeholders, `BEGIN IMMEDIATE`,
-`INSERT OR REPLACE`/`INSERT OR IGNORE`, the migrations' DDL) and return cursors whose rows
-behave like `sqlite3.Row` (`row["column"]`, `row[0]`, `tuple(row)`, `dict(row)`); BYTEA comes
-back as `bytes`; `.in_transaction`, `.close()` and `with connection:` behave as in sqlite3.
+`open_database("postgresql://...")` returns a `PostgresConnection`. It sends each statement as
+the store wrote it, with one conversion: the `?` placeholders become psycopg's `%s`. So that this
+can never change a statement's meaning, `pyformat` refuses a statement with a `%` anywhere or a
+`?` inside a string literal (tests/test_store_schema.py). Everything else that differs from SQLite
+is explicit per-dialect code, not rewriting: the DDL (smki/store/schema.py), `begin_write`, the
+case-insensitive LIKE (`Dialect.like_ignoring_case`), `INSERT ... ON CONFLICT` written in the store
+in the form both engines accept.
 
-What is translated, and how:
-- `?` (and `:name` with a mapping of parameters) become psycopg's `%s` (`%(name)s`); `%` is escaped.
-- `BEGIN IMMEDIATE` (and `EXCLUSIVE`) begins a transaction and takes a transaction-scoped
-  advisory lock named after the schema: writers are serialised as in SQLite, readers are not,
-  so cRLNumbers stay strictly increasing and the audit chain stays linear under concurrent
-  writers (each statement in READ COMMITTED sees the previous writer's commit). A write
-  outside a transaction takes the same lock for its own implicit transaction.
+- `begin_write()` begins a transaction and takes a transaction-scoped advisory lock named after
+  the schema: writers are serialised as in SQLite's BEGIN IMMEDIATE, readers are not, so cRLNumbers
+  stay strictly increasing and the audit chain stays linear under concurrent writers (each
+  statement in READ COMMITTED sees the previous writer's commit). A write outside a transaction
+  takes the same lock for its own implicit transaction.
 - A failed write inside a transaction is undone alone (a savepoint around it), as SQLite does,
-  so a caller that catches the error can go on with its transaction.
-- DDL: BLOB -> BYTEA, INTEGER -> BIGINT (SQLite integers are 64-bit), REAL -> DOUBLE PRECISION,
-  INTEGER PRIMARY KEY AUTOINCREMENT -> an identity column, TEXT -> TEXT COLLATE "C" (SQLite
-  compares and sorts text by bytes; so does this). LIKE -> ILIKE (SQLite's LIKE ignores case).
-- `INSERT OR REPLACE` -> `INSERT ... ON CONFLICT (primary key) DO UPDATE`, `INSERT OR IGNORE`
-  -> `... ON CONFLICT DO NOTHING` (the primary key is read from the catalogue).
-- psycopg's errors are raised as the matching sqlite3 exception classes (IntegrityError,
-  OperationalError, ...), the psycopg error as `__cause__`: every `except sqlite3.IntegrityError`
-  in the store keeps turning a repeated key into a ConflictError, on either backend.
-
-Anything else must be SQL both engines accept; tests/test_store_backends.py runs the store on both.
+  so a caller that catches the error can go on with its transaction. Which statements are writes
+  is read from their first word (INSERT, UPDATE, DELETE); the statement itself is sent unchanged.
+- Rows behave like `sqlite3.Row` (`row["column"]`, `row[0]`, `tuple(row)`, `dict(row)`); BYTEA comes
+  back as `bytes`.
+- psycopg's errors leave as smki's `StoreError` / `StoreConflictError` (`postgres_error`), naming
+  the URL without its password, the psycopg error as `__cause__`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from smki.errors import BadInputError
+from smki.errors import BadInputError, StoreConflictError, StoreError, StoreFault
+from smki.store.connection import Dialect
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -96,81 +91,57 @@ def _row_factory(cursor) -> Callable[[Sequence[Any]], Any]:
     return _row_class(tuple(column.name for column in description))
 
 
-# ---- SQL translation ----------------------------------------------------------------------------
+# ---- placeholders: the only conversion -----------------------------------------------------------
 
-_TOKENS = re.compile(r"""
-      (?P<comment> --[^\n]* | /\*.*?\*/ )
-    | (?P<string>  '(?:[^']|'')*' )
-    | (?P<quoted>  "(?:[^"]|"")*" )
-    | (?P<param>   \?\d* | (?<!:):[A-Za-z_]\w* )
-    | (?P<percent> % )
-    | (?P<word>    [A-Za-z_]\w* )
-""", re.VERBOSE | re.DOTALL)
-
-_DDL_WORDS = {"BLOB": "BYTEA", "INTEGER": "BIGINT", "INT": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": 'TEXT COLLATE "C"'}
-_DML_WORDS = {"LIKE": "ILIKE", "IFNULL": "COALESCE"}
-_AUTOINCREMENT = re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.IGNORECASE)
-_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID\s*$", re.IGNORECASE)
-_CONFLICT = re.compile(r"^\s*(?:INSERT\s+OR\s+(?P<how>REPLACE|IGNORE)|(?P<replace>REPLACE))\s+INTO\s+"
-                       r"(?P<table>[A-Za-z_][\w.]*)\s*(?:\((?P<columns>[^)]*)\))?", re.IGNORECASE)
-_BEGIN = re.compile(r"^\s*BEGIN(?:\s+(?P<mode>DEFERRED|IMMEDIATE|EXCLUSIVE))?(?:\s+TRANSACTION)?\s*;?\s*$", re.IGNORECASE)
-_WRITE = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-_DDL = re.compile(r"^\s*(?:CREATE|ALTER|DROP)\b", re.IGNORECASE)
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 
 @lru_cache(maxsize=1024)
-def translate(sql: str, named: bool = False) -> str:
-    """SQLite SQL -> psycopg SQL: placeholders, `%`, and (in DDL) SQLite's type names. Comments are dropped."""
-    ddl = bool(_DDL.match(sql))
-    if ddl:
-        sql = _WITHOUT_ROWID.sub(")", _AUTOINCREMENT.sub("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", sql))
-    out: list[str] = []
-    position = 0
-    for match in _TOKENS.finditer(sql):
-        out.append(sql[position:match.start()])
-        position = match.end()
-        kind, text = match.lastgroup, match.group()
-        if kind == "comment":
-            out.append(" ")
-        elif kind == "param":
-            if text == "?" and not named:
-                out.append("%s")
-            elif text.startswith(":") and named:
-                out.append(f"%({text[1:]})s")
-            else:
-                raise sqlite3.ProgrammingError(f"placeholder {text!r} is not supported with these parameters")
-        elif kind == "percent":
-            out.append("%%")
-        elif kind == "word":
-            table = _DDL_WORDS if ddl else _DML_WORDS
-            out.append(table.get(text.upper(), text))
-        else:  # a string literal or a quoted name: kept, but psycopg reads % everywhere
-            out.append(text.replace("%", "%%"))
-    out.append(sql[position:])
-    return "".join(out).strip()
+def pyformat(sql: str) -> str:
+    """The statement with its `?` placeholders as psycopg's `%s`: nothing else changes.
+
+    Refused (a bug in the store, not an operator's error): a `%` anywhere (psycopg would read it as
+    a placeholder; LIKE patterns are parameters), a `?` inside a string literal, a `--` comment."""
+    if "%" in sql:
+        raise ValueError(f"a store statement holds a '%' (pass it as a parameter): {sql[:80]!r}")
+    if "--" in sql:
+        raise ValueError(f"a store statement holds a comment: {sql[:80]!r}")
+    if any("?" in literal for literal in _STRING_LITERAL.findall(sql)):
+        raise ValueError(f"a store statement holds a '?' inside a string literal: {sql[:80]!r}")
+    return sql.replace("?", "%s")
 
 
-# ---- errors -------------------------------------------------------------------------------------
+_WRITE = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
-def _sqlite_error(error: Exception) -> sqlite3.Error:
-    """The sqlite3 exception class a caller of the store already catches, for a psycopg error."""
+
+def _is_write(sql: str) -> bool:
+    """Whether the statement writes (it then runs in a savepoint, or in its own locked transaction)."""
+    return bool(_WRITE.match(sql))
+
+
+# ---- errors: mapped once --------------------------------------------------------------------------
+
+_UNIQUE_VIOLATION = "23505"
+
+
+def postgres_error(error: Exception, where: str) -> StoreError:
+    """psycopg's exception as smki's (the one place PostgreSQL's errors are read)."""
     import psycopg
 
-    for psycopg_class, sqlite_class in ((psycopg.IntegrityError, sqlite3.IntegrityError),
-                                        (psycopg.DataError, sqlite3.DataError),
-                                        (psycopg.NotSupportedError, sqlite3.NotSupportedError),
-                                        (psycopg.InternalError, sqlite3.InternalError),
-                                        (psycopg.ProgrammingError, sqlite3.OperationalError),  # no such table/column
-                                        (psycopg.OperationalError, sqlite3.OperationalError),
-                                        (psycopg.DatabaseError, sqlite3.DatabaseError),
-                                        (psycopg.InterfaceError, sqlite3.InterfaceError)):
-        if isinstance(error, psycopg_class):
-            break
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    if isinstance(error, psycopg.IntegrityError):
+        fault = StoreFault.DUPLICATE_KEY if sqlstate == _UNIQUE_VIOLATION else StoreFault.CONSTRAINT
+        return StoreConflictError(where, detail, fault)
+    if sqlstate == "25006":  # read_only_sql_transaction
+        fault = StoreFault.READ_ONLY
+    elif sqlstate.startswith(("08", "57")) or isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)) and not sqlstate:
+        fault = StoreFault.UNAVAILABLE  # connection exceptions, operator intervention (shutdown), a closed connection
+    elif sqlstate in ("40001", "40P01", "55P03"):
+        fault = StoreFault.BUSY  # serialization failure, deadlock, lock not available
     else:
-        sqlite_class = sqlite3.Error
-    translated = sqlite_class(str(error).strip())
-    translated.sqlstate = getattr(error, "sqlstate", None)  # type: ignore[attr-defined]
-    return translated
+        fault = StoreFault.STATEMENT
+    return StoreError(where, detail, fault)
 
 
 # ---- cursor and connection ----------------------------------------------------------------------
@@ -201,44 +172,41 @@ class PostgresCursor:
 
 
 class PostgresConnection:
-    """One PostgreSQL session, used through the sqlite3 interface the store is written against."""
+    """One PostgreSQL session, speaking the store's connection protocol (smki.store.connection.Connection)."""
+
+    dialect = Dialect.POSTGRESQL
 
     def __init__(self, raw, url: str) -> None:
         self._raw = raw
-        self.url = redact(url)
+        self.url = self.where = redact(url)
         schema = raw.execute("SELECT current_schema()").fetchone()[0]
         if schema is None:
             raise BadInputError(f"{self.url}: its search_path names no existing schema (create the schema first)")
         # Writers to one schema (one authority's store) exclude each other; other schemas are not held up.
         self.lock_key = int.from_bytes(hashlib.sha256(f"smki writer {schema}".encode()).digest()[:8], "big", signed=True)
-        self._upserts: dict[str, str] = {}
 
-    # -- the sqlite3 surface --
+    # -- the protocol --
     @property
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
         return self._raw.info.transaction_status != TransactionStatus.IDLE
 
-    def execute(self, sql: str, parameters: Sequence | Mapping = ()) -> PostgresCursor:
-        begin = _BEGIN.match(sql)
-        if begin:
-            return self._begin(lock=(begin.group("mode") or "").upper() in ("IMMEDIATE", "EXCLUSIVE"))
-        query, params = self._prepare(sql, parameters)
-        if _DDL.match(sql):
-            self._upserts.clear()
-        if not _WRITE.match(sql):
-            return self._run(lambda: PostgresCursor(self._raw.execute(query, params)))
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> PostgresCursor:
+        query, params = pyformat(sql), tuple(parameters)
+        if not _is_write(sql):
+            return self._run(lambda: PostgresCursor(self._raw.execute(query, params or None)))
         return self._write(query, [params], many=False)
 
-    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence | Mapping]) -> PostgresCursor:
-        rows = list(seq_of_parameters)
-        named = bool(rows) and isinstance(rows[0], Mapping)
-        query = self._statement(sql, named)
-        rows = [dict(row) if named else tuple(row) for row in rows]
-        if not _WRITE.match(sql):
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]]) -> PostgresCursor:
+        query, rows = pyformat(sql), [tuple(row) for row in seq_of_parameters]
+        if not _is_write(sql):
             return self._run(lambda: self._many(query, rows))
         return self._write(query, rows, many=True)
+
+    def begin_write(self) -> None:
+        """BEGIN and the writers' advisory lock (held to COMMIT or ROLLBACK): SQLite's BEGIN IMMEDIATE."""
+        self._begin(lock=True)
 
     def commit(self) -> None:
         if self.in_transaction:
@@ -261,6 +229,10 @@ class PostgresConnection:
     def has_table(self, name: str) -> bool:
         return self._run(lambda: self._raw.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0]) is not None
 
+    def refuse_writes(self) -> None:
+        """From here on the server refuses every write in this session (a read-only open)."""
+        self._run(lambda: self._raw.execute("SET default_transaction_read_only = on"))
+
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Hold the writers' lock for the session (migrations run under it: one process migrates at a time)."""
@@ -278,14 +250,14 @@ class PostgresConnection:
         try:
             return call()
         except psycopg.Error as error:
-            raise _sqlite_error(error) from error
+            raise postgres_error(error, self.where) from error
 
-    def _begin(self, lock: bool) -> PostgresCursor:
+    def _begin(self, lock: bool) -> None:
         if self.in_transaction:
-            raise sqlite3.OperationalError("cannot start a transaction within a transaction")
+            raise StoreError(self.where, "cannot start a transaction within a transaction", StoreFault.STATEMENT)
         # No parameters: one round trip for both statements.
         sql = f"BEGIN; SELECT pg_advisory_xact_lock({self.lock_key:d})" if lock else "BEGIN"
-        return self._run(lambda: PostgresCursor(self._raw.execute(sql)))
+        self._run(lambda: self._raw.execute(sql))
 
     def _many(self, query: str, rows: list) -> PostgresCursor:
         cursor = self._raw.cursor()
@@ -300,7 +272,7 @@ class PostgresConnection:
             cursor = self._raw.cursor()
             self._begin(lock=True)
             try:
-                self._run(lambda: cursor.executemany(query, rows) if many else cursor.execute(query, rows[0]))
+                self._run(lambda: cursor.executemany(query, rows) if many else cursor.execute(query, rows[0] or None))
             except BaseException:
                 if not self._raw.closed:
                     self._raw.execute("ROLLBACK")
@@ -322,45 +294,8 @@ class PostgresConnection:
                 self._raw.execute("ROLLBACK TO SAVEPOINT smki_statement; RELEASE SAVEPOINT smki_statement")
             except psycopg.Error:
                 pass  # the connection itself failed: the transaction is lost, the first error says why
-            raise _sqlite_error(error) from error
+            raise postgres_error(error, self.where) from error
         return PostgresCursor(cursor)
-
-    def _prepare(self, sql: str, parameters: Sequence | Mapping) -> tuple[str, Any]:
-        named = isinstance(parameters, Mapping)
-        return self._statement(sql, named), (dict(parameters) if named else tuple(parameters))
-
-    def _statement(self, sql: str, named: bool) -> str:
-        conflict = _CONFLICT.match(sql)
-        if not conflict:
-            return translate(sql, named)
-        cached = self._upserts.get(sql)
-        if cached is None:
-            cached = self._upsert(sql, conflict)
-            self._upserts[sql] = cached
-        return translate(cached, named)
-
-    def _upsert(self, sql: str, conflict: re.Match) -> str:
-        """INSERT OR REPLACE / OR IGNORE -> INSERT ... ON CONFLICT, using the table's primary key."""
-        table = conflict.group("table")
-        listed = [c.strip().strip('"') for c in conflict.group("columns").split(",")] if conflict.group("columns") else None
-        rows = self._run(lambda: self._raw.execute(
-            "SELECT a.attname, COALESCE(a.attnum = ANY (i.indkey::int2[]), false) FROM pg_attribute a "
-            "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
-            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (table,)).fetchall())
-        if not rows:
-            raise sqlite3.OperationalError(f"no such table: {table}")
-        key = [row[0] for row in rows if row[1]]
-        columns = listed or [row[0] for row in rows]
-        head = f"INSERT INTO {table}" + (f" ({conflict.group('columns')})" if listed else "")
-        body = " " + sql[conflict.end():].strip().rstrip(";")
-        if (conflict.group("how") or "").upper() == "IGNORE":
-            return f"{head}{body} ON CONFLICT DO NOTHING"
-        if not key:
-            raise sqlite3.NotSupportedError(f"INSERT OR REPLACE into {table}: the table has no primary key")
-        updates = [column for column in columns if column not in key]
-        action = ("DO UPDATE SET " + ", ".join(f"{column} = EXCLUDED.{column}" for column in updates)) if updates else "DO NOTHING"
-        return f"{head}{body} ON CONFLICT ({', '.join(key)}) {action}"
 
 
 def connect(url: str, *, create: bool, migrate: Callable[[Any], int]) -> PostgresConnection:
@@ -385,9 +320,9 @@ def connect(url: str, *, create: bool, migrate: Callable[[Any], int]) -> Postgre
             if not create and not connection.has_table("schema_migrations"):
                 raise BadInputError(f"{connection.url}: no smki database here")
             migrate(connection)
-    except sqlite3.DatabaseError as exc:
+    except StoreError as exc:
         connection.close()
-        raise BadInputError(f"{connection.url}: not an smki database ({exc})") from None
+        raise BadInputError(f"{connection.url}: not an smki database ({exc.detail})") from None
     except BaseException:
         connection.close()
         raise

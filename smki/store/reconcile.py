@@ -17,11 +17,11 @@ certificates and revocations. A 50,000-certificate batch is about ten audit entr
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from enum import Enum
 
 from smki.errors import RefusedError
+from smki.store.connection import Connection, Dialect, dialect_of
 from smki.store.revocations import last_crl_number
 
 STATE_KEY = "state"  # the key of details that holds a StateChange
@@ -59,6 +59,12 @@ class StateChange:
         return {**others, STATE_KEY: {name: value for name, value in parts.items() if value}}
 
 
+# Matched as SQLite's LIKE matches (ASCII case ignored) on both engines: the pattern is a parameter.
+_NAMING_ISSUER = {dialect: f"SELECT details FROM audit_entries WHERE outcome = 'success' AND details {dialect.like_ignoring_case} ? "
+                           "ORDER BY seq" for dialect in Dialect}
+_ANY_STATE = {dialect: f"SELECT 1 FROM audit_entries WHERE details {dialect.like_ignoring_case} ? LIMIT 1" for dialect in Dialect}
+
+
 @dataclass
 class _IssuerState:
     issued: set[str] = field(default_factory=set)
@@ -67,12 +73,11 @@ class _IssuerState:
     crl_number: int = 0
 
 
-def _recorded(connection: sqlite3.Connection, issuer_key_id: str) -> _IssuerState:
+def _recorded(connection: Connection, issuer_key_id: str) -> _IssuerState:
     """The issuer's state as the audit trail's successful entries record it, in order."""
     state = _IssuerState()
     # The issuer's SKI is a key of the state record; the LIKE spares decoding every other entry.
-    rows = connection.execute("SELECT details FROM audit_entries WHERE outcome = 'success' AND details LIKE ? ORDER BY seq",
-                              (f'%"{issuer_key_id}"%',))
+    rows = connection.execute(_NAMING_ISSUER[dialect_of(connection)], (f'%"{issuer_key_id}"%',))
     for (details,) in rows:
         change = json.loads(details).get(STATE_KEY)
         if not isinstance(change, dict):
@@ -86,7 +91,7 @@ def _recorded(connection: sqlite3.Connection, issuer_key_id: str) -> _IssuerStat
     return state
 
 
-def _held(connection: sqlite3.Connection, issuer_key_id: str) -> _IssuerState:
+def _held(connection: Connection, issuer_key_id: str) -> _IssuerState:
     """The issuer's state as the tables hold it (index range scans on the issuer's key)."""
     state = _IssuerState()
     # Serials alone are read from the primary key's index (no row lookups): half the time of reading status with them.
@@ -117,24 +122,24 @@ def _differences(recorded: _IssuerState, held: _IssuerState) -> list[str]:
     return found
 
 
-def differences(connection: sqlite3.Connection, issuer_key_id: str) -> list[str]:
+def differences(connection: Connection, issuer_key_id: str) -> list[str]:
     """What the issuer's state tables hold that its audit trail does not record, or the other way round."""
     return _differences(_recorded(connection, issuer_key_id), _held(connection, issuer_key_id))
 
 
-def issuers(connection: sqlite3.Connection) -> list[str]:
+def issuers(connection: Connection) -> list[str]:
     """Every issuer the state tables name (certificates, revocations, cRLNumbers)."""
     return sorted({issuer for (issuer,) in connection.execute(
         "SELECT DISTINCT issuer_key_id FROM certificates UNION SELECT issuer_key_id FROM revocations "
         "UNION SELECT issuer_key_id FROM crl_numbers")})
 
 
-def records_state_changes(connection: sqlite3.Connection) -> bool:
+def records_state_changes(connection: Connection) -> bool:
     """Whether any audit entry records a state change (trails written before smki did have none)."""
-    return connection.execute("SELECT 1 FROM audit_entries WHERE details LIKE ? LIMIT 1", (f'%"{STATE_KEY}":{{%',)).fetchone() is not None
+    return connection.execute(_ANY_STATE[dialect_of(connection)], (f'%"{STATE_KEY}":{{%',)).fetchone() is not None
 
 
-def state_as_changes(connection: sqlite3.Connection, issuer_key_id: str, serials_per_change: int = 5000) -> list[StateChange]:
+def state_as_changes(connection: Connection, issuer_key_id: str, serials_per_change: int = 5000) -> list[StateChange]:
     """The issuer's state tables as they stand, written as state changes (issued serials in chunks, as
     batches record them): what adopting a trail written before smki recorded state changes records."""
     held = _held(connection, issuer_key_id)
@@ -149,7 +154,7 @@ def state_as_changes(connection: sqlite3.Connection, issuer_key_id: str, serials
     return changes
 
 
-def reconcile_issuer(connection: sqlite3.Connection, issuer_key_id: str) -> None:
+def reconcile_issuer(connection: Connection, issuer_key_id: str) -> None:
     """Refuse (one line, exit 1) when the issuer's state tables disagree with its audit trail."""
     found = differences(connection, issuer_key_id)
     if found:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 
 from smki.errors import BadInputError, ConflictError
+from smki.store.connection import Connection
 
 
-def record_revocation(connection: sqlite3.Connection, issuer_key_id: str, serial_hex: str, revoked_at: datetime, reason: str) -> None:
+def record_revocation(connection: Connection, issuer_key_id: str, serial_hex: str, revoked_at: datetime, reason: str) -> None:
     """Mark the certificate revoked (status R) and list it for the issuer's next CRL."""
     status = connection.execute("SELECT status FROM certificates WHERE issuer_key_id = ? AND serial_hex = ?", (issuer_key_id, serial_hex)).fetchone()
     if status is None:
@@ -19,20 +19,22 @@ def record_revocation(connection: sqlite3.Connection, issuer_key_id: str, serial
     connection.execute("INSERT INTO revocations VALUES (?, ?, ?, ?)", (issuer_key_id, serial_hex, revoked_at.isoformat(), reason))
 
 
-def revoked_entries(connection: sqlite3.Connection, issuer_key_id: str) -> list[tuple[str, str, str]]:
+def revoked_entries(connection: Connection, issuer_key_id: str) -> list[tuple[str, str, str]]:
     """(serial hex, revoked at ISO, reason) of every revocation by this issuer, in serial order."""
     return [tuple(row) for row in connection.execute(
         "SELECT serial_hex, revoked_at, reason FROM revocations WHERE issuer_key_id = ? ORDER BY serial_hex", (issuer_key_id,))]
 
 
-def last_crl_number(connection: sqlite3.Connection, issuer_key_id: str) -> int:
+def last_crl_number(connection: Connection, issuer_key_id: str) -> int:
     """The issuer's last cRLNumber issued (0 before the first)."""
     row = connection.execute("SELECT last_number FROM crl_numbers WHERE issuer_key_id = ?", (issuer_key_id,)).fetchone()
     return row[0] if row else 0
 
 
-def next_crl_number(connection: sqlite3.Connection, issuer_key_id: str, issued_at: datetime) -> int:
+def next_crl_number(connection: Connection, issuer_key_id: str, issued_at: datetime) -> int:
     """The issuer's next cRLNumber, persisted: strictly increasing across runs and crashes (the caller commits)."""
     number = last_crl_number(connection, issuer_key_id) + 1
-    connection.execute("INSERT OR REPLACE INTO crl_numbers VALUES (?, ?, ?)", (issuer_key_id, number, issued_at.isoformat()))
+    connection.execute("INSERT INTO crl_numbers VALUES (?, ?, ?) ON CONFLICT (issuer_key_id) "
+                       "DO UPDATE SET last_number = excluded.last_number, issued_at = excluded.issued_at",
+                       (issuer_key_id, number, issued_at.isoformat()))
     return number
