@@ -7,3 +7,5 @@ def __getattr__(name: str):
 
         return RootAuthority
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["RootAuthority"]
