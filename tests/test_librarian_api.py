@@ -7,7 +7,7 @@ CA keys are SoftHSM keys (tests/conftest.py); the lodging tests run on SQLite an
 
 import http.client
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
