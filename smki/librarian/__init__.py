@@ -1,9 +1,14 @@
 """The Certificate Librarian: lodges, checks, publishes and serves every certificate, CRL and ARL."""
 
+_EXPORTS = {"Librarian": "smki.librarian.librarian", "RunningRepository": "smki.librarian.librarian"}
+__all__ = sorted(_EXPORTS)
+
 
 def __getattr__(name: str):
-    if name == "Librarian":  # imported on first use: the package's modules load only when the actor is asked for
-        from smki.librarian.librarian import Librarian
+    """Imported on first use: the package's modules load only when the actor is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return Librarian
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
