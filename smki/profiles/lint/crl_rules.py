@@ -129,7 +129,7 @@ def _reasons(v: CrlView):
     # reasonCode OID in the DER begins such an extension with an allowed value, none is wrong.
     # Otherwise (another encoding, a critical flag, a bad value, or those five octets inside a
     # serial) the entries are parsed and judged one by one.
-    if v.der.count(_REASON_CODE_OID) == len(_ALLOWED_REASON_CODE.findall(v.der)):
+    if not v.revoked_der or v.der.count(_REASON_CODE_OID) == len(_ALLOWED_REASON_CODE.findall(v.der)):
         return None
     for entry in asn1_crl.RevokedCertificates.load(v.revoked_der, strict=True):
         for extension in entry["crl_entry_extensions"]:
