@@ -60,6 +60,7 @@ class Operation:
     ISSUE_BATCH = "certificate.issue.device.batch"
     REVOKE = "certificate.revoke"
     REJECT = "certificate.reject"
+    ISSUE_LIST = "crl.issue"  # renamed arl.issue once the issuer is known to be a root
     ADOPT_POLICY = "policy.adopt"
 
 
@@ -445,7 +446,7 @@ class IssuingAuthority:
     def issue_crl(self, *, out: Path | None = None) -> IssuedCrl:
         """The CRL (an Issuing OCA) or ARL (a root): every revocation recorded, a persisted strictly
         increasing cRLNumber, nextUpdate from the policy, signed in the HSM, linted and verified."""
-        with self._operation("crl.issue") as operation:
+        with self._operation(Operation.ISSUE_LIST) as operation:
             if out is not None:
                 refuse_existing(out)
             policy = self._adopted_policy(operation)
