@@ -195,7 +195,7 @@ class IssuingAuthority:
         return AuditedOperation(self._audit, self.actor, name, subject)
 
     def _missing(self, what: str, argument: str) -> BadInputError:
-        return BadInputError(f"this IssuingAuthority was given no {what}: give {argument}= to sign or revoke")
+        return BadInputError(f"this IssuingAuthority was given no {what}: give {argument}= for this operation")
 
     def _loaded_policy(self) -> CertificatePolicy:
         if self._policy is None:
