@@ -12,7 +12,7 @@ import click
 
 from pathlib import Path
 
-from smki.errors import BadInputError, SmkiError
+from smki.errors import BadInputError
 from smki.hsm.config import KeyRef, default_module_path, parse_key_id, parse_pkcs11_uri
 from smki.hsm.pins import SOURCE_FORMS, PinSource
 
@@ -158,13 +158,6 @@ def audit_key_ref(audit_key_uri: str | None) -> KeyRef | None:
     return key_ref_from_options(default_module_path(), audit_key_uri, None, None, None) if audit_key_uri else None
 
 
-def audit_trail(connection, audit_key_uri: str | None, pin_source: PinSource):
-    """The database's audit trail, with the audit key an --audit-key-uri names attached."""
-    from smki.operations.audited import open_audit_trail
-
-    return open_audit_trail(connection, audit_key_ref(audit_key_uri), pin_source)
-
-
 def state_option(func: Callable) -> Callable:
     """--state, --actor, and the authority's audit key (--audit-key-uri, --audit-pin-source)."""
     for option in reversed([
@@ -178,20 +171,6 @@ def state_option(func: Callable) -> Callable:
     ]):
         func = option(func)
     return func
-
-
-def AuditedOperation(state_dir: Path, actor: str, audit_key_uri: str | None, pin_source: PinSource, operation: str):
-    """Transitional: the authority's state opened for one audited operation (the actors take this over)."""
-    from smki.operations.audited import AuditedOperation as Operation, open_state
-
-    connection = open_state(state_dir)
-    return Operation(audit_trail(connection, audit_key_uri, pin_source), actor, operation)
-
-
-def checkpoint(audit, context: str, anchor: bool = True) -> None:
-    from smki.operations.audited import checkpoint as sign_checkpoint
-
-    sign_checkpoint(audit, context, anchor)
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:

@@ -1,9 +1,18 @@
-"""The Issuing Authorities (Issuing OCA, Issuing DCA): Organisation and Device Certificates from PKCS#10 requests, singly and in batches; revocation; the Organisation CRL."""
+"""The Issuing Authorities (Issuing OCA, Issuing DCA): Organisation and Device Certificates from PKCS#10
+requests, singly and in batches; revocation; the Organisation CRL.
+
+`IssuingAuthority` is imported on first use: the batch's spawned workers import
+`smki.issuing.batch_workers`, and should not pay for the whole authority at start-up.
+"""
+
+from __future__ import annotations
+
+__all__ = ["IssuingAuthority"]
 
 
 def __getattr__(name: str):
-    if name == "IssuingAuthority":  # imported on first use: the package's modules load only when the actor is asked for
-        from smki.issuing.authority import IssuingAuthority
+    if name in ("IssuingAuthority", "BatchResult", "Reconciliation"):
+        from smki.issuing import authority
 
-        return IssuingAuthority
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return getattr(authority, name)
+    raise AttributeError(f"module 'smki.issuing' has no attribute {name!r}")

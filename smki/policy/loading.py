@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from smki.errors import BadInputError
 from smki.files import YamlError, read_yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "policies" / "policy.schema.json"
 

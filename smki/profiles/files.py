@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 from cryptography import x509
 
-from smki.times import parse_utc  # noqa: F401 - re-exported: the one time parser
 from smki.errors import BadInputError
 from smki.files import MAX_CERTIFICATE_BYTES, MAX_PUBLIC_KEY_BYTES, read_input
 from smki.profiles.pem import PemLabel, single_object

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from smki.errors import BadInputError
-from smki.times import utc_midnight  # noqa: F401 - re-exported
 
 # A device certificate has no well-defined expiry (RFC 5280 4.1.2.5): GeneralizedTime 99991231235959Z.
 DEVICE_NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)

@@ -32,11 +32,11 @@ from smki.policy.model import CertificatePolicy
 from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
 from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
-from smki.profiles.files import parse_utc, read_certificate
+from smki.times import parse_utc, utc_midnight
+from smki.profiles.files import read_certificate
 from smki.profiles.lint import pre_issuance_check, refuse_on_errors
 from smki.profiles.lint.crl_rules import lint_crl
 from smki.profiles.serials import serial_hex
-from smki.profiles.validity import utc_midnight
 from smki.root import ceremony as ceremonies
 from smki.root.ceremony_file import load_ceremony
 from smki.root.checks import IssuingAuthorityKey, issuing_authority_key, revocable_record

@@ -19,7 +19,7 @@ from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
-from smki.profiles.files import parse_utc
+from smki.times import parse_utc
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
 KINDS = ("root-key", "issuing-ca", "arl", "root-rekey", "contingency-recovery")
