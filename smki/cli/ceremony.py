@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from smki.cli.common import CUSTODIAN_SECRET_SOURCE, emit, json_option
-from smki.hsm.pins import PinSource, SourceKind
 
 CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -26,18 +25,9 @@ def check_command(ceremony_file, as_json):
 
     Exit 0 when it can run as written: valid, its policy loads, and none of its outputs exists.
     """
-    from smki.root.ceremony_file import load_ceremony
-    from smki.files import refuse_existing
-    from smki.policy import load_policy
+    from smki.root.authority import RootAuthority
 
-    ceremony = load_ceremony(ceremony_file)
-    policy = load_policy(ceremony.policy)
-    for path in ceremony.outputs():
-        refuse_existing(path)
-    summary = {"ceremony": ceremony.kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
-               "policy": policy.identity, "custody": dict(zip(("threshold", "custodians"), policy.custody("root"))),
-               "custodians": list(ceremony.custodians), "token": ceremony.hsm.token, "key": ceremony.hsm.key.label,
-               "outputs": [str(path) for path in ceremony.outputs()]}
+    summary = RootAuthority.check_ceremony(ceremony_file)
     emit(as_json, summary, lambda d: "\n".join([
         f"{d['ceremony']} ceremony {d['name']!r} for {d['authority']} (file sha256 {d['sha256'][:16]}...)",
         f"policy {d['policy']['name']} {d['policy']['version']}: {d['custody']['threshold']} of {d['custody']['custodians']} custodians",
@@ -59,17 +49,12 @@ def run_command(ceremony_file, operator, passphrase_sources, as_json):
     (a failed root-key ceremony also removes the token it created). Exit codes: 0 done,
     1 refused (policy, custody, shares), 3 bad input, 4 HSM, 5 an output exists.
     """
-    from smki.root.ceremony import run_ceremony
-    from smki.root.ceremony_file import load_ceremony
+    from smki.root.authority import RootAuthority
 
-    sources = dict(passphrase_sources)  # (custodian, PinSource) pairs, parsed with the command line
-
-    def passphrase(custodian: str, purpose: str) -> str:
-        return sources.get(custodian, PinSource(SourceKind.PROMPT)).read(f"{custodian}: {purpose}")
-
-    ceremony = load_ceremony(ceremony_file)
-    transcript = run_ceremony(ceremony, operator=operator, passphrase=passphrase)
+    # Each custodian's passphrase from the source the command line named (parsed with it), else a prompt.
+    transcript = RootAuthority.run_ceremony(ceremony_file, operator=operator, passphrase=dict(passphrase_sources))
+    json_file, text_file = transcript.files
     emit(as_json, transcript, lambda t: "\n".join([
         f"{t['ceremony']['type']} ceremony {t['ceremony']['name']!r} done; custodians present: {', '.join(t['custodians_present'])}",
         *(f"wrote {o['file']}  sha256 {o['sha256'][:16]}...  ({o['what']})" for o in t["outputs"]),
-        f"transcript for the witnesses to sign: {ceremony.transcript} and {ceremony.transcript.with_suffix('.txt')}"]))
+        f"transcript for the witnesses to sign: {json_file} and {text_file}"]))

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.operations.release import record_and_release
-from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
+from smki.cli.common import (AuditedOperation, audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option)
 from smki.errors import BadInputError
 from smki.files import refuse_existing
@@ -25,7 +25,7 @@ from smki.hsm.signer import open_signer, require_key_of
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import require_adopted
-from smki.profiles import device_certificate, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate
+from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.files import parse_utc, read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.profiles.validity import utc_midnight
@@ -111,13 +111,29 @@ def cert_group() -> None:
     """Sign single certificates of the six GBCS profiles under the adopted Certificate Policy."""
 
 
+def _root_authority(options: dict, certificate: Path | None = None):
+    """The Root Authority the signing options name (its state, key, policy, environment, audit key)."""
+    from smki.root.authority import RootAuthority
+
+    return RootAuthority(options["state_dir"], certificate=certificate,
+                         key=key_ref_from_options(options["module_path"], options["key_uri"], options["token_label"],
+                                                  options["key_label"], options["key_id"]),
+                         pin=options["pin_source"], policy=options["policy_file"], environment=options["environment"],
+                         actor=options["actor"], audit_key=audit_key_ref(options["audit_key_uri"]), audit_pin=options["audit_pin_source"])
+
+
+def _emit_issued(as_json: bool, issued) -> None:
+    emit(as_json, issued.summary(),
+         lambda d: f"wrote {d['file']}  serial {d['serial']}  issuer {d['issuer'] or '(empty)'}  policy {d['policy']['version']}")
+
+
 @cert_group.command("root")
 @signing_options
 def root_command(**options):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
-    with Issuance(options, "certificate.issue.root") as issuance:
-        params = issuance.policy.root_certificate_params(issuance.environment, issuance.not_before)
-        issuance.sign("root", lambda public_key: root_certificate(params, public_key))
+    with _root_authority(options) as root:
+        issued = root.self_sign(not_before=options["not_before"], out=options["out"])
+    _emit_issued(options["as_json"], issued)
 
 
 @cert_group.command("issuing-ca")
@@ -125,10 +141,9 @@ def root_command(**options):
 @issued_key_options
 def issuing_ca_command(**options):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
-    with Issuance(options, "certificate.issue.issuing-ca") as issuance:
-        issuer, subject_key = read_certificate(options["issuer_cert"]), read_public_key(options["public_key"])
-        params = issuance.policy.issuing_ca_certificate_params(issuance.environment, issuance.not_before)
-        issuance.sign("issuing-ca", lambda _: issuing_ca_certificate(params, subject_key, issuer), issuer)
+    with _root_authority(options, certificate=options["issuer_cert"]) as root:
+        issued = root.certify_issuing_authority(options["public_key"], not_before=options["not_before"], out=options["out"])
+    _emit_issued(options["as_json"], issued)
 
 
 @cert_group.command("organisation")

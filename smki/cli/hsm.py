@@ -6,14 +6,10 @@ from pathlib import Path
 
 import click
 
-from smki.audit.trail import AuditEntry
-from smki.cli.common import (AuditedOperation, emit, json_option, key_options, key_ref_from_options, module_option,
+from smki.cli.common import (audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option)
-from smki.store.database import transaction
 from smki.files import write_new_file
-from smki.hsm.config import KeyRef
-from smki.hsm.signer import Pkcs11Signer
-from smki.hsm.keys import find_key_pair, find_public_key, generate_p256_key_pair, list_keys, public_key_of, read_attributes
+from smki.hsm.keys import find_key_pair, find_public_key, list_keys, public_key_of, read_attributes
 from smki.hsm.session import get_token, load_module, open_session
 from smki.hsm.softhsm import init_token, write_softhsm_conf
 from smki.profiles.keyids import key_identifier
@@ -113,33 +109,12 @@ def keygen_command(module_path, key_uri, token_label, key_label, key_id, pin_sou
     names the key being generated (a new audit key), that key signs the checkpoint of its
     own generation entry.
     """
+    from smki.operations.keys import generate_key
+
     key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id)
-    # An audit key's own generation is the first entry of its trail: the new key signs that checkpoint itself.
-    audits_itself = audit_key_uri is not None and _same_key(key_ref_from_options(module_path, audit_key_uri, None, None, None), key)
-    with AuditedOperation(state_dir, actor, None if audits_itself else audit_key_uri, audit_pin_source, "key.generate") as operation:
-        operation.subject = {"key_uri": key.uri}
-        pin = pin_source.read(f"user PIN for token {key.token_label}")
-        session = open_session(key.module, key.token_label, pin, rw=True)
-        public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
-        if audits_itself:
-            operation.audit.signer = Pkcs11Signer(private_object, public_key_of(public_object))
-        attributes = read_attributes(private_object)
-        data = {
-            "key_uri": key.uri,
-            "subject_key_identifier": key_identifier(public_key_of(public_object)).hex().upper(),
-            "attributes": attributes.as_json(),
-            "violations": attributes.violations(),
-        }
-        operation.subject["subject_key_identifier"] = data["subject_key_identifier"]
-        with transaction(operation.connection):
-            operation.audit.append(AuditEntry(actor, "key.generate", "success", operation.subject,
-                                              {"attributes": attributes.as_json(), "violations": data["violations"]}))
-    emit(as_json, data, lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
+    generated = generate_key(state_dir, key, pin_source, actor=actor, audit_key=audit_key_ref(audit_key_uri), audit_pin=audit_pin_source)
+    emit(as_json, generated.summary(), lambda d: f"generated {d['key_uri']}\n  SKI {d['subject_key_identifier']}\n  "
          + ("attributes as required" if not d["violations"] else "ATTRIBUTES WRONG: " + ", ".join(d["violations"])))
-
-
-def _same_key(one: KeyRef, other: KeyRef) -> bool:
-    return (one.token_label, one.key_label, one.key_id) == (other.token_label, other.key_label, other.key_id)
 
 
 @hsm_group.command("pubkey")

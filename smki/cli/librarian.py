@@ -1,23 +1,16 @@
-"""`smki librarian`: lodge certificates, CRLs and ARLs, publish the repository, write bulk files, search, serve."""
+"""`smki librarian`: lodge certificates, CRLs and ARLs, publish the repository, write bulk files, search, serve.
+
+Each command reads its options, calls one method of smki.librarian.Librarian, and prints the result.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
-from smki.librarian.bulk import write_bulk_files
-from smki.librarian.crl_lodging import crl_der_from_file, lodge_crl
-from smki.librarian.publishing import publish_repository
-from smki.librarian.repository_service import RepositoryService, make_server
-from smki.files import MAX_CRL_BYTES, read_input
-from smki.cli.common import DATABASE, SECRET_SOURCE, audit_options, audit_trail, checkpoint, emit, json_option
-from smki.librarian.lodging import AlreadyLodged, lodge_certificate
-from smki.profiles.files import read_certificate
-from smki.errors import BadInputError, SmkiError
-from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
-from smki.store import find_certificate, list_certificates, open_database
+from smki.cli.common import DATABASE, SECRET_SOURCE, audit_key_ref, audit_options, emit, json_option
+from smki.librarian import Librarian
 
 db_option = click.option("--db", "database", required=True, type=DATABASE,
                          help="The repository database: an SQLite file, or a postgresql:// URL.")
@@ -47,14 +40,9 @@ def lodge_command(database, files, trust_root, publish_dir, actor, audit_key_uri
     --publish publishes the repository even after a refusal (so repeating a run that died before
     publishing publishes what it lodged). With --publish, --json prints {"lodged": [...], "published": {...}}.
     """
-    connection = open_database(database, create=True)
-    audit = audit_trail(connection, audit_key_uri, pin_source)
-
-    def lodge_one(path: Path) -> dict:
-        serial = lodge_certificate(connection, read_certificate(path), trust_root=trust_root, audit=audit, actor=actor)
-        return {"file": str(path), "serial": serial}
-
-    lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "lodge")
+    librarian = Librarian(database, actor=actor, audit_key=audit_key_ref(audit_key_uri), audit_pin=pin_source)
+    lodgements, publication = librarian.lodge_many(files, trust_root=trust_root, publish_to=publish_dir)
+    lodged, published = [row.summary() for row in lodgements], _summary(publication)
     if publish_dir is None:
         emit(as_json, lodged, _lodged_text)
     else:
@@ -70,38 +58,8 @@ def _lodged_verb(row: dict) -> str:
     return "already lodged" if row["already_lodged"] else "lodged"
 
 
-def _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, context) -> tuple[list[dict], dict | None]:
-    """Lodge FILES in order, stopping at the first refusal; with publish_dir, then publish the repository
-    whatever was lodged, so the published directory matches the repository after every run.
-
-    A file whose very bytes are already lodged is reported ("already_lodged": true, its audit entry a
-    refusal naming it) and the others are still lodged: so repeating a run that stopped part-way, or
-    died after its commit and before publishing, completes it, and exits 0 when every file is now
-    lodged. A different certificate with a lodged issuer and serial, or a different list whose
-    cRLNumber is not above the last, stays a refusal. End with the audit checkpoint."""
-    lodged, refusal, published = [], None, None
-    try:
-        try:
-            for path in files:
-                try:
-                    lodged.append({**lodge_one(path), "already_lodged": False})
-                except AlreadyLodged as exc:
-                    lodged.append({"file": str(path), **exc.summary, "already_lodged": True})
-                except SmkiError as exc:
-                    if not str(exc).startswith(f"{path}:"):  # read errors already name the file
-                        exc.args = (f"{path}: {exc}",)
-                    raise
-        except SmkiError as exc:
-            refusal = exc
-        if publish_dir is not None:
-            published = publish_repository(connection, publish_dir, audit=audit, actor=actor).summary()
-    finally:
-        checkpoint(audit, f"{context} of {len(files)} file(s)")
-    if refusal is not None:
-        if published is not None:
-            refusal.args = (f"{refusal}; the repository was published to {published['directory']} all the same",)
-        raise refusal
-    return lodged, published
+def _summary(publication) -> dict | None:
+    return None if publication is None else publication.summary()
 
 
 def _published_text(published: dict | None) -> str:
@@ -130,13 +88,9 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
     publishes the repository even after a refusal (so repeating a run that died before publishing
     publishes what it lodged).
     """
-    connection = open_database(database)
-    audit = audit_trail(connection, audit_key_uri, pin_source)
-
-    def lodge_one(path: Path) -> dict:
-        return {"file": str(path), **lodge_crl(connection, crl_der_from_file(read_input(path, MAX_CRL_BYTES)), audit=audit, actor=actor).summary()}
-
-    lodged, published = _lodge_files(connection, audit, actor, files, lodge_one, publish_dir, "CRL lodge")
+    librarian = Librarian(database, actor=actor, audit_key=audit_key_ref(audit_key_uri), audit_pin=pin_source)
+    lodgements, publication = librarian.lodge_crls(files, publish_to=publish_dir)
+    lodged, published = [row.summary() for row in lodgements], _summary(publication)
     emit(as_json, {"lodged": lodged, "published": published}, lambda d: "\n".join(filter(None, [
         *(f"{_lodged_verb(r)} {r['file']}  {r['kind'].upper()} number {r['crl_number']} from issuer {r['issuer_key_id']}, next update "
           f"{r['next_update']}, {len(r['newly_revoked'])} certificate(s) now revoked" for r in d["lodged"]),
@@ -152,12 +106,8 @@ def lodge_crl_command(database, files, publish_dir, actor, audit_key_uri, pin_so
 def publish_command(database, directory, actor, audit_key_uri, pin_source, as_json) -> None:
     """Publish the repository as static files: certificates/<ISSUER-SKI>/<SERIAL>.cer, crl/<ISSUER-SKI>.crl
     (each issuer's highest lodged cRLNumber) and index.json, each file replaced atomically, the index last."""
-    connection = open_database(database)
-    audit = audit_trail(connection, audit_key_uri, pin_source)
-    try:
-        published = publish_repository(connection, directory, audit=audit, actor=actor).summary()
-    finally:
-        checkpoint(audit, "publish")
+    librarian = Librarian(database, actor=actor, audit_key=audit_key_ref(audit_key_uri), audit_pin=pin_source)
+    published = librarian.publish(directory).summary()
     emit(as_json, published, _published_text)
 
 
@@ -172,17 +122,8 @@ def bulk_command(database, out_dir, since, as_json) -> None:
 
     gzip-compressed JSON Lines, one certificate a line (format smki-bulk/1, described in the README).
     """
-    connection = open_database(database)
-    files = [f.summary() for f in write_bulk_files(connection, out_dir, since=_since(since) if since else None)]
+    files = [f.summary() for f in Librarian(database).write_bulk_files(out_dir, since=since or None)]
     emit(as_json, files, lambda rows: "\n".join(f"wrote {r['file']}: {r['kind']}, {r['certificates']} certificate(s), sha256 {r['sha256']}" for r in rows))
-
-
-def _since(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInputError(f"--since: {text!r} is not an ISO 8601 date or time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @librarian_group.command("find")
@@ -200,29 +141,14 @@ def find_command(database, eui64, serial, ski, role, usage, status, limit, as_js
 
     Exit 0 with matches, 1 when nothing matches.
     """
-    connection = open_database(database)
-    if serial:
-        records = find_certificate(connection, serial)
-    else:
-        records = list_certificates(
-            connection, entity_id=EUI64.parse(eui64).hex if eui64 else None,
-            subject_key_id=_hex(ski, "--ski") if ski else None, role=RemotePartyRole.parse(role).ou if role else None,
-            key_usage=KeyUsage.parse(usage).value if usage else None, status=status, limit=limit)
+    records = Librarian(database).find(eui64=eui64 or None, serial=serial or None, ski=ski or None, role=role or None,
+                                       usage=usage or None, status=status, limit=limit)
     rows = [record.summary() for record in records]
     emit(as_json, rows, lambda rs: "\n".join(
         f"{r['serial_hex']}  {r['certificate_type']:<12} {r['entity_id'] or '-':<16} role {r['role'] or '-':<2} {r['key_usage'] or '-'} status {r['status']}"
         for r in rs) or "no certificate matches")
     if not records:
         raise SystemExit(1)
-
-
-def _hex(text: str, option: str) -> str:
-    cleaned = text.replace(":", "").upper()
-    try:
-        bytes.fromhex(cleaned)
-    except ValueError:
-        raise BadInputError(f"{option}: {text!r} is not hexadecimal") from None
-    return cleaned
 
 
 @librarian_group.command("serve")
@@ -238,14 +164,11 @@ def serve_command(database, address, port, api_key_source, published) -> None:
 
     Prints the address it listens on, then serves until interrupted.
     """
-    open_database(database).close()  # a clear error now rather than on the first request
-    api_key = api_key_source.read("repository API key")
-    server = make_server(RepositoryService(lambda: open_database(database), {api_key}, published), address, port)
-    host, bound_port = server.server_address[:2]
-    click.echo(f"serving the SMKI Repository on http://{host}:{bound_port}/services/ (Ctrl-C to stop)", err=True)
+    server = Librarian(database).serve(address, port, api_key=api_key_source, published=published)
+    click.echo(f"serving the SMKI Repository on {server.url}/services/ (Ctrl-C to stop)", err=True)
     try:
-        server.serve_forever()
+        server.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.shutdown()

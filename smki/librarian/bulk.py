@@ -36,21 +36,10 @@ from pathlib import Path
 
 from smki.errors import ConflictError
 from smki.files import refuse_existing
-from smki.store.certificates import REPOSITORY_STATUS_SQL, status_now
+from smki.store.repository import BulkRow, bulk_changes_since, bulk_rows
 
 BULK_FORMAT = "smki-bulk/1"
 DEFAULT_DELTA_PERIOD = timedelta(days=1)
-
-# The status as every reader derives it (one parameter: status_now()).
-_LINE_COLUMNS = "c.serial_hex, c.issuer_key_id, c.subject_key_id, c.certificate_type, c.entity_id, c.role, c.key_usage, " \
-                f"{REPOSITORY_STATUS_SQL}, c.not_before, c.not_after, c.issued_at, c.der"
-# Status changes come from CRLs the Librarian lodged, and from revocations an authority recorded in its own database.
-_STATUS_CHANGED_SINCE = (
-    "(EXISTS (SELECT 1 FROM certificate_status_changes s WHERE s.issuer_key_id = c.issuer_key_id "
-    "AND s.serial_hex = c.serial_hex AND s.changed_at >= ?) "
-    "OR EXISTS (SELECT 1 FROM revocations r WHERE r.issuer_key_id = c.issuer_key_id "
-    "AND r.serial_hex = c.serial_hex AND r.revoked_at >= ?))")
-
 
 @dataclass(frozen=True)
 class BulkFile:
@@ -68,11 +57,11 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
-def _line(row, changes: list[str] | None = None) -> bytes:
-    serial, issuer, ski, kind, entity, role, usage, status, not_before, not_after, lodged_at, der = row
-    line = {"serial": serial, "issuer_key_id": issuer, "subject_key_id": ski, "type": kind, "eui64": entity, "role": role,
-            "usage": usage, "status": status, "not_before": not_before, "not_after": not_after, "lodged_at": lodged_at,
-            "der": base64.b64encode(bytes(der)).decode("ascii")}
+def _line(row: BulkRow, changes: list[str] | None = None) -> bytes:
+    line = {"serial": row.serial_hex, "issuer_key_id": row.issuer_key_id, "subject_key_id": row.subject_key_id,
+            "type": row.certificate_type, "eui64": row.entity_id, "role": row.role, "usage": row.key_usage, "status": row.status,
+            "not_before": row.not_before, "not_after": row.not_after, "lodged_at": row.lodged_at,
+            "der": base64.b64encode(bytes(row.der)).decode("ascii")}
     if changes is not None:
         line["changes"] = changes
     return (json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -80,19 +69,13 @@ def _line(row, changes: list[str] | None = None) -> bytes:
 
 def full_lines(connection: sqlite3.Connection, now: datetime | None = None) -> Iterator[bytes]:
     # Streamed from the cursor: a full file may hold millions of certificates.
-    for row in connection.execute(f"SELECT {_LINE_COLUMNS} FROM certificates c ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex",
-                                  (status_now(now),)):
+    for row in bulk_rows(connection, now):
         yield _line(row)
 
 
 def delta_lines(connection: sqlite3.Connection, since: datetime, now: datetime | None = None) -> Iterator[bytes]:
-    start = iso_utc(since)
-    rows = connection.execute(
-        f"SELECT {_LINE_COLUMNS}, CASE WHEN c.issued_at >= ? THEN 1 ELSE 0 END, CASE WHEN {_STATUS_CHANGED_SINCE} THEN 1 ELSE 0 END "
-        f"FROM certificates c WHERE c.issued_at >= ? OR {_STATUS_CHANGED_SINCE} ORDER BY c.issued_at, c.issuer_key_id, c.serial_hex",
-        (status_now(now), start, start, start, start, start, start))
-    for *row, lodged, status_changed in rows:
-        yield _line(row, [name for name, flag in (("lodged", lodged), ("status", status_changed)) if flag])
+    for change in bulk_changes_since(connection, iso_utc(since), now):
+        yield _line(change.row, [name for name, flag in (("lodged", change.lodged), ("status", change.status_changed)) if flag])
 
 
 class _HashingWriter:

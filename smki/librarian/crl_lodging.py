@@ -19,16 +19,18 @@ import hashlib
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
-from smki.audit.trail import AuditEntry, AuditTrail
+from smki.audit.trail import AuditTrail
 from smki.librarian.lodging import AlreadyLodged
-from smki.errors import BadInputError, RefusedError, SmkiError
+from smki.errors import BadInputError, RefusedError
+from smki.operations.audited import AuditedOperation
 from smki.profiles.files import load_crl
 from smki.profiles.lint.crl_rules import DUPLICATE_EXTENSION, lint_crl
-from smki.profiles.lint.findings import Severity
+from smki.profiles.lint.findings import refuse_on_errors
 from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
 from smki.store.certificates import CertificateRecord, list_certificates
@@ -43,9 +45,13 @@ CA_TYPES = ("root", "issuing-ca")
 class CrlLodgement:
     crl: LodgedCrl
     newly_revoked: list[str]  # serials whose repository status became R
+    already_lodged: bool = False  # these very bytes were lodged before: nothing changed (a reported outcome)
+    file: Path | None = None  # the file it was read from, when it was
 
     def summary(self) -> dict:
-        return {**self.crl.summary(), "newly_revoked": self.newly_revoked}
+        """The JSON `smki librarian lodge-crl` prints for it."""
+        return {**({"file": str(self.file)} if self.file is not None else {}), **self.crl.summary(),
+                "newly_revoked": self.newly_revoked, "already_lodged": self.already_lodged}
 
 
 def crl_der_from_file(data: bytes) -> bytes:
@@ -106,9 +112,7 @@ def _check_lint(crl_der: bytes, issuer: CertificateRecord, now: datetime) -> Non
     issuer_subject = asn1_x509.Certificate.load(issuer.der)["tbs_certificate"]["subject"].dump()
     # `_parse` (load_crl) has already refused a repeated extension: the walk is not made twice.
     _, findings = lint_crl(crl_der, issuer_subject, now=now, skip=frozenset({DUPLICATE_EXTENSION}))
-    errors = [f for f in findings if f.severity == Severity.ERROR]
-    if errors:
-        raise RefusedError("lint error: " + "; ".join(f"{f.rule_id}: {f.message}" for f in errors))
+    refuse_on_errors(findings, "lint error")
 
 
 def _check_number(connection: sqlite3.Connection, number: int | None, key_id: str, sha256: str) -> None:
@@ -117,7 +121,7 @@ def _check_number(connection: sqlite3.Connection, number: int | None, key_id: st
     same_number = lodged_crl(connection, key_id, number)
     if same_number is not None and same_number.sha256 == sha256:  # not only the last: a rerun repeats earlier lists too
         raise AlreadyLodged(f"this {same_number.kind.upper()} (number {number}) from issuer {key_id} is already lodged",
-                            {**same_number.summary(), "newly_revoked": []})
+                            {**same_number.summary(), "newly_revoked": []}, CrlLodgement(same_number, [], already_lodged=True))
     last = latest_lodged_crl(connection, key_id)
     if last is None:
         return
@@ -132,17 +136,19 @@ def _check_next_update(crl: x509.CertificateRevocationList, now: datetime) -> No
 
 
 def _accept(connection: sqlite3.Connection, crl: x509.CertificateRevocationList, crl_der: bytes, sha256: str,
-            now: datetime, subject: dict) -> CrlLodgement:
-    """Every check, then the record and the status changes (inside the caller's transaction)."""
+            now: datetime, operation: AuditedOperation) -> CrlLodgement:
+    """Every check, then the record and the status changes (inside the caller's transaction). The
+    operation's subject and name grow as the checks learn them, so a refusal names what was known."""
     key_id = _authority_key_id(crl)
-    subject["issuer_key_id"] = key_id
+    operation.subject["issuer_key_id"] = key_id
     issuer = _issuer(connection, key_id)
     kind = "arl" if issuer.certificate_type == "root" else "crl"
-    subject["kind"] = kind
+    operation.subject["kind"] = kind
+    operation.operation = f"{kind}.lodge"
     _check_signature(crl, issuer)
     _check_lint(crl_der, issuer, now)
     number = _crl_number(crl)
-    subject["crl_number"] = number
+    operation.subject["crl_number"] = number
     _check_number(connection, number, key_id, sha256)
     _check_next_update(crl, now)
     record = LodgedCrl(issuer_key_id=key_id, crl_number=crl_number_key(number), kind=kind,
@@ -159,21 +165,18 @@ def lodge_crl(connection: sqlite3.Connection, crl_der: bytes, *, audit: AuditTra
               now: datetime | None = None) -> CrlLodgement:
     """Check and record one CRL or ARL (DER) with its audit entry in one transaction.
 
-    A refusal (RefusedError; BadInputError for bytes that are no CRL; AlreadyLodged, a ConflictError,
-    for these very bytes lodged before) is audited as "refused" and raised with a one-line message.
+    One audited operation: a refusal (RefusedError; BadInputError for bytes that are no CRL;
+    AlreadyLodged, a ConflictError, for these very bytes lodged before) is audited as "refused"
+    and raised with a one-line message.
     """
     audit = audit or AuditTrail(connection)
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     sha256 = hashlib.sha256(crl_der).hexdigest()
-    subject: dict = {"sha256": sha256}
-    try:
+    # Named "crl.lodge" until the issuer shows whether it is an ARL.
+    with AuditedOperation(audit, actor, "crl.lodge", {"sha256": sha256}) as operation:
         crl = _parse(crl_der)
         with transaction(connection):
-            lodgement = _accept(connection, crl, crl_der, sha256, now, subject)
+            lodgement = _accept(connection, crl, crl_der, sha256, now, operation)
             details = {"next_update": lodgement.crl.next_update, "entries": len(crl), "newly_revoked": lodgement.newly_revoked}
-            audit.append(AuditEntry(actor, f"{lodgement.crl.kind}.lodge", "success", subject, details))
-    except SmkiError as exc:
-        with transaction(connection):
-            audit.append(AuditEntry(actor, f"{subject.get('kind', 'crl')}.lodge", "refused", subject, {"reason": str(exc)}))
-        raise
+            audit.append(operation.success_entry(details))
     return lodgement

@@ -8,24 +8,45 @@ decide (the test PKI reuses issuer names across keys). Each lodging is one trans
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from smki.audit.trail import AuditEntry, AuditTrail
+from smki.audit.trail import AuditTrail
+from smki.operations.audited import AuditedOperation
 from smki.operations.records import record_for
-from smki.errors import ConflictError, RefusedError, SmkiError
+from smki.errors import ConflictError, RefusedError
 from smki.store.certificates import find_certificate, insert_certificate, list_certificates
 from smki.store.database import transaction
+
+
+LODGE_OPERATION = "certificate.lodge"
+
+
+@dataclass(frozen=True)
+class Lodgement:
+    """A certificate lodged, or found already lodged byte for byte (a reported outcome, not a refusal)."""
+
+    serial_hex: str
+    already_lodged: bool = False
+    file: Path | None = None  # the file it was read from, when it was
+
+    def summary(self) -> dict:
+        """The JSON `smki librarian lodge` prints for it."""
+        return {**({"file": str(self.file)} if self.file is not None else {}), "serial": self.serial_hex,
+                "already_lodged": self.already_lodged}
 
 
 class AlreadyLodged(ConflictError):
     """These very bytes are already in the repository: nothing to do. A multi-file lodge reports the file and
     goes on (so repeating a run that stopped part-way completes it); `summary` describes what is lodged."""
 
-    def __init__(self, message: str, summary: dict) -> None:
+    def __init__(self, message: str, summary: dict, lodged: object = None) -> None:
         super().__init__(message)
         self.summary = summary
+        self.lodged = lodged  # the outcome to report (a CrlLodgement for a list), when there is one
 
 
 def _already_lodged(connection: sqlite3.Connection, record) -> bool:
@@ -61,13 +82,14 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
                       audit: AuditTrail | None = None, actor: str = "librarian") -> str:
     """Check and record one certificate with its audit entry in one transaction; return its serial.
 
-    Roots need `trust_root` (an explicit operator decision). A refusal is audited too, then raised.
+    Roots need `trust_root` (an explicit operator decision). One audited operation: a refusal
+    (AlreadyLodged for these very bytes lodged before) is audited too, then raised.
     """
     audit = audit or AuditTrail(connection)
     record = record_for(certificate)
     subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
                "entity_id": record.entity_id}
-    try:
+    with AuditedOperation(audit, actor, LODGE_OPERATION, subject) as operation:
         if _already_lodged(connection, record):  # checked when it was lodged; a root was trusted then
             raise AlreadyLodged(f"certificate {record.serial_hex} is already lodged", {"serial": record.serial_hex})
         _check(connection, certificate, record, trust_root)
@@ -76,9 +98,5 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
                 insert_certificate(connection, record)
             except ConflictError:  # another run lodged this serial since the check above
                 raise ConflictError(f"certificate {record.serial_hex} is already lodged") from None
-            audit.append(AuditEntry(actor, "certificate.lodge", "success", subject))
-    except SmkiError as exc:
-        with transaction(connection):
-            audit.append(AuditEntry(actor, "certificate.lodge", "refused", subject, {"reason": str(exc)}))
-        raise
+            audit.append(operation.success_entry())
     return record.serial_hex

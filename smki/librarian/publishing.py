@@ -26,15 +26,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from smki.audit.trail import AuditEntry, AuditTrail
+from smki.audit.trail import AuditTrail
 from smki.errors import BadInputError
 from smki.files import read_input
+from smki.operations.audited import AuditedOperation
 from smki.store.database import transaction
 from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
+from smki.store.repository import published_certificates
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "smki-repository/1"
 CERTIFICATES_DIR, CRL_DIR = "certificates", "crl"
+PUBLISH_OPERATION = "repository.publish"
 TEMP_SUFFIX = ".publishing"  # temporary files: hidden (leading dot) and named so a later run can remove leftovers
 
 
@@ -123,10 +126,9 @@ def _publish_certificates(connection: sqlite3.Connection, directory: Path, touch
     per_issuer: dict[str, int] = {}
     written = 0
     # Streamed from the cursor: the repository may hold millions of device certificates.
-    for issuer_key_id, serial, der in connection.execute(
-            "SELECT issuer_key_id, serial_hex, der FROM certificates ORDER BY issuer_key_id, serial_hex"):
-        written += _publish_file(directory / certificate_path(issuer_key_id, serial), bytes(der), touched)
-        per_issuer[issuer_key_id] = per_issuer.get(issuer_key_id, 0) + 1
+    for certificate in published_certificates(connection):
+        written += _publish_file(directory / certificate_path(certificate.issuer_key_id, certificate.serial_hex), certificate.der, touched)
+        per_issuer[certificate.issuer_key_id] = per_issuer.get(certificate.issuer_key_id, 0) + 1
     return per_issuer, written
 
 
@@ -157,10 +159,25 @@ def publish_repository(connection: sqlite3.Connection, directory: Path, *, audit
                        actor: str = "librarian", now: datetime | None = None) -> Publication:
     """Publish every lodged certificate and each issuer's current CRL/ARL into `directory`, index last.
 
-    With `audit`, the publication is recorded (after the files are in place: publishing changes
-    files, not the database, so there is no transaction to share).
+    With `audit`, the publication is one audited operation: recorded after the files are in place
+    (publishing changes files, not the database, so there is no transaction to share), a failure
+    recorded as refused.
     """
-    directory = Path(directory)
+    if audit is None:
+        return _publish(connection, Path(directory), now)
+    with AuditedOperation(audit, actor, PUBLISH_OPERATION, {"directory": str(directory)}) as operation:
+        publication = _publish(connection, Path(directory), now)
+        with transaction(connection):
+            audit.append(operation.success_entry(_audit_details(publication)))
+    return publication
+
+
+def _audit_details(publication: Publication) -> dict:
+    return {"certificates": publication.certificates, "files_written": publication.files_written,
+            "crls": [{k: c[k] for k in ("issuer_key_id", "kind", "crl_number", "sha256")} for c in publication.crls]}
+
+
+def _publish(connection: sqlite3.Connection, directory: Path, now: datetime | None) -> Publication:
     directory.mkdir(parents=True, exist_ok=True)
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     touched: set[Path] = set()
@@ -173,10 +190,4 @@ def publish_repository(connection: sqlite3.Connection, directory: Path, *, audit
         index = _index(per_issuer, crls, now)
         replace_atomically(directory / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
         _fsync_directory(directory)
-    publication = Publication(directory, index["certificates"]["count"], crls, certificates_written + crls_written + 1, index)
-    if audit is not None:
-        with transaction(connection):
-            audit.append(AuditEntry(actor, "repository.publish", "success", {"directory": str(directory)},
-                                    {"certificates": publication.certificates, "files_written": publication.files_written,
-                                     "crls": [{k: c[k] for k in ("issuer_key_id", "kind", "crl_number", "sha256")} for c in crls]}))
-    return publication
+    return Publication(directory, index["certificates"]["count"], crls, certificates_written + crls_written + 1, index)

@@ -26,16 +26,17 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
 from smki.root.ceremony_file import Ceremony
+from smki.root.checks import request_file_public_key, revocable_record
 from smki.operations.audited import open_state
 from smki.operations.records import record_for
-from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
-from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
+from smki.errors import BadInputError, HsmError, RefusedError, SmkiError
+from smki.files import refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.anchor import TokenHeadAnchor
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
 from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
 from smki.hsm.session import close_all, open_session
-from smki.hsm.signer import Pkcs11Signer
+from smki.hsm.signer import Pkcs11Signer, require_key_of
 from smki.hsm.softhsm import delete_token, init_token
 from smki.hsm.store_lock import is_softhsm
 from smki.policy import PolicyRefusal, load_policy
@@ -46,12 +47,9 @@ from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
-from smki.profiles.lint import pre_issuance_check
+from smki.profiles.lint import lint_certificate, pre_issuance_check, refuse_on_errors
 from smki.profiles.lint.crl_rules import lint_crl
-from smki.profiles.pem import PemLabel, single_object
-from smki.profiles.lint.findings import Severity
-from smki.profiles.public_keys import check_public_key
-from smki.store.certificates import find_certificate, insert_certificate
+from smki.store.certificates import insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
@@ -170,25 +168,16 @@ def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, P
     """The ceremony's issuer certificate and the HSM key, which must be that certificate's key."""
     root = read_certificate(run.ceremony.issuer_certificate)
     signer = _signer_for(run, session, run.ceremony.hsm.key, role)
-    if signer.public_key.public_numbers() != root.public_key().public_numbers():
-        raise BadInputError("the HSM key does not match the issuer certificate's public key; nothing signed")
+    require_key_of(signer, root)
     return root, signer
 
 
 # -- reading inputs -------------------------------------------------------------------------------
 def _subject_public_key(ceremony: Ceremony):
     """The Issuing Authority's key: from its PKCS#10 request (proof of possession checked) or a public key file."""
-    if not ceremony.subject_csr:
-        return read_public_key(ceremony.subject_public_key)
-    path = ceremony.subject_csr
-    der = single_object(read_input(path, MAX_CSR_BYTES), (PemLabel.CSR, PemLabel.NEW_CSR), str(path))
-    try:
-        request = x509.load_der_x509_csr(der)
-    except ValueError:
-        raise BadInputError(f"{path}: not a PEM or DER PKCS#10 request") from None
-    if not request.is_signature_valid:
-        raise BadInputError(f"{path}: the request's signature does not verify (no proof of possession)")
-    return check_public_key(request.public_key(), str(path))
+    if ceremony.subject_csr:
+        return request_file_public_key(ceremony.subject_csr)
+    return read_public_key(ceremony.subject_public_key)
 
 
 # -- after signing --------------------------------------------------------------------------------
@@ -198,7 +187,10 @@ def _verified(run: _Run, certificate: x509.Certificate, issuer: x509.Certificate
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise HsmError(f"the signed {what} does not verify against its issuer ({exc or 'bad signature'}); not released") from None
     if certificate_type is not None:  # the same lint as before signing, now on the signed certificate
-        pre_issuance_check(certificate_type, (run.policy.policy_oid(run.ceremony.environment),), issuer=issuer)(certificate)
+        _, findings = lint_certificate(certificate.public_bytes(Encoding.DER), certificate_type=certificate_type,
+                                       expected_policy_oids=(run.policy.policy_oid(run.ceremony.environment),),
+                                       issuer_subject_der=issuer.subject.public_bytes())
+        refuse_on_errors(findings, f"the signed {what} fails lint; not released")
     run.checks.append(f"{what}: signature verifies under the issuer's key" + ("; lint clean" if certificate_type else ""))
 
 
@@ -259,12 +251,8 @@ def _arl(run: _Run, session, connection) -> None:
     for item in ceremony.revoke:
         revoked = read_certificate(item.certificate)
         serial = f"{revoked.serial_number:032X}"
-        records = [r for r in find_certificate(connection, serial) if r.issuer_key_id == root_key_id]
-        if not records:
-            raise BadInputError(f"{item.certificate}: this root has no record of issuing serial {serial}")
-        if records[0].status == "R":
-            raise ConflictError(f"{item.certificate}: serial {serial} is already revoked; remove it from the ceremony file")
-        run.policy.check_revocation(records[0].certificate_type, item.reason)
+        record = revocable_record(connection, root_key_id, serial, where=str(item.certificate), remedy="; remove it from the ceremony file")
+        run.policy.check_revocation(record.certificate_type, item.reason)
         run.revocations.append((root_key_id, serial, item.reason))
     already = revoked_entries(connection, root_key_id)
     entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason) for serial, at, reason in already]
@@ -275,9 +263,7 @@ def _arl(run: _Run, session, connection) -> None:
                     next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
     der = crl.public_bytes(Encoding.DER)
     _, findings = lint_crl(der, root.subject.public_bytes())
-    errors = [f"{f.rule_id}: {f.message}" for f in findings if f.severity is Severity.ERROR]
-    if errors:
-        raise RefusedError(f"the ARL fails lint: {'; '.join(errors)}")
+    refuse_on_errors(findings, "the ARL fails lint")
     if not crl.is_signature_valid(root.public_key()):
         raise HsmError("the signed ARL does not verify against the root's key; not released")
     run.checks.append("ARL: signature verifies under the root's key; lint clean")

@@ -1,0 +1,369 @@
+"""The Certificate Librarian as one object: lodging, publishing, bulk files, search and the repository web service.
+
+Every front end (the `smki librarian` commands, the test kit, a user's own code) drives this one
+object, so each check runs wherever the Librarian is used: a value is converted and refused where
+it enters, each lodging and publication is one audited operation (smki.operations.audited), and a
+refusal leaves the repository as it was.
+
+    with Librarian("repository.db") as librarian:
+        librarian.lodge(root_pem, trust_root=True)
+        librarian.lodge_crl(Path("issuing.crl"))
+        librarian.publish(Path("published"))
+        server = librarian.serve(api_key="k")      # server.url, server.shutdown()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smki.audit.trail import AuditTrail
+from smki.errors import BadInputError, SmkiError
+from smki.files import MAX_CERTIFICATE_BYTES, MAX_CRL_BYTES, read_input
+from smki.hsm.config import KeyRef
+from smki.hsm.pins import PinSource
+from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
+from smki.librarian import bulk
+from smki.librarian.bulk import BulkFile
+from smki.librarian.crl_lodging import CrlLodgement, crl_der_from_file, lodge_crl
+from smki.librarian.lodging import AlreadyLodged, Lodgement, lodge_certificate
+from smki.librarian.publishing import Publication, publish_repository
+from smki.librarian.repository_service import RepositoryService, make_server
+from smki.operations.audited import open_audit_trail
+from smki.profiles.files import load_certificate, read_certificate
+from smki.profiles.pem import PemLabel, single_object
+from smki.profiles.serials import serial_hex
+from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, list_certificates
+from smki.store.database import open_database
+from smki.store.postgres import is_database_url
+
+MAX_FIND_LIMIT = 100_000
+API_KEY_PURPOSE = "repository API key"
+
+CertificateInput = x509.Certificate | bytes | Path | str
+CrlInput = x509.CertificateRevocationList | bytes | Path | str
+_Outcome = TypeVar("_Outcome", Lodgement, CrlLodgement)
+
+
+class RunningRepository:
+    """The repository web service, serving on its own thread until `shutdown()`."""
+
+    def __init__(self, server, thread: threading.Thread) -> None:
+        self.server, self._thread = server, thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    @property
+    def url(self) -> str:
+        """The service's base URL, e.g. http://127.0.0.1:41234 (the search service is at {url}/services/...)."""
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C interrupts the wait in the main thread)."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=1.0)  # a bounded join: signals are handled between waits
+
+    def shutdown(self) -> None:
+        """Stop serving, close the listening socket and wait for the serving thread."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> "RunningRepository":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
+
+
+class Librarian:
+    """The Certificate Librarian over one repository database (an SQLite file or a postgresql:// URL).
+
+    Opening does nothing: the database is opened by the first method that needs it (created only
+    by `lodge`, as `smki librarian lodge` creates it), and the audit key's token by the first
+    audited method. With `audit_key`, each lodging and publication ends with a signed checkpoint,
+    and the token's head anchor is checked before the first one.
+    """
+
+    def __init__(self, database: Path | str, *, actor: str = "librarian", audit_key: KeyRef | None = None,
+                 audit_pin: PinSource | str | None = None) -> None:
+        self.database: Path | str = database if is_database_url(database) else Path(database)
+        self.actor, self._audit_key, self._audit_pin = actor, audit_key, audit_pin
+        self._connection: sqlite3.Connection | None = None
+        self._trail: AuditTrail | None = None
+
+    # -- the database and the audit trail, opened when first needed --------------------------------
+
+    def _open(self, *, create: bool = False) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = open_database(self.database, create=create)
+        return self._connection
+
+    def _audit(self, *, create: bool = False) -> AuditTrail:
+        if self._trail is None:
+            self._trail = open_audit_trail(self._open(create=create), self._audit_key, self._audit_pin)
+        return self._trail
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection, self._trail = None, None
+
+    def __enter__(self) -> "Librarian":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- lodging ------------------------------------------------------------------------------------
+
+    def lodge(self, certificate: CertificateInput, *, trust_root: bool = False) -> Lodgement:
+        """Check and lodge one certificate (PEM or DER bytes, a file, or a parsed certificate).
+
+        It must chain by AKI -> SKI to a lodged certificate (a root only with `trust_root`) whose key
+        verifies its signature: RefusedError otherwise; ConflictError for another certificate with a
+        lodged issuer and serial. These very bytes lodged before are no refusal: the Lodgement says
+        `already_lodged` (and the audit trail records the repetition as refused).
+        """
+        audit = self._audit(create=True)
+        parsed, file = _certificate(certificate)
+        try:
+            serial = lodge_certificate(audit.connection, parsed, trust_root=trust_root, audit=audit, actor=self.actor)
+        except AlreadyLodged as repeated:
+            return Lodgement(repeated.summary["serial"], already_lodged=True, file=file)
+        return Lodgement(serial, file=file)
+
+    def lodge_many(self, items: Iterable[CertificateInput], *, trust_root: bool = False,
+                   publish_to: Path | None = None) -> tuple[list[Lodgement], Publication | None]:
+        """Lodge certificates in order (issuers first), stopping at the first refusal; what was lodged
+        before it stays. With `publish_to`, then publish the repository whatever happened (see `_lodge_each`)."""
+        self._audit(create=True)
+        return self._lodge_each(items, lambda item: self.lodge(item, trust_root=trust_root), publish_to)
+
+    def lodge_crl(self, crl: CrlInput) -> CrlLodgement:
+        """Check and lodge one CRL or ARL (PEM or DER bytes, a file, or a parsed list).
+
+        The issuer is the lodged CA certificate whose SKI is its AKI, and its key must verify it; it
+        must lint clean, its cRLNumber exceed the last lodged from that issuer, its nextUpdate be in
+        the future (RefusedError otherwise; BadInputError for bytes that are no CRL). These very bytes
+        lodged before come back `already_lodged`. Lodged certificates it names get status R.
+        """
+        audit = self._audit()
+        crl_der, file = _crl_der(crl)
+        try:
+            lodgement = lodge_crl(audit.connection, crl_der, audit=audit, actor=self.actor)
+        except AlreadyLodged as repeated:
+            lodgement = repeated.lodged
+        return dataclasses.replace(lodgement, file=file)
+
+    def lodge_crls(self, items: Iterable[CrlInput], *,
+                   publish_to: Path | None = None) -> tuple[list[CrlLodgement], Publication | None]:
+        """`lodge_crl` for each list in order, stopping at the first refusal, as `lodge_many` does."""
+        self._audit()
+        return self._lodge_each(items, self.lodge_crl, publish_to)
+
+    def _lodge_each(self, items: Iterable, lodge_one: Callable[..., _Outcome],
+                    publish_to: Path | None) -> tuple[list[_Outcome], Publication | None]:
+        """Lodge each item, stopping at the first refusal; with `publish_to`, then publish whatever was
+        lodged, so the published directory matches the repository after every run.
+
+        A refusal from a file names the file. After a refusal the repository is still published (so
+        repeating a run that died before publishing publishes what it lodged), and the refusal is
+        raised, saying so. Repeating a run that stopped part-way completes it: what it lodged before
+        comes back `already_lodged`.
+        """
+        lodged, refusal = [], None
+        try:
+            for item in items:
+                lodged.append(_naming_the_file(item, lodge_one))
+        except SmkiError as exc:
+            refusal = exc
+        published = self.publish(publish_to) if publish_to is not None else None
+        if refusal is not None:
+            if published is not None:
+                refusal.args = (f"{refusal}; the repository was published to {published.directory} all the same",)
+            raise refusal
+        return lodged, published
+
+    # -- publishing and bulk files ------------------------------------------------------------------
+
+    def publish(self, directory: Path | str) -> Publication:
+        """Publish every lodged certificate and each issuer's current CRL/ARL into `directory`, atomically file by file, the index last."""
+        audit = self._audit()
+        return publish_repository(audit.connection, Path(directory), audit=audit, actor=self.actor)
+
+    def write_bulk_files(self, directory: Path | str, *, since: datetime | str | None = None,
+                         now: datetime | None = None) -> list[BulkFile]:
+        """The full file and the delta file (since `since`: a datetime, or ISO 8601 text, UTC unless it
+        has an offset; default a day before now). ConflictError if either file exists already."""
+        start = _since(since) if since is not None else None
+        return bulk.write_bulk_files(self._open(), Path(directory), since=start, now=now)
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def find(self, *, eui64: EUI64 | str | None = None, serial: int | str | None = None, ski: bytes | str | None = None,
+             role: RemotePartyRole | str | int | None = None, usage: KeyUsage | str | None = None,
+             status: RepositoryStatus | str | None = None, limit: int = 1000) -> list[CertificateRecord]:
+        """Certificates matching every filter given, oldest first; by `serial`, the other filters are not used.
+        A malformed value is refused (BadInputError) before the repository is read."""
+        if serial is not None:
+            return find_certificate(self._open(), _serial(serial))
+        filters = dict(entity_id=_eui64(eui64), subject_key_id=_hex(ski, "--ski"), role=_role(role),
+                       key_usage=_usage(usage), status=_status(status))
+        return list_certificates(self._open(), **filters, limit=_limit(limit))
+
+    def status_of(self, serial: int | str, *, issuer_key_id: str | None = None) -> RepositoryStatus:
+        """The repository status parties see now for the certificate with this serial (and issuer, when
+        several issuers used the serial). BadInputError when there is none, or more than one."""
+        wanted = _serial(serial)
+        records = find_certificate(self._open(), wanted)
+        if issuer_key_id is not None:
+            issuer = _hex(issuer_key_id, "issuer key identifier")
+            records = [r for r in records if r.issuer_key_id == issuer]
+        if not records:
+            raise BadInputError(f"no certificate with serial {wanted} in the repository")
+        if len(records) > 1:
+            raise BadInputError(f"serial {wanted} is lodged from {len(records)} issuers: name the issuer's key identifier")
+        return RepositoryStatus(records[0].status)
+
+    # -- the repository web service -----------------------------------------------------------------
+
+    def web_application(self, *, api_key: str | PinSource | None, published: Path | str | None = None) -> RepositoryService:
+        """The SMKI Repository web service's logic over this repository, with its own connection per thread.
+
+        The database is opened first (a clear error now rather than on the first request); then the API
+        key is read (a PinSource: env:, fd: or prompt). No key is refused (BadInputError).
+        """
+        self._open()
+        key = api_key.read(API_KEY_PURPOSE) if isinstance(api_key, PinSource) else api_key
+        database = self.database
+        return RepositoryService(lambda: open_database(database), set() if key is None else {key},
+                                 None if published is None else Path(published))
+
+    def serve(self, address: str = "127.0.0.1", port: int = 0, *, api_key: str | PinSource | None = None,
+              published: Path | str | None = None, **limits) -> RunningRepository:
+        """The repository web service, started on a thread (port 0: a free port); `limits` go to make_server
+        (timeout, max_connections, max_connections_per_client, request_line_timeout)."""
+        server = make_server(self.web_application(api_key=api_key, published=published), address, port, **limits)
+        thread = threading.Thread(target=server.serve_forever, name="smki-repository", daemon=True)
+        thread.start()
+        return RunningRepository(server, thread)
+
+
+# -- values converted where they enter: the same refusals whichever front end passes them ----------
+
+def _naming_the_file(item, lodge_one: Callable[..., _Outcome]) -> _Outcome:
+    try:
+        return lodge_one(item)
+    except SmkiError as exc:
+        if isinstance(item, (Path, str)) and not str(exc).startswith(f"{item}:"):  # read errors already name the file
+            exc.args = (f"{item}: {exc}",)
+        raise
+
+
+def _certificate(certificate: CertificateInput) -> tuple[x509.Certificate, Path | None]:
+    """The certificate and the file it came from (a str is a file name)."""
+    if isinstance(certificate, x509.Certificate):
+        return certificate, None
+    if isinstance(certificate, (bytes, bytearray, memoryview)):
+        data = bytes(certificate)[:MAX_CERTIFICATE_BYTES + 1]
+        if len(data) > MAX_CERTIFICATE_BYTES:
+            raise BadInputError(f"certificate: larger than {MAX_CERTIFICATE_BYTES} bytes")
+        return load_certificate(single_object(data, (PemLabel.CERTIFICATE,), "certificate"), "certificate"), None
+    path = Path(certificate)
+    return read_certificate(path), path
+
+
+def _crl_der(crl: CrlInput) -> tuple[bytes, Path | None]:
+    """The list's DER exactly as signed, and the file it came from (a str is a file name)."""
+    if isinstance(crl, x509.CertificateRevocationList):
+        return crl.public_bytes(Encoding.DER), None
+    if isinstance(crl, (bytes, bytearray, memoryview)):
+        return crl_der_from_file(bytes(crl)), None
+    path = Path(crl)
+    return crl_der_from_file(read_input(path, MAX_CRL_BYTES)), path
+
+
+def _since(since: datetime | str) -> datetime:
+    """The start of a bulk delta: ISO 8601 text or a datetime, UTC unless it carries an offset."""
+    if isinstance(since, str):
+        try:
+            since = datetime.fromisoformat(since)
+        except ValueError:
+            raise BadInputError(f"--since: {since!r} is not an ISO 8601 date or time") from None
+    return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+
+
+def _serial(serial: int | str) -> str:
+    if isinstance(serial, bool) or not isinstance(serial, (int, str)):
+        raise BadInputError(f"serial: give hex text or an integer, not {type(serial).__name__}")
+    if isinstance(serial, int):
+        if serial < 0:
+            raise BadInputError("serial: a serial number is not negative")
+        return serial_hex(serial)
+    return serial  # hex text is checked and normalised by the store (normalised_serial_hex)
+
+
+def _hex(text: bytes | str | None, option: str) -> str | None:
+    """A key identifier as stored (uppercase hex, no colons); bytes are taken as the identifier itself."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        return text.hex().upper()
+    cleaned = text.replace(":", "").upper()
+    try:
+        bytes.fromhex(cleaned)
+    except ValueError:
+        raise BadInputError(f"{option}: {text!r} is not hexadecimal") from None
+    return cleaned
+
+
+def _eui64(eui64: EUI64 | str | None) -> str | None:
+    if eui64 is None:
+        return None
+    return (eui64 if isinstance(eui64, EUI64) else EUI64.parse(eui64)).hex
+
+
+def _role(role: RemotePartyRole | str | int | None) -> str | None:
+    if role is None or isinstance(role, RemotePartyRole):
+        return None if role is None else role.ou
+    if isinstance(role, int) and not isinstance(role, bool):  # a code, as the enum's value
+        try:
+            return RemotePartyRole(role).ou
+        except ValueError:
+            raise BadInputError(f"unknown RemotePartyRole {role!r}") from None
+    return RemotePartyRole.parse(role).ou
+
+
+def _usage(usage: KeyUsage | str | None) -> str | None:
+    if usage is None:
+        return None
+    return (usage if isinstance(usage, KeyUsage) else KeyUsage.parse(usage)).value
+
+
+def _status(status: RepositoryStatus | str | None) -> str | None:
+    if status is None:
+        return None
+    try:
+        return RepositoryStatus(status).value
+    except ValueError:
+        codes = ", ".join(s.value for s in RepositoryStatus)
+        raise BadInputError(f"status: {status!r} is not a repository status ({codes})") from None
+
+
+def _limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_FIND_LIMIT:
+        raise BadInputError(f"limit: give a whole number from 1 to {MAX_FIND_LIMIT}")
+    return limit

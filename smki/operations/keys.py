@@ -1,0 +1,83 @@
+"""A CA key generated in the HSM and audited in an authority's state (`smki hsm keygen`), for both hierarchies.
+
+The private key is a token object, SENSITIVE, not EXTRACTABLE, sign-only; its attributes are read
+back and recorded with the generation. An audit key being generated signs its own generation's
+checkpoint: it is the first entry of the trail it will sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from smki.hsm.config import KeyRef
+from smki.hsm.keys import generate_p256_key_pair, public_key_of, read_attributes
+from smki.hsm.pins import PinSource, SourceKind
+from smki.hsm.session import open_session
+from smki.hsm.signer import Pkcs11Signer
+from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.profiles.keyids import key_identifier
+from smki.store.database import transaction
+
+OPERATION = "key.generate"
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    """A key pair made in the token, with its private key's attributes as read back."""
+
+    key: KeyRef
+    public_key: ec.EllipticCurvePublicKey
+    subject_key_identifier: str
+    attributes: dict
+    violations: tuple[str, ...]
+
+    @property
+    def key_uri(self) -> str:
+        return self.key.uri
+
+    def summary(self) -> dict:
+        return {"key_uri": self.key_uri, "subject_key_identifier": self.subject_key_identifier,
+                "attributes": self.attributes, "violations": list(self.violations)}
+
+
+def generate_key(state: Path | str, key: KeyRef, pin: PinSource | str | None, *, actor: str = "operator",
+                 audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> GeneratedKey:
+    """Generate a P-256 key pair for `key` in its token (user PIN `pin`), audited in `state`'s trail.
+
+    With `audit_key`, the run ends with a checkpoint it signs; when `audit_key` is the key being
+    generated, the new key signs that checkpoint itself (its token holds no anchor yet to check).
+    """
+    audits_itself = audit_key is not None and same_key(audit_key, key)
+    connection = open_state(state)
+    try:
+        audit = open_audit_trail(connection, None if audits_itself else audit_key, audit_pin)
+        with AuditedOperation(audit, actor, OPERATION, {"key_uri": key.uri}) as operation:
+            session = open_session(key.module, key.token_label, _pin_value(pin, key), rw=True)
+            public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
+            public_key = public_key_of(public_object)
+            if audits_itself:
+                operation.audit.signer = Pkcs11Signer(private_object, public_key)
+            attributes = read_attributes(private_object)
+            generated = GeneratedKey(key, public_key, key_identifier(public_key).hex().upper(), attributes.as_json(),
+                                     tuple(attributes.violations()))
+            operation.subject["subject_key_identifier"] = generated.subject_key_identifier
+            with transaction(connection):
+                operation.audit.append(operation.success_entry({"attributes": generated.attributes,
+                                                                "violations": list(generated.violations)}))
+    finally:
+        connection.close()
+    return generated
+
+
+def same_key(one: KeyRef, other: KeyRef) -> bool:
+    """The same key pair in the same token (the module path aside: one URI may omit it)."""
+    return (one.token_label, one.key_label, one.key_id) == (other.token_label, other.key_label, other.key_id)
+
+
+def _pin_value(pin: PinSource | str | None, key: KeyRef) -> str:
+    if isinstance(pin, str):
+        return pin
+    return (pin or PinSource(SourceKind.PROMPT)).read(f"user PIN for token {key.token_label}")

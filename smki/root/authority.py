@@ -1,0 +1,305 @@
+"""The Root Authority as one object: its ceremonies, and the same work for roots driven outside
+a ceremony (labs, tests, `smki.testing`, `smki cert root|issuing-ca`).
+
+A ceremony (`run_ceremony`) activates the root key from custodian shares and writes a transcript;
+the methods of a `RootAuthority` instead sign with a key the caller names, but they apply the same
+policy checks and leave the same records and audit entries: each is one `AuditedOperation` on the
+shared floor, whose success is committed with the state it changes and whose refusal is audited
+when it leaves. Nothing is written to a file before the state that describes it has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smki.audit.trail import AuditTrail
+from smki.errors import BadInputError, HsmError
+from smki.files import refuse_existing, write_new_file
+from smki.hsm.config import KeyRef
+from smki.hsm.pins import PinSource, SourceKind
+from smki.hsm.signer import Pkcs11Signer, open_signer, require_key_of, signer_for
+from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.release import record_and_release
+from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
+from smki.policy import Environment, load_policy
+from smki.policy.adoption import adopt, require_adopted
+from smki.policy.model import CertificatePolicy
+from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
+from smki.profiles.crl import RevokedEntry, build_crl
+from smki.profiles.describe import describe
+from smki.profiles.files import parse_utc, read_certificate
+from smki.profiles.lint import pre_issuance_check, refuse_on_errors
+from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.serials import serial_hex
+from smki.profiles.validity import utc_midnight
+from smki.root import ceremony as ceremonies
+from smki.root.ceremony_file import load_ceremony
+from smki.root.checks import IssuingAuthorityKey, issuing_authority_key, revocable_record
+from smki.store.certificates import normalised_serial_hex
+from smki.store.database import transaction
+from smki.store.reconcile import StateChange, reconcile_issuer
+from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+
+
+class Operation:
+    """The audit trail's names of a Root Authority's operations (the ceremonies name theirs `ceremony.<type>`)."""
+
+    ADOPT_POLICY = "policy.adopt"
+    SELF_SIGN = "certificate.issue.root"
+    CERTIFY_ISSUING_AUTHORITY = "certificate.issue.issuing-ca"
+    REVOKE = "certificate.revoke"
+    ISSUE_ARL = "arl.issue"
+
+
+ARL = "arl"  # the list type a root issues (IssuedCrl.list_type)
+
+
+class CeremonyTranscript(dict):
+    """What a ceremony returns: its transcript (the JSON the witnesses sign, as written), plus
+    `files`, the transcript's own two files (JSON and text), which are not part of it."""
+
+    def __init__(self, transcript: dict, files: tuple[Path, Path]) -> None:
+        super().__init__(transcript)
+        self.files = files
+
+    def summary(self) -> dict:
+        return dict(self)
+
+
+# Asked for a custodian's passphrase: a function (custodian, purpose) -> passphrase, or a mapping from
+# custodian to PinSource or passphrase; anyone the mapping leaves out is prompted for theirs.
+Passphrases = Callable[[str, str], str] | Mapping[str, PinSource | str]
+
+
+class RootAuthority:
+    """A Root OCA or Root DCA and its state (issued certificates, revocations, ARL numbers, audit trail).
+
+    `certificate` is the root's own certificate (not needed to self-sign; after `self_sign` it is
+    the one just signed); `key` the root key in the HSM, `pin` its token's user PIN. Opening does
+    no I/O beyond the database; the policy and certificate are read, and the HSM opened, by the
+    first method that needs them, inside its audited operation, so a refusal there is audited.
+    """
+
+    def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
+                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
+                 environment: Environment | str | None = None, actor: str = "operator",
+                 audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
+        self.state, self.actor, self.key = state, actor, key
+        self.audit_key, self._audit_pin, self._pin = audit_key, audit_pin, pin
+        self._certificate, self._policy, self._environment = certificate, policy, environment
+        self.connection = open_state(state)
+        self._audit: AuditTrail | None = None
+        self._signer: Pkcs11Signer | None = None
+
+    # -- ceremonies ---------------------------------------------------------------------------------
+    @staticmethod
+    def check_ceremony(ceremony_file: Path) -> dict:
+        """Validate a ceremony file and say what it would do; touches no HSM and writes nothing.
+
+        Refused as `run_ceremony` would refuse it: an invalid file, a policy that does not load,
+        an output that exists."""
+        ceremony = load_ceremony(ceremony_file)
+        policy = load_policy(ceremony.policy)
+        for path in ceremony.outputs():
+            refuse_existing(path)
+        return {"ceremony": ceremony.kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
+                "policy": policy.identity, "custody": dict(zip(("threshold", "custodians"), policy.custody("root"))),
+                "custodians": list(ceremony.custodians), "token": ceremony.hsm.token, "key": ceremony.hsm.key.label,
+                "outputs": [str(path) for path in ceremony.outputs()]}
+
+    @staticmethod
+    def run_ceremony(ceremony_file: Path, *, operator: str | None = None, passphrase: Passphrases | None = None) -> CeremonyTranscript:
+        """Run a ceremony file (see smki/root/ceremony.py); return its transcript (a dict), also written
+        beside the outputs. `operator` defaults to $USER; custodians not given a passphrase are prompted."""
+        ceremony = load_ceremony(ceremony_file)
+        transcript = ceremonies.run_ceremony(ceremony, operator=operator, passphrase=_passphrase_reader(passphrase))
+        return CeremonyTranscript(transcript, (ceremony.transcript, ceremony.transcript.with_suffix(".txt")))
+
+    # -- outside a ceremony -------------------------------------------------------------------------
+    def adopt_policy(self, policy: CertificatePolicy | Path | None = None) -> dict:
+        """Adopt `policy` (default: the authority's own) in this root's state, as `smki policy adopt` does."""
+        with self._operation(Operation.ADOPT_POLICY) as operation:
+            policy = self._load_policy(policy)
+            operation.subject = {"kind": policy.kind, "file": str(policy.path)}
+            previous = adopt(self.connection, policy, self.actor, operation.audit)
+        return {**policy.identity, "kind": policy.kind, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
+
+    def self_sign(self, *, not_before: datetime | str | None = None, out: Path | None = None) -> IssuedCertificate:
+        """The self-signed root certificate for the root key (names, OIDs and validity from the policy)."""
+        with self._operation(Operation.SELF_SIGN) as operation:
+            policy, environment, start = self._signing_terms(not_before, out)
+            signer = self._open_signer()
+            params = policy.root_certificate_params(environment, start)
+            lint = pre_issuance_check("root", (policy.policy_oid(environment),))
+            certificate = sign_certificate(root_certificate(params, signer.public_key), signer, pre_issuance_check=lint)
+            record = record_and_release(operation, certificate, policy, out=out)
+        if self._certificate is None:
+            self._certificate = certificate  # the root is now this certificate's: it certifies and revokes under it
+        return IssuedCertificate(certificate, record, policy.identity, out)
+
+    def certify_issuing_authority(self, public_key_or_csr: IssuingAuthorityKey, *, not_before: datetime | str | None = None,
+                                  out: Path | None = None) -> IssuedCertificate:
+        """An Issuing OCA or DCA certificate for the key handed over (a public key, or a PKCS#10 request
+        whose signature must verify), signed by the root key, which must be the root certificate's."""
+        with self._operation(Operation.CERTIFY_ISSUING_AUTHORITY) as operation:
+            policy, environment, start = self._signing_terms(not_before, out)
+            root = self._root_certificate()
+            subject_key = issuing_authority_key(public_key_or_csr)
+            signer = self._open_signer(root)
+            params = policy.issuing_ca_certificate_params(environment, start)
+            lint = pre_issuance_check("issuing-ca", (policy.policy_oid(environment),), issuer=root)
+            certificate = sign_certificate(issuing_ca_certificate(params, subject_key, root), signer, pre_issuance_check=lint)
+            record = record_and_release(operation, certificate, policy, out=out)
+        return IssuedCertificate(certificate, record, policy.identity, out)
+
+    def revoke(self, serial: str | int, reason: str) -> Revocation:
+        """Revoke a certificate this root issued, onto its next ARL: refused for a serial it never issued,
+        one already revoked, or a reason the policy does not allow for that certificate type."""
+        with self._operation(Operation.REVOKE) as operation:
+            serial = serial_hex(serial) if isinstance(serial, int) else normalised_serial_hex(serial)
+            operation.subject = {"serial": serial, "reason": reason}
+            policy = self._adopted_policy()
+            root_key_id = _key_id(self._root_certificate())
+            now = _now()
+            with transaction(self.connection):  # the write lock from here: the state checked is the state changed
+                reconcile_issuer(self.connection, root_key_id)  # a revocation builds on the root's state: it must be the audited one
+                record = revocable_record(self.connection, root_key_id, serial)
+                method = policy.check_revocation(record.certificate_type, reason)
+                record_revocation(self.connection, root_key_id, record.serial_hex, now, reason)
+                operation.audit.append(operation.success_entry(
+                    StateChange().revoke(root_key_id, record.serial_hex, now.isoformat(), reason).details(), policy=policy.identity,
+                    type=record.certificate_type, method=method))
+        return Revocation(record.serial_hex, root_key_id, reason, method, now)
+
+    def issue_arl(self, *, out: Path | None = None) -> IssuedCrl:
+        """The root's ARL: every revocation recorded, the next persisted cRLNumber, nextUpdate from the
+        policy; signed by the root key, linted and verified before it is recorded or released."""
+        with self._operation(Operation.ISSUE_ARL) as operation:
+            if out is not None:
+                refuse_existing(out)
+            policy = self._adopted_policy()
+            root = self._root_certificate()
+            root_key_id = _key_id(root)
+            signer = self._open_signer(root)
+            now = _now()
+            with transaction(self.connection):  # the write lock from here: the state checked is the state signed
+                reconcile_issuer(self.connection, root_key_id)  # the ARL is signed from the root's state: it must be the audited one
+                entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
+                           for serial, at, reason in revoked_entries(self.connection, root_key_id)]
+                number = next_crl_number(self.connection, root_key_id, now)
+                arl = _checked_arl(root, build_crl(root, signer, crl_number=number, this_update_utc=now,
+                                                   next_update_utc=policy.next_update(ARL, now), entries=entries))
+                operation.subject = {"issuer_key_id": root_key_id, "crl_number": number, "entries": len(entries),
+                                     "file": str(out) if out is not None else None}
+                operation.audit.append(operation.success_entry(StateChange().crl(root_key_id, number).details(), policy=policy.identity))
+        if out is not None:
+            write_new_file(out, arl.public_bytes(Encoding.PEM))
+        return IssuedCrl(arl, number, len(entries), ARL, root_key_id, out)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._signer = None
+        self._audit = None
+        self.connection.close()
+
+    def __enter__(self) -> "RootAuthority":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- the parts, taken up inside an operation ----------------------------------------------------
+    def _operation(self, name: str) -> AuditedOperation:
+        """One audited operation; with an audit key, its token's anchor is checked before anything is done."""
+        if self._audit is None:
+            self._audit = open_audit_trail(self.connection, self.audit_key, self._audit_pin)  # checks the anchor
+        else:
+            self._audit.check_anchor()
+        return AuditedOperation(self._audit, self.actor, name)
+
+    def _load_policy(self, policy: CertificatePolicy | Path | str | None) -> CertificatePolicy:
+        policy = self._policy if policy is None else policy
+        if policy is None:
+            raise BadInputError("RootAuthority: no policy given: name the Certificate Policy file the root has adopted")
+        return policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
+
+    def _adopted_policy(self) -> CertificatePolicy:
+        """The authority's policy, which its state must have adopted (refused, exit 5, otherwise)."""
+        policy = self._policy = self._load_policy(None)
+        require_adopted(self.connection, policy)
+        return policy
+
+    def _signing_terms(self, not_before: datetime | str | None, out: Path | None) -> tuple[CertificatePolicy, Environment, datetime]:
+        """What every certificate this root signs needs, checked in the CLI's order before the HSM is opened."""
+        if self._environment is None:
+            raise BadInputError("RootAuthority: no environment given: test or production")
+        environment = self._environment if isinstance(self._environment, Environment) else Environment.parse(self._environment)
+        policy = self._adopted_policy()
+        start = _start_of_validity(not_before)
+        if out is not None:
+            refuse_existing(out)
+        return policy, environment, start
+
+    def _root_certificate(self) -> x509.Certificate:
+        if self._certificate is None:
+            raise BadInputError("RootAuthority: no root certificate given: name it, or self-sign one first")
+        if not isinstance(self._certificate, x509.Certificate):
+            self._certificate = read_certificate(Path(self._certificate))
+        return self._certificate
+
+    def _open_signer(self, certificate: x509.Certificate | None = None) -> Pkcs11Signer:
+        """The root key (logged in once); when it will sign under `certificate`, it must be that certificate's key."""
+        if self.key is None:
+            raise BadInputError("RootAuthority: no key given: name the root key in the HSM (a KeyRef)")
+        if self._signer is None:
+            pin = self._pin if self._pin is not None else PinSource(SourceKind.PROMPT)
+            self._signer = signer_for(self.key, pin) if isinstance(pin, str) else open_signer(self.key, pin)
+        if certificate is not None:
+            require_key_of(self._signer, certificate, f"HSM key {self.key.key_label!r} on token {self.key.token_label!r}")
+        return self._signer
+
+
+def _passphrase_reader(passphrase: Passphrases | None) -> Callable[[str, str], str] | None:
+    """The ceremony's (custodian, purpose) -> passphrase from what the caller gave (None: the ceremony prompts)."""
+    if passphrase is None or callable(passphrase):
+        return passphrase
+    given = dict(passphrase)
+
+    def read(custodian: str, purpose: str) -> str:
+        source = given.get(custodian, PinSource(SourceKind.PROMPT))
+        return source if isinstance(source, str) else source.read(f"{custodian}: {purpose}")
+
+    return read
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _start_of_validity(not_before: datetime | str | None) -> datetime:
+    """notBefore as given (a str is ISO 8601, named as the CLI's option), else today 00:00:00Z."""
+    if not_before is None:
+        return utc_midnight(datetime.now(timezone.utc))
+    if isinstance(not_before, str):
+        return parse_utc(not_before, "--not-before")
+    return not_before if not_before.tzinfo else not_before.replace(tzinfo=timezone.utc)
+
+
+def _key_id(certificate: x509.Certificate) -> str:
+    return describe(certificate).subject_key_id.hex().upper()
+
+
+def _checked_arl(root: x509.Certificate, arl: x509.CertificateRevocationList) -> x509.CertificateRevocationList:
+    """Lint and verify a signed ARL before it is recorded or released, as the ARL ceremony does.
+
+    To be replaced by the shared "build, lint, verify a CRL/ARL" floor function when it lands."""
+    _, findings = lint_crl(arl.public_bytes(Encoding.DER), root.subject.public_bytes())
+    refuse_on_errors(findings, "the ARL fails lint")
+    if not arl.is_signature_valid(root.public_key()):
+        raise HsmError("the signed ARL does not verify against the root's key; not released")
+    return arl
