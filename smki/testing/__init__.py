@@ -15,7 +15,18 @@ With pytest, the `smki` plugin (entry point pytest11) offers the fixtures `smki_
 per run), `smki_token` (a private token) and `smki_softhsm` (the process's SoftHSM store).
 """
 
-from smki.testing.pki import Hierarchy, ServedRepository, TestCertificate, TestPKI, TestRequest, shipped_policy
 from smki.testing.softhsm import SoftHsmStore, TestToken
 
-__all__ = ["Hierarchy", "ServedRepository", "SoftHsmStore", "TestCertificate", "TestPKI", "TestRequest", "TestToken", "shipped_policy"]
+# The PKI's names are imported on first use: the pytest plugin, loaded in every run where smki is
+# installed, then costs no import of the actors until a test asks for a PKI.
+_PKI_NAMES = ("Hierarchy", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest", "shipped_policy")
+
+__all__ = [*_PKI_NAMES, "SoftHsmStore", "TestToken"]
+
+
+def __getattr__(name: str):
+    if name in _PKI_NAMES:
+        from smki.testing import pki
+
+        return getattr(pki, name)
+    raise AttributeError(f"module 'smki.testing' has no attribute {name!r}")

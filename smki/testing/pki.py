@@ -26,6 +26,7 @@ from smki.hsm.config import KeyRef
 from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
 from smki.issuing.authority import IssuingAuthority
 from smki.librarian.librarian import Librarian
+from smki.operations.keys import generate_key
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import CertificatePolicy, Environment, load_policy
 from smki.profiles.lint import Finding, lint_certificate
@@ -219,20 +220,19 @@ class TestPKI:
         certificates.mkdir(exist_ok=True)
         for state in (root_state, issuing_state):
             state.mkdir(exist_ok=True)
-            with IssuingAuthority(state, actor=ACTOR) as authority:  # adopting a policy is the same step in any authority's state
-                authority.adopt_policy(policy)
-        root_key, _ = token.new_key(f"root-{short}")
-        issuing_key, issuing_public = token.new_key(f"issuing-{short}")
+        root_key = generate_key(root_state, token.next_key_ref(f"root-{short}"), token.pin, actor=ACTOR).key
+        issuing_generated = generate_key(issuing_state, token.next_key_ref(f"issuing-{short}"), token.pin, actor=ACTOR)
         common = dict(pin=token.pin, policy=policy, environment=environment, actor=ACTOR)
-        with RootAuthority(root_state, key=root_key, **common) as unsigned_root:
-            root_certificate = unsigned_root.self_sign(not_before=not_before, out=certificates / f"root-{short}.pem").certificate
-        root = RootAuthority(root_state, certificate=root_certificate, key=root_key, **common)
-        issuing_certificate = root.certify_issuing_authority(issuing_public, not_before=not_before,
+        root = RootAuthority(root_state, key=root_key, **common)
+        root.adopt_policy()
+        root_certificate = root.self_sign(not_before=not_before, out=certificates / f"root-{short}.pem").certificate
+        issuing_certificate = root.certify_issuing_authority(issuing_generated.public_key, not_before=not_before,
                                                              out=certificates / f"issuing-{short}.pem").certificate
-        issuing = IssuingAuthority(issuing_state, certificate=issuing_certificate, key=issuing_key, **common)
+        issuing = IssuingAuthority(issuing_state, certificate=issuing_certificate, key=issuing_generated.key, **common)
+        issuing.adopt_policy(policy)
         librarian.lodge(root_certificate, trust_root=True)
         librarian.lodge(issuing_certificate)
-        return _Ca(hierarchy, policy, root_state, issuing_state, root, issuing, root_key, issuing_key)
+        return _Ca(hierarchy, policy, root_state, issuing_state, root, issuing, root_key, issuing_generated.key)
 
     def close(self) -> None:
         """Stop the served repositories, close the actors; remove the directory if `create` made it."""

@@ -127,14 +127,18 @@ class TestToken:
     def key_ref(self, label: str, key_id: bytes) -> KeyRef:
         return KeyRef(self.label, label, key_id, self.module)
 
-    def new_key(self, label: str | None = None) -> tuple[KeyRef, ec.EllipticCurvePublicKey]:
-        """Generate a P-256 key pair on the token (sign-only, not extractable); return its reference and public key."""
+    def next_key_ref(self, label: str | None = None) -> KeyRef:
+        """A reference for a key not yet on the token: its label (default key-N) and a CKA_ID no other key here has."""
         number = next(self._key_numbers)
-        key_id = number.to_bytes(2, "big")
-        label = label or f"key-{number}"
+        return self.key_ref(label or f"key-{number}", number.to_bytes(2, "big"))
+
+    def new_key(self, label: str | None = None) -> tuple[KeyRef, ec.EllipticCurvePublicKey]:
+        """Generate a P-256 key pair on the token (sign-only, not extractable); return its reference and public key.
+        (An authority's key is made with smki.operations.keys.generate_key instead, audited in its state.)"""
+        key = self.next_key_ref(label)
         session = open_session(self.module, self.label, self.pin, rw=True)
-        public_object, _ = generate_p256_key_pair(session, label, key_id)
-        return self.key_ref(label, key_id), public_key_of(public_object)
+        public_object, _ = generate_p256_key_pair(session, key.key_label, key.key_id)
+        return key, public_key_of(public_object)
 
     def new_signer(self, label: str | None = None) -> tuple[KeyRef, Pkcs11Signer]:
         """A new key pair on the token, with a signer for it."""
