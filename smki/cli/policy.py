@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from smki.cli.common import AuditedOperation, emit, json_option, state_option
+from smki.cli.cert import issuing_authority
+from smki.cli.common import emit, json_option, state_option
 from smki.policy import Environment, load_policy
-from smki.policy.adoption import adopt
 
 policy_argument = click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
 
@@ -97,10 +97,8 @@ def diff_command(old, new, as_json) -> None:
 @json_option
 def adopt_command(policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json) -> None:
     """Adopt a policy file for an authority: from now on it issues and revokes only under this file."""
-    with AuditedOperation(state_dir, actor, audit_key_uri, audit_pin_source, "policy.adopt") as operation:
-        policy = load_policy(policy_file)
-        operation.subject = {"kind": policy.kind, "file": str(policy_file)}
-        previous = adopt(operation.connection, policy, actor, operation.audit)
-        data = {**policy.identity, "kind": policy.kind, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
-        emit(as_json, data, lambda d: f"adopted {d['kind']} policy {d['version']} sha256 {d['sha256']}"
-             + (f" (replaces {d['replaces']['version']} {d['replaces']['sha256'][:16]}...)" if d["replaces"] else ""))
+    with issuing_authority({"state_dir": state_dir, "actor": actor, "audit_key_uri": audit_key_uri,
+                            "audit_pin_source": audit_pin_source}) as authority:
+        data = authority.adopt_policy(policy_file)
+    emit(as_json, data, lambda d: f"adopted {d['kind']} policy {d['version']} sha256 {d['sha256']}"
+         + (f" (replaces {d['replaces']['version']} {d['replaces']['sha256'][:16]}...)" if d["replaces"] else ""))

@@ -28,6 +28,7 @@ from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
 from smki.root.ceremony_file import Ceremony
 from smki.root.checks import request_file_public_key, revocable_record
 from smki.operations.audited import open_state
+from smki.operations.lists import ListType, signed_list
 from smki.operations.records import record_for
 from smki.errors import BadInputError, HsmError, RefusedError, SmkiError
 from smki.files import refuse_existing, write_new_file
@@ -43,12 +44,11 @@ from smki.policy import PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy
 from smki.profiles import (IssuingCaCertificateParams, issuing_ca_certificate, root_certificate, sign_certificate)
-from smki.profiles.crl import RevokedEntry, build_crl
+from smki.profiles.crl import RevokedEntry
 from smki.profiles.describe import describe
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.extensions import ID_AES256_WRAP, ID_PE_WRAPPED_APEX_CONTIN_KEY, WrappedApexContingencyKey, wrapped_apex_contingency_key
 from smki.profiles.lint import lint_certificate, pre_issuance_check, refuse_on_errors
-from smki.profiles.lint.crl_rules import lint_crl
 from smki.store.certificates import insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
@@ -259,13 +259,8 @@ def _arl(run: _Run, session, connection) -> None:
     entries += [RevokedEntry(int(serial, 16), run.started, reason) for _, serial, reason in run.revocations]
     run.crl_number = last_crl_number(connection, root_key_id) + 1  # taken in _record, with the revocations
     run.facts["arl_issuer_key_id"] = root_key_id
-    crl = build_crl(root, signer, crl_number=run.crl_number, this_update_utc=run.started,
-                    next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
-    der = crl.public_bytes(Encoding.DER)
-    _, findings = lint_crl(der, root.subject.public_bytes())
-    refuse_on_errors(findings, "the ARL fails lint")
-    if not crl.is_signature_valid(root.public_key()):
-        raise HsmError("the signed ARL does not verify against the root's key; not released")
+    crl, _ = signed_list(root, signer, ListType.ARL, crl_number=run.crl_number, this_update_utc=run.started,
+                         next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
     run.checks.append("ARL: signature verifies under the root's key; lint clean")
     run.output(ceremony.output, crl.public_bytes(Encoding.PEM), "ARL")
     run.facts["arl"] = {"crl_number": run.crl_number, "entries": len(entries), "next_update": crl.next_update_utc.isoformat(),

@@ -1,0 +1,530 @@
+"""The Issuing Authority as one object: what `smki ca` and `smki cert organisation|device` do,
+for every front end.
+
+An `IssuingAuthority` is built from its parts (its state, its certificate and HSM key, the
+adopted Certificate Policy and the environment whose OIDs apply) and owns its workflow: each
+state-changing method is one audited operation, which applies the policy, lints before signing
+and verifies after, records, audits and only then releases. A refusal raises an `SmkiError`
+(the same class and message the CLI shows) and leaves a refused audit entry, never a half-written
+state. Nothing is opened until a method needs it: the database on first use, the HSM on the first
+signature.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from smki.errors import BadInputError
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
+from smki.hsm.config import KeyRef
+from smki.hsm.pins import PinSource
+from smki.hsm.signer import open_signer, require_key_of, signer_for
+from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.lists import ListType, signed_list
+from smki.operations.release import record_and_release
+from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
+from smki.policy import Environment, PolicyRefusal, load_policy
+from smki.policy.adoption import adopt, adoption_differences, require_adopted
+from smki.policy.model import CertificatePolicy
+from smki.profiles import device_certificate, organisation_certificate, sign_certificate
+from smki.profiles.crl import RevokedEntry
+from smki.profiles.describe import describe
+from smki.profiles.files import parse_utc, read_certificate, read_public_key
+from smki.profiles.lint import pre_issuance_check
+from smki.profiles.pem import PemLabel
+from smki.profiles.serials import serial_hex
+from smki.profiles.validity import utc_midnight
+from smki.requests import parse_device_request, parse_organisation_request
+from smki.store import find_certificate, list_certificates
+from smki.store.batches import device_certificate_counts
+from smki.store.certificates import CertificateRecord, normalised_serial_hex
+from smki.store.database import transaction
+from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
+from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+
+
+class Operation:
+    """The audit trail's names of the Issuing Authority's operations."""
+
+    ISSUE_ORGANISATION = "certificate.issue.organisation"
+    ISSUE_DEVICE = "certificate.issue.device"
+    ISSUE_BATCH = "certificate.issue.device.batch"
+    REVOKE = "certificate.revoke"
+    REJECT = "certificate.reject"
+    ADOPT_POLICY = "policy.adopt"
+
+
+class CertificateType:
+    """The profiles this authority signs, as the profiles and the lint name them."""
+
+    ORGANISATION = "organisation"
+    DEVICE = "device"
+
+
+# Called as answers are recorded: (requests answered since the last call, requests in the batch).
+BatchProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch run: this run's outcomes, every request's answer, and the two files written."""
+
+    batch_id: str
+    entries: int
+    answered_before: int
+    statuses: dict[str, int]
+    seconds: float
+    totals: dict[str, int]
+    response: Path
+    status: Path
+
+    @property
+    def issued(self) -> int:
+        return self.statuses.get("success", 0)
+
+    def summary(self) -> dict:
+        return {"batch_id": self.batch_id, "entries": self.entries, "answered_before": self.answered_before,
+                "statuses": dict(sorted(self.statuses.items())), "issued": self.issued, "seconds": round(self.seconds, 3),
+                "certificates_per_second": round(self.issued / self.seconds) if self.seconds else None,
+                "totals": dict(sorted(self.totals.items())), "response": str(self.response), "status": str(self.status)}
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Issuer by issuer, how the state tables differ from the audit trail; per policy kind, how the
+    adopted policy differs from the trail's last adoption. Empty everywhere when they agree."""
+
+    issuers: dict[str, list[str]]
+    policies: dict[str, str]
+
+    @property
+    def agree(self) -> bool:
+        return not any(self.issuers.values()) and not self.policies
+
+    def summary(self) -> dict:
+        return {"agree": self.agree, "issuers": self.issuers, "policies": self.policies}
+
+
+def _parsed(kind: type, value: Any) -> Any:
+    """A vocabulary value from its plain form (refused as the CLI refuses it), or as given."""
+    return value if isinstance(value, kind) else kind.parse(value)
+
+
+def _not_before(value: datetime | str | None) -> datetime:
+    """The start of validity: as given, parsed from ISO 8601, or today 00:00:00Z."""
+    if value is None:
+        return utc_midnight(datetime.now(timezone.utc))
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return parse_utc(value, "--not-before")
+
+
+def _serial(serial: int | str) -> str:
+    """A serial number in the stored form (upper-case hex)."""
+    return serial_hex(serial) if isinstance(serial, int) else normalised_serial_hex(serial)
+
+
+def _pem(der: bytes, label: PemLabel) -> bytes:
+    """PEM armour around DER already in hand (a parsed million-entry CRL re-encodes slowly)."""
+    import base64
+
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN " + label.value + b"-----\n" + lines + b"\n-----END " + label.value + b"-----\n"
+
+
+@dataclass(frozen=True)
+class _Signing:
+    """What every signature under the policy needs, checked in the CLI's order before the request is read."""
+
+    policy: CertificatePolicy
+    environment: Environment
+    key: KeyRef
+    not_before: datetime
+
+
+class IssuingAuthority:
+    """An Issuing OCA or Issuing DCA (or, for its ARL, a root) with its state, key and adopted policy."""
+
+    def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
+                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
+                 environment: Environment | str | None = None, actor: str = "operator",
+                 audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
+        self.state = state
+        self.actor = actor
+        self._certificate, self._key, self._pin = certificate, key, pin
+        self._policy_given, self._environment_given = policy, environment
+        self._audit_key, self._audit_pin = audit_key, audit_pin
+        self._connection = None  # writable, opened by the first state-changing method
+        self._read_connection = None
+        self._audit = None
+        self._signer = None
+        self._policy: CertificatePolicy | None = None
+
+    # -- context ---------------------------------------------------------------------------------
+    def __enter__(self) -> "IssuingAuthority":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for connection in (self._connection, self._read_connection):
+            if connection is not None:
+                connection.close()
+        self._connection = self._read_connection = self._audit = self._signer = None
+
+    # -- the parts, opened when first needed -----------------------------------------------------
+    def _writable(self):
+        if self._connection is None:
+            self._connection = open_state(self.state)
+        return self._connection
+
+    def _readable(self):
+        if self._connection is not None:
+            return self._connection
+        if self._read_connection is None:
+            self._read_connection = open_state(self.state, read_only=True)
+        return self._read_connection
+
+    def _operation(self, name: str, **subject: Any) -> AuditedOperation:
+        """One audited operation on the state (the audit key's anchor checked when the trail is first opened)."""
+        if self._audit is None:
+            self._audit = open_audit_trail(self._writable(), self._audit_key, self._audit_pin)
+        return AuditedOperation(self._audit, self.actor, name, subject)
+
+    def _missing(self, what: str, argument: str) -> BadInputError:
+        return BadInputError(f"this IssuingAuthority was given no {what}: give {argument}= to sign or revoke")
+
+    def _loaded_policy(self) -> CertificatePolicy:
+        if self._policy is None:
+            if self._policy_given is None:
+                raise self._missing("Certificate Policy", "policy")
+            given = self._policy_given
+            self._policy = given if isinstance(given, CertificatePolicy) else load_policy(Path(given))
+        return self._policy
+
+    def _adopted_policy(self, operation: AuditedOperation) -> CertificatePolicy:
+        """The policy given, refused unless it is the one this state has adopted (and its trail records)."""
+        policy = self._loaded_policy()
+        require_adopted(operation.connection, policy)
+        return policy
+
+    def _environment(self) -> Environment:
+        if self._environment_given is None:
+            raise self._missing("environment", "environment")
+        return _parsed(Environment, self._environment_given)
+
+    def _key_ref(self) -> KeyRef:
+        if self._key is None:
+            raise self._missing("HSM key", "key")
+        return self._key
+
+    def _issuer(self) -> x509.Certificate:
+        if self._certificate is None:
+            raise self._missing("certificate of its own", "certificate")
+        if not isinstance(self._certificate, x509.Certificate):
+            self._certificate = read_certificate(Path(self._certificate))
+        return self._certificate
+
+    def _key_name(self) -> str:
+        key = self._key_ref()
+        return f"HSM key {key.key_label!r} on token {key.token_label!r}"
+
+    def _pin_value(self) -> str:
+        """The token's user PIN, read from its source now (the batch's workers log in with it)."""
+        key = self._key_ref()
+        if isinstance(self._pin, str):
+            return self._pin
+        return (self._pin or PinSource.parse("prompt")).read(f"user PIN for token {key.token_label}")
+
+    def _signing_key(self, pin: str | None = None):
+        """The HSM key's Signer, logged in at the first signature and kept."""
+        if self._signer is None:
+            key = self._key_ref()
+            if pin is not None or isinstance(self._pin, str):
+                self._signer = signer_for(key, pin if pin is not None else self._pin)
+            else:
+                self._signer = open_signer(key, self._pin or PinSource.parse("prompt"))
+        return self._signer
+
+    def _signing(self, operation: AuditedOperation, out: Path | None, not_before) -> _Signing:
+        environment = self._environment()
+        policy = self._adopted_policy(operation)
+        key = self._key_ref()
+        start = _not_before(not_before)
+        if out is not None:
+            refuse_existing(out)
+        return _Signing(policy, environment, key, start)
+
+    def _sign(self, operation: AuditedOperation, signing: _Signing, certificate_type: str, build: Callable[[], x509.CertificateBuilder],
+              issuer: x509.Certificate, out: Path | None, request_sha256: str | None = None) -> IssuedCertificate:
+        """Lint the draft, sign with the HSM key (which must be the issuer certificate's), record, audit, release."""
+        signer = self._signing_key()
+        require_key_of(signer, issuer, self._key_name())
+        lint = pre_issuance_check(certificate_type, (signing.policy.policy_oid(signing.environment),), issuer=issuer)
+        certificate = sign_certificate(build(), signer, pre_issuance_check=lint)
+        record = record_and_release(operation, certificate, signing.policy, request_sha256=request_sha256, out=out)
+        return IssuedCertificate(certificate, record, signing.policy.identity, Path(out) if out is not None else None)
+
+    def _device_certificates(self, operation: AuditedOperation, device_id: EUI64) -> int:
+        """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
+        return device_certificate_counts(operation.connection, [device_id.hex]).get(device_id.hex, 0)
+
+    # -- policy ----------------------------------------------------------------------------------
+    def adopt_policy(self, policy: CertificatePolicy | Path) -> dict:
+        """Adopt a policy file: from now on this state issues and revokes only under it."""
+        with self._operation(Operation.ADOPT_POLICY) as operation:
+            file = policy.path if isinstance(policy, CertificatePolicy) else policy
+            policy = policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
+            operation.subject = {"kind": policy.kind, "file": str(file)}
+            previous = adopt(operation.connection, policy, self.actor, operation.audit)
+        return {**policy.identity, "kind": policy.kind, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
+
+    # -- certificates from requests --------------------------------------------------------------
+    def issue_organisation(self, csr: bytes | Path, *, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
+                           out: Path | None = None, source: str | None = None) -> IssuedCertificate:
+        """One Organisation Certificate from one PKCS#10 request (any SMKI encoding; a Path is read).
+
+        The request's proof of possession and fields are checked; its role, EUI-64, optional CN and
+        key usage become the certificate's; the requester's eligibility is the policy's (4.1).
+        """
+        with self._operation(Operation.ISSUE_ORGANISATION) as operation:
+            signing = self._signing(operation, out, not_before)
+            data, source = self._request(csr, source)
+            request = parse_organisation_request(data, source)
+            operation.subject = {"request": source, "entity_id": request.entity_id.hex, "role": request.role.ou}
+            params = signing.policy.organisation_certificate_params(
+                signing.environment, requester=_parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
+                key_usage=request.key_usage, common_name=request.common_name, not_before=signing.not_before)
+            issuer = self._issuer()
+            return self._sign(operation, signing, CertificateType.ORGANISATION,
+                              lambda: organisation_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
+
+    def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str,
+                     not_before: datetime | str | None = None, out: Path | None = None, source: str | None = None) -> IssuedCertificate:
+        """One Device Certificate from one PKCS#10 request. An ad hoc request replaces: the device must
+        already hold a certificate from this authority (policy 4.2) and stays under the per-device cap;
+        the request's hwType must be the device type's (7.1)."""
+        with self._operation(Operation.ISSUE_DEVICE) as operation:
+            signing = self._signing(operation, out, not_before)
+            data, source = self._request(csr, source)
+            request = parse_device_request(data, source)
+            operation.subject = {"request": source, "device_id": request.device_id.hex}
+            device_type = _parsed(DeviceType, device_type)
+            expected_hw_type = signing.policy.hw_type_oid(signing.environment, device_type)
+            if request.hw_type_oid != expected_hw_type:
+                raise PolicyRefusal("7.1 device types", f"the request's hwType {request.hw_type_oid} is not the {device_type.name} hwType {expected_hw_type}")
+            params = signing.policy.device_certificate_params(
+                signing.environment, requester=_parsed(RemotePartyRole, requester), device_id=request.device_id,
+                device_type=device_type, key_usage=request.key_usage, not_before=signing.not_before,
+                existing_certificates=self._device_certificates(operation, request.device_id), single_request=True)
+            issuer = self._issuer()
+            return self._sign(operation, signing, CertificateType.DEVICE,
+                              lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
+
+    @staticmethod
+    def _request(csr: bytes | Path, source: str | None) -> tuple[bytes, str]:
+        if isinstance(csr, (bytes, bytearray)):
+            return bytes(csr), source or "request"
+        return read_input(Path(csr), MAX_CSR_BYTES), source or str(csr)
+
+    # -- certificates for public keys ------------------------------------------------------------
+    def certify_organisation(self, public_key: ec.EllipticCurvePublicKey | Path, *, role: RemotePartyRole | str, entity_id: EUI64 | str,
+                             usage: KeyUsage | str, requester: RemotePartyRole | str | None = None, common_name: str | None = None,
+                             not_before: datetime | str | None = None, out: Path | None = None) -> IssuedCertificate:
+        """An Organisation Certificate for a public key (a Path is read, PEM or DER SubjectPublicKeyInfo);
+        the requester (default: the subject's role) is checked for eligibility (4.1)."""
+        with self._operation(Operation.ISSUE_ORGANISATION) as operation:
+            signing = self._signing(operation, out, not_before)
+            role = _parsed(RemotePartyRole, role)
+            params = signing.policy.organisation_certificate_params(
+                signing.environment, requester=_parsed(RemotePartyRole, requester) if requester is not None else role, role=role,
+                entity_id=_parsed(EUI64, entity_id), key_usage=_parsed(KeyUsage, usage), common_name=common_name,
+                not_before=signing.not_before)
+            issuer, subject_key = self._issuer(), self._public_key(public_key)
+            return self._sign(operation, signing, CertificateType.ORGANISATION,
+                              lambda: organisation_certificate(params, subject_key, issuer), issuer, out)
+
+    def certify_device(self, public_key: ec.EllipticCurvePublicKey | Path, *, device_id: EUI64 | str, device_type: DeviceType | str,
+                       usage: KeyUsage | str, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
+                       out: Path | None = None) -> IssuedCertificate:
+        """A Device Certificate for a public key (empty subject, notAfter 99991231235959Z), under the
+        per-device cap of the certificates this authority already issued for the device."""
+        with self._operation(Operation.ISSUE_DEVICE) as operation:
+            signing = self._signing(operation, out, not_before)
+            device_id = _parsed(EUI64, device_id)
+            params = signing.policy.device_certificate_params(
+                signing.environment, requester=_parsed(RemotePartyRole, requester), device_id=device_id,
+                device_type=_parsed(DeviceType, device_type), key_usage=_parsed(KeyUsage, usage), not_before=signing.not_before,
+                existing_certificates=self._device_certificates(operation, device_id), single_request=False)
+            issuer, subject_key = self._issuer(), self._public_key(public_key)
+            return self._sign(operation, signing, CertificateType.DEVICE,
+                              lambda: device_certificate(params, subject_key, issuer), issuer, out)
+
+    @staticmethod
+    def _public_key(public_key: ec.EllipticCurvePublicKey | Path):
+        return read_public_key(Path(public_key)) if isinstance(public_key, (str, Path)) else public_key
+
+    # -- a batch ---------------------------------------------------------------------------------
+    def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str,
+                    not_before: datetime | str | None = None, workers: int | None = None, chunk_size: int = 1000,
+                    verify_one_in: int = 1, progress: BatchProgress | None = None) -> BatchResult:
+        """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
+
+        Batch-level faults (the file, its entries, the requester, the device type) refuse the whole
+        batch with nothing issued; then each request is answered on its own (success, error,
+        ineligible, anomaly), the per-device cap and duplicates included. The response ZIP and the
+        status CSV are written once the whole run is durable. Running the same batch again answers
+        only what is left.
+        """
+        from smki.issuing.batch_issuance import BatchPlan, BatchWorkers, batch_template, issue_batch
+        from smki.requests.batch import BatchResponse, open_batch
+
+        batch, response, status = Path(batch), Path(response), Path(status)
+        _refuse_same_file({"--response": response, "--status": status, "the batch": batch})
+        with self._operation(Operation.ISSUE_BATCH, batch=str(batch)) as operation:
+            refuse_existing(response)
+            refuse_existing(status)
+            policy = self._adopted_policy(operation)
+            issuer = self._issuer()
+            key = self._key_ref()
+            environment, checked_requester = self._environment(), _parsed(RemotePartyRole, requester)
+            checked_type = _parsed(DeviceType, device_type)
+            start = _not_before(not_before)
+            template = batch_template(issuer, policy, environment, start)
+            pin = self._pin_value()
+            require_key_of(self._signing_key(pin), issuer, self._key_name())
+            with BatchWorkers(key, pin, template, workers or os.cpu_count() or 1, verify_one_in) as batch_workers:  # they start while the batch is read
+                checked_batch = open_batch(batch, policy.batch_limit)
+                operation.subject["batch_id"] = checked_batch.batch_id
+                plan = BatchPlan(checked_batch, issuer, policy, environment, checked_requester, checked_type, start, chunk_size=chunk_size)
+                issuer_key_id = describe(issuer).subject_key_id.hex().upper()
+                total = len(checked_batch.names)
+                report = (lambda answered: progress(answered, total)) if progress is not None else (lambda answered: None)
+                with BatchResponse(response, status) as writer:
+                    run = issue_batch(operation.connection, operation.audit, self.actor, plan, batch_workers, issuer_key_id, progress=report,
+                                      answer=lambda o, der: writer.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
+            totals = writer.counts
+        return BatchResult(run.batch_id, run.entries, run.answered_before, dict(run.statuses), run.seconds, dict(totals), response, status)
+
+    # -- revocation ------------------------------------------------------------------------------
+    def revoke(self, serial: int | str, reason: str) -> Revocation:
+        """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
+        return self._revoke(_serial(serial), reason, Operation.REVOKE)
+
+    def reject(self, serial: int | str) -> Revocation:
+        """The subscriber rejected this certificate at issue: where the policy says so
+        (revocation.revoke_on_rejection) it is revoked at once, reason unspecified; refused otherwise."""
+        return self._revoke(_serial(serial), "unspecified", Operation.REJECT)
+
+    def _revoke(self, serial: str, reason: str, name: str) -> Revocation:
+        with self._operation(name, serial=serial.upper(), reason=reason) as operation:
+            policy = self._adopted_policy(operation)
+            if name == Operation.REJECT and not policy.revoke_on_rejection:
+                raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.kind} policy does not revoke rejected certificates")
+            record = self._record_of(operation.connection, serial)
+            method = policy.check_revocation(record.certificate_type, reason)
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            with transaction(operation.connection):
+                reconcile_issuer(operation.connection, record.issuer_key_id)  # a revocation builds on the issuer's state: it must be the audited one
+                record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
+                operation.audit.append(operation.success_entry(
+                    StateChange().revoke(record.issuer_key_id, record.serial_hex, now.isoformat(), reason).details(),
+                    policy=policy.identity, type=record.certificate_type, method=method))
+        return Revocation(record.serial_hex, record.issuer_key_id, reason, method, now)
+
+    @staticmethod
+    def _record_of(connection, serial: str) -> CertificateRecord:
+        records = find_certificate(connection, serial)
+        if not records:
+            raise BadInputError(f"no certificate with serial {serial} in this authority's records")
+        return records[0]
+
+    # -- the CRL (or a root's ARL) ---------------------------------------------------------------
+    def issue_crl(self, *, out: Path | None = None) -> IssuedCrl:
+        """The CRL (an Issuing OCA) or ARL (a root): every revocation recorded, a persisted strictly
+        increasing cRLNumber, nextUpdate from the policy, signed in the HSM, linted and verified."""
+        with self._operation("crl.issue") as operation:
+            if out is not None:
+                refuse_existing(out)
+            policy = self._adopted_policy(operation)
+            issuer = self._issuer()
+            facts = describe(issuer)
+            list_type = ListType.of_issuer(facts.certificate_type)
+            operation.operation = f"{list_type.value}.issue"
+            issuer_key_id = facts.subject_key_id.hex().upper()
+            signer = self._signing_key()
+            now = datetime.now(timezone.utc).replace(microsecond=0)
+            with transaction(operation.connection):  # the write lock from here: the state checked is the state signed
+                reconcile_issuer(operation.connection, issuer_key_id)
+                entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
+                           for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
+                number = next_crl_number(operation.connection, issuer_key_id, now)
+                crl, der = signed_list(issuer, signer, list_type, crl_number=number, this_update_utc=now,
+                                       next_update_utc=policy.next_update(list_type.value, now), entries=entries)
+                operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries),
+                                     "file": str(out) if out is not None else None}
+                operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
+            if out is not None:
+                write_new_file(out, _pem(der, PemLabel.CRL))
+        return IssuedCrl(crl, number, len(entries), list_type.value, issuer_key_id, Path(out) if out is not None else None)
+
+    # -- the records (read-only) -----------------------------------------------------------------
+    def show(self, serial: int | str) -> list[CertificateRecord]:
+        """The records of one serial (one per issuer at most); refused when there is none."""
+        serial = _serial(serial)
+        records = find_certificate(self._readable(), serial)
+        if not records:
+            raise BadInputError(f"no certificate with serial {serial} in this authority's records")
+        return records
+
+    def list(self, *, certificate_type: str | None = None, status: str | None = None, entity_id: EUI64 | str | None = None,
+             limit: int = 1000) -> list[CertificateRecord]:
+        """Issued certificates, oldest first, filtered."""
+        device = _parsed(EUI64, entity_id).hex if entity_id is not None else None
+        return list_certificates(self._readable(), certificate_type=certificate_type, status=status, entity_id=device, limit=limit)
+
+    def reconcile(self) -> Reconciliation:
+        """Check, issuer by issuer, that the state tables agree with the audit trail, and that each
+        adopted policy is the one the trail's last adoption of its kind records (read-only)."""
+        connection = self._readable()
+        return Reconciliation({issuer: differences(connection, issuer) for issuer in issuers(connection)},
+                              adoption_differences(connection))
+
+    def adopt_state(self) -> dict:
+        """Once, after upgrading from an smki whose audit entries did not record state changes: record the
+        state tables as they stand, in entries signed by the audit key. Needs the audit key."""
+        from smki.issuing.state_adoption import OPERATION, adopt_legacy_state
+
+        with self._operation(OPERATION) as operation:
+            return adopt_legacy_state(operation.audit, self.actor)
+
+
+def _refuse_same_file(paths: dict[str, Path]) -> None:
+    """Refused (exit 3) before anything is opened or issued when two of `paths` name one file:
+    outputs written over each other (or over the input) would lose one of them after the work is done."""
+    seen: dict[tuple, str] = {}
+    for what, path in paths.items():
+        identity = _file_identity(Path(path))
+        if identity in seen:
+            raise BadInputError(f"{seen[identity]} and {what} name the same file; give each its own")
+        seen[identity] = what
+
+
+def _file_identity(path: Path) -> tuple:
+    """(device, inode) of an existing file (so links and hard links are the same), else its resolved path."""
+    try:
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
