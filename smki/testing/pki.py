@@ -114,8 +114,7 @@ class ServedRepository:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return host, port
+        return self.server.address
 
     def shutdown(self) -> None:
         """Stop serving (once: the fixture and the PKI's close may both ask)."""
@@ -442,7 +441,8 @@ class TestPKI:
     def serve_repository(self, *, api_key: str | None = None, published: Path | None = None) -> ServedRepository:
         """The SMKI Repository web service on a free loopback port (stopped by `close()`)."""
         api_key = api_key or secrets.token_hex(16)
-        published = published or (self.directory / PUBLISHED if (self.directory / PUBLISHED).is_dir() else None)
+        published = published or self.directory / PUBLISHED  # what lodge_and_publish publishes, before or after this call
+        published.mkdir(exist_ok=True)
         served = ServedRepository(self.librarian.serve("127.0.0.1", 0, api_key=api_key, published=published), api_key)
         self._servers.append(served)
         return served
