@@ -49,7 +49,13 @@ def hsm_token():
     """A fresh SoftHSM token for this test run (smki.testing.TestToken); its user PIN is in $SMKI_TEST_PIN."""
     from smki.testing import SoftHsmStore
 
-    return SoftHsmStore.for_process().new_token(f"smki-test-{os.getpid()}", pin=os.environ[PIN_ENV], so_pin=os.environ[SO_PIN_ENV])
+    return SoftHsmStore.for_process().shared_token(f"smki-test-{os.getpid()}", pin=os.environ[PIN_ENV], so_pin=os.environ[SO_PIN_ENV])
+
+
+@pytest.fixture(scope="session")
+def smki_token(hsm_token):
+    """The kit's fixtures (smki_pki) use the suite's token: SoftHSM sees only the tokens made before it was loaded."""
+    return hsm_token
 
 
 @pytest.fixture(scope="session")

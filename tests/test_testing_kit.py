@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import smki.testing
 from conftest import openssl
-from smki.errors import BadInputError
+from smki.errors import BadInputError, HsmError
 from smki.identifiers import EUI64
 from smki.testing import Hierarchy, TestCertificate
 
@@ -196,9 +196,25 @@ def readme_example() -> str:
 
 
 def test_the_readme_example_runs_as_it_stands():
+    """As a user runs it: a script in a fresh process, with no SoftHSM set up beforehand."""
     example = readme_example()
     assert example.startswith("import smki.testing") and len(example.strip().splitlines()) <= 15
-    exec(compile(example, "smki.testing README example", "exec"), {})
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=fresh_environment(), timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_second_pki_in_the_same_process_shares_its_token(smki_pki, tmp_path):
+    with smki.testing.TestPKI.create(tmp_path / "second", token=smki_pki.token) as second:
+        assert second.issuing_oca_certificate.subject == smki_pki.issuing_oca_certificate.subject
+        assert second.issuing_oca_certificate.public_key() != smki_pki.issuing_oca_certificate.public_key()
+        assert second.verify(second.device_certificate("00-DB-12-34-56-78-90-D1")).valid
+        with pytest.raises(BadInputError, match="not issued by this test PKI"):  # another PKI's CA: same names, other keys
+            second.verify(smki_pki.issuing_oca_certificate)
+
+
+def test_a_token_made_after_softhsm_loaded_is_refused(smki_pki):
+    with pytest.raises(HsmError, match="would not see a token made now"):
+        smki.testing.SoftHsmStore.for_process().new_token()
 
 
 FRESH_PROCESS = """

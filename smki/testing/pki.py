@@ -188,8 +188,8 @@ class TestPKI:
                not_before: datetime | None = None) -> "TestPKI":
         """Make the whole PKI in `directory` (a new temporary one, removed on close, when None).
 
-        `token`: the SoftHSM token for the four CA keys (default: a new token in this process's
-        SoftHSM store, see smki.testing.softhsm). `policies`: per hierarchy, the Certificate Policy
+        `token`: the SoftHSM token for the four CA keys (default: this process's token in its SoftHSM
+        store, see smki.testing.softhsm; each PKI has its own keys on it). `policies`: per hierarchy, the Certificate Policy
         file (default: the shipped ones). `not_before`: the CA certificates' start (default: today).
         """
         remove = directory is None
@@ -197,7 +197,7 @@ class TestPKI:
         directory.mkdir(parents=True, exist_ok=True)
         try:
             environment = environment if isinstance(environment, Environment) else Environment.parse(environment)
-            token = token or SoftHsmStore.for_process().new_token()
+            token = token or SoftHsmStore.for_process().shared_token()
             chosen = {Hierarchy(key.value if isinstance(key, Hierarchy) else key): Path(value) for key, value in (policies or {}).items()}
             librarian = Librarian(directory / "repository.db", actor=ACTOR)
             cas = {hierarchy: cls._build_hierarchy(directory, token, hierarchy, chosen.get(hierarchy) or shipped_policy(hierarchy),
@@ -214,13 +214,14 @@ class TestPKI:
                          not_before: datetime | None, librarian: Librarian) -> _Ca:
         """Keys, states with the policy adopted, the root self-signed, the Issuing Authority certified; both lodged."""
         short = hierarchy.short
+        tag = secrets.token_hex(3)  # key labels unique on a token that several test PKIs share
         root_state, issuing_state = directory / f"root-{short}", directory / f"issuing-{short}"
         certificates = directory / "certificates"
         certificates.mkdir(exist_ok=True)
         for state in (root_state, issuing_state):
             state.mkdir(exist_ok=True)
-        root_key = generate_key(root_state, token.next_key_ref(f"root-{short}"), token.pin, actor=ACTOR).key
-        issuing_generated = generate_key(issuing_state, token.next_key_ref(f"issuing-{short}"), token.pin, actor=ACTOR)
+        root_key = generate_key(root_state, token.next_key_ref(f"root-{short}-{tag}"), token.pin, actor=ACTOR).key
+        issuing_generated = generate_key(issuing_state, token.next_key_ref(f"issuing-{short}-{tag}"), token.pin, actor=ACTOR)
         common = dict(pin=token.pin, policy=policy, environment=environment, actor=ACTOR)
         root = RootAuthority(root_state, key=root_key, **common)
         root.adopt_policy()

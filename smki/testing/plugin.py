@@ -20,8 +20,8 @@ def smki_softhsm():
 
 @pytest.fixture(scope="session")
 def smki_token(smki_softhsm):
-    """A private SoftHSM token for this run, with random PINs (`.pin`); `.new_key()` makes P-256 keys on it."""
-    return smki_softhsm.new_token()
+    """The run's private SoftHSM token, with random PINs (`.pin`); `.new_key()` makes P-256 keys on it."""
+    return smki_softhsm.shared_token()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ way whatever was imported first:
   library cannot leave it before then), which `$SOFTHSM2_CONF` then names.
 
 Asking for another store once the library is loaded is refused with an `HsmError` that says so:
-never a token created in one store and looked for in another.
+never a token created in one store and looked for in another. Likewise SoftHSM sees only the
+tokens that existed when its library was loaded, so a new token is refused once it is loaded;
+`shared_token` gives every test PKI of a process the one token made before that.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from smki.hsm.softhsm import init_token, write_softhsm_conf
 
 CONF_NAME = "softhsm2.conf"  # what write_softhsm_conf names it
 _token_numbers = itertools.count(1)
+_shared_tokens: dict[Path, "TestToken"] = {}  # per store: the token every test PKI of this process uses
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -100,12 +103,25 @@ class SoftHsmStore:
         os.environ[SOFTHSM_CONF_ENV] = str(self.conf)
 
     def new_token(self, label: str | None = None, *, pin: str | None = None, so_pin: str | None = None) -> "TestToken":
-        """A freshly initialised token in this store, with random PINs unless given."""
+        """A freshly initialised token in this store, with random PINs unless given.
+
+        Refused once this process has loaded the PKCS#11 library: SoftHSM lists the tokens of its
+        store when it is loaded, and would never find one made after (use `shared_token`)."""
         self.activate()  # the token must be made where the library will look for it
+        if self.module in loaded_configurations():
+            raise HsmError("SoftHSM was already loaded in this process and would not see a token made now: make the "
+                           "token before the HSM is first opened, or use the process's token (SoftHsmStore.shared_token())")
         label = label or f"smki-test-{os.getpid()}-{next(_token_numbers)}"
         pin, so_pin = pin or secrets.token_hex(8), so_pin or secrets.token_hex(8)
         init_token(label, so_pin, pin)
         return TestToken(label, pin, self.module, so_pin=so_pin, store=self)
+
+    def shared_token(self, label: str | None = None, *, pin: str | None = None, so_pin: str | None = None) -> "TestToken":
+        """This process's token in this store: made (as `new_token`) by the first call, the same one after."""
+        key = self.conf.resolve()
+        if key not in _shared_tokens:
+            _shared_tokens[key] = self.new_token(label, pin=pin, so_pin=so_pin)
+        return _shared_tokens[key]
 
 
 @dataclass(frozen=True)
