@@ -376,7 +376,7 @@ def test_crl_names_are_case_insensitive_like_certificate_names(service, pki):
 # -- item 14: a publish lost to a crash is made by repeating the run ---------------------------------------------
 
 # The real CLI, killed at once where it would publish: after the lodging's commit, before any file is written.
-CRASH_BEFORE_PUBLISHING = ("import os, sys; import smki.cli.librarian as librarian; "
+CRASH_BEFORE_PUBLISHING = ("import os, sys; import smki.librarian.librarian as librarian; "
                            "librarian.publish_repository = lambda *args, **kwargs: os._exit(9); "
                            "from smki.cli.main import main; main(sys.argv[1:])")
 
