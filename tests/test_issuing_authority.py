@@ -281,6 +281,7 @@ def test_revoke_reject_and_the_crl(pki, tmp_path):
     assert crl.number == before.number + 1 and crl.list_type == "crl" and crl.entries >= 2
     assert {entry.serial_number for entry in crl.crl} >= {int(first.serial_hex, 16), int(second.serial_hex, 16)}
     assert x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes()).public_bytes(Encoding.DER) == crl.der
+    assert (tmp_path / "crl.pem").read_bytes() == crl.pem == crl.crl.public_bytes(Encoding.PEM)
     assert lint_crl(crl.der, pki.organisation.issuing.subject.public_bytes())[1] == []
     assert crl.summary()["crl_number"] == crl.number and crl.summary()["file"] == str(tmp_path / "crl.pem")
     entry = last_entry(pki.state)

@@ -7,7 +7,7 @@ CA keys are SoftHSM keys (tests/conftest.py); the lodging tests run on SQLite an
 
 import http.client
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -250,7 +250,7 @@ def test_publish_writes_the_repository_and_audits_it(librarian, pki, tmp_path, d
     assert librarian.publish(str(tmp_path / "pub")).files_written == 1  # only the index: nothing else changed
 
 
-def test_publish_into_a_file_is_refused_and_audited(librarian, tmp_path, database_target):
+def test_a_publish_that_fails_is_audited(librarian, tmp_path, database_target):
     blocker = write(tmp_path / "not-a-directory", b"")
     with pytest.raises(OSError):
         librarian.publish(blocker)

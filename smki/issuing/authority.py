@@ -40,7 +40,7 @@ from smki.profiles.crl import RevokedEntry
 from smki.profiles.describe import describe
 from smki.profiles.files import parse_utc, read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.pem import PemLabel
+from smki.profiles.pem import PemLabel, pem_armour
 from smki.profiles.serials import serial_hex
 from smki.profiles.validity import utc_midnight
 from smki.requests import parse_device_request, parse_organisation_request
@@ -131,15 +131,6 @@ def _not_before(value: datetime | str | None) -> datetime:
 def _serial(serial: int | str) -> str:
     """A serial number in the stored form (upper-case hex)."""
     return serial_hex(serial) if isinstance(serial, int) else normalised_serial_hex(serial)
-
-
-def _pem(der: bytes, label: PemLabel) -> bytes:
-    """PEM armour around DER already in hand (a parsed million-entry CRL re-encodes slowly)."""
-    import base64
-
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
-    return b"-----BEGIN " + label.value + b"-----\n" + lines + b"\n-----END " + label.value + b"-----\n"
 
 
 @dataclass(frozen=True)
@@ -476,8 +467,8 @@ class IssuingAuthority:
                                      "file": str(out) if out is not None else None}
                 operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
             if out is not None:
-                write_new_file(out, _pem(der, PemLabel.CRL))
-        return IssuedCrl(crl, number, len(entries), list_type.value, issuer_key_id, Path(out) if out is not None else None)
+                write_new_file(out, pem_armour(der, PemLabel.CRL))
+        return IssuedCrl(crl, number, len(entries), list_type.value, issuer_key_id, Path(out) if out is not None else None, der)
 
     # -- the records (read-only) -----------------------------------------------------------------
     def show(self, serial: int | str) -> list[CertificateRecord]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from smki.profiles.pem import PemLabel, pem_armour
 from smki.store.certificates import CertificateRecord
 
 
@@ -49,14 +50,16 @@ class IssuedCrl:
     list_type: str  # "crl" or "arl"
     issuer_key_id: str
     file: Path | None = None
+    # The DER as signed, when the issuer kept it: re-encoding a parsed million-entry list costs seconds.
+    encoded: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def der(self) -> bytes:
-        return self.crl.public_bytes(Encoding.DER)
+        return self.encoded if self.encoded is not None else self.crl.public_bytes(Encoding.DER)
 
     @property
     def pem(self) -> bytes:
-        return self.crl.public_bytes(Encoding.PEM)
+        return pem_armour(self.der, PemLabel.CRL)
 
     def summary(self) -> dict:
         return {"issuer_key_id": self.issuer_key_id, "crl_number": self.number, "entries": self.entries,

@@ -91,3 +91,11 @@ def single_object(data: bytes, labels: tuple[PemLabel, ...], what: str) -> bytes
     if len(blocks) != 1:
         raise _refused(what, f"holds {len(blocks)} PEM blocks; exactly one is expected")
     return blocks[0][1]
+
+
+def pem_armour(der: bytes, label: PemLabel) -> bytes:
+    """`der` in PEM armour (64 characters a line, as OpenSSL writes it), without parsing it again:
+    a parsed million-entry CRL costs seconds to re-encode."""
+    body = base64.b64encode(der)
+    lines = b"\n".join(body[start:start + 64] for start in range(0, len(body), 64))
+    return b"-----BEGIN " + label.value + b"-----\n" + lines + b"\n-----END " + label.value + b"-----\n"
