@@ -7,14 +7,13 @@ is set in pytest_configure, before any test module imports smki.hsm. Subprocesse
 
 from __future__ import annotations
 
-import itertools
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,10 @@ FIXTURES = Path(os.environ.get("SMKI_FIXTURES", Path(__file__).resolve().parents
 PIN_ENV = "SMKI_TEST_PIN"
 SO_PIN_ENV = "SMKI_TEST_SO_PIN"
 _store_dir: str | None = None
+
+# smki.testing's fixtures (smki_pki, smki_token): from the installed `smki` pytest11 entry point, or
+# registered here when this checkout is not the one installed (registering both would be refused).
+pytest_plugins = [] if any(ep.value == "smki.testing.plugin" for ep in entry_points(group="pytest11")) else ["smki.testing.plugin"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,49 +44,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_store_dir, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class TestToken:
-    label: str
-    pin: str
-    module: str
+@pytest.fixture(scope="session")
+def hsm_token():
+    """A fresh SoftHSM token for this test run (smki.testing.TestToken); its user PIN is in $SMKI_TEST_PIN."""
+    from smki.testing import SoftHsmStore
 
-    def key_ref(self, label: str, key_id: bytes):
-        from smki.hsm.config import KeyRef
-
-        return KeyRef(self.label, label, key_id, self.module)
-
-
-_token_numbers = itertools.count(1)
-_key_numbers = itertools.count(1)
+    return SoftHsmStore.for_process().shared_token(f"smki-test-{os.getpid()}", pin=os.environ[PIN_ENV], so_pin=os.environ[SO_PIN_ENV])
 
 
 @pytest.fixture(scope="session")
-def hsm_token() -> TestToken:
-    """A fresh SoftHSM token for this test run; its user PIN is in $SMKI_TEST_PIN."""
-    from smki.hsm.config import default_module_path
-    from smki.hsm.softhsm import init_token
-
-    label = f"smki-test-{next(_token_numbers)}"
-    init_token(label, os.environ[SO_PIN_ENV], os.environ[PIN_ENV])
-    return TestToken(label, os.environ[PIN_ENV], default_module_path())
+def smki_token(hsm_token):
+    """The kit's fixtures (smki_pki) use the suite's token: SoftHSM sees only the tokens made before it was loaded."""
+    return hsm_token
 
 
 @pytest.fixture(scope="session")
 def new_hsm_key(hsm_token):
     """Factory: generate a fresh P-256 key pair in the test token, return (KeyRef, Pkcs11Signer)."""
-    from smki.hsm.keys import generate_p256_key_pair, public_key_of
-    from smki.hsm.session import open_session
-    from smki.hsm.signer import Pkcs11Signer
-
-    def make(label: str | None = None):
-        number = next(_key_numbers)
-        label = label or f"key-{number}"
-        key_id = number.to_bytes(2, "big")
-        session = open_session(hsm_token.module, hsm_token.label, hsm_token.pin, rw=True)
-        public_object, private_object = generate_p256_key_pair(session, label, key_id)
-        return hsm_token.key_ref(label, key_id), Pkcs11Signer(private_object, public_key_of(public_object))
-
-    return make
+    return hsm_token.new_signer
 
 
 @pytest.fixture

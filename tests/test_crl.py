@@ -5,30 +5,23 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from asn1crypto import crl as asn1_crl
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import openssl
 from smki.errors import BadInputError
-from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
-from smki.profiles import (IssuingCaCertificateParams, OrganisationCertificateParams, RootCertificateParams, Validity,
-                           ca_name, issuing_ca_certificate, organisation_certificate, root_certificate, sign_certificate)
+from smki.identifiers import EUI64
 from smki.profiles.crl import RevokedEntry, build_crl
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-POLICY = "1.2.826.0.1.8641679.1.2.1.4"
+# The test PKI's CA certificates start at today's midnight (UTC); the lists here are dated from then.
+START = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    _, root_key = new_hsm_key()
-    _, issuing_key = new_hsm_key()
-    root = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", "ZA")]), (POLICY,), Validity(START, START.replace(year=2056))), root_key.public_key), root_key)
-    issuing = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(ca_name([("OU", "07"), ("CN", "Z1")]), (POLICY,), Validity(START, START.replace(year=2051))), issuing_key.public_key, root), root_key)
-    leaves = [sign_certificate(organisation_certificate(OrganisationCertificateParams(
-        RemotePartyRole.SUPPLIER, EUI64(bytes(7) + bytes((i,))), KeyUsage.DIGITAL_SIGNATURE, POLICY, Validity(START, START.replace(year=2036))),
-        ec.generate_private_key(ec.SECP256R1()).public_key(), issuing), issuing_key) for i in range(3)]
-    return root, root_key, issuing, issuing_key, leaves
+def pki(smki_pki):
+    """smki.testing's Organisation hierarchy, its CA keys (on the kit's token) signing here, and three Organisation Certificates."""
+    root_key, issuing_key = (smki_pki.token.signer(smki_pki.key(name)) for name in ("root-oca", "issuing-oca"))
+    leaves = [smki_pki.organisation_certificate(EUI64(bytes(7) + bytes((i,))), usage="DS").certificate for i in range(3)]
+    return smki_pki.root_oca_certificate, root_key, smki_pki.issuing_oca_certificate, issuing_key, leaves
 
 
 def write(path, *objects):

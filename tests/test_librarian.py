@@ -1,4 +1,4 @@
-"""Lodging by key identifier, and `smki librarian find`, on certificates made with SoftHSM keys."""
+"""Lodging by key identifier, and `smki librarian find`, on certificates of the test PKI (smki.testing's `smki_pki`)."""
 
 import json
 from datetime import datetime, timezone
@@ -21,6 +21,7 @@ POLICY = "1.2.826.0.1.8641679.1.2.1.4"
 
 
 def build_hierarchy(root_key, issuing_key, root_name="ZA"):
+    """A hand-made hierarchy with the test PKI's names, for impostors (the same names under other keys)."""
     root = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", root_name)]), (POLICY,), Validity(START, START.replace(year=2056))), root_key.public_key), root_key)
     issuing = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(ca_name([("OU", "07"), ("CN", "Z1")]), (POLICY,), Validity(START, START.replace(year=2051))), issuing_key.public_key, root), root_key)
     org = [sign_certificate(organisation_certificate(OrganisationCertificateParams(RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F30010000"), usage, POLICY,
@@ -31,25 +32,32 @@ def build_hierarchy(root_key, issuing_key, root_name="ZA"):
 
 
 @pytest.fixture(scope="module")
-def hierarchy(new_hsm_key):
-    return build_hierarchy(new_hsm_key()[1], new_hsm_key()[1])
+def hierarchy(smki_pki):
+    """The test PKI's Root OCA and Issuing OCA, an Organisation Certificate for each key usage, and a Device Certificate
+    (its Issuing DCA and Root DCA are `smki_pki.intermediates[1]`, `smki_pki.anchors[1]`)."""
+    org = [smki_pki.organisation_certificate("90B3D51F30010000", usage=usage).certificate for usage in KeyUsage]
+    device = smki_pki.device_certificate("00DB1234567890A0", usage="KA").certificate
+    return smki_pki.root_oca_certificate, smki_pki.issuing_oca_certificate, org, device
 
 
-def test_lodging_chains_by_key_identifier(tmp_path, hierarchy):
+def test_lodging_chains_by_key_identifier(tmp_path, hierarchy, smki_pki):
     root, issuing, org, device = hierarchy
+    root_dca, issuing_dca = smki_pki.root_dca_certificate, smki_pki.issuing_dca_certificate
     connection = open_database(tmp_path / "repo.db", create=True)
     with pytest.raises(RefusedError, match="issuer unknown"):
         lodge_certificate(connection, issuing)
     with pytest.raises(RefusedError, match="trusts it explicitly"):
         lodge_certificate(connection, root)
-    for certificate in (root,):
+    with pytest.raises(RefusedError, match="issuer unknown"):
+        lodge_certificate(connection, device)  # its Issuing DCA is not lodged
+    for certificate in (root, root_dca):
         lodge_certificate(connection, certificate, trust_root=True)
-    for certificate in (issuing, *org, device):
+    for certificate in (issuing, issuing_dca, *org, device):
         lodge_certificate(connection, certificate)
     with pytest.raises(ConflictError, match="already lodged"):
         lodge_certificate(connection, org[0])
     types = [row[0] for row in connection.execute("SELECT certificate_type FROM certificates ORDER BY rowid")]
-    assert types == ["root", "issuing-ca", "organisation", "organisation", "device"]
+    assert types == ["root", "root", "issuing-ca", "issuing-ca", "organisation", "organisation", "device"]
 
 
 def test_same_names_other_key_is_refused(tmp_path, hierarchy):
@@ -64,16 +72,17 @@ def test_same_names_other_key_is_refused(tmp_path, hierarchy):
         lodge_certificate(connection, impostor_org[0])  # ...but its AKI names a key we do not have
 
 
-def test_librarian_cli_lodge_and_find(tmp_path, hierarchy, run_smki):
+def test_librarian_cli_lodge_and_find(tmp_path, hierarchy, run_smki, smki_pki):
     root, issuing, org, device = hierarchy
     files = []
-    for name, certificate in (("root", root), ("issuing", issuing), ("org-ds", org[0]), ("org-ka", org[1]), ("device", device)):
+    for name, certificate in (("root", root), ("issuing", issuing), ("org-ds", org[0]), ("org-ka", org[1]),
+                              ("root-dca", smki_pki.root_dca_certificate), ("issuing-dca", smki_pki.issuing_dca_certificate), ("device", device)):
         (tmp_path / f"{name}.pem").write_bytes(certificate.public_bytes(Encoding.PEM))
         files.append(str(tmp_path / f"{name}.pem"))
     db = str(tmp_path / "repo.db")
     result = run_smki("librarian", "lodge", "--db", db, "--trust-root", *files, "--json")
     assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)) == 5
+    assert len(json.loads(result.stdout)) == 7
     again = run_smki("librarian", "lodge", "--db", db, files[2])
     assert again.returncode == 0 and again.stdout.startswith(f"already lodged {files[2]}  serial "), again.stderr  # nothing to do
     found = json.loads(run_smki("librarian", "find", "--db", db, "--eui64", "90-B3-D5-1F-30-01-00-00", "--usage", "KA", "--json").stdout)

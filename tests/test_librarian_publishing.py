@@ -1,6 +1,6 @@
 """The Librarian lodges CRLs and ARLs (checked first), publishes the repository atomically, and writes bulk files.
 
-CA keys are SoftHSM keys (tests/conftest.py); published CRLs are read back with openssl and
+The PKI is smki.testing's (`smki_pki`), its CA keys on the kit's SoftHSM token; published CRLs are read back with openssl and
 over HTTP from the repository web service.
 """
 
@@ -46,17 +46,31 @@ API_KEY = "publishing-test-key"
 
 
 class Pki:
-    """A Root OCA, an Issuing OCA and three Organisation Certificates, with their SoftHSM signers."""
+    """A Root OCA, an Issuing OCA and three Organisation Certificates (supplier, KA), with the CAs' SoftHSM signers."""
 
-    def __init__(self, root_signer, issuing_signer, root_name="ZA"):
+    def __init__(self, root_signer, issuing_signer, root, issuing, orgs):
         self.root_signer, self.issuing_signer = root_signer, issuing_signer
-        self.root = sign_certificate(root_certificate(RootCertificateParams(
+        self.root, self.issuing, self.orgs = root, issuing, orgs
+
+    @classmethod
+    def of_test_pki(cls, test_pki):
+        """The test PKI's Organisation hierarchy (smki.testing), its CAs signing with their keys on the kit's token."""
+        signer = test_pki.token.signer
+        orgs = [test_pki.organisation_certificate(f"90B3D51F3001000{i}", usage="KA").certificate for i in range(3)]
+        return cls(signer(test_pki.key("root-oca")), signer(test_pki.key("issuing-oca")), test_pki.root_oca_certificate,
+                   test_pki.issuing_oca_certificate, orgs)
+
+    @classmethod
+    def impostor(cls, root_signer, issuing_signer, root_name="ZA"):
+        """Made by hand: the test PKI's names (and the lists it signs) under other keys."""
+        root = sign_certificate(root_certificate(RootCertificateParams(
             ca_name([("OU", "00"), ("CN", root_name)]), (POLICY,), Validity(START, START.replace(year=2056))), root_signer.public_key), root_signer)
-        self.issuing = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(
-            ca_name([("OU", "07"), ("CN", "Z1")]), (POLICY,), Validity(START, START.replace(year=2051))), issuing_signer.public_key, self.root), root_signer)
-        self.orgs = [sign_certificate(organisation_certificate(OrganisationCertificateParams(
+        issuing = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(
+            ca_name([("OU", "07"), ("CN", "Z1")]), (POLICY,), Validity(START, START.replace(year=2051))), issuing_signer.public_key, root), root_signer)
+        orgs = [sign_certificate(organisation_certificate(OrganisationCertificateParams(
             RemotePartyRole.SUPPLIER, EUI64.parse(f"90B3D51F3001000{i}"), KeyUsage.KEY_AGREEMENT, POLICY, Validity(START, START.replace(year=2036))),
-            ec.generate_private_key(ec.SECP256R1()).public_key(), self.issuing), issuing_signer) for i in range(3)]
+            ec.generate_private_key(ec.SECP256R1()).public_key(), issuing), issuing_signer) for i in range(3)]
+        return cls(root_signer, issuing_signer, root, issuing, orgs)
 
     @staticmethod
     def ski(certificate) -> str:
@@ -64,14 +78,14 @@ class Pki:
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+def pki(smki_pki):
+    return Pki.of_test_pki(smki_pki)
 
 
 @pytest.fixture(scope="module")
 def other_pki(new_hsm_key):
     """Same names, other keys: its lists must never be taken for the real authority's."""
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+    return Pki.impostor(new_hsm_key()[1], new_hsm_key()[1])
 
 
 def now():
@@ -238,7 +252,8 @@ def test_an_end_entity_key_is_no_crl_issuer(pki, repo, new_hsm_key):
     """A list whose AKI names a lodged end-entity certificate is refused: only CA certificates issue lists."""
     _, signer = new_hsm_key()
     org = sign_certificate(organisation_certificate(OrganisationCertificateParams(
-        RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F300100AA"), KeyUsage.DIGITAL_SIGNATURE, POLICY, Validity(START, START.replace(year=2036))),
+        RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F300100AA"), KeyUsage.DIGITAL_SIGNATURE, POLICY,
+        Validity(pki.issuing.not_valid_before_utc, pki.issuing.not_valid_before_utc.replace(year=2036))),
         signer.public_key, pki.issuing), pki.issuing_signer)
     lodge_certificate(repo, org)
     with pytest.raises(RefusedError, match="no lodged CA certificate"):
@@ -338,7 +353,8 @@ def test_bulk_full_and_delta_files(tmp_path, pki, repo):
     assert base64.b64decode(org["der"]) == pki.orgs[1].public_bytes(Encoding.DER)
     assert {k: org[k] for k in ("issuer_key_id", "type", "eui64", "role", "usage", "status")} == {
         "issuer_key_id": Pki.ski(pki.issuing), "type": "organisation", "eui64": "90B3D51F30010001", "role": "02", "usage": "KA", "status": "I"}
-    assert org["not_before"].startswith("2026-01-01") and org["not_after"].startswith("2036-01-01")
+    issued = pki.orgs[1]  # the test PKI's: valid from the day it was made, for ten years less a second
+    assert org["not_before"] == issued.not_valid_before_utc.isoformat() and org["not_after"] == issued.not_valid_after_utc.isoformat()
     assert full[f"{pki.root.serial_number:032X}"]["type"] == "root"
 
     delta = {line["serial"]: (line["changes"], line["status"]) for line in read_bulk(files[1].path)}

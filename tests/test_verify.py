@@ -1,4 +1,4 @@
-"""Path validation by AKI -> SKI: the real fixtures, smki's own hierarchy, revocation, impostors."""
+"""Path validation by AKI -> SKI: the real fixtures, the test PKI (smki.testing's `smki_pki`), revocation, impostors."""
 
 import json
 from datetime import datetime, timedelta, timezone
@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from smki.hsm.signer import SoftwareSigner
 from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.pathvalidation import validate_path
-from test_librarian import START, build_hierarchy
+from test_librarian import build_hierarchy, hierarchy  # noqa: F401 - the fixture, shared
 
-AT = START + timedelta(days=30)
+AT = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=30)  # the test PKI's certificates start today
 ORG_OID = "1.2.826.0.1.8641679.1.2.1.4"
+DEVICE_OID = "1.2.826.0.1.1800000.1.2.1.4"
 
 
 def load(path):
@@ -33,15 +34,19 @@ def test_real_organisation_certificates_verify_against_z1(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    root_key, issuing_key = new_hsm_key()[1], new_hsm_key()[1]
-    root, issuing, org, device = build_hierarchy(root_key, issuing_key)
+def pki(smki_pki, hierarchy):
+    """The test PKI's Organisation hierarchy with the CA signers (its keys on the kit's token), and test_librarian's leaves."""
+    root, issuing, org, device = hierarchy
+    root_key, issuing_key = (smki_pki.token.signer(smki_pki.key(name)) for name in ("root-oca", "issuing-oca"))
     return root, root_key, issuing, issuing_key, org, device
 
 
-def test_smki_hierarchy_validates_and_wrong_policy_fails(pki):
+def test_smki_hierarchy_validates_and_wrong_policy_fails(pki, smki_pki):
     root, _, issuing, _, org, device = pki
-    assert validate_path(device, [root], [issuing], at=AT, expected_policy_oids=(ORG_OID,)).valid
+    assert validate_path(org[0], [root], [issuing], at=AT, expected_policy_oids=(ORG_OID,)).valid
+    assert validate_path(device, [smki_pki.root_dca_certificate], [smki_pki.issuing_dca_certificate], at=AT,
+                         expected_policy_oids=(DEVICE_OID,)).valid
+    assert not validate_path(device, [root], [issuing], at=AT).valid  # the Device hierarchy does not chain to the Root OCA
     result = validate_path(org[0], [root], [issuing], at=AT, expected_policy_oids=("1.2.826.0.1.1800000.1.2.1.4",))
     assert not result.valid and "not 1.2.826.0.1.1800000.1.2.1.4" in result.reason
 
@@ -69,13 +74,16 @@ def test_revocation_against_the_crl_and_the_arl(pki):
     assert not result.valid and "CN=Z1" in result.reason and "is revoked" in result.reason
 
 
-def test_verify_cli(pki, tmp_path, run_smki, fixtures_dir):
+def test_verify_cli(pki, tmp_path, run_smki, fixtures_dir, smki_pki):
     root, _, issuing, issuing_key, org, device = pki
     for name, certificate in (("root", root), ("issuing", issuing), ("org", org[0]), ("device", device)):
         (tmp_path / f"{name}.pem").write_bytes(certificate.public_bytes(Encoding.PEM))
     at = str(int(AT.timestamp()))
-    result = run_smki("verify", str(tmp_path / "device.pem"), "--anchor", str(tmp_path / "root.pem"), "--intermediate", str(tmp_path / "issuing.pem"), "--at", at, "--json")
-    assert result.returncode == 0 and json.loads(result.stdout)["chain"] == ["(empty subject)", "CN=Z1,OU=07", "CN=ZA,OU=00"]
+    result = run_smki("verify", str(tmp_path / "device.pem"), "--anchor", str(smki_pki.certificate_file("root-dca")),
+                      "--intermediate", str(smki_pki.certificate_file("issuing-dca")), "--at", at, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["chain"] == ["(empty subject)", "CN=E357", "CN=ZD,OU=00"]
+    result = run_smki("verify", str(tmp_path / "org.pem"), "--anchor", str(tmp_path / "root.pem"), "--intermediate", str(tmp_path / "issuing.pem"), "--at", at, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["chain"][1:] == ["CN=Z1,OU=07", "CN=ZA,OU=00"]
     crl = build_crl(issuing, issuing_key, crl_number=2, this_update_utc=AT - timedelta(hours=1), next_update_utc=AT + timedelta(days=1),
                     entries=[RevokedEntry(org[0].serial_number, AT - timedelta(days=1))])
     (tmp_path / "crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))

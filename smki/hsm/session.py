@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ from smki.errors import HsmError
 from smki.hsm.config import pkcs11_text, token_label_text
 from smki.hsm.store_lock import token_store_lock
 
+SOFTHSM_CONF_ENV = "SOFTHSM2_CONF"
+
 _libraries: dict[str, pkcs11.lib] = {}
+# SoftHSM reads $SOFTHSM2_CONF once, when its library is initialised: what it was then is the store
+# this process uses for good, whatever the environment says later (see `loaded_configurations`).
+_configurations: dict[str, str | None] = {}
 _sessions: dict[tuple[str, str], "_OpenSession"] = {}
 _logins: dict[tuple[str, str], "_PinDigest"] = {}  # the PIN each logged-in token accepted, as a digest
 _opened: list[pkcs11.Session] = []  # every session opened, for close_all (a replaced one may hold the login)
@@ -71,10 +77,18 @@ def load_module(module_path: str) -> pkcs11.lib:
         if module_path not in _libraries:
             try:
                 _libraries[module_path] = pkcs11.lib(module_path)
+                _configurations[module_path] = os.environ.get(SOFTHSM_CONF_ENV)
             except (p11x.PKCS11Error, OSError) as exc:
                 reason = str(exc).split(": ")[-1] or type(exc).__name__
                 raise HsmError(f"cannot load PKCS#11 module {module_path}: {reason}") from None
         return _libraries[module_path]
+
+
+def loaded_configurations() -> dict[str, str | None]:
+    """The PKCS#11 modules this process has loaded, each with the $SOFTHSM2_CONF it was loaded under
+    (None when unset): a module keeps that store until the process ends."""
+    with _lock:
+        return dict(_configurations)
 
 
 def token_labels(module_path: str) -> list[str]:

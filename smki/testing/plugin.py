@@ -1,0 +1,42 @@
+"""The `smki` pytest plugin (entry point pytest11): a test PKI and a private SoftHSM token as fixtures.
+
+Nothing here touches SoftHSM until a fixture is asked for, so the plugin costs nothing in a run
+that does not use it. The store is chosen by `SoftHsmStore.for_process` (the one the PKCS#11
+library was loaded under, else $SOFTHSM2_CONF's, else a new one), whatever was imported first.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smki_softhsm():
+    """This process's SoftHSM store (configuration and token directory)."""
+    from smki.testing.softhsm import SoftHsmStore
+
+    return SoftHsmStore.for_process()
+
+
+@pytest.fixture(scope="session")
+def smki_token(smki_softhsm):
+    """The run's private SoftHSM token, with random PINs (`.pin`); `.new_key()` makes P-256 keys on it."""
+    return smki_softhsm.shared_token()
+
+
+@pytest.fixture(scope="session")
+def smki_pki(smki_token, tmp_path_factory):
+    """One complete SMKI test PKI per run (smki.testing.TestPKI): both hierarchies and a Librarian, on `smki_token`."""
+    from smki.testing.pki import TestPKI
+
+    pki = TestPKI.create(tmp_path_factory.mktemp("smki-pki"), token=smki_token)
+    yield pki
+    pki.close()
+
+
+@pytest.fixture
+def smki_repository(smki_pki):
+    """The test PKI's repository web service on a free loopback port, for one test (`.url`, `.address`, `.api_key`)."""
+    served = smki_pki.serve_repository()
+    yield served
+    served.shutdown()
