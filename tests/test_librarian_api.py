@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import smki
-from test_librarian_publishing import API_KEY, POLICY, START, Pki, make_crl, now
+from test_librarian_publishing import API_KEY, POLICY, Pki, make_crl, now
 from smki.audit.verify import rows_from_database, verify_trail
 from smki.errors import BadInputError, ConflictError, RefusedError, SmkiError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
@@ -32,14 +32,14 @@ pytest_plugins = ["postgres_server"]  # `database_target`: SQLite and PostgreSQL
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+def pki(smki_pki):
+    return Pki.of_test_pki(smki_pki)
 
 
 @pytest.fixture(scope="module")
 def other_pki(new_hsm_key):
     """Same names, other keys: nothing it signed chains to `pki`."""
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+    return Pki.impostor(new_hsm_key()[1], new_hsm_key()[1])
 
 
 def pem(certificate) -> bytes:
@@ -87,7 +87,7 @@ def twin_of(pki, monkeypatch) -> x509.Certificate:
     """Another Organisation Certificate with orgs[0]'s issuer and serial."""
     monkeypatch.setattr("smki.profiles.certificates.new_serial_number", lambda: pki.orgs[0].serial_number)
     twin = sign_certificate(organisation_certificate(OrganisationCertificateParams(
-        RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F30010000"), KeyUsage.KEY_AGREEMENT, POLICY, Validity(START, START.replace(year=2036))),
+        RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F30010000"), KeyUsage.KEY_AGREEMENT, POLICY, Validity(pki.orgs[0].not_valid_before_utc, pki.orgs[0].not_valid_after_utc)),
         ec.generate_private_key(ec.SECP256R1()).public_key(), pki.issuing), pki.issuing_signer)
     assert twin.serial_number == pki.orgs[0].serial_number and twin != pki.orgs[0]
     return twin
