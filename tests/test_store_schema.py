@@ -20,7 +20,7 @@ import pytest
 from smki.audit import AuditEntry, AuditTrail
 from smki.errors import BadInputError, ConflictError, StoreConflictError, StoreError, StoreFault
 from smki.store import CertificateRecord, Connection, Dialect, insert_certificate, open_database, transaction
-from smki.store.audit_keys import audit_key_pems
+from smki.store.audit_log import audit_key_pems
 from smki.store.database import MIGRATIONS
 from smki.store.policies import AdoptedPolicy, adopted_policies, adopted_policy, record_adoption, successful_entries
 from smki.store.reconcile import records_state_changes

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
@@ -34,25 +33,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.canonical import canonical, canonical_text
 from smki.errors import BadInputError, RefusedError
+from smki.store import audit_log
+from smki.store.connection import Connection
 
 GENESIS_HASH = hashlib.sha256(b"smki audit trail genesis v1").hexdigest()
 OUTCOMES = ("success", "refused", "failed")
 # Keys that would put a secret in the trail: refused wherever they appear in subject or details.
 _SECRET_KEY = re.compile(r"pin|passphrase|password|secret|share", re.IGNORECASE)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_entries (
-    seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, operation TEXT NOT NULL,
-    subject TEXT NOT NULL, policy TEXT, outcome TEXT NOT NULL, details TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    seq INTEGER PRIMARY KEY, head_hash TEXT NOT NULL, time TEXT NOT NULL, context TEXT NOT NULL,
-    key_id TEXT NOT NULL, signature BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_keys (key_id TEXT PRIMARY KEY, public_key_pem TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_entries_operation ON audit_entries (operation);
-"""
 
 
 class CheckpointSigner(Protocol):
@@ -126,9 +113,10 @@ def key_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 class AuditTrail:
-    """The audit trail in one SQLite database (the authority's own; its tables come from the store's migrations)."""
+    """The audit trail in the authority's own database (its tables come from the store's migrations; smki.store.audit_log
+    reads and writes them)."""
 
-    def __init__(self, connection: sqlite3.Connection, checkpoint_signer: CheckpointSigner | None = None,
+    def __init__(self, connection: Connection, checkpoint_signer: CheckpointSigner | None = None,
                  checkpoint_every: int = 1000, anchor: HeadAnchor | None = None) -> None:
         if checkpoint_every < 1:
             raise BadInputError("checkpoint_every must be at least 1")
@@ -143,10 +131,10 @@ class AuditTrail:
         if anchored is None:
             return
         seq, head_hash = anchored
-        row = self.connection.execute("SELECT entry_hash FROM audit_entries WHERE seq = ?", (seq,)).fetchone()
-        if row is None or row[0] != head_hash:
+        recorded = audit_log.entry_hash_at(self.connection, seq)
+        if recorded != head_hash:
             self._anchor_broken = True
-            what = "no longer holds" if row is None else "holds a different"
+            what = "no longer holds" if recorded is None else "holds a different"
             raise RefusedError(f"the audit trail {what} entry {seq}, the head its audit key's token anchored: the trail was "
                                "truncated or rewritten (and the state with it); nothing is done from it until it is restored")
 
@@ -156,8 +144,7 @@ class AuditTrail:
             self.anchor.store(*self._checkpointed)
 
     def head(self) -> tuple[int, str]:
-        row = self.connection.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
-        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+        return audit_log.head(self.connection) or (0, GENESIS_HASH)
 
     def append(self, *entries: AuditEntry) -> int:
         """Append entries in the caller's transaction (the caller commits); return the last sequence number."""
@@ -177,7 +164,7 @@ class AuditTrail:
             rows.append((seq, entry.time, entry.actor, entry.operation, subject,
                          None if entry.policy is None else policy_text, entry.outcome, details, previous, current))
             previous = current
-        self.connection.executemany("INSERT INTO audit_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        audit_log.insert_entries(self.connection, rows)
         if self.signer is not None and seq // self.checkpoint_every > first_seq // self.checkpoint_every:
             self.checkpoint(f"every {self.checkpoint_every} entries")
         return seq
@@ -192,11 +179,7 @@ class AuditTrail:
         when = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         key_id = key_id_of(self.signer.public_key)
         pem = self.signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-        self.connection.execute("INSERT INTO audit_keys VALUES (?, ?) ON CONFLICT DO NOTHING", (key_id, pem))
         signature = self.signer.sign(checkpoint_message(seq, head_hash, when, context))
-        self.connection.execute("INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (seq) DO UPDATE SET "
-                                "head_hash = excluded.head_hash, time = excluded.time, context = excluded.context, "
-                                "key_id = excluded.key_id, signature = excluded.signature",
-                                (seq, head_hash, when, context, key_id, signature))
+        audit_log.record_checkpoint(self.connection, seq, head_hash, when, context, key_id, pem, signature)
         self._checkpointed = (seq, head_hash)
         return seq

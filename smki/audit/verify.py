@@ -14,7 +14,6 @@ earlier (`ChainHead`, from a verification report or an export), which must still
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from smki.audit.canonical import CANONICALISATION
 from smki.audit.trail import GENESIS_HASH, checkpoint_message, entry_hash, key_id_of
 from smki.errors import BadInputError, StoreError
 from smki.files import MAX_AUDIT_EXPORT_BYTES, read_input
+from smki.store.audit_log import entries_and_checkpoints
+from smki.store.connection import Connection
 
 EXPORT_FORMAT = "smki-audit-export/1"
 
@@ -73,11 +74,10 @@ class VerificationReport:
                 "head": None if self.head is None else str(self.head)}
 
 
-def rows_from_database(connection: sqlite3.Connection) -> tuple[list[dict], list[dict]]:
+def rows_from_database(connection: Connection) -> tuple[list[dict], list[dict]]:
+    """The trail's entries and checkpoints as an export holds them (signatures in hex)."""
     try:
-        # seq is the INTEGER PRIMARY KEY, i.e. SQLite's rowid: stored order, on PostgreSQL too.
-        entries = [dict(row) for row in connection.execute("SELECT * FROM audit_entries ORDER BY seq")]
-        checkpoints = [dict(row) for row in connection.execute("SELECT * FROM audit_checkpoints ORDER BY seq")]
+        entries, checkpoints = entries_and_checkpoints(connection)
     except StoreError as exc:  # the store's connection maps the driver's errors (smki.store.connection)
         raise BadInputError(f"no audit trail in this database ({exc.detail})") from None
     for checkpoint in checkpoints:
@@ -153,7 +153,7 @@ def verify_trail(entries: list[dict], checkpoints: list[dict], public_key: ec.El
     return VerificationReport(len(entries), len(checkpoints), last_signed, head=ChainHead.of_entries(entries))
 
 
-def export_trail(connection: sqlite3.Connection, public_key_pem: str) -> bytes:
+def export_trail(connection: Connection, public_key_pem: str) -> bytes:
     entries, checkpoints = rows_from_database(connection)
     document = {"format": EXPORT_FORMAT, "canonicalisation": CANONICALISATION, "genesis_hash": GENESIS_HASH,
                 "entry_hash": "SHA-256(prev_hash bytes || canonical({seq,time,actor,operation,subject,policy,outcome,details}))",

@@ -16,7 +16,7 @@ from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_
 from smki.hsm.config import default_module_path
 from smki.profiles.pem import PemLabel, single_object
 from smki.store import open_database
-from smki.store.audit_keys import audit_key_pems
+from smki.store.audit_log import audit_key_pems
 from smki.store.connection import Connection
 
 

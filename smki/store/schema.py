@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smki.audit.trail import SCHEMA as _SQLITE_2
 from smki.store.connection import Dialect
 from smki.store.lodged_crls import create_listed_serials
 
@@ -57,6 +56,21 @@ _SQLITE_1 = """
         CREATE INDEX certificates_entity ON certificates (entity_id, key_usage);
         CREATE INDEX certificates_subject_key ON certificates (subject_key_id);
     """
+
+# Shipped from smki/audit/trail.py, written flush left: kept byte for byte.
+_SQLITE_2 = """
+CREATE TABLE IF NOT EXISTS audit_entries (
+    seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL, operation TEXT NOT NULL,
+    subject TEXT NOT NULL, policy TEXT, outcome TEXT NOT NULL, details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY, head_hash TEXT NOT NULL, time TEXT NOT NULL, context TEXT NOT NULL,
+    key_id TEXT NOT NULL, signature BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_keys (key_id TEXT PRIMARY KEY, public_key_pem TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_entries_operation ON audit_entries (operation);
+"""
 
 _SQLITE_3 = """
         CREATE TABLE adopted_policies (
