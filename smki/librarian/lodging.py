@@ -16,13 +16,13 @@ from cryptography.exceptions import InvalidSignature
 
 from smki.audit.trail import AuditTrail
 from smki.operations.audited import AuditedOperation
+from smki.operations.names import Operation
 from smki.operations.records import record_for
 from smki.errors import ConflictError, RefusedError
 from smki.store.certificates import find_certificate, insert_certificate, list_certificates
 from smki.store.database import transaction
 
 
-LODGE_OPERATION = "certificate.lodge"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
     record = record_for(certificate)
     subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
                "entity_id": record.entity_id}
-    with AuditedOperation(audit, actor, LODGE_OPERATION, subject) as operation:
+    with AuditedOperation(audit, actor, Operation.LODGE_CERTIFICATE, subject) as operation:
         if _already_lodged(connection, record):  # checked when it was lodged; a root was trusted then
             raise AlreadyLodged(f"certificate {record.serial_hex} is already lodged", {"serial": record.serial_hex})
         _check(connection, certificate, record, trust_root)

@@ -29,6 +29,7 @@ from smki.audit.trail import AuditTrail
 from smki.errors import BadInputError
 from smki.files import fsync_directory, read_input, replace_file
 from smki.operations.audited import AuditedOperation
+from smki.operations.names import Operation
 from smki.store.database import transaction
 from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
 from smki.store.repository import published_certificates
@@ -36,7 +37,6 @@ from smki.store.repository import published_certificates
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "smki-repository/1"
 CERTIFICATES_DIR, CRL_DIR = "certificates", "crl"
-PUBLISH_OPERATION = "repository.publish"
 TEMP_SUFFIX = ".publishing"  # temporary files: hidden (leading dot) and named so a later run can remove leftovers
 
 
@@ -143,7 +143,7 @@ def publish_repository(connection: sqlite3.Connection, directory: Path, *, audit
     """
     if audit is None:
         return _publish(connection, Path(directory), now)
-    with AuditedOperation(audit, actor, PUBLISH_OPERATION, {"directory": str(directory)}) as operation:
+    with AuditedOperation(audit, actor, Operation.PUBLISH, {"directory": str(directory)}) as operation:
         publication = _publish(connection, Path(directory), now)
         with transaction(connection):
             audit.append(operation.success_entry(_audit_details(publication)))

@@ -19,7 +19,7 @@ from smki.profiles.names import raw_attributes
 ECDSA_WITH_SHA256 = der.ECDSA_WITH_SHA256_OID
 KU, BC, CP, SKI, AKI, SAN = "2.5.29.15", "2.5.29.19", "2.5.29.32", "2.5.29.14", "2.5.29.35", "2.5.29.17"
 CONTINGENCY = "1.3.6.1.5.5.7.1.20"
-CERTIFICATE_TYPES = tuple(kind.value for kind in CertificateType)
+CERTIFICATE_TYPES = tuple(certificate_type.value for certificate_type in CertificateType)
 
 
 @dataclass(frozen=True)
