@@ -97,9 +97,9 @@ class Reconciliation:
         return {"agree": self.agree, "issuers": self.issuers, "policies": self.policies}
 
 
-def _parsed(kind: type, value: Any) -> Any:
+def _parsed(value_type: type, value: Any) -> Any:
     """A vocabulary value from its plain form (refused as the CLI refuses it), or as given."""
-    return value if isinstance(value, kind) else kind.parse(value)
+    return value if isinstance(value, value_type) else value_type.parse(value)
 
 
 def _not_before(value: datetime | str | None) -> datetime:

@@ -151,12 +151,12 @@ def _certificate_of(item) -> x509.Certificate:
     raise BadInputError(f"not a certificate: {type(item).__name__}")
 
 
-def _key_id(certificate: x509.Certificate, kind) -> bytes | None:
+def _key_id(certificate: x509.Certificate, extension_class) -> bytes | None:
     try:
-        value = certificate.extensions.get_extension_for_class(kind).value
+        value = certificate.extensions.get_extension_for_class(extension_class).value
     except x509.ExtensionNotFound:
         return None
-    return value.key_identifier if kind is x509.AuthorityKeyIdentifier else value.digest
+    return value.key_identifier if extension_class is x509.AuthorityKeyIdentifier else value.digest
 
 
 def _fresh_key() -> ec.EllipticCurvePrivateKey:
