@@ -32,7 +32,7 @@ from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
-from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, RemotePartyRole
 from smki.operations.names import Operation
 from smki.policy import Environment
 from smki.policy.model import CertificatePolicy
@@ -131,7 +131,7 @@ class _Accepted:
 def prove_template(plan: BatchPlan, template: DeviceCertificateTemplate, usages: tuple[KeyUsage, ...]) -> None:
     """Lint a draft of each key usage's certificate, and show the template writes exactly that draft."""
     policy_oid = plan.policy.policy_oid(plan.environment)
-    lint = pre_issuance_check("device", (policy_oid,), issuer=plan.issuer)
+    lint = pre_issuance_check(CertificateType.DEVICE, (policy_oid,), issuer=plan.issuer)
     throwaway = SoftwareSigner()
     for usage in usages:
         params = plan.policy.device_certificate_params(
@@ -217,7 +217,7 @@ class _Run:
             facts = accepted[name]
             serial = serial_hex(facts.serial)
             self.records.append(CertificateRecord(
-                serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type="device", subject_key_id=facts.subject_key_id,
+                serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type=CertificateType.DEVICE, subject_key_id=facts.subject_key_id,
                 status="I", not_before=not_before, not_after=not_after, der=der, entity_id=facts.device_id, key_usage=facts.key_usage,
                 policy_name=policy.name, policy_version=policy.version, policy_sha256=policy.sha256, request_sha256=facts.request_sha256,
                 issued_at=issued_at))

@@ -25,6 +25,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smki.audit.trail import AuditTrail
+from smki.identifiers import CertificateType
 from smki.librarian.lodging import AlreadyLodged
 from smki.errors import BadInputError, RefusedError
 from smki.operations.lists import ListType
@@ -40,7 +41,7 @@ from smki.store.database import transaction
 from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, lodged_crl, mark_revoked,
                                      record_listed_serials)
 
-CA_TYPES = ("root", "issuing-ca")
+CA_TYPES = (CertificateType.ROOT, CertificateType.ISSUING_CA)
 
 
 @dataclass(frozen=True)

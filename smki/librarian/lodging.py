@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from smki.audit.trail import AuditTrail
+from smki.identifiers import CertificateType
 from smki.operations.audited import AuditedOperation
 from smki.operations.names import Operation
 from smki.operations.records import record_for
@@ -60,7 +61,7 @@ def _already_lodged(connection: sqlite3.Connection, record) -> bool:
 
 
 def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, record) -> x509.Certificate:
-    if record.certificate_type == "root":
+    if record.certificate_type == CertificateType.ROOT:
         return certificate
     candidates = list_certificates(connection, subject_key_id=record.issuer_key_id)
     if not candidates:
@@ -69,7 +70,7 @@ def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, recor
 
 
 def _check(connection: sqlite3.Connection, certificate: x509.Certificate, record, trust_root: bool) -> None:
-    if record.certificate_type == "root" and not trust_root:
+    if record.certificate_type == CertificateType.ROOT and not trust_root:
         raise RefusedError("a root certificate is lodged only when the operator trusts it explicitly (--trust-root)")
     issuer = _issuer(connection, certificate, record)
     try:

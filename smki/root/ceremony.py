@@ -289,10 +289,10 @@ def _root_rekey(run: _Run, session) -> None:
         validity_end = min(params.validity.not_after_utc, old_root.not_valid_after_utc)
         cross_params = IssuingCaCertificateParams(params.subject, params.policy_oids, type(params.validity)(spec.not_before, validity_end),
                                                   params.path_length)
-        lint = pre_issuance_check("cross-certificate", (run.policy.policy_oid(ceremony.environment),), issuer=old_root)
+        lint = pre_issuance_check(CertificateType.CROSS_CERTIFICATE, (run.policy.policy_oid(ceremony.environment),), issuer=old_root)
         cross = sign_certificate(issuing_ca_certificate(cross_params, new_signer.public_key, old_root), old_signer, pre_issuance_check=lint)
-        _verified(run, cross, old_root, "cross-certificate", "cross-certificate (old root -> new root key)")
-        _certificate_output(run, cross, ceremony.cross_certificate, "cross-certificate", "cross-certificate")
+        _verified(run, cross, old_root, CertificateType.CROSS_CERTIFICATE, "cross-certificate (old root -> new root key)")
+        _certificate_output(run, cross, ceremony.cross_certificate, "cross-certificate", CertificateType.CROSS_CERTIFICATE)
 
 
 def _contingency_recovery(run: _Run, session) -> None:

@@ -72,16 +72,16 @@ class CertificateView:
     def detected_type(self) -> str:
         if self.basic_constraints_ca:
             if self.self_issued and self.extension(AKI) is None:
-                return "root"
+                return CertificateType.ROOT
             # At a root re-key the old root certifies the new root's key under the root's own name.
-            return "cross-certificate" if self.self_issued else "issuing-ca"
+            return CertificateType.CROSS_CERTIFICATE if self.self_issued else CertificateType.ISSUING_CA
         if self.tbs["subject"].dump() == b"\x30\x00" or self.extension(SAN) is not None:
-            return "device"
-        return "organisation"
+            return CertificateType.DEVICE
+        return CertificateType.ORGANISATION
 
     @property
     def is_end_entity(self) -> bool:
-        return self.certificate_type in ("organisation", "device")
+        return self.certificate_type in (CertificateType.ORGANISATION, CertificateType.DEVICE)
 
     def method_2_key_identifier(self) -> bytes:
         low = hashlib.sha1(self.point).digest()[-8:]
