@@ -23,7 +23,6 @@ from smki.profiles.keyids import key_identifier
 from smki.store.database import transaction
 
 
-
 @dataclass(frozen=True)
 class GeneratedKey:
     """A key pair made in the token, with its private key's attributes as read back."""
