@@ -15,7 +15,7 @@ _EXPORTS = {
     "IssuingAuthority": "smki.issuing",
     "Librarian": "smki.librarian",
     **dict.fromkeys(["IssuedCertificate", "IssuedCrl", "Revocation"], "smki.operations.results"),
-    **dict.fromkeys(["CertificateType", "DeviceType", "EUI64", "KeyUsage", "RemotePartyRole"], "smki.identifiers"),
+    **dict.fromkeys(["CertificateType", "DeviceType", "EUI64", "KeyUsage", "PolicyKind", "RemotePartyRole"], "smki.identifiers"),
     **dict.fromkeys(["CertificatePolicy", "Environment", "load_policy"], "smki.policy"),
     **dict.fromkeys(["CertificateRecord", "RepositoryStatus"], "smki.store.certificates"),
     **dict.fromkeys(["KeyRef", "PinSource"], "smki.hsm"),

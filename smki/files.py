@@ -1,4 +1,4 @@
-"""Reading inputs (bounded by kind) and writing outputs (atomically, never over an existing file).
+"""Reading inputs (bounded by kind) and writing outputs (atomically: never over an existing file, or replacing it whole).
 
 Every file smki reads goes through `read_input`, with the limit for its kind: the size is
 checked before anything is read, a device, FIFO or directory is refused (a share file that is
@@ -7,7 +7,9 @@ a symlink to /dev/zero would otherwise be read forever), and at most limit+1 byt
 YAML loader: duplicate keys refused, alias expansion and nesting bounded.
 
 A ceremony or issuance output that already exists is a sign of a repeated or confused
-run; it is refused rather than replaced. Readers never see a half-written file.
+run; it is refused rather than replaced (WriteMode.NEW). A published file is replaced by a
+rename (WriteMode.REPLACE). Either way readers never see a half-written file: `atomic_file` is
+the one place that writes a temporary file, flushes it to disk and moves it into place.
 
 An output is written to `.NAME.PID-XXXXXXXX.tmp` beside it, and its writer holds an exclusive
 `flock` on that file until it is linked into place or removed. A writer killed outright
@@ -18,13 +20,14 @@ still writing.
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import os
 import re
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -208,9 +211,9 @@ def refuse_existing(path: Path) -> None:
 _TEMPORARY_SUFFIX = ".tmp"
 
 
-def _temporary_pattern(path: Path) -> re.Pattern:
+def _temporary_pattern(path: Path, suffix: str) -> re.Pattern:
     # mkstemp's random part: eight of [a-z0-9_].
-    return re.compile(rf"\.{re.escape(path.name)}\.[0-9]+-[a-z0-9_]{{8}}{re.escape(_TEMPORARY_SUFFIX)}")
+    return re.compile(rf"\.{re.escape(path.name)}\.[0-9]+-[a-z0-9_]{{8}}{re.escape(suffix)}")
 
 
 def _try_lock(descriptor: int) -> bool:
@@ -228,9 +231,9 @@ def _same_file(descriptor: int, name: Path) -> bool:
         return False
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
+def remove_stale_temporaries(path: Path, suffix: str = _TEMPORARY_SUFFIX) -> list[Path]:
     """Remove the temporaries of `path` left by writers that died; return them. One a live writer holds is kept."""
-    pattern, removed = _temporary_pattern(path), []
+    pattern, removed = _temporary_pattern(path, suffix), []
     try:
         candidates = [entry for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
@@ -249,29 +252,42 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def _locked_temporary(path: Path) -> tuple[int, str]:
+def _locked_temporary(path: Path, suffix: str) -> tuple[int, str]:
     """A new temporary file beside `path`, open and locked. A cleaner may remove it in the moment
     between its creation and the lock; then the name no longer leads to it, and another is made."""
     while True:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=_TEMPORARY_SUFFIX)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=suffix)
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         if _same_file(descriptor, Path(temporary)):
             return descriptor, temporary
         os.close(descriptor)
 
 
+class WriteMode(enum.Enum):
+    """How an output reaches its name once it is complete on disk."""
+
+    NEW = "new"  # linked into place: refused if the name exists (a repeated or confused run)
+    REPLACE = "replace"  # renamed over whatever the name held: readers see the old file or the new, never a mix
+
+
 @contextmanager
-def new_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """A stream to a temporary file beside `path`, linked into place on success if `path` is still free.
+def atomic_file(path: Path, write_mode: WriteMode = WriteMode.NEW, *, mode: int = 0o644,
+                temporary_suffix: str = _TEMPORARY_SUFFIX, remove_stale: bool = True) -> Iterator[BinaryIO]:
+    """The one atomic writer: a stream to a locked temporary file beside `path`, flushed to disk
+    and then linked (NEW) or renamed (REPLACE) into place when the block ends without error.
 
     On any error the temporary file is removed and `path` is untouched: no half-written output.
-    Temporaries of `path` left by writers that died are removed first.
+    Temporaries of `path` left by writers that died are removed first, unless the caller clears
+    them itself (`remove_stale=False`: a publisher writing thousands of files into one directory
+    sweeps it once per run, rather than scanning it once per file).
     """
     path = Path(path)
-    refuse_existing(path)
+    if write_mode is WriteMode.NEW:
+        refuse_existing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    descriptor, temporary = _locked_temporary(path)
+    if remove_stale:
+        remove_stale_temporaries(path, temporary_suffix)
+    descriptor, temporary = _locked_temporary(path, temporary_suffix)
     lock = os.dup(descriptor)  # the lock lives as long as this descriptor: past the stream's close, until the unlink
     try:
         with os.fdopen(descriptor, "wb") as stream:
@@ -279,15 +295,45 @@ def new_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, mode)
+        _move_into_place(temporary, path, write_mode)
+    finally:
+        with suppress(FileNotFoundError):  # a rename (REPLACE) took the name away already
+            os.unlink(temporary)
+        os.close(lock)
+
+
+def _move_into_place(temporary: str, path: Path, write_mode: WriteMode) -> None:
+    if write_mode is WriteMode.REPLACE:
+        os.replace(temporary, path)
+        return
+    try:
         os.link(temporary, path)  # atomic, and fails if `path` appeared meanwhile
     except FileExistsError:
         raise ConflictError(f"{path} already exists; not overwriting it") from None
-    finally:
-        os.unlink(temporary)
-        os.close(lock)
+
+
+def new_file(path: Path, mode: int = 0o644):
+    """A stream to a temporary file beside `path`, linked into place on success if `path` is still free."""
+    return atomic_file(path, WriteMode.NEW, mode=mode)
 
 
 def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` atomically, never over an existing file."""
-    with new_file(path, mode) as stream:
+    with atomic_file(path, WriteMode.NEW, mode=mode) as stream:
         stream.write(data)
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o644, *, temporary_suffix: str = _TEMPORARY_SUFFIX,
+                 remove_stale: bool = True) -> None:
+    """Write `data` to `path` atomically, replacing what it held."""
+    with atomic_file(path, WriteMode.REPLACE, mode=mode, temporary_suffix=temporary_suffix, remove_stale=remove_stale) as stream:
+        stream.write(data)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory: a link or rename into it is durable only once its directory is flushed."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

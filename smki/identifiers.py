@@ -1,4 +1,4 @@
-"""SMKI identifiers: EUI-64, RemotePartyRole, DeviceType, KeyUsage, CertificateType.
+"""SMKI identifiers: EUI-64, RemotePartyRole, DeviceType, KeyUsage, CertificateType, PolicyKind.
 
 Small value types with no dependencies beyond the standard library. Each parser accepts
 what operators and files actually contain and raises `BadInputError` naming the value.
@@ -30,6 +30,14 @@ class CertificateType(enum.StrEnum):
             return cls(text)
         except ValueError:
             raise BadInputError(f"unknown certificate type {text!r} ({', '.join(t.value for t in cls)})") from None
+
+
+class PolicyKind(enum.StrEnum):
+    """The hierarchy a Certificate Policy governs (its `identification.kind`): the key of its
+    adoption in the state (`adopted_policies.kind`) and in audit entries."""
+
+    ORGANISATION = "organisation"
+    DEVICE = "device"
 
 
 _EUI64_SEPARATORS = re.compile(r"[-: ]")

@@ -260,9 +260,9 @@ def test_a_publish_that_fails_is_audited(librarian, tmp_path, database_target):
 def test_write_bulk_files_and_its_since_value(librarian, pki, tmp_path):
     librarian.lodge(pki.orgs[0])
     files = librarian.write_bulk_files(tmp_path / "bulk", since=(now() - timedelta(hours=1)).isoformat())
-    assert [(f.kind, f.certificates) for f in files] == [("full", 3), ("delta", 3)]
+    assert [(f.bulk_kind, f.certificates) for f in files] == [("full", 3), ("delta", 3)]
     later = librarian.write_bulk_files(tmp_path / "later", since=now() + timedelta(hours=1))
-    assert [(f.kind, f.certificates) for f in later] == [("full", 3), ("delta", 0)]
+    assert [(f.bulk_kind, f.certificates) for f in later] == [("full", 3), ("delta", 0)]
     with pytest.raises(ConflictError, match="already exists"):
         librarian.write_bulk_files(tmp_path / "bulk")
     with pytest.raises(BadInputError) as bad:

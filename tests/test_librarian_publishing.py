@@ -344,7 +344,7 @@ def test_bulk_full_and_delta_files(tmp_path, pki, repo):
     lodge_crl(repo, make_crl(pki.issuing, pki.issuing_signer, 1, revoked=[pki.orgs[0].serial_number]))  # orgs[0]: status R today
     today = now()
     files = write_bulk_files(repo, tmp_path / "bulk", since=today - timedelta(hours=1), now=today)
-    assert [(f.kind, f.certificates, f.path.name) for f in files] == [
+    assert [(f.bulk_kind, f.certificates, f.path.name) for f in files] == [
         ("full", 5, f"smki-full-{today:%Y-%m-%d}.jsonl.gz"), ("delta", 3, f"smki-delta-{today:%Y-%m-%d}.jsonl.gz")]
 
     full = {line["serial"]: line for line in read_bulk(files[0].path)}

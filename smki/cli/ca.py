@@ -213,7 +213,7 @@ def reconcile_command(state_dir, as_json):
     emit(as_json, reconciliation.summary(), lambda d: "\n".join([
         *(f"issuer {issuer}: " + ("state agrees with the audit trail" if not problems else "DIFFERS: " + "; ".join(problems))
           for issuer, problems in d["issuers"].items()),
-        *(f"policy {kind}: DIFFERS: {problem}" for kind, problem in d["policies"].items())]) or "no issuer in this state")
+        *(f"policy {hierarchy}: DIFFERS: {problem}" for hierarchy, problem in d["policies"].items())]) or "no issuer in this state")
     if not reconciliation.agree:
         raise SystemExit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 from pathlib import Path
 
@@ -20,10 +21,18 @@ from smki.profiles.pem import PemLabel, der_object, pem_blocks, single_object
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-_KINDS = {PemLabel.CERTIFICATE: "certificate", PemLabel.CRL: "crl", PemLabel.CSR: "csr", PemLabel.NEW_CSR: "csr"}
+class Artefact(enum.Enum):
+    """What one object in a file given to `smki lint` is."""
+
+    CERTIFICATE = "certificate"
+    CRL = "crl"
+    CSR = "csr"
 
 
-def _der_kind(der: bytes) -> str:
+_ARTEFACTS = {PemLabel.CERTIFICATE: Artefact.CERTIFICATE, PemLabel.CRL: Artefact.CRL, PemLabel.CSR: Artefact.CSR, PemLabel.NEW_CSR: Artefact.CSR}
+
+
+def _der_artefact(der: bytes) -> Artefact:
     """certificate, crl or csr, from the DER's shape (a CRL's TBS has no [0] version tag; a CSR's has INTEGER 0 and a Name)."""
     from asn1crypto import core
     try:
@@ -31,33 +40,33 @@ def _der_kind(der: bytes) -> str:
         tbs = core.Sequence.load(outer[0].dump())
         first = tbs[0].dump()
     except (ValueError, TypeError, IndexError):
-        return "certificate"  # let the certificate parser report what is wrong
+        return Artefact.CERTIFICATE  # let the certificate parser report what is wrong
     if first[:1] == b"\xa0":
-        return "certificate"
+        return Artefact.CERTIFICATE
     if first == b"\x02\x01\x00" and len(outer) == 3 and tbs[2].dump()[:1] == b"\x30" and len(tbs) == 4:
-        return "csr"
-    return "crl"
+        return Artefact.CSR
+    return Artefact.CRL
 
 
-def _artefacts(path: Path) -> list[tuple[str, str, bytes]]:
-    """(label, kind, DER) of each certificate, CRL or CSR in a PEM (one or more blocks, only whitespace
+def _artefacts(path: Path) -> list[tuple[str, Artefact, bytes]]:
+    """(label, artefact, DER) of each certificate, CRL or CSR in a PEM (one or more blocks, only whitespace
     around them) or DER (exactly one object) file."""
     try:
         data = read_input(path, MAX_LINT_BYTES)
     except BadInputError as exc:  # each result already names its file
         raise BadInputError(str(exc).removeprefix(f"{path}: ")) from None
     if data[:1] == b"\x30":
-        return [(str(path), _der_kind(data), der_object(data, ""))]
-    blocks = pem_blocks(data, "", tuple(_KINDS))
-    return [(f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), _KINDS[label], der) for index, (label, der) in enumerate(blocks)]
+        return [(str(path), _der_artefact(data), der_object(data, ""))]
+    blocks = pem_blocks(data, "", tuple(_ARTEFACTS))
+    return [(f"{path}" + (f"#{index + 1}" if len(blocks) > 1 else ""), _ARTEFACTS[label], der) for index, (label, der) in enumerate(blocks)]
 
 
-def _lint_one(kind: str, der: bytes, certificate_type, expected, rfc5280: bool):
+def _lint_one(artefact: Artefact, der: bytes, certificate_type, expected, rfc5280: bool):
     """(type, findings as JSON) of one artefact; BadInputError when it cannot be parsed."""
-    if kind == "crl":
+    if artefact is Artefact.CRL:
         lint_type, findings = lint_crl(der)
         return lint_type, [f.as_json() for f in findings]
-    if kind == "csr":
+    if artefact is Artefact.CSR:
         return _lint_csr(der)
     lint_type, findings = lint_certificate(der, certificate_type=certificate_type, expected_policy_oids=expected,
                                            policy_roles=shipped_policy_roles())
@@ -137,9 +146,9 @@ def lint_command(paths, certificate_type, environment, policy_oids, list_rules, 
             results.append({"file": str(path), "error": str(exc) if isinstance(exc, BadInputError) else exc.strerror})
             unreadable = True
             continue
-        for label, kind, der in artefacts:
+        for label, artefact, der in artefacts:
             try:
-                lint_type, findings = _lint_one(kind, der, certificate_type, expected, rfc5280)
+                lint_type, findings = _lint_one(artefact, der, certificate_type, expected, rfc5280)
             except BadInputError as exc:
                 results.append({"file": label, "error": str(exc)})
                 unreadable = True

@@ -8,6 +8,7 @@ import click
 
 from smki.cli.cert import issuing_authority
 from smki.cli.common import emit, json_option, state_option
+from smki.identifiers import PolicyKind
 from smki.policy import Environment, load_policy
 
 policy_argument = click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -29,20 +30,20 @@ def check_command(files, as_json) -> None:
     results = []
     for path in files:
         policy = load_policy(path)
-        results.append({"file": str(path), "kind": policy.kind, "version": policy.version, "sha256": policy.sha256})
+        results.append({"file": str(path), "kind": policy.hierarchy, "version": policy.version, "sha256": policy.sha256})
     emit(as_json, results, lambda rows: "\n".join(f"{r['file']}: valid {r['kind']} policy {r['version']} sha256 {r['sha256']}" for r in rows))
 
 
 def _summary(policy, environment: Environment | None) -> dict:
     environments = [environment] if environment else list(Environment)
     document = policy.document
-    summary = {**policy.identity, "kind": policy.kind, "file": str(policy.path),
+    summary = {**policy.identity, "kind": policy.hierarchy, "file": str(policy.path),
                "policy_oids": {e.value: policy.policy_oid(e) for e in environments},
                "root": document["ca_hierarchy"]["root"], "issuing": document["ca_hierarchy"]["issuing"],
                "subscriber_certificates": document["subscriber_certificates"], "eligibility": document["eligibility"],
                "revocation": document["revocation"], "custody": document["key_management"]["custody"],
                "audit_events": document["audit"]["events"]}
-    if policy.kind == "device":
+    if policy.hierarchy is PolicyKind.DEVICE:
         summary["hw_type_oids"] = {e.value: document["identification"]["hw_type_oids"][e.value] for e in environments}
     return summary
 

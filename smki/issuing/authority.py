@@ -27,9 +27,10 @@ from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_fil
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
-from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, RemotePartyRole
 from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
 from smki.operations.lists import ListType, signed_list
+from smki.operations.names import Operation
 from smki.operations.release import record_and_release
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, PolicyRefusal, load_policy
@@ -50,25 +51,6 @@ from smki.store.certificates import CertificateRecord, normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
-
-
-class Operation:
-    """The audit trail's names of the Issuing Authority's operations."""
-
-    ISSUE_ORGANISATION = "certificate.issue.organisation"
-    ISSUE_DEVICE = "certificate.issue.device"
-    ISSUE_BATCH = "certificate.issue.device.batch"
-    REVOKE = "certificate.revoke"
-    REJECT = "certificate.reject"
-    ISSUE_LIST = "crl.issue"  # renamed arl.issue once the issuer is known to be a root
-    ADOPT_POLICY = "policy.adopt"
-
-
-class CertificateType:
-    """The profiles this authority signs, as the profiles and the lint name them."""
-
-    ORGANISATION = "organisation"
-    DEVICE = "device"
 
 
 # Called as answers are recorded: (requests answered since the last call, requests in the batch).
@@ -115,9 +97,9 @@ class Reconciliation:
         return {"agree": self.agree, "issuers": self.issuers, "policies": self.policies}
 
 
-def _parsed(kind: type, value: Any) -> Any:
+def _parsed(value_type: type, value: Any) -> Any:
     """A vocabulary value from its plain form (refused as the CLI refuses it), or as given."""
-    return value if isinstance(value, kind) else kind.parse(value)
+    return value if isinstance(value, value_type) else value_type.parse(value)
 
 
 def _not_before(value: datetime | str | None) -> datetime:
@@ -278,9 +260,9 @@ class IssuingAuthority:
         with self._operation(Operation.ADOPT_POLICY) as operation:
             file = policy.path if isinstance(policy, CertificatePolicy) else policy
             policy = policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
-            operation.subject = {"kind": policy.kind, "file": str(file)}
+            operation.subject = {"kind": policy.hierarchy, "file": str(file)}
             previous = adopt(operation.connection, policy, self.actor, operation.audit)
-        return {**policy.identity, "kind": policy.kind, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
+        return {**policy.identity, "kind": policy.hierarchy, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
 
     # -- certificates from requests --------------------------------------------------------------
     def issue_organisation(self, csr: bytes | Path, *, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
@@ -423,7 +405,7 @@ class IssuingAuthority:
         with self._operation(name, serial=serial.upper(), reason=reason) as operation:
             policy = self._adopted_policy(operation)
             if name == Operation.REJECT and not policy.revoke_on_rejection:
-                raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.kind} policy does not revoke rejected certificates")
+                raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.hierarchy} policy does not revoke rejected certificates")
             record = self._record_of(operation.connection, serial)
             method = policy.check_revocation(record.certificate_type, reason)
             now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -446,14 +428,14 @@ class IssuingAuthority:
     def issue_crl(self, *, out: Path | None = None) -> IssuedCrl:
         """The CRL (an Issuing OCA) or ARL (a root): every revocation recorded, a persisted strictly
         increasing cRLNumber, nextUpdate from the policy, signed in the HSM, linted and verified."""
-        with self._operation(Operation.ISSUE_LIST) as operation:
+        with self._operation(Operation.ISSUE_CRL) as operation:  # renamed arl.issue once the issuer is known to be a root
             if out is not None:
                 refuse_existing(out)
             policy = self._adopted_policy(operation)
             issuer = self._issuer()
             facts = describe(issuer)
             list_type = ListType.of_issuer(facts.certificate_type)
-            operation.operation = f"{list_type.value}.issue"
+            operation.operation = Operation.issue_list(list_type)
             issuer_key_id = facts.subject_key_id.hex().upper()
             signer = self._signing_key()
             now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -463,13 +445,13 @@ class IssuingAuthority:
                            for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
                 number = next_crl_number(operation.connection, issuer_key_id, now)
                 crl, der = signed_list(issuer, signer, list_type, crl_number=number, this_update_utc=now,
-                                       next_update_utc=policy.next_update(list_type.value, now), entries=entries)
+                                       next_update_utc=policy.next_update(list_type, now), entries=entries)
                 operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries),
                                      "file": str(out) if out is not None else None}
                 operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
             if out is not None:
                 write_new_file(out, pem_armour(der, PemLabel.CRL))
-        return IssuedCrl(crl, number, len(entries), list_type.value, issuer_key_id, Path(out) if out is not None else None, der)
+        return IssuedCrl(crl, number, len(entries), list_type, issuer_key_id, Path(out) if out is not None else None, der)
 
     # -- the records (read-only) -----------------------------------------------------------------
     def show(self, serial: int | str) -> list[CertificateRecord]:
@@ -496,9 +478,9 @@ class IssuingAuthority:
     def adopt_state(self) -> dict:
         """Once, after upgrading from an smki whose audit entries did not record state changes: record the
         state tables as they stand, in entries signed by the audit key. Needs the audit key."""
-        from smki.issuing.state_adoption import OPERATION, adopt_legacy_state
+        from smki.issuing.state_adoption import adopt_legacy_state
 
-        with self._operation(OPERATION) as operation:
+        with self._operation(Operation.ADOPT_STATE) as operation:
             return adopt_legacy_state(operation.audit, self.actor)
 
 

@@ -15,6 +15,7 @@ never released; the next run issues those requests afresh with new serials.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import time
 from collections import deque
@@ -31,7 +32,8 @@ from smki.hsm.child_env import spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
-from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, RemotePartyRole
+from smki.operations.names import Operation
 from smki.policy import Environment
 from smki.policy.model import CertificatePolicy
 from smki.profiles import device_certificate, sign_certificate
@@ -47,7 +49,6 @@ from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange
 
-OPERATION = "certificate.issue.device.batch"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class _Accepted:
 def prove_template(plan: BatchPlan, template: DeviceCertificateTemplate, usages: tuple[KeyUsage, ...]) -> None:
     """Lint a draft of each key usage's certificate, and show the template writes exactly that draft."""
     policy_oid = plan.policy.policy_oid(plan.environment)
-    lint = pre_issuance_check("device", (policy_oid,), issuer=plan.issuer)
+    lint = pre_issuance_check(CertificateType.DEVICE, (policy_oid,), issuer=plan.issuer)
     throwaway = SoftwareSigner()
     for usage in usages:
         params = plan.policy.device_certificate_params(
@@ -216,7 +217,7 @@ class _Run:
             facts = accepted[name]
             serial = serial_hex(facts.serial)
             self.records.append(CertificateRecord(
-                serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type="device", subject_key_id=facts.subject_key_id,
+                serial_hex=serial, issuer_key_id=self.issuer_key_id, certificate_type=CertificateType.DEVICE, subject_key_id=facts.subject_key_id,
                 status="I", not_before=not_before, not_after=not_after, der=der, entity_id=facts.device_id, key_usage=facts.key_usage,
                 policy_name=policy.name, policy_version=policy.version, policy_sha256=policy.sha256, request_sha256=facts.request_sha256,
                 issued_at=issued_at))
@@ -238,7 +239,7 @@ class _Run:
         with transaction(self.connection):
             insert_certificates(self.connection, records)
             record_outcomes(self.connection, self.summary.batch_id, outcomes)
-            self.audit.append(AuditEntry(self.actor, OPERATION, "success", subject, StateChange().issue(self.issuer_key_id, *serials).details(),
+            self.audit.append(AuditEntry(self.actor, Operation.ISSUE_BATCH, "success", subject, StateChange().issue(self.issuer_key_id, *serials).details(),
                                          policy=self.plan.policy.identity))
         self.records, self.outcomes, self.ders, self.tasks_pending = [], [], {}, 0
         self.transactions += 1
@@ -255,21 +256,28 @@ class _Run:
         def submit_check() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                in_flight.append(("check", pool.apply_async(in_plain_data, (check_requests, self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
+                in_flight.append((_Stage.CHECK, pool.apply_async(in_plain_data, (check_requests, self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
 
         for _ in range(limit):
             submit_check()
         while in_flight:
-            kind, pending, accepted = in_flight.popleft()
+            stage, pending, accepted = in_flight.popleft()
             result = task_result(pending.get())
-            if kind == "check":
+            if stage is _Stage.CHECK:
                 jobs, accepted = self.decide(result)
                 if jobs:
-                    in_flight.append(("sign", pool.apply_async(in_plain_data, (sign_certificates, jobs)), accepted))
+                    in_flight.append((_Stage.SIGN, pool.apply_async(in_plain_data, (sign_certificates, jobs)), accepted))
                 submit_check()
             else:
                 self.record(result, accepted)
         self.flush()
+
+
+class _Stage(enum.Enum):
+    """What a worker task in flight does: check a chunk of requests, or sign the accepted ones."""
+
+    CHECK = "check"
+    SIGN = "sign"
 
 
 def _chunks(names: tuple[str, ...], skip: set[str], size: int) -> Iterator[list[str]]:
@@ -304,7 +312,7 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
         recorded = register_batch(connection, row)
         answered = answered_names(connection, batch_id)
         resumed = recorded is not row
-        audit.append(AuditEntry(actor, "batch.resume" if resumed else "batch.start", "success",
+        audit.append(AuditEntry(actor, Operation.BATCH_RESUME if resumed else Operation.BATCH_START, "success",
                                 {"batch_id": batch_id, "source": str(plan.batch.source), "entries": len(plan.batch.names),
                                  "answered_before": len(answered), "device_type": plan.device_type.name,
                                  "requester": plan.requester.camel_name}, policy=plan.policy.identity))
@@ -318,7 +326,7 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
             run.run(_chunks(plan.batch.names, answered, plan.chunk_size), workers)
     with transaction(connection):  # synchronous again: this commit makes the whole run durable
         finish_batch(connection, batch_id, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        audit.append(AuditEntry(actor, "batch.finish", "success", {"batch_id": batch_id, "statuses": summary.statuses,
+        audit.append(AuditEntry(actor, Operation.BATCH_FINISH, "success", {"batch_id": batch_id, "statuses": summary.statuses,
                                                                    "answered_before": summary.answered_before}, policy=plan.policy.identity))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.errors import ConflictError, RefusedError
+from smki.operations.names import Operation
 from smki.store.database import transaction
 from smki.store.reconcile import issuers, records_state_changes, state_as_changes
 
-OPERATION = "state.adopt"
 
 
 def adopt_legacy_state(audit: AuditTrail, actor: str) -> dict[str, dict[str, int]]:
@@ -31,7 +31,7 @@ def adopt_legacy_state(audit: AuditTrail, actor: str) -> dict[str, dict[str, int
         entries = []
         for issuer_key_id in issuers(connection):
             changes = state_as_changes(connection, issuer_key_id)
-            entries += [AuditEntry(actor, OPERATION, "success", {"issuer_key_id": issuer_key_id, "part": part, "parts": len(changes)},
+            entries += [AuditEntry(actor, Operation.ADOPT_STATE, "success", {"issuer_key_id": issuer_key_id, "part": part, "parts": len(changes)},
                                    change.details()) for part, change in enumerate(changes, 1)]
             adopted[issuer_key_id] = {"issued": sum(len(c.issued.get(issuer_key_id, ())) for c in changes),
                                       "revoked": sum(len(c.revoked.get(issuer_key_id, ())) for c in changes),

@@ -23,33 +23,38 @@ gives the same bytes. A file that already exists is never overwritten.
 from __future__ import annotations
 
 import base64
+import enum
 import gzip
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from smki.errors import ConflictError
-from smki.files import refuse_existing
+from smki.files import WriteMode, atomic_file, refuse_existing
 from smki.store.repository import BulkRow, bulk_changes_since, bulk_rows
 
 BULK_FORMAT = "smki-bulk/1"
 DEFAULT_DELTA_PERIOD = timedelta(days=1)
 
+class BulkKind(enum.StrEnum):
+    """What a bulk file holds: every published certificate, or the changes over a period."""
+
+    FULL = "full"
+    DELTA = "delta"
+
+
 @dataclass(frozen=True)
 class BulkFile:
     path: Path
-    kind: str  # full or delta
+    bulk_kind: BulkKind
     certificates: int
     sha256: str  # of the compressed file, as a party downloads it
 
     def summary(self) -> dict:
-        return {"file": str(self.path), "kind": self.kind, "certificates": self.certificates, "sha256": self.sha256}
+        return {"file": str(self.path), "kind": self.bulk_kind, "certificates": self.certificates, "sha256": self.sha256}
 
 
 def iso_utc(moment: datetime) -> str:
@@ -92,29 +97,16 @@ class _HashingWriter:
         self.stream.flush()
 
 
-def write_bulk_file(path: Path, kind: str, lines: Iterable[bytes]) -> BulkFile:
+def write_bulk_file(path: Path, bulk_kind: BulkKind, lines: Iterable[bytes]) -> BulkFile:
     """Stream `lines` gzip-compressed into a temporary file beside `path`, then link it into place if `path` is still free."""
-    path = Path(path)
-    refuse_existing(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     count = 0
-    try:
-        with os.fdopen(descriptor, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as stream:
-                for line in lines:
-                    stream.write(line)
-                    count += 1
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(temporary, 0o644)
-        os.link(temporary, path)  # atomic, and fails if `path` appeared meanwhile
-    except FileExistsError:
-        raise ConflictError(f"{path} already exists; not overwriting it") from None
-    finally:
-        os.unlink(temporary)
-    return BulkFile(path, kind, count, hashing.digest.hexdigest())
+    with atomic_file(path, WriteMode.NEW) as raw:
+        hashing = _HashingWriter(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as stream:
+            for line in lines:
+                stream.write(line)
+                count += 1
+    return BulkFile(Path(path), bulk_kind, count, hashing.digest.hexdigest())
 
 
 def bulk_file_names(now: datetime) -> tuple[str, str]:
@@ -131,5 +123,5 @@ def write_bulk_files(connection: sqlite3.Connection, directory: Path, *, since: 
     full_name, delta_name = bulk_file_names(now)
     for name in (full_name, delta_name):
         refuse_existing(Path(directory) / name)
-    return [write_bulk_file(Path(directory) / full_name, "full", full_lines(connection, now)),
-            write_bulk_file(Path(directory) / delta_name, "delta", delta_lines(connection, since, now))]
+    return [write_bulk_file(Path(directory) / full_name, BulkKind.FULL, full_lines(connection, now)),
+            write_bulk_file(Path(directory) / delta_name, BulkKind.DELTA, delta_lines(connection, since, now))]

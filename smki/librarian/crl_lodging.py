@@ -25,9 +25,12 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smki.audit.trail import AuditTrail
+from smki.identifiers import CertificateType
 from smki.librarian.lodging import AlreadyLodged
 from smki.errors import BadInputError, RefusedError
+from smki.operations.lists import ListType
 from smki.operations.audited import AuditedOperation
+from smki.operations.names import Operation
 from smki.profiles.files import load_crl
 from smki.profiles.lint.crl_rules import DUPLICATE_EXTENSION, lint_crl
 from smki.profiles.lint.findings import refuse_on_errors
@@ -38,7 +41,7 @@ from smki.store.database import transaction
 from smki.store.lodged_crls import (LodgedCrl, crl_number_key, insert_lodged_crl, latest_lodged_crl, lodged_crl, mark_revoked,
                                      record_listed_serials)
 
-CA_TYPES = ("root", "issuing-ca")
+CA_TYPES = (CertificateType.ROOT, CertificateType.ISSUING_CA)
 
 
 @dataclass(frozen=True)
@@ -142,22 +145,22 @@ def _accept(connection: sqlite3.Connection, crl: x509.CertificateRevocationList,
     key_id = _authority_key_id(crl)
     operation.subject["issuer_key_id"] = key_id
     issuer = _issuer(connection, key_id)
-    kind = "arl" if issuer.certificate_type == "root" else "crl"
-    operation.subject["kind"] = kind
-    operation.operation = f"{kind}.lodge"
+    list_type = ListType.of_issuer(issuer.certificate_type)
+    operation.subject["kind"] = list_type  # the audit subject's key stays `kind`: a published format
+    operation.operation = Operation.lodge_list(list_type)
     _check_signature(crl, issuer)
     _check_lint(crl_der, issuer, now)
     number = _crl_number(crl)
     operation.subject["crl_number"] = number
     _check_number(connection, number, key_id, sha256)
     _check_next_update(crl, now)
-    record = LodgedCrl(issuer_key_id=key_id, crl_number=crl_number_key(number), kind=kind,
+    record = LodgedCrl(issuer_key_id=key_id, crl_number=crl_number_key(number), kind=list_type,
                        this_update=crl.last_update_utc.isoformat(), next_update=crl.next_update_utc.isoformat(),
                        sha256=sha256, der=crl_der, lodged_at=now.isoformat(timespec="seconds"))
     insert_lodged_crl(connection, record)
     listed = {serial_hex(entry.serial_number) for entry in crl}
     record_listed_serials(connection, record, listed)
-    revoked = mark_revoked(connection, key_id, listed, record.lodged_at, f"{kind} {key_id} {number}")
+    revoked = mark_revoked(connection, key_id, listed, record.lodged_at, f"{list_type} {key_id} {number}")
     return CrlLodgement(record, revoked)
 
 
@@ -172,8 +175,8 @@ def lodge_crl(connection: sqlite3.Connection, crl_der: bytes, *, audit: AuditTra
     audit = audit or AuditTrail(connection)
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     sha256 = hashlib.sha256(crl_der).hexdigest()
-    # Named "crl.lodge" until the issuer shows whether it is an ARL.
-    with AuditedOperation(audit, actor, "crl.lodge", {"sha256": sha256}) as operation:
+    # Named crl.lodge until the issuer shows whether it is an ARL.
+    with AuditedOperation(audit, actor, Operation.LODGE_CRL, {"sha256": sha256}) as operation:
         crl = _parse(crl_der)
         with transaction(connection):
             lodgement = _accept(connection, crl, crl_der, sha256, now, operation)

@@ -15,14 +15,15 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from smki.audit.trail import AuditTrail
+from smki.identifiers import CertificateType
 from smki.operations.audited import AuditedOperation
+from smki.operations.names import Operation
 from smki.operations.records import record_for
 from smki.errors import ConflictError, RefusedError
 from smki.store.certificates import find_certificate, insert_certificate, list_certificates
 from smki.store.database import transaction
 
 
-LODGE_OPERATION = "certificate.lodge"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _already_lodged(connection: sqlite3.Connection, record) -> bool:
 
 
 def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, record) -> x509.Certificate:
-    if record.certificate_type == "root":
+    if record.certificate_type == CertificateType.ROOT:
         return certificate
     candidates = list_certificates(connection, subject_key_id=record.issuer_key_id)
     if not candidates:
@@ -69,7 +70,7 @@ def _issuer(connection: sqlite3.Connection, certificate: x509.Certificate, recor
 
 
 def _check(connection: sqlite3.Connection, certificate: x509.Certificate, record, trust_root: bool) -> None:
-    if record.certificate_type == "root" and not trust_root:
+    if record.certificate_type == CertificateType.ROOT and not trust_root:
         raise RefusedError("a root certificate is lodged only when the operator trusts it explicitly (--trust-root)")
     issuer = _issuer(connection, certificate, record)
     try:
@@ -89,7 +90,7 @@ def lodge_certificate(connection: sqlite3.Connection, certificate: x509.Certific
     record = record_for(certificate)
     subject = {"serial": record.serial_hex, "issuer_key_id": record.issuer_key_id, "type": record.certificate_type,
                "entity_id": record.entity_id}
-    with AuditedOperation(audit, actor, LODGE_OPERATION, subject) as operation:
+    with AuditedOperation(audit, actor, Operation.LODGE_CERTIFICATE, subject) as operation:
         if _already_lodged(connection, record):  # checked when it was lodged; a root was trusted then
             raise AlreadyLodged(f"certificate {record.serial_hex} is already lodged", {"serial": record.serial_hex})
         _check(connection, certificate, record, trust_root)

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from pathlib import Path
 
 from smki.audit.trail import AuditTrail
 from smki.errors import BadInputError
-from smki.files import read_input
+from smki.files import fsync_directory, read_input, replace_file
 from smki.operations.audited import AuditedOperation
+from smki.operations.names import Operation
 from smki.store.database import transaction
 from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
 from smki.store.repository import published_certificates
@@ -37,7 +37,6 @@ from smki.store.repository import published_certificates
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "smki-repository/1"
 CERTIFICATES_DIR, CRL_DIR = "certificates", "crl"
-PUBLISH_OPERATION = "repository.publish"
 TEMP_SUFFIX = ".publishing"  # temporary files: hidden (leading dot) and named so a later run can remove leftovers
 
 
@@ -62,30 +61,9 @@ def crl_path(issuer_key_id: str) -> str:
     return f"{CRL_DIR}/{issuer_key_id}.crl"
 
 
-def _fsync_directory(directory: Path) -> None:
-    # A rename is durable only once its directory is flushed.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def replace_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+def _replace(path: Path, data: bytes) -> None:
+    # Leftovers are swept once per run under the publishing lock (_remove_leftovers), not once per file.
+    replace_file(path, data, temporary_suffix=TEMP_SUFFIX, remove_stale=False)
 
 
 def _publish_file(path: Path, data: bytes, touched: set[Path]) -> int:
@@ -99,7 +77,7 @@ def _publish_file(path: Path, data: bytes, touched: set[Path]) -> int:
             return 0
     except BadInputError:
         pass
-    replace_atomically(path, data)
+    _replace(path, data)
     touched.add(path.parent)
     return 1
 
@@ -165,7 +143,7 @@ def publish_repository(connection: sqlite3.Connection, directory: Path, *, audit
     """
     if audit is None:
         return _publish(connection, Path(directory), now)
-    with AuditedOperation(audit, actor, PUBLISH_OPERATION, {"directory": str(directory)}) as operation:
+    with AuditedOperation(audit, actor, Operation.PUBLISH, {"directory": str(directory)}) as operation:
         publication = _publish(connection, Path(directory), now)
         with transaction(connection):
             audit.append(operation.success_entry(_audit_details(publication)))
@@ -186,8 +164,8 @@ def _publish(connection: sqlite3.Connection, directory: Path, now: datetime | No
         per_issuer, certificates_written = _publish_certificates(connection, directory, touched)
         crls, crls_written = _publish_crls(connection, directory, touched)
         for parent in sorted(touched):
-            _fsync_directory(parent)
+            fsync_directory(parent)
         index = _index(per_issuer, crls, now)
-        replace_atomically(directory / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-        _fsync_directory(directory)
+        _replace(directory / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+        fsync_directory(directory)
     return Publication(directory, index["certificates"]["count"], crls, certificates_written + crls_written + 1, index)

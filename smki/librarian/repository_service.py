@@ -50,7 +50,7 @@ from defusedxml import DefusedXmlException
 
 from smki.errors import BadInputError
 from smki.files import MAX_CRL_BYTES, read_input
-from smki.identifiers import EUI64
+from smki.identifiers import EUI64, CertificateType
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, search_certificates
 
 MAX_BODY_SIZE = 16 * 1024
@@ -119,7 +119,7 @@ def parse_search_request(body: bytes) -> SearchQuery:
         raise ServiceError(HTTPStatus.UNAUTHORIZED, f"CertificateUsage {usage!r} is not DS or KA")
     if status is not None and status not in STATUS_CODES:
         raise ServiceError(HTTPStatus.UNAUTHORIZED, f"CertificateStatus {status!r} is not one of P, I, N, E, R")
-    return SearchQuery(entity_id, "organisation" if organisation is not None else "device", usage, status)
+    return SearchQuery(entity_id, CertificateType.ORGANISATION if organisation is not None else CertificateType.DEVICE, usage, status)
 
 
 def parse_retrieve_request(body: bytes) -> str:
@@ -168,7 +168,7 @@ def search_response(records: list[CertificateRecord], audit_reference: str) -> E
 def retrieve_response(record: CertificateRecord, audit_reference: str) -> ET.Element:
     root = _response("CertificateDataResponse", HTTPStatus.OK, "certificate found", audit_reference)
     body = ET.SubElement(root, "CertificateResponse")
-    subject_tag = "CertificateSubjectName" if record.certificate_type == "organisation" else "CertificateSubjectAltName"
+    subject_tag = "CertificateSubjectName" if record.certificate_type == CertificateType.ORGANISATION else "CertificateSubjectAltName"
     entity = EUI64.parse(record.entity_id).hyphenated if record.entity_id else ""
     for tag, value in ((subject_tag, entity), ("CertificateSerial", record.serial_hex), ("CertificateStatus", record.status),
                        ("CertificateBody", base64.b64encode(record.der).decode()), ("CertificateRole", _role_decimal(record)),

@@ -18,10 +18,9 @@ from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.session import open_session
 from smki.hsm.signer import Pkcs11Signer
 from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.names import Operation
 from smki.profiles.keyids import key_identifier
 from smki.store.database import transaction
-
-OPERATION = "key.generate"
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def generate_key(state: Path | str, key: KeyRef, pin: PinSource | str | None, *,
     connection = open_state(state)
     try:
         audit = open_audit_trail(connection, None if audits_itself else audit_key, audit_pin)
-        with AuditedOperation(audit, actor, OPERATION, {"key_uri": key.uri}) as operation:
+        with AuditedOperation(audit, actor, Operation.GENERATE_KEY, {"key_uri": key.uri}) as operation:
             session = open_session(key.module, key.token_label, _pin_value(pin, key), rw=True)
             public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
             public_key = public_key_of(public_object)

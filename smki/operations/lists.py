@@ -19,20 +19,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import HsmError
 from smki.hsm.signer import Signer
+from smki.identifiers import CertificateType
 from smki.profiles.crl import RevokedEntry, build_crl_der
 from smki.profiles.lint import refuse_on_errors
 from smki.profiles.lint.crl_rules import lint_crl
 
 
-class ListType(str, enum.Enum):
-    """Which revocation list: an Issuing OCA's CRL, or a root's ARL (Authority Revocation List)."""
+class ListType(enum.StrEnum):
+    """Which revocation list: an Issuing OCA's CRL, or a root's ARL (Authority Revocation List).
+    A StrEnum: stored, printed and written in JSON as its value."""
 
     CRL = "crl"
     ARL = "arl"
 
     @classmethod
-    def of_issuer(cls, certificate_type: str) -> "ListType":
-        return cls.ARL if certificate_type == "root" else cls.CRL
+    def of_issuer(cls, certificate_type: CertificateType | str) -> "ListType":
+        return cls.ARL if certificate_type == CertificateType.ROOT else cls.CRL
 
 
 def signed_list(issuer: x509.Certificate, signer: Signer, list_type: ListType, *, crl_number: int, this_update_utc: datetime,

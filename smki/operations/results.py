@@ -9,6 +9,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from smki.operations.lists import ListType
+from smki.policy.model import RevocationMethod
 from smki.profiles.pem import PemLabel, pem_armour
 from smki.store.certificates import CertificateRecord
 
@@ -47,7 +49,7 @@ class IssuedCrl:
     crl: x509.CertificateRevocationList
     number: int
     entries: int
-    list_type: str  # "crl" or "arl"
+    list_type: ListType
     issuer_key_id: str
     file: Path | None = None
     # The DER as signed, when the issuer kept it: re-encoding a parsed million-entry list costs seconds.
@@ -74,7 +76,7 @@ class Revocation:
     serial_hex: str
     issuer_key_id: str
     reason: str
-    method: str
+    method: RevocationMethod
     revoked_at: datetime
 
     def summary(self) -> dict:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.errors import ConflictError, RefusedError
+from smki.identifiers import PolicyKind
 from smki.policy.model import CertificatePolicy
 from smki.store.connection import Connection
 from smki.store.database import transaction
@@ -27,18 +28,18 @@ OPERATION = "policy.adopt"
 _IDENTITY = ("name", "version", "sha256")  # what the adoption's audit entry records (CertificatePolicy.identity)
 
 
-def adopted(connection: Connection, kind: str) -> dict | None:
-    return adopted_policy(connection, kind)
+def adopted(connection: Connection, hierarchy: PolicyKind) -> dict | None:
+    return adopted_policy(connection, hierarchy)
 
 
 def adopt(connection: Connection, policy: CertificatePolicy, actor: str, audit: AuditTrail | None = None) -> dict | None:
     """Adopt `policy` for its kind; return the record it replaces (None for the first adoption)."""
     audit = audit or AuditTrail(connection)
-    previous = adopted(connection, policy.kind)
+    previous = adopted(connection, policy.hierarchy)
     with transaction(connection):
-        record_adoption(connection, AdoptedPolicy(policy.kind, policy.name, policy.version, policy.sha256,
+        record_adoption(connection, AdoptedPolicy(policy.hierarchy, policy.name, policy.version, policy.sha256,
                                                   datetime.now(timezone.utc).isoformat(timespec="seconds"), actor))
-        audit.append(AuditEntry(actor, OPERATION, "success", {"kind": policy.kind, "file": str(policy.path)},
+        audit.append(AuditEntry(actor, OPERATION, "success", {"kind": policy.hierarchy, "file": str(policy.path)},
                                 {"replaces": previous and {k: previous[k] for k in ("version", "sha256")}}, policy.identity))
     return previous
 
@@ -49,10 +50,10 @@ def recorded_adoptions(connection: Connection) -> dict[str, dict]:
     Cost: the adoption entries only (the trail's operation index); an authority has a handful."""
     recorded: dict[str, dict] = {}
     for subject, policy in successful_entries(connection, OPERATION):
-        kind = json.loads(subject).get("kind")
+        hierarchy = json.loads(subject).get("kind")  # the entry's JSON key stays `kind`: a published format
         identity = json.loads(policy) if policy else None
-        if isinstance(kind, str) and isinstance(identity, dict):
-            recorded[kind] = {key: identity.get(key) for key in _IDENTITY}
+        if isinstance(hierarchy, str) and isinstance(identity, dict):
+            recorded[hierarchy] = {key: identity.get(key) for key in _IDENTITY}
     return recorded
 
 
@@ -61,36 +62,36 @@ def adoption_differences(connection: Connection) -> dict[str, str]:
     recorded = recorded_adoptions(connection)
     held = {row["kind"]: {key: row[key] for key in _IDENTITY} for row in adopted_policies(connection)}
     found = {}
-    for kind in sorted(set(recorded) | set(held)):
-        difference = _difference(kind, held.get(kind), recorded.get(kind))
+    for hierarchy in sorted(set(recorded) | set(held)):
+        difference = _difference(hierarchy, held.get(hierarchy), recorded.get(hierarchy))
         if difference:
-            found[kind] = difference
+            found[hierarchy] = difference
     return found
 
 
-def _difference(kind: str, held: dict | None, recorded: dict | None) -> str | None:
+def _difference(hierarchy: str, held: dict | None, recorded: dict | None) -> str | None:
     def named(identity: dict) -> str:
         return f"version {identity['version']}, sha256 {str(identity['sha256'])[:16]}..."
 
     if held == recorded:
         return None
     if recorded is None:
-        return f"the adopted {kind} policy ({named(held)}) was adopted by no audited operation"
+        return f"the adopted {hierarchy} policy ({named(held)}) was adopted by no audited operation"
     if held is None:
-        return f"the {kind} policy the audit trail records adopting ({named(recorded)}) is missing from the state"
-    return f"the adopted {kind} policy is {named(held)} in the state but {named(recorded)} in the audit trail"
+        return f"the {hierarchy} policy the audit trail records adopting ({named(recorded)}) is missing from the state"
+    return f"the adopted {hierarchy} policy is {named(held)} in the state but {named(recorded)} in the audit trail"
 
 
 def require_adopted(connection: Connection, policy: CertificatePolicy) -> None:
     """Refuse to act under a policy file other than the adopted one, or under an adoption the audit trail does not record."""
-    record = adopted(connection, policy.kind)
+    record = adopted(connection, policy.hierarchy)
     if record is None:
-        raise ConflictError(f"no {policy.kind} policy adopted in this authority's state: run `smki policy adopt` first")
-    difference = _difference(policy.kind, {key: record[key] for key in _IDENTITY}, recorded_adoptions(connection).get(policy.kind))
+        raise ConflictError(f"no {policy.hierarchy} policy adopted in this authority's state: run `smki policy adopt` first")
+    difference = _difference(policy.hierarchy, {key: record[key] for key in _IDENTITY}, recorded_adoptions(connection).get(policy.hierarchy))
     if difference:
         raise RefusedError(f"{difference}; nothing is done under it until the state is restored or the policy adopted again "
                            "(`smki policy adopt`)")
     if record["sha256"] != policy.sha256:
         raise ConflictError(
-            f"{policy.path} (version {policy.version}, sha256 {policy.sha256[:16]}...) is not the adopted {policy.kind} policy "
+            f"{policy.path} (version {policy.version}, sha256 {policy.sha256[:16]}...) is not the adopted {policy.hierarchy} policy "
             f"(version {record['version']}, sha256 {record['sha256'][:16]}...): adopt it explicitly with `smki policy adopt`")

@@ -61,12 +61,12 @@ def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
 
 
 def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputError], shape: str,
-                        kind: str = "policy") -> tuple[dict, dict, bytes]:
+                        what: str = "policy") -> tuple[dict, dict, bytes]:
     """(data, line map, file bytes) of a YAML file (duplicate keys refused) valid under `document_schema`;
     anything else raises `error` as `file:line: field: what is wrong`."""
     path = Path(path)
     try:
-        document = read_yaml(path, kind)
+        document = read_yaml(path, what)
     except YamlError as exc:
         raise error(str(exc)) from None
     node, data, raw = document.node, document.data, document.raw

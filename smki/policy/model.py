@@ -18,11 +18,20 @@ from pathlib import Path
 from cryptography import x509
 
 from smki.errors import BadInputError, RefusedError
-from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, PolicyKind, RemotePartyRole
 from smki.policy.loading import PolicyError, _field, _line, read_policy_document, sha256_of
 from smki.profiles import (DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
                            RootCertificateParams, Validity, ca_name)
 from smki.profiles.crl import REASON_CODES
+
+
+class RevocationMethod(enum.StrEnum):
+    """How a revocation reaches relying parties: the issuer's next CRL, the root's next ARL, or the
+    repository status alone. A StrEnum: written in audit entries and JSON as its value."""
+
+    CRL = "crl"
+    ARL = "arl"
+    STATUS = "status"
 
 
 class Environment(enum.Enum):
@@ -71,7 +80,7 @@ class CaProfile:
 @dataclass(frozen=True)
 class CertificatePolicy:
     path: Path
-    kind: str  # organisation or device
+    hierarchy: PolicyKind  # the policy file's identification.kind
     name: str
     version: str
     sha256: str
@@ -122,7 +131,7 @@ class CertificatePolicy:
     def organisation_certificate_params(self, environment: Environment, *, requester: RemotePartyRole, role: RemotePartyRole,
                                         entity_id: EUI64, key_usage: KeyUsage, common_name: str | None,
                                         not_before: datetime) -> OrganisationCertificateParams:
-        self._require_kind("organisation")
+        self._require_hierarchy(PolicyKind.ORGANISATION)
         self.check_organisation_issuance(requester, role, key_usage, common_name)
         validity = Duration(**self.document["subscriber_certificates"]["validity"])
         return OrganisationCertificateParams(role, entity_id, key_usage, self.policy_oid(environment),
@@ -131,12 +140,12 @@ class CertificatePolicy:
     @property
     def organisation_roles(self) -> tuple[RemotePartyRole, ...]:
         """The roles the 7.1 profile lets hold Organisation Certificates."""
-        self._require_kind("organisation")
+        self._require_hierarchy(PolicyKind.ORGANISATION)
         return tuple(RemotePartyRole.parse(name) for name in self.document["subscriber_certificates"]["roles"])
 
     def check_organisation_issuance(self, requester: RemotePartyRole, role: RemotePartyRole, key_usage: KeyUsage,
                                     common_name: str | None) -> None:
-        self._require_kind("organisation")
+        self._require_hierarchy(PolicyKind.ORGANISATION)
         profile = self.document["subscriber_certificates"]
         allowed = profile["roles"].get(role.camel_name)
         if allowed is None:
@@ -170,7 +179,7 @@ class CertificatePolicy:
 
     def device_key_usages(self, requester: RemotePartyRole, device_type: DeviceType) -> tuple[KeyUsage, ...]:
         """The key usages this device type may hold, once the requester is found eligible (4.1, 7.1)."""
-        self._require_kind("device")
+        self._require_hierarchy(PolicyKind.DEVICE)
         allowed = self.document["subscriber_certificates"]["device_types"].get(device_type.name)
         if allowed is None:
             raise PolicyRefusal("7.1 device types", f"device type {device_type.name} may not hold Device Certificates")
@@ -184,26 +193,26 @@ class CertificatePolicy:
 
     @property
     def batch_limit(self) -> int:
-        self._require_kind("device")
+        self._require_hierarchy(PolicyKind.DEVICE)
         return self.document["eligibility"]["batch_limit"]
 
     def check_batch_size(self, entries: int) -> None:
-        self._require_kind("device")
+        self._require_hierarchy(PolicyKind.DEVICE)
         limit = self.document["eligibility"]["batch_limit"]
         if entries > limit:
             raise PolicyRefusal("4.2 batch_limit", f"{entries} requests, more than the batch limit of {limit}")
 
     # -- 4.9 revocation -------------------------------------------------------------------
-    def check_revocation(self, certificate_type: str, reason: str) -> str:
-        """The revocation method (crl, arl, status) for this certificate type and reason, or a refusal."""
+    def check_revocation(self, certificate_type: CertificateType | str, reason: str) -> RevocationMethod:
+        """The revocation method for this certificate type and reason, or a refusal."""
         revocation = self.document["revocation"]
-        if certificate_type in ("issuing-ca", "root"):
-            method = "arl"
-        elif certificate_type == self.kind:
-            method = revocation["method"]
+        if certificate_type in (CertificateType.ISSUING_CA, CertificateType.ROOT):
+            method = RevocationMethod.ARL
+        elif certificate_type == self.hierarchy:
+            method = RevocationMethod(revocation["method"])
         else:
-            raise PolicyRefusal("4.9 revocation", f"this {self.kind} policy does not govern {certificate_type} certificates")
-        if reason not in revocation["reasons"] and not (method == "arl" and reason in REASON_CODES):
+            raise PolicyRefusal("4.9 revocation", f"this {self.hierarchy} policy does not govern {certificate_type} certificates")
+        if reason not in revocation["reasons"] and not (method is RevocationMethod.ARL and reason in REASON_CODES):
             raise PolicyRefusal("4.9 reasons", f"reason {reason!r} is not allowed (allowed: {', '.join(revocation['reasons'])})")
         return method
 
@@ -213,9 +222,10 @@ class CertificatePolicy:
         return bool(self.document["revocation"]["revoke_on_rejection"])
 
     def next_update(self, list_type: str, this_update: datetime) -> datetime:
+        """`list_type`: a smki.operations.lists.ListType (a str: this floor is below operations/)."""
         section = self.document["revocation"].get(list_type)
         if section is None:
-            raise PolicyRefusal("4.9 revocation", f"this {self.kind} policy issues no {list_type.upper()}")
+            raise PolicyRefusal("4.9 revocation", f"this {self.hierarchy} policy issues no {list_type.upper()}")
         return this_update + timedelta(hours=section["next_update_hours"])
 
     # -- 6.1 / 6.2 key management --------------------------------------------------------
@@ -234,9 +244,9 @@ class CertificatePolicy:
     def audit_events(self) -> list[str]:
         return list(self.document["audit"]["events"])
 
-    def _require_kind(self, kind: str) -> None:
-        if self.kind != kind:
-            raise PolicyRefusal("1.2 identification", f"{self.path} is the {self.kind} policy, not the {kind} policy")
+    def _require_hierarchy(self, hierarchy: PolicyKind) -> None:
+        if self.hierarchy is not hierarchy:
+            raise PolicyRefusal("1.2 identification", f"{self.path} is the {self.hierarchy} policy, not the {hierarchy} policy")
 
 
 def _cross_field_rules(path: Path, document: dict, lines: dict) -> None:
@@ -273,4 +283,4 @@ def load_policy(path: Path) -> CertificatePolicy:
     document, lines, raw = read_policy_document(path)
     _cross_field_rules(path, document, lines)
     identification = document["identification"]
-    return CertificatePolicy(path, identification["kind"], identification["name"], identification["version"], sha256_of(raw), document)
+    return CertificatePolicy(path, PolicyKind(identification["kind"]), identification["name"], identification["version"], sha256_of(raw), document)

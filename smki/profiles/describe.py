@@ -22,9 +22,9 @@ class CertificateFacts:
     hw_type_oid: str | None
 
 
-def _extension(certificate: x509.Certificate, kind):
+def _extension(certificate: x509.Certificate, extension_class):
     try:
-        return certificate.extensions.get_extension_for_class(kind).value
+        return certificate.extensions.get_extension_for_class(extension_class).value
     except x509.ExtensionNotFound:
         return None
 
@@ -40,17 +40,17 @@ def describe(certificate: x509.Certificate) -> CertificateFacts:
     if usage is not None and not usage.key_cert_sign:
         key_usage = "DS" if usage.digital_signature else "KA" if usage.key_agreement else None
     if constraints is not None and constraints.ca:
-        kind = CertificateType.ROOT if aki is None or (ski is not None and aki.key_identifier == ski.digest) else CertificateType.ISSUING_CA
+        certificate_type = CertificateType.ROOT if aki is None or (ski is not None and aki.key_identifier == ski.digest) else CertificateType.ISSUING_CA
     elif len(certificate.subject) == 0:
-        kind = CertificateType.DEVICE
+        certificate_type = CertificateType.DEVICE
         san = _extension(certificate, x509.SubjectAlternativeName)
         for name in san or []:
             if isinstance(name, x509.OtherName) and name.type_id == ID_ON_HARDWARE_MODULE_NAME:
                 hw_type, entity_id = parse_hardware_module_name(name)
     else:
-        kind = CertificateType.ORGANISATION
+        certificate_type = CertificateType.ORGANISATION
         unique = certificate.subject.get_attributes_for_oid(NameOID.X500_UNIQUE_IDENTIFIER)
         if unique and isinstance(unique[0].value, bytes) and unique[0].value[:1] == b"\x00":
             entity_id = unique[0].value[1:]  # BIT STRING contents: unused-bits octet, then the EUI-64
-    return CertificateFacts(kind, ski.digest if ski else b"", aki.key_identifier if aki else None, entity_id,
-                            role if kind is CertificateType.ORGANISATION else None, key_usage, hw_type)
+    return CertificateFacts(certificate_type, ski.digest if ski else b"", aki.key_identifier if aki else None, entity_id,
+                            role if certificate_type is CertificateType.ORGANISATION else None, key_usage, hw_type)

@@ -28,18 +28,18 @@ class PathResult:
     revocation_checked: list[str] = field(default_factory=list)
 
 
-def _extension(certificate, kind):
+def _extension(certificate, extension_class):
     try:
-        return certificate.extensions.get_extension_for_class(kind)
+        return certificate.extensions.get_extension_for_class(extension_class)
     except x509.ExtensionNotFound:
         return None
 
 
-def _key_id(certificate, kind) -> bytes | None:
-    found = _extension(certificate, kind)
+def _key_id(certificate, extension_class) -> bytes | None:
+    found = _extension(certificate, extension_class)
     if found is None:
         return None
-    return found.value.digest if kind is x509.SubjectKeyIdentifier else found.value.key_identifier
+    return found.value.digest if extension_class is x509.SubjectKeyIdentifier else found.value.key_identifier
 
 
 def _label(certificate: x509.Certificate) -> str:

@@ -23,7 +23,10 @@ from smki.files import refuse_existing, write_new_file
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.signer import Pkcs11Signer, open_signer, require_key_of, signer_for
+from smki.identifiers import CertificateType
 from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.lists import ListType
+from smki.operations.names import Operation
 from smki.operations.release import record_and_release
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, load_policy
@@ -44,19 +47,6 @@ from smki.store.certificates import normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
-
-
-class Operation:
-    """The audit trail's names of a Root Authority's operations (the ceremonies name theirs `ceremony.<type>`)."""
-
-    ADOPT_POLICY = "policy.adopt"
-    SELF_SIGN = "certificate.issue.root"
-    CERTIFY_ISSUING_AUTHORITY = "certificate.issue.issuing-ca"
-    REVOKE = "certificate.revoke"
-    ISSUE_ARL = "arl.issue"
-
-
-ARL = "arl"  # the list type a root issues (IssuedCrl.list_type)
 
 
 class CeremonyTranscript(dict):
@@ -107,7 +97,7 @@ class RootAuthority:
         policy = load_policy(ceremony.policy)
         for path in ceremony.outputs():
             refuse_existing(path)
-        return {"ceremony": ceremony.kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
+        return {"ceremony": ceremony.ceremony_kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
                 "policy": policy.identity, "custody": dict(zip(("threshold", "custodians"), policy.custody("root"))),
                 "custodians": list(ceremony.custodians), "token": ceremony.hsm.token, "key": ceremony.hsm.key.label,
                 "outputs": [str(path) for path in ceremony.outputs()]}
@@ -125,9 +115,9 @@ class RootAuthority:
         """Adopt `policy` (default: the authority's own) in this root's state, as `smki policy adopt` does."""
         with self._operation(Operation.ADOPT_POLICY) as operation:
             policy = self._load_policy(policy)
-            operation.subject = {"kind": policy.kind, "file": str(policy.path)}
+            operation.subject = {"kind": policy.hierarchy, "file": str(policy.path)}
             previous = adopt(self.connection, policy, self.actor, operation.audit)
-        return {**policy.identity, "kind": policy.kind, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
+        return {**policy.identity, "kind": policy.hierarchy, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
 
     def self_sign(self, *, not_before: datetime | str | None = None, out: Path | None = None) -> IssuedCertificate:
         """The self-signed root certificate for the root key (names, OIDs and validity from the policy)."""
@@ -135,7 +125,7 @@ class RootAuthority:
             policy, environment, start = self._signing_terms(not_before, out)
             signer = self._open_signer()
             params = policy.root_certificate_params(environment, start)
-            lint = pre_issuance_check("root", (policy.policy_oid(environment),))
+            lint = pre_issuance_check(CertificateType.ROOT, (policy.policy_oid(environment),))
             certificate = sign_certificate(root_certificate(params, signer.public_key), signer, pre_issuance_check=lint)
             record = record_and_release(operation, certificate, policy, out=out)
         if self._certificate is None:
@@ -152,7 +142,7 @@ class RootAuthority:
             subject_key = issuing_authority_key(public_key_or_csr)
             signer = self._open_signer(root)
             params = policy.issuing_ca_certificate_params(environment, start)
-            lint = pre_issuance_check("issuing-ca", (policy.policy_oid(environment),), issuer=root)
+            lint = pre_issuance_check(CertificateType.ISSUING_CA, (policy.policy_oid(environment),), issuer=root)
             certificate = sign_certificate(issuing_ca_certificate(params, subject_key, root), signer, pre_issuance_check=lint)
             record = record_and_release(operation, certificate, policy, out=out)
         return IssuedCertificate(certificate, record, policy.identity, out)
@@ -193,13 +183,13 @@ class RootAuthority:
                            for serial, at, reason in revoked_entries(self.connection, root_key_id)]
                 number = next_crl_number(self.connection, root_key_id, now)
                 arl = _checked_arl(root, build_crl(root, signer, crl_number=number, this_update_utc=now,
-                                                   next_update_utc=policy.next_update(ARL, now), entries=entries))
+                                                   next_update_utc=policy.next_update(ListType.ARL, now), entries=entries))
                 operation.subject = {"issuer_key_id": root_key_id, "crl_number": number, "entries": len(entries),
                                      "file": str(out) if out is not None else None}
                 operation.audit.append(operation.success_entry(StateChange().crl(root_key_id, number).details(), policy=policy.identity))
         if out is not None:
             write_new_file(out, arl.public_bytes(Encoding.PEM))
-        return IssuedCrl(arl, number, len(entries), ARL, root_key_id, out)
+        return IssuedCrl(arl, number, len(entries), ListType.ARL, root_key_id, out)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def close(self) -> None:

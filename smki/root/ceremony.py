@@ -25,7 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
-from smki.root.ceremony_file import Ceremony
+from smki.operations.names import Operation
+from smki.root.ceremony_file import Ceremony, CeremonyKind
 from smki.root.checks import request_file_public_key, revocable_record
 from smki.operations.audited import open_state
 from smki.operations.lists import ListType, signed_list
@@ -40,6 +41,7 @@ from smki.hsm.session import close_all, open_session
 from smki.hsm.signer import Pkcs11Signer, require_key_of
 from smki.hsm.softhsm import delete_token, init_token
 from smki.hsm.store_lock import is_softhsm
+from smki.identifiers import CertificateType, PolicyKind
 from smki.policy import PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy
@@ -147,7 +149,7 @@ def _audit_signer(run: _Run, session) -> Pkcs11Signer:
     sign, which is where an auditor takes it from.
     """
     spec = run.ceremony.hsm.audit_key
-    if run.ceremony.kind == "root-key":
+    if run.ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
         public_object, private_object = generate_p256_key_pair(session, spec.label, spec.key_id)
     else:
         public_object, private_object = find_key_pair(session, spec.label, spec.key_id)
@@ -205,7 +207,7 @@ def _certificate_output(run: _Run, certificate: x509.Certificate, path: Path, wh
 # -- the ceremonies -------------------------------------------------------------------------------
 def _root_key(run: _Run, session) -> None:
     ceremony = run.ceremony
-    if ceremony.contingency is not None and run.policy.kind != "organisation":
+    if ceremony.contingency is not None and run.policy.hierarchy is not PolicyKind.ORGANISATION:
         raise PolicyRefusal("6.1 contingency key", "only the Root OCA (organisation policy) has a contingency key")
     public_object, private_object = generate_p256_key_pair(session, ceremony.hsm.key.label, ceremony.hsm.key.key_id)
     _read_back(run, private_object, "root key")
@@ -225,10 +227,10 @@ def _root_key(run: _Run, session) -> None:
     params = run.policy.root_certificate_params(ceremony.environment, spec.not_before, extension, spec.not_after)
     if extension is not None:
         params = type(params)(**{**params.__dict__, "contingency_critical": ceremony.contingency.critical})
-    lint = pre_issuance_check("root", (run.policy.policy_oid(ceremony.environment),))
+    lint = pre_issuance_check(CertificateType.ROOT, (run.policy.policy_oid(ceremony.environment),))
     certificate = sign_certificate(root_certificate(params, signer.public_key), signer, pre_issuance_check=lint)
-    _verified(run, certificate, certificate, "root", "root certificate")
-    _certificate_output(run, certificate, spec.output, "root certificate", "root")
+    _verified(run, certificate, certificate, CertificateType.ROOT, "root certificate")
+    _certificate_output(run, certificate, spec.output, "root certificate", CertificateType.ROOT)
 
 
 def _issuing_ca(run: _Run, session) -> None:
@@ -237,10 +239,10 @@ def _issuing_ca(run: _Run, session) -> None:
     subject_key = _subject_public_key(ceremony)
     spec = ceremony.certificate
     params = run.policy.issuing_ca_certificate_params(ceremony.environment, spec.not_before, spec.not_after)
-    lint = pre_issuance_check("issuing-ca", (run.policy.policy_oid(ceremony.environment),), issuer=root)
+    lint = pre_issuance_check(CertificateType.ISSUING_CA, (run.policy.policy_oid(ceremony.environment),), issuer=root)
     certificate = sign_certificate(issuing_ca_certificate(params, subject_key, root), signer, pre_issuance_check=lint)
-    _verified(run, certificate, root, "issuing-ca", "Issuing Authority certificate")
-    _certificate_output(run, certificate, spec.output, "Issuing Authority certificate", "issuing-ca")
+    _verified(run, certificate, root, CertificateType.ISSUING_CA, "Issuing Authority certificate")
+    _certificate_output(run, certificate, spec.output, "Issuing Authority certificate", CertificateType.ISSUING_CA)
 
 
 def _arl(run: _Run, session, connection) -> None:
@@ -260,7 +262,7 @@ def _arl(run: _Run, session, connection) -> None:
     run.crl_number = last_crl_number(connection, root_key_id) + 1  # taken in _record, with the revocations
     run.facts["arl_issuer_key_id"] = root_key_id
     crl, _ = signed_list(root, signer, ListType.ARL, crl_number=run.crl_number, this_update_utc=run.started,
-                         next_update_utc=run.policy.next_update("arl", run.started), entries=sorted(entries, key=lambda e: e.serial_number))
+                         next_update_utc=run.policy.next_update(ListType.ARL, run.started), entries=sorted(entries, key=lambda e: e.serial_number))
     run.checks.append("ARL: signature verifies under the root's key; lint clean")
     run.output(ceremony.output, crl.public_bytes(Encoding.PEM), "ARL")
     run.facts["arl"] = {"crl_number": run.crl_number, "entries": len(entries), "next_update": crl.next_update_utc.isoformat(),
@@ -277,20 +279,20 @@ def _root_rekey(run: _Run, session) -> None:
     new_signer = Pkcs11Signer(private_object, public_key_of(public_object))
     spec = ceremony.certificate
     params = run.policy.root_certificate_params(ceremony.environment, spec.not_before, None, spec.not_after)
-    lint = pre_issuance_check("root", (run.policy.policy_oid(ceremony.environment),))
+    lint = pre_issuance_check(CertificateType.ROOT, (run.policy.policy_oid(ceremony.environment),))
     new_root = sign_certificate(root_certificate(params, new_signer.public_key), new_signer, pre_issuance_check=lint)
-    _verified(run, new_root, new_root, "root", "new root certificate")
-    _certificate_output(run, new_root, spec.output, "new root certificate", "root")
+    _verified(run, new_root, new_root, CertificateType.ROOT, "new root certificate")
+    _certificate_output(run, new_root, spec.output, "new root certificate", CertificateType.ROOT)
     if ceremony.cross_certificate:
         # The old root certifies the new root's key under the root's name: relying parties that
         # trust only the old root reach the new one through it during the changeover.
         validity_end = min(params.validity.not_after_utc, old_root.not_valid_after_utc)
         cross_params = IssuingCaCertificateParams(params.subject, params.policy_oids, type(params.validity)(spec.not_before, validity_end),
                                                   params.path_length)
-        lint = pre_issuance_check("cross-certificate", (run.policy.policy_oid(ceremony.environment),), issuer=old_root)
+        lint = pre_issuance_check(CertificateType.CROSS_CERTIFICATE, (run.policy.policy_oid(ceremony.environment),), issuer=old_root)
         cross = sign_certificate(issuing_ca_certificate(cross_params, new_signer.public_key, old_root), old_signer, pre_issuance_check=lint)
-        _verified(run, cross, old_root, "cross-certificate", "cross-certificate (old root -> new root key)")
-        _certificate_output(run, cross, ceremony.cross_certificate, "cross-certificate", "cross-certificate")
+        _verified(run, cross, old_root, CertificateType.CROSS_CERTIFICATE, "cross-certificate (old root -> new root key)")
+        _certificate_output(run, cross, ceremony.cross_certificate, "cross-certificate", CertificateType.CROSS_CERTIFICATE)
 
 
 def _contingency_recovery(run: _Run, session) -> None:
@@ -318,7 +320,7 @@ def _transcript(run: _Run) -> dict:
     ceremony = run.ceremony
     return {
         "format": "smki-ceremony-transcript/1",
-        "ceremony": {"type": ceremony.kind, "name": ceremony.name, "file": str(ceremony.path), "sha256": ceremony.sha256},
+        "ceremony": {"type": ceremony.ceremony_kind, "name": ceremony.name, "file": str(ceremony.path), "sha256": ceremony.sha256},
         "authority": ceremony.authority,
         "date": run.started.isoformat(),
         "operator": run.operator,
@@ -351,7 +353,8 @@ def _transcript_text(transcript: dict) -> str:
 
 
 # -- the whole ceremony ---------------------------------------------------------------------------
-_KINDS = {"root-key": _root_key, "issuing-ca": _issuing_ca, "root-rekey": _root_rekey, "contingency-recovery": _contingency_recovery}
+_CEREMONIES = {CeremonyKind.ROOT_KEY: _root_key, CeremonyKind.ISSUING_CA: _issuing_ca, CeremonyKind.ROOT_REKEY: _root_rekey,
+               CeremonyKind.CONTINGENCY_RECOVERY: _contingency_recovery}
 
 
 def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase: PassphraseSource | None = None) -> dict:
@@ -364,8 +367,8 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
     audit = AuditTrail(connection)
     created_token = False
     try:
-        if ceremony.kind == "root-key":
-            if (adopted(connection, run.policy.kind) or {}).get("sha256") != run.policy.sha256:
+        if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
+            if (adopted(connection, run.policy.hierarchy) or {}).get("sha256") != run.policy.sha256:
                 adopt(connection, run.policy, run.operator, audit)
             require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
             pin = _new_root_token(run)
@@ -373,15 +376,15 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         else:
             require_adopted(connection, run.policy)
             pin = _presented_pin(run)
-        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.kind in ("root-key", "root-rekey"))
+        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys)
         del pin
         audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
         audit.anchor = _head_anchor(ceremony)
         audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
-        if ceremony.kind == "arl":
+        if ceremony.ceremony_kind is CeremonyKind.ARL:
             _arl(run, session, connection)
         else:
-            _KINDS[ceremony.kind](run, session)
+            _CEREMONIES[ceremony.ceremony_kind](run, session)
         transcript = _transcript(run)
         transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
         _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
@@ -415,7 +418,7 @@ def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) ->
             change.revoke(issuer_key_id, serial, run.started.isoformat(), reason)
         if run.crl_number is not None:
             change.crl(run.facts["arl_issuer_key_id"], next_crl_number(connection, run.facts["arl_issuer_key_id"], run.started))
-        audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "success",
+        audit.append(AuditEntry(run.operator, Operation.ceremony(ceremony.ceremony_kind), "success",
                                 {"ceremony": ceremony.name, "file_sha256": ceremony.sha256, "transcript_sha256": transcript_sha256,
                                  "outputs": [str(path) for path, *_ in run.outputs]},
                                 change.details(custodians_present=run.custodians_present), run.policy.identity))
@@ -430,7 +433,7 @@ def _record_refusal(run: _Run, connection, audit: AuditTrail, error: SmkiError, 
     """
     ceremony = run.ceremony
     with transaction(connection):
-        audit.append(AuditEntry(run.operator, f"ceremony.{ceremony.kind}", "refused",
+        audit.append(AuditEntry(run.operator, Operation.ceremony(ceremony.ceremony_kind), "refused",
                                 {"ceremony": ceremony.name, "file_sha256": ceremony.sha256}, {"reason": str(error)}))
     if signed and audit.signer is not None:
         try:

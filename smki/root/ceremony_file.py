@@ -9,6 +9,7 @@ checks the file (schema `ceremonies/ceremony.schema.json`, duplicate keys refuse
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from dataclasses import dataclass
@@ -22,7 +23,21 @@ from smki.policy.loading import read_validated_yaml
 from smki.times import parse_utc
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
-KINDS = ("root-key", "issuing-ca", "arl", "root-rekey", "contingency-recovery")
+
+
+class CeremonyKind(enum.StrEnum):
+    """What a ceremony does (the file's `ceremony` field, and the `ceremony.<kind>` audit operation)."""
+
+    ROOT_KEY = "root-key"
+    ISSUING_CA = "issuing-ca"
+    ARL = "arl"
+    ROOT_REKEY = "root-rekey"
+    CONTINGENCY_RECOVERY = "contingency-recovery"
+
+    @property
+    def writes_keys(self) -> bool:
+        """Does the ceremony create keys on the token (so opens a read-write session)?"""
+        return self in (CeremonyKind.ROOT_KEY, CeremonyKind.ROOT_REKEY)
 
 
 class CeremonyFileError(BadInputError):
@@ -69,9 +84,9 @@ class Revocation:
 
 @dataclass(frozen=True)
 class Ceremony:
-    """A checked ceremony file. Fields a kind does not use are None or empty."""
+    """A checked ceremony file. Fields a ceremony kind does not use are None or empty."""
 
-    kind: str
+    ceremony_kind: CeremonyKind
     path: Path
     sha256: str
     name: str
@@ -102,7 +117,7 @@ class Ceremony:
         """Every file the ceremony writes: all must be absent before it starts."""
         paths = [self.transcript, self.transcript.with_suffix(".txt")]
         paths += [p for p in (self.certificate and self.certificate.output, self.output, self.cross_certificate) if p]
-        if self.kind == "root-key":
+        if self.ceremony_kind is CeremonyKind.ROOT_KEY:
             paths += [self.share_file(name) for name in self.custodians]
         return paths
 
@@ -121,7 +136,7 @@ def _date(text: str, path: Path, field: str) -> datetime:
 def load_ceremony(path: Path) -> Ceremony:
     path = Path(path)
     data, _, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
-                                       "a ceremony file is a mapping with a `ceremony` type", kind="ceremony")
+                                       "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
     custodians = data["custodians"]
@@ -134,7 +149,7 @@ def load_ceremony(path: Path) -> Ceremony:
     contingency = data.get("contingency")
     subject = data.get("subject", {})
     return Ceremony(
-        kind=data["ceremony"], path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
+        ceremony_kind=CeremonyKind(data["ceremony"]), path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
         policy=here(data["policy"]), environment=Environment.parse(data["environment"]), state=here(data["state"]),
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
         hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),

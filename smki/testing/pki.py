@@ -9,7 +9,6 @@ certificate lodged with a Librarian. Names and OIDs are the test PKI's (ZAZ1), f
 
 from __future__ import annotations
 
-import enum
 import secrets
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.errors import BadInputError
 from smki.hsm.config import KeyRef
-from smki.identifiers import EUI64, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, DeviceType, KeyUsage, PolicyKind, RemotePartyRole
 from smki.issuing.authority import IssuingAuthority
 from smki.librarian.librarian import Librarian
 from smki.operations.keys import generate_key
@@ -39,15 +38,8 @@ ACTOR = "test-pki"  # who the audit trails name for the PKI's own operations
 PUBLISHED = "published"
 
 
-class Hierarchy(enum.Enum):
-    """The two SMKI hierarchies, named as their policies' `kind`."""
-
-    ORGANISATION = "organisation"
-    DEVICE = "device"
-
-    @property
-    def short(self) -> str:
-        return "oca" if self is Hierarchy.ORGANISATION else "dca"
+Hierarchy = PolicyKind  # the two SMKI hierarchies, as their policies name them
+_SHORT = {Hierarchy.ORGANISATION: "oca", Hierarchy.DEVICE: "dca"}  # in the kit's file and key names
 
 
 def shipped_policy(hierarchy: Hierarchy) -> Path:
@@ -151,12 +143,12 @@ def _certificate_of(item) -> x509.Certificate:
     raise BadInputError(f"not a certificate: {type(item).__name__}")
 
 
-def _key_id(certificate: x509.Certificate, kind) -> bytes | None:
+def _key_id(certificate: x509.Certificate, extension_class) -> bytes | None:
     try:
-        value = certificate.extensions.get_extension_for_class(kind).value
+        value = certificate.extensions.get_extension_for_class(extension_class).value
     except x509.ExtensionNotFound:
         return None
-    return value.key_identifier if kind is x509.AuthorityKeyIdentifier else value.digest
+    return value.key_identifier if extension_class is x509.AuthorityKeyIdentifier else value.digest
 
 
 def _fresh_key() -> ec.EllipticCurvePrivateKey:
@@ -198,7 +190,7 @@ class TestPKI:
         try:
             environment = environment if isinstance(environment, Environment) else Environment.parse(environment)
             token = token or SoftHsmStore.for_process().shared_token()
-            chosen = {Hierarchy(key.value if isinstance(key, Hierarchy) else key): Path(value) for key, value in (policies or {}).items()}
+            chosen = {Hierarchy(key): Path(value) for key, value in (policies or {}).items()}
             librarian = Librarian(directory / "repository.db", actor=ACTOR)
             cas = {hierarchy: cls._build_hierarchy(directory, token, hierarchy, chosen.get(hierarchy) or shipped_policy(hierarchy),
                                                    environment, not_before, librarian)
@@ -213,7 +205,7 @@ class TestPKI:
     def _build_hierarchy(directory: Path, token: TestToken, hierarchy: Hierarchy, policy: Path, environment: Environment,
                          not_before: datetime | None, librarian: Librarian) -> _Ca:
         """Keys, states with the policy adopted, the root self-signed, the Issuing Authority certified; both lodged."""
-        short = hierarchy.short
+        short = _SHORT[hierarchy]
         tag = secrets.token_hex(3)  # key labels unique on a token that several test PKIs share
         root_state, issuing_state = directory / f"root-{short}", directory / f"issuing-{short}"
         certificates = directory / "certificates"
@@ -275,14 +267,14 @@ class TestPKI:
 
     def state(self, authority: str) -> Path:
         """The state directory of "root-oca", "root-dca", "issuing-oca" or "issuing-dca" (for the CLI's --state-dir)."""
-        states = {f"{level}-{ca.hierarchy.short}": getattr(ca, f"{level}_state") for ca in self._cas.values() for level in ("root", "issuing")}
+        states = {f"{level}-{_SHORT[ca.hierarchy]}": getattr(ca, f"{level}_state") for ca in self._cas.values() for level in ("root", "issuing")}
         if authority not in states:
             raise BadInputError(f"no authority {authority!r} (one of {', '.join(sorted(states))})")
         return states[authority]
 
     def key(self, authority: str) -> KeyRef:
         """The key on the token of "root-oca", "root-dca", "issuing-oca" or "issuing-dca" (`.uri` for the CLI's --key-uri)."""
-        keys = {f"{level}-{ca.hierarchy.short}": getattr(ca, f"{level}_key") for ca in self._cas.values() for level in ("root", "issuing")}
+        keys = {f"{level}-{_SHORT[ca.hierarchy]}": getattr(ca, f"{level}_key") for ca in self._cas.values() for level in ("root", "issuing")}
         if authority not in keys:
             raise BadInputError(f"no authority {authority!r} (one of {', '.join(sorted(keys))})")
         return keys[authority]
@@ -306,7 +298,7 @@ class TestPKI:
         return self._ca_certificate(Hierarchy.DEVICE, "issuing")
 
     def _ca_certificate(self, hierarchy: Hierarchy, level: str) -> x509.Certificate:
-        return x509.load_pem_x509_certificate((self.directory / "certificates" / f"{level}-{hierarchy.short}.pem").read_bytes())
+        return x509.load_pem_x509_certificate((self.directory / "certificates" / f"{level}-{_SHORT[hierarchy]}.pem").read_bytes())
 
     @property
     def anchors(self) -> list[x509.Certificate]:

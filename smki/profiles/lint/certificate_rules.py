@@ -5,7 +5,7 @@ from __future__ import annotations
 from asn1crypto import core, x509 as asn1_x509
 
 from smki.errors import BadInputError
-from smki.identifiers import RemotePartyRole
+from smki.identifiers import CertificateType, RemotePartyRole
 from smki.profiles import der
 from smki.profiles.lint.certificate_view import (AKI, BC, CONTINGENCY, CP, ECDSA_WITH_SHA256, KU, SAN, SKI,
                                                  CertificateView)
@@ -15,11 +15,11 @@ from smki.profiles.unique_extensions import repeated_certificate_extension
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
 EXPECTED_ORDER = {
-    "root": [KU, BC, CP, SKI, CONTINGENCY],
-    "issuing-ca": [KU, BC, CP, SKI, AKI],
-    "cross-certificate": [KU, BC, CP, SKI, AKI],  # a root re-key: the old root certifies the new root's key
-    "organisation": [KU, SKI, CP, AKI],
-    "device": [KU, SKI, SAN, CP, AKI],
+    CertificateType.ROOT: [KU, BC, CP, SKI, CONTINGENCY],
+    CertificateType.ISSUING_CA: [KU, BC, CP, SKI, AKI],
+    CertificateType.CROSS_CERTIFICATE: [KU, BC, CP, SKI, AKI],  # a root re-key: the old root certifies the new root's key
+    CertificateType.ORGANISATION: [KU, SKI, CP, AKI],
+    CertificateType.DEVICE: [KU, SKI, SAN, CP, AKI],
 }
 KEY_USAGE_NAMES = {"DS": {"digital_signature"}, "KA": {"key_agreement"}}
 
@@ -115,7 +115,7 @@ def _ski(v: CertificateView):
 def _aki(v: CertificateView):
     extension = v.extension(AKI)
     if extension is None:
-        return None if v.certificate_type == "root" else "authorityKeyIdentifier is missing"
+        return None if v.certificate_type == CertificateType.ROOT else "authorityKeyIdentifier is missing"
     value = asn1_x509.AuthorityKeyIdentifier.load(extension.value).native
     if extension.critical:
         return "authorityKeyIdentifier is critical"
@@ -160,9 +160,9 @@ def _basic_constraints(v: CertificateView):
     if extension is None or not extension.critical:
         return "a CA certificate needs critical basicConstraints cA=TRUE"
     path_length = asn1_x509.BasicConstraints.load(extension.value).native["path_len_constraint"]
-    if v.certificate_type == "issuing-ca" and path_length != 0:
+    if v.certificate_type == CertificateType.ISSUING_CA and path_length != 0:
         return "an Issuing CA's pathLenConstraint must be 0"
-    if v.certificate_type == "cross-certificate" and path_length == 0:
+    if v.certificate_type == CertificateType.CROSS_CERTIFICATE and path_length == 0:
         return "a cross-certificate's pathLenConstraint must leave room for the Issuing CAs below the new root"
 
 
@@ -187,7 +187,7 @@ def _name_characters(v: CertificateView):
 
 
 def _role_in_policy(v: CertificateView):
-    if v.certificate_type != "organisation" or v.policy_roles is None:
+    if v.certificate_type != CertificateType.ORGANISATION or v.policy_roles is None:
         return None
     ou = next((value for oid, _, value in v.subject_attributes if oid == "2.5.4.11"), None)
     if ou is None:
@@ -201,23 +201,23 @@ def _role_in_policy(v: CertificateView):
 
 
 def _root_subject(v: CertificateView):
-    if v.certificate_type in ("root", "cross-certificate") and not (
+    if v.certificate_type in (CertificateType.ROOT, CertificateType.CROSS_CERTIFICATE) and not (
             v.self_issued and any(oid == "2.5.4.11" and value == b"00" for oid, _, value in v.subject_attributes)):
         return f"a {v.certificate_type} is self-issued with subject OU 00"
 
 
 def _device_subject(v: CertificateView):
-    if v.certificate_type == "device" and v.tbs["subject"].dump() != b"\x30\x00":
+    if v.certificate_type == CertificateType.DEVICE and v.tbs["subject"].dump() != b"\x30\x00":
         return "a Device Certificate's subject must be empty"
 
 
 def _device_not_after(v: CertificateView):
-    if v.certificate_type == "device" and v.tbs["validity"]["not_after"].dump() != b"\x18\x0f99991231235959Z":
+    if v.certificate_type == CertificateType.DEVICE and v.tbs["validity"]["not_after"].dump() != b"\x18\x0f99991231235959Z":
         return "a Device Certificate's notAfter must be GeneralizedTime 99991231235959Z"
 
 
 def _device_san(v: CertificateView):
-    if v.certificate_type != "device":
+    if v.certificate_type != CertificateType.DEVICE:
         return None
     extension = v.extension(SAN)
     if extension is None:
@@ -234,7 +234,7 @@ def _device_san(v: CertificateView):
 
 
 def _organisation_subject(v: CertificateView):
-    if v.certificate_type != "organisation":
+    if v.certificate_type != CertificateType.ORGANISATION:
         return None
     layout = [(oid, tag) for oid, tag, _ in v.subject_attributes]
     allowed = ([("2.5.4.3", 0x0C)] if layout and layout[0][0] == "2.5.4.3" else []) + [("2.5.4.11", 0x0C), ("2.5.4.45", 0x03)]

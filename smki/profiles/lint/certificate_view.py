@@ -19,7 +19,7 @@ from smki.profiles.names import raw_attributes
 ECDSA_WITH_SHA256 = der.ECDSA_WITH_SHA256_OID
 KU, BC, CP, SKI, AKI, SAN = "2.5.29.15", "2.5.29.19", "2.5.29.32", "2.5.29.14", "2.5.29.35", "2.5.29.17"
 CONTINGENCY = "1.3.6.1.5.5.7.1.20"
-CERTIFICATE_TYPES = tuple(kind.value for kind in CertificateType)
+CERTIFICATE_TYPES = tuple(certificate_type.value for certificate_type in CertificateType)
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,16 @@ class CertificateView:
     def detected_type(self) -> str:
         if self.basic_constraints_ca:
             if self.self_issued and self.extension(AKI) is None:
-                return "root"
+                return CertificateType.ROOT
             # At a root re-key the old root certifies the new root's key under the root's own name.
-            return "cross-certificate" if self.self_issued else "issuing-ca"
+            return CertificateType.CROSS_CERTIFICATE if self.self_issued else CertificateType.ISSUING_CA
         if self.tbs["subject"].dump() == b"\x30\x00" or self.extension(SAN) is not None:
-            return "device"
-        return "organisation"
+            return CertificateType.DEVICE
+        return CertificateType.ORGANISATION
 
     @property
     def is_end_entity(self) -> bool:
-        return self.certificate_type in ("organisation", "device")
+        return self.certificate_type in (CertificateType.ORGANISATION, CertificateType.DEVICE)
 
     def method_2_key_identifier(self) -> bytes:
         low = hashlib.sha1(self.point).digest()[-8:]
