@@ -207,7 +207,7 @@ def test_single_request_commands_refuse_a_duplicated_extension_in_one_line(dca, 
     hierarchy = Hierarchy.ORGANISATION if command == "issue-org" else Hierarchy.DEVICE
     (tmp_path / "dup.csr").write_bytes(duplicated_org_key_usage() if command == "issue-org" else duplicated_key_usage())
     extra = ["--device-type", "ESME"] if command == "issue-device" else []
-    result = smki("ca", command, *issuing_options(dca, hierarchy), "--requester", "supplier", *extra, "--not-before", "2026-02-01",
+    result = smki("ca", command, *issuing_options(dca, hierarchy), "--environment", "test", "--requester", "supplier", *extra, "--not-before", "2026-02-01",
                   "--out", str(tmp_path / "out.pem"), str(tmp_path / "dup.csr"), check=False)
     one_line_refusal(result, 3, "FM:0002")
     assert not (tmp_path / "out.pem").exists()

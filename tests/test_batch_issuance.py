@@ -37,10 +37,11 @@ def dca(tmp_path_factory, hsm_token):
 
 
 def issuing_options(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> list[str]:
-    """What names an Issuing Authority of `pki` to an `smki ca` signing command: key, PIN, state, certificate, policy."""
+    """What names an Issuing Authority of `pki` to an `smki ca` signing command: key, PIN, state, certificate, policy
+    (the issuing commands add --environment; `ca crl` takes none)."""
     authority = f"issuing-{hierarchy.short}"
     return ["--key-uri", pki.key(authority).uri, *PIN, "--state", str(pki.state(authority)),
-            "--issuer-cert", str(pki.certificate_file(authority)), "--policy", str(pki.policy_file(hierarchy)), "--environment", "test"]
+            "--issuer-cert", str(pki.certificate_file(authority)), "--policy", str(pki.policy_file(hierarchy))]
 
 
 def database(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> Path:
@@ -49,7 +50,7 @@ def database(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> Path:
 
 
 def batch_args(dca, batch, out_dir: Path, *extra, requester="supplier"):
-    return ["ca", "issue-batch", *issuing_options(dca), "--requester", requester, "--device-type", "ESME", "--not-before", "2026-02-01",
+    return ["ca", "issue-batch", *issuing_options(dca), "--environment", "test", "--requester", requester, "--device-type", "ESME", "--not-before", "2026-02-01",
             "--response", str(out_dir / "response.zip"), "--status", str(out_dir / "status.csv"), "--workers", "2", *extra, str(batch)]
 
 
