@@ -32,14 +32,15 @@ pytest_plugins = ["postgres_server"]  # `database_target`: SQLite and PostgreSQL
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+def pki(smki_pki_2026):
+    """The Organisation hierarchy of the test PKI from 2026-01-01 (the certificates made by hand below start then), with its CAs' signers."""
+    return Pki.of_test_pki(smki_pki_2026)
 
 
 @pytest.fixture(scope="module")
 def other_pki(new_hsm_key):
     """Same names, other keys: nothing it signed chains to `pki`."""
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+    return Pki.impostor(new_hsm_key()[1], new_hsm_key()[1])
 
 
 def pem(certificate) -> bytes:
