@@ -59,6 +59,19 @@ def smki_token(hsm_token):
 
 
 @pytest.fixture(scope="session")
+def smki_pki_2026(smki_token, tmp_path_factory):
+    """A second test PKI (smki.testing), its CA certificates from 2026-01-01: for tests that sign certificates by hand
+    from that fixed date (a leaf must lie inside its issuer's validity), and only read its states."""
+    from datetime import datetime, timezone
+
+    from smki.testing import TestPKI
+
+    with TestPKI.create(tmp_path_factory.mktemp("smki-pki-2026"), token=smki_token,
+                        not_before=datetime(2026, 1, 1, tzinfo=timezone.utc)) as pki:
+        yield pki
+
+
+@pytest.fixture(scope="session")
 def new_hsm_key(hsm_token):
     """Factory: generate a fresh P-256 key pair in the test token, return (KeyRef, Pkcs11Signer)."""
     return hsm_token.new_signer

@@ -109,6 +109,8 @@ def test_the_trail_checks_the_anchored_head(tmp_path, hsm_token, new_hsm_key):
 
 
 # -- the reported rollback, end to end through the CLI ---------------------------------------------------
+# Kept by hand, not smki.testing: every CLI operation here, key generation first, runs with --audit-key-uri, so that the
+# state's head is anchored from its first entry; the kit's authorities keep no audit key.
 @pytest.fixture(scope="module")
 def anchored_authority(tmp_path_factory, hsm_token):
     """An Issuing OCA whose every operation is checkpointed by its audit key (so its head is anchored):

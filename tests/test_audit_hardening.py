@@ -209,6 +209,8 @@ PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 _org_authorities = itertools.count()
 
 
+# Kept by hand, not smki.testing: the root and the Issuing OCA share one state, as an older operator's did, and the
+# reconcile and adopt-state tests (here, test_state_adoption, test_state_hardening) count its two issuers; the kit gives each authority its own.
 @pytest.fixture(scope="module")
 def org_authority(tmp_path_factory, hsm_token):
     """An Organisation root and Issuing OCA; two certificates issued, one revoked keyCompromise, CRL 1 issued."""

@@ -27,37 +27,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import csr_factory as f
 from conftest import PIN_ENV, SO_PIN_ENV, smki
-from test_batch_issuance import batch_args, statuses, write_zip
+from smki.testing import Hierarchy
+from test_batch_issuance import batch_args, database, dca, issuing_options, statuses, write_zip  # noqa: F401 - dca: the fixture (one PKI per module)
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ROOT / "policies"
-PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 LIMIT = 50_000
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module")
-def dca(tmp_path_factory, hsm_token):
-    """A device hierarchy in SoftHSM; both shipped policies adopted (issue-org parses before it signs)."""
-    d = tmp_path_factory.mktemp("hardening")
-    state = ["--state", str(d / "state")]
-    for policy in ("organisation", "device"):
-        smki("policy", "adopt", str(POLICIES / f"{policy}.yaml"), *state)
-    keys = {}
-    for name, key_id in (("hard-root-d", "a7"), ("hard-issuing-d", "a8")):
-        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
-        keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN]
-    policy = ["--policy", str(POLICIES / "device.yaml"), "--environment", "test"]
-    smki("cert", "root", *keys["hard-root-d"], *state, *policy, "--not-before", "2026-01-01", "--out", str(d / "root.pem"))
-    smki("hsm", "pubkey", *keys["hard-issuing-d"][:6], "--out", str(d / "issuing.pub"))
-    smki("cert", "issuing-ca", *keys["hard-root-d"], *state, *policy, "--not-before", "2026-01-01", "--issuer-cert", str(d / "root.pem"),
-         "--public-key", str(d / "issuing.pub"), "--out", str(d / "issuing.pem"))
-    return d, state, keys["hard-issuing-d"]
-
-
-def _counts(d: Path) -> tuple[int, int]:
-    with sqlite3.connect(d / "state" / "smki.db") as connection:
+def _counts(dca) -> tuple[int, int]:
+    with sqlite3.connect(database(dca)) as connection:
         return tuple(connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("certificates", "batch_entries"))
 
 
@@ -224,12 +204,10 @@ def test_a_batch_of_mutated_requests_answers_each_one(dca, tmp_path):
 
 @pytest.mark.parametrize("command", ["issue-org", "issue-device"])
 def test_single_request_commands_refuse_a_duplicated_extension_in_one_line(dca, tmp_path, command):
-    d, state, key = dca
+    hierarchy = Hierarchy.ORGANISATION if command == "issue-org" else Hierarchy.DEVICE
     (tmp_path / "dup.csr").write_bytes(duplicated_org_key_usage() if command == "issue-org" else duplicated_key_usage())
-    kind = "organisation" if command == "issue-org" else "device"
     extra = ["--device-type", "ESME"] if command == "issue-device" else []
-    result = smki("ca", command, *key, *state, "--policy", str(POLICIES / f"{kind}.yaml"), "--environment", "test",
-                  "--issuer-cert", str(d / "issuing.pem"), "--requester", "supplier", *extra, "--not-before", "2026-02-01",
+    result = smki("ca", command, *issuing_options(dca, hierarchy), "--environment", "test", "--requester", "supplier", *extra, "--not-before", "2026-02-01",
                   "--out", str(tmp_path / "out.pem"), str(tmp_path / "dup.csr"), check=False)
     one_line_refusal(result, 3, "FM:0002")
     assert not (tmp_path / "out.pem").exists()
@@ -374,12 +352,11 @@ def test_a_corrupt_entry_in_a_batch_is_answered_and_the_rest_issued(dca, tmp_pat
 
 
 def test_the_reported_lying_zip_is_refused_in_one_line(dca, tmp_path):
-    d, _, _ = dca
     (tmp_path / "lying.zip").write_bytes(reported_lying_zip())
-    before = _counts(d)
+    before = _counts(dca)
     result = smki(*batch_args(dca, tmp_path / "lying.zip", tmp_path), check=False)
     one_line_refusal(result, 3, "lying.csr declares")
-    assert _counts(d) == before and not (tmp_path / "response.zip").exists() and not (tmp_path / "status.csv").exists()
+    assert _counts(dca) == before and not (tmp_path / "response.zip").exists() and not (tmp_path / "status.csv").exists()
 
 
 # -- temporaries of killed runs (item 15) -------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,33 +20,37 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import csr_factory as f
 from conftest import openssl, smki
+from smki.testing import Hierarchy, TestPKI
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
+
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)  # the CA certificates' start: every batch's --not-before (2026-02-01) falls inside
 
 
 @pytest.fixture(scope="module")
 def dca(tmp_path_factory, hsm_token):
-    """A device hierarchy: Root DCA and Issuing DCA keys in SoftHSM, the device policy adopted."""
-    d = tmp_path_factory.mktemp("dca")
-    state = ["--state", str(d / "state")]
-    smki("policy", "adopt", str(POLICIES / "device.yaml"), *state)
-    keys = {}
-    for name, key_id in (("batch-root-d", "b1"), ("batch-issuing-d", "b2")):
-        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
-        keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN]
-    policy = ["--policy", str(POLICIES / "device.yaml"), "--environment", "test"]
-    smki("cert", "root", *keys["batch-root-d"], *state, *policy, "--not-before", "2026-01-01", "--out", str(d / "root.pem"))
-    smki("hsm", "pubkey", *keys["batch-issuing-d"][:6], "--out", str(d / "issuing.pub"))
-    smki("cert", "issuing-ca", *keys["batch-root-d"], *state, *policy, "--not-before", "2026-01-01", "--issuer-cert", str(d / "root.pem"),
-         "--public-key", str(d / "issuing.pub"), "--out", str(d / "issuing.pem"))
-    return d, state, keys["batch-issuing-d"]
+    """This module's own test PKI (smki.testing): the batches fill its Issuing DCA's state, and the tests count
+    and cap what is in that state, so it is shared with no other module. The CLI reads the PIN from $SMKI_TEST_PIN."""
+    with TestPKI.create(tmp_path_factory.mktemp("dca"), token=hsm_token, not_before=START) as pki:
+        yield pki
+
+
+def issuing_options(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> list[str]:
+    """What names an Issuing Authority of `pki` to an `smki ca` signing command: key, PIN, state, certificate, policy
+    (the issuing commands add --environment; `ca crl` takes none)."""
+    authority = f"issuing-{hierarchy.short}"
+    return ["--key-uri", pki.key(authority).uri, *PIN, "--state", str(pki.state(authority)),
+            "--issuer-cert", str(pki.certificate_file(authority)), "--policy", str(pki.policy_file(hierarchy))]
+
+
+def database(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> Path:
+    """The Issuing Authority's state database, which the batch writes."""
+    return pki.state(f"issuing-{hierarchy.short}") / "smki.db"
 
 
 def batch_args(dca, batch, out_dir: Path, *extra, requester="supplier"):
-    d, state, key = dca
-    return ["ca", "issue-batch", *key, *state, "--policy", str(POLICIES / "device.yaml"), "--environment", "test",
-            "--issuer-cert", str(d / "issuing.pem"), "--requester", requester, "--device-type", "ESME", "--not-before", "2026-02-01",
+    return ["ca", "issue-batch", *issuing_options(dca), "--environment", "test", "--requester", requester, "--device-type", "ESME", "--not-before", "2026-02-01",
             "--response", str(out_dir / "response.zip"), "--status", str(out_dir / "status.csv"), "--workers", "2", *extra, str(batch)]
 
 
@@ -90,7 +95,6 @@ def _bad_requests() -> dict[str, tuple[bytes, str, str]]:
 
 
 def test_mixed_batch_answers_each_request(dca, tmp_path):
-    d, state, _ = dca
     good = {f"good-{i:02d}.csr": device(f"00DB0000000000{i:02X}", usage=("key_agreement", "digital_signature")[i % 2]) for i in range(12)}
     bad = _bad_requests()
     twin = good["good-03.csr"]  # the same request again, under another name
@@ -123,12 +127,12 @@ def test_mixed_batch_answers_each_request(dca, tmp_path):
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert row["identifier"].lower() in san.get_values_for_type(x509.OtherName)[0].value.hex()
         (chain_dir / name).write_bytes(certificate.public_bytes(Encoding.PEM))
-    verified = openssl("verify", "-partial_chain", "-CAfile", str(d / "root.pem"), "-untrusted", str(d / "issuing.pem"),
+    verified = openssl("verify", "-partial_chain", "-CAfile", str(dca.certificate_file("root-dca")), "-untrusted", str(dca.certificate_file("issuing-dca")),
                        *sorted(str(p) for p in chain_dir.iterdir()))
     assert verified.stdout.count(b": OK") == 12
     lint = smki("lint", str(chain_dir), "--environment", "test", "--json")
     assert all(not item["findings"] for item in json.loads(lint.stdout)), lint.stdout
-    records = json.loads(smki("ca", "list", *state, "--type", "device", "--json", "--limit", "100000").stdout)
+    records = json.loads(smki("ca", "list", "--state", str(dca.state("issuing-dca")), "--type", "device", "--json", "--limit", "100000").stdout)
     by_serial = {record["serial_hex"]: record for record in records}
     for row in rows.values():
         if row["status"] == "success":
@@ -168,24 +172,22 @@ def test_the_per_device_cap(dca, tmp_path):
     (lambda p: write_zip(p, {"bomb.csr": b"0" * 10_000_000}), 3, "over 16384"),
 ])
 def test_batch_level_faults_refuse_everything(dca, tmp_path, make, code, fragment):
-    d, state, _ = dca
     batch = tmp_path / "batch.zip"
     make(batch)
-    before = _counts(d)
+    before = _counts(dca)
     result = smki(*batch_args(dca, batch, tmp_path), check=False)
     assert result.returncode == code and fragment in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert _counts(d) == before
+    assert _counts(dca) == before
     assert not (tmp_path / "response.zip").exists() and not (tmp_path / "status.csv").exists()
 
 
 def test_an_ineligible_requester_refuses_the_batch(dca, tmp_path):
-    d, _, _ = dca
-    before = _counts(d)
+    before = _counts(dca)
     batch = write_zip(tmp_path / "batch.zip", {"a.csr": device("00DB00000000E001")})
     result = smki(*batch_args(dca, batch, tmp_path, requester="wanProvider"), check=False)
     assert result.returncode == 1 and "4.1 eligibility" in result.stderr
-    assert _counts(d) == before and not (tmp_path / "status.csv").exists()
+    assert _counts(dca) == before and not (tmp_path / "status.csv").exists()
 
 
 def test_existing_outputs_are_never_overwritten(dca, tmp_path):
@@ -196,23 +198,22 @@ def test_existing_outputs_are_never_overwritten(dca, tmp_path):
     assert (tmp_path / "status.csv").read_text() == "keep me" and not (tmp_path / "response.zip").exists()
 
 
-def _counts(d: Path) -> tuple[int, int, int]:
-    with sqlite3.connect(d / "state" / "smki.db") as connection:
+def _counts(dca) -> tuple[int, int, int]:
+    with sqlite3.connect(database(dca)) as connection:
         return tuple(connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("certificates", "batches", "batch_entries"))
 
 
 def test_a_killed_batch_resumes_with_no_duplicate_and_nothing_lost(dca, tmp_path):
-    d, _, _ = dca
     entries = {f"dev-{i:05d}.csr": device(f"00DB0001{i:08X}") for i in range(3000)}
     batch = write_zip(tmp_path / "big.zip", entries)
     (tmp_path / "first").mkdir()
     process = subprocess.Popen([sys.executable, "-m", "smki.cli.main", *batch_args(dca, batch, tmp_path / "first", "--chunk-size", "25")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    database = d / "state" / "smki.db"
+    database_file = database(dca)
     deadline = time.monotonic() + 120
     answered = 0
     while time.monotonic() < deadline and process.poll() is None:
-        with sqlite3.connect(database) as connection:
+        with sqlite3.connect(database_file) as connection:
             answered = connection.execute("SELECT COUNT(*) FROM batch_entries WHERE name LIKE 'dev-%'").fetchone()[0]
         if answered >= 200:
             break
@@ -227,7 +228,7 @@ def test_a_killed_batch_resumes_with_no_duplicate_and_nothing_lost(dca, tmp_path
     assert len(rows) == 3000 and {row["status"] for row in rows.values()} == {"success"}
     issued = response_certificates(tmp_path / "second")
     assert len(issued) == 3000
-    with sqlite3.connect(database) as connection:
+    with sqlite3.connect(database_file) as connection:
         (batch_id,) = connection.execute("SELECT batch_id FROM batches WHERE source = ?", (str(batch),)).fetchone()
         serials = [row[0] for row in connection.execute("SELECT serial_hex FROM batch_entries WHERE batch_id = ?", (batch_id,))]
         stored = {row[0]: row[1] for row in connection.execute(
@@ -237,25 +238,23 @@ def test_a_killed_batch_resumes_with_no_duplicate_and_nothing_lost(dca, tmp_path
     assert len(set(stored.values())) == 3000 and per_device == 1, "no key and no device certified twice"
     assert {f"{c.serial_number:032X}" for c in issued.values()} == set(serials), "every released certificate is recorded"
     # The audit trail still verifies after the kill.
-    smki("audit", "verify", "--db", str(database))
+    smki("audit", "verify", "--db", str(database_file))
 
 
 def test_batch_speaks_to_the_audit_trail(dca, tmp_path):
-    d, _, _ = dca
     smki(*batch_args(dca, write_zip(tmp_path / "a.zip", {"x.csr": device("00DB00000000AA01")}), tmp_path))
-    with sqlite3.connect(d / "state" / "smki.db") as connection:
+    with sqlite3.connect(database(dca)) as connection:
         operations = [row[0] for row in connection.execute("SELECT operation FROM audit_entries ORDER BY seq")]
     tail = operations[operations.index("batch.start", len(operations) - 5):]
     assert tail == ["batch.start", "certificate.issue.device.batch", "batch.finish"]
-    smki("audit", "verify", "--db", str(d / "state" / "smki.db"))
+    smki("audit", "verify", "--db", str(database(dca)))
 
 
 def test_a_transaction_records_five_worker_tasks(dca, tmp_path):
-    d, _, _ = dca
     entries = {f"t{i:02d}.csr": device(f"00DB00000000EE{i:02X}") for i in range(12)}
     result = json.loads(smki(*batch_args(dca, write_zip(tmp_path / "t.zip", entries), tmp_path, "--json", "--chunk-size", "1")).stdout)
     assert result["issued"] == 12
-    with sqlite3.connect(d / "state" / "smki.db") as connection:
+    with sqlite3.connect(database(dca)) as connection:
         subjects = [json.loads(row[0]) for row in connection.execute(
             "SELECT subject FROM audit_entries WHERE operation = 'certificate.issue.device.batch' ORDER BY seq")]
     ours = [subject for subject in subjects if subject.get("batch_id") == result["batch_id"]]

@@ -8,42 +8,32 @@ from cryptography import x509
 
 import csr_factory as f
 from conftest import openssl, smki
+from smki.testing import Hierarchy, TestPKI
+from test_batch_issuance import START, issuing_options
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
-PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 
 
 @pytest.fixture(scope="module")
 def authority(tmp_path_factory, hsm_token):
-    """One state holding a root and an Issuing CA for each hierarchy, both policies adopted."""
-    d = tmp_path_factory.mktemp("ca")
-    state = ["--state", str(d / "state")]
-    for policy in ("organisation", "device"):
-        smki("policy", "adopt", str(POLICIES / f"{policy}.yaml"), *state)
-    keys = {}
-    for name, key_id in (("ca-root-o", "e1"), ("ca-issuing-o", "e2"), ("ca-root-d", "e3"), ("ca-issuing-d", "e4")):
-        smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state)
-        keys[name] = ["--token", hsm_token.label, "--key-label", name, "--key-id", key_id, *PIN, *state]
-    for kind, root, issuing in (("organisation", "ca-root-o", "ca-issuing-o"), ("device", "ca-root-d", "ca-issuing-d")):
-        policy = ["--policy", str(POLICIES / f"{kind}.yaml"), "--environment", "test"]
-        smki("cert", "root", *keys[root], *policy, "--not-before", "2026-01-01", "--out", str(d / f"{root}.pem"))
-        smki("hsm", "pubkey", "--token", hsm_token.label, "--key-label", issuing, "--key-id", keys[issuing][5], "--out", str(d / f"{issuing}.pub"))
-        smki("cert", "issuing-ca", *keys[root], *policy, "--not-before", "2026-01-01", "--issuer-cert", str(d / f"{root}.pem"),
-             "--public-key", str(d / f"{issuing}.pub"), "--out", str(d / f"{issuing}.pem"))
-    return d, state, keys
+    """A test PKI of this module's own (smki.testing), CA certificates from 2026-01-01: the tests issue with a fixed
+    --not-before and count one device's certificates, so no other module shares its states."""
+    with TestPKI.create(tmp_path_factory.mktemp("ca"), token=hsm_token, not_before=START) as pki:
+        yield pki
+
+
+def state(pki, hierarchy: Hierarchy) -> list[str]:
+    return ["--state", str(pki.state(f"issuing-{hierarchy.short}"))]
 
 
 def org_issue(authority, csr_file, out, requester="supplier", check=True):
-    d, _, keys = authority
-    return smki("ca", "issue-org", *keys["ca-issuing-o"], "--policy", str(POLICIES / "organisation.yaml"), "--environment", "test",
-                "--issuer-cert", str(d / "ca-issuing-o.pem"), "--requester", requester, "--not-before", "2026-02-01", "--out", str(out), str(csr_file), check=check)
+    return smki("ca", "issue-org", *issuing_options(authority, Hierarchy.ORGANISATION), "--environment", "test",
+                "--requester", requester, "--not-before", "2026-02-01", "--out", str(out), str(csr_file), check=check)
 
 
 def device_issue(authority, csr_file, out, device_type="ESME", check=True):
-    d, _, keys = authority
-    return smki("ca", "issue-device", *keys["ca-issuing-d"], "--policy", str(POLICIES / "device.yaml"), "--environment", "test",
-                "--issuer-cert", str(d / "ca-issuing-d.pem"), "--requester", "supplier", "--device-type", device_type,
-                "--not-before", "2026-02-01", "--out", str(out), str(csr_file), check=check)
+    return smki("ca", "issue-device", *issuing_options(authority), "--environment", "test", "--requester", "supplier",
+                "--device-type", device_type, "--not-before", "2026-02-01", "--out", str(out), str(csr_file), check=check)
 
 
 def test_organisation_certificate_from_a_csr(authority, tmp_path):
@@ -53,7 +43,7 @@ def test_organisation_certificate_from_a_csr(authority, tmp_path):
     assert certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_agreement
     lint = smki("lint", str(tmp_path / "org.pem"), "--environment", "test")
     assert "organisation: clean" in lint.stdout
-    record = json.loads(smki("ca", "show", "--state", authority[1][1], f"{certificate.serial_number:x}", "--json").stdout)[0]
+    record = json.loads(smki("ca", "show", *state(authority, Hierarchy.ORGANISATION), f"{certificate.serial_number:x}", "--json").stdout)[0]
     import hashlib
     assert record["request_sha256"] == hashlib.sha256((tmp_path / "req.csr").read_bytes()).hexdigest() and record["role"] == "03"
 
@@ -70,7 +60,6 @@ def test_organisation_refusals(authority, tmp_path, make, requester, code, fragm
 
 
 def test_device_single_request_needs_an_earlier_certificate(authority, tmp_path):
-    d, state, keys = authority
     key = f.ec.generate_private_key(f.ec.SECP256R1())
     (tmp_path / "d.csr").write_bytes(f.device_csr(key, eui64="00DB000000000001"))
     refused = device_issue(authority, tmp_path / "d.csr", tmp_path / "d.pem", check=False)
@@ -78,11 +67,10 @@ def test_device_single_request_needs_an_earlier_certificate(authority, tmp_path)
     # The first certificate comes the batch-equivalent way; then a replacement is allowed.
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     (tmp_path / "dev.pub").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    smki("cert", "device", *keys["ca-issuing-d"], "--policy", str(POLICIES / "device.yaml"), "--environment", "test",
-         "--issuer-cert", str(d / "ca-issuing-d.pem"), "--public-key", str(tmp_path / "dev.pub"), "--requester", "supplier",
+    smki("cert", "device", *issuing_options(authority), "--environment", "test", "--public-key", str(tmp_path / "dev.pub"), "--requester", "supplier",
          "--device-id", "00DB000000000001", "--device-type", "ESME", "--usage", "KA", "--not-before", "2026-02-01", "--out", str(tmp_path / "first.pem"))
     device_issue(authority, tmp_path / "d.csr", tmp_path / "d.pem")
-    listed = json.loads(smki("ca", "list", *state, "--entity-id", "00DB000000000001", "--json").stdout)
+    listed = json.loads(smki("ca", "list", *state(authority, Hierarchy.DEVICE), "--entity-id", "00DB000000000001", "--json").stdout)
     assert len(listed) == 2 and {r["certificate_type"] for r in listed} == {"device"}
 
 
@@ -94,20 +82,19 @@ def test_device_hw_type_must_match_the_policy(authority, tmp_path):
 
 
 def test_revocation_and_the_crl(authority, tmp_path):
-    d, state, keys = authority
-    policy = ["--policy", str(POLICIES / "organisation.yaml")]
+    policy = [*state(authority, Hierarchy.ORGANISATION), "--policy", str(POLICIES / "organisation.yaml")]
     serials = []
     for i, usage in enumerate(("digital_signature", "key_agreement")):
         (tmp_path / f"r{i}.csr").write_bytes(f.organisation_csr(usage=usage, eui64="90B3D51F300100A0"))
         org_issue(authority, tmp_path / f"r{i}.csr", tmp_path / f"o{i}.pem")
         serials.append(x509.load_pem_x509_certificate((tmp_path / f"o{i}.pem").read_bytes()).serial_number)
-    assert smki("ca", "revoke", *state, *policy, "FFFF", "--reason", "keyCompromise", check=False).returncode == 3
-    bad_reason = smki("ca", "revoke", *state, *policy, f"{serials[0]:X}", "--reason", "certificateHold", check=False)
+    assert smki("ca", "revoke", *policy, "FFFF", "--reason", "keyCompromise", check=False).returncode == 3
+    bad_reason = smki("ca", "revoke", *policy, f"{serials[0]:X}", "--reason", "certificateHold", check=False)
     assert bad_reason.returncode == 1 and "4.9 reasons" in bad_reason.stderr
-    smki("ca", "revoke", *state, *policy, f"{serials[0]:X}", "--reason", "keyCompromise")
-    again = smki("ca", "revoke", *state, *policy, f"{serials[0]:X}", "--reason", "keyCompromise", check=False)
+    smki("ca", "revoke", *policy, f"{serials[0]:X}", "--reason", "keyCompromise")
+    again = smki("ca", "revoke", *policy, f"{serials[0]:X}", "--reason", "keyCompromise", check=False)
     assert again.returncode == 5 and "already revoked" in again.stderr
-    crl_args = ["ca", "crl", *keys["ca-issuing-o"][:6], *PIN, *state, *policy, "--issuer-cert", str(d / "ca-issuing-o.pem")]
+    crl_args = ["ca", "crl", *issuing_options(authority, Hierarchy.ORGANISATION)]
     first = json.loads(smki(*crl_args, "--out", str(tmp_path / "crl1.pem"), "--json").stdout)
     second = json.loads(smki(*crl_args, "--out", str(tmp_path / "crl2.pem"), "--json").stdout)
     assert second["crl_number"] == first["crl_number"] + 1 and second["entries"] >= 1
@@ -115,7 +102,7 @@ def test_revocation_and_the_crl(authority, tmp_path):
     assert f"Serial Number: {serials[0]:032X}" in text and "Key Compromise" in text and f"{serials[1]:032X}" not in text
     assert "clean" in smki("lint", str(tmp_path / "crl2.pem")).stdout
     chain = tmp_path / "chain.pem"
-    chain.write_bytes((d / "ca-root-o.pem").read_bytes() + (d / "ca-issuing-o.pem").read_bytes())
+    chain.write_bytes(authority.certificate_file("root-oca").read_bytes() + authority.certificate_file("issuing-oca").read_bytes())
     revoked = openssl("verify", "-crl_check", "-CAfile", str(chain), "-CRLfile", str(tmp_path / "crl2.pem"), str(tmp_path / "o0.pem"))
     assert revoked.returncode != 0 and b"certificate revoked" in revoked.stdout + revoked.stderr
     good = openssl("verify", "-crl_check", "-CAfile", str(chain), "-CRLfile", str(tmp_path / "crl2.pem"), str(tmp_path / "o1.pem"))
@@ -124,17 +111,15 @@ def test_revocation_and_the_crl(authority, tmp_path):
 
 
 def test_a_rejected_organisation_certificate_is_revoked_at_once(authority, tmp_path):
-    d, state, keys = authority
     (tmp_path / "r.csr").write_bytes(f.organisation_csr(eui64="90B3D51F300100B0"))
     org_issue(authority, tmp_path / "r.csr", tmp_path / "r.pem")
     serial = f"{x509.load_pem_x509_certificate((tmp_path / 'r.pem').read_bytes()).serial_number:032X}"
-    rejected = json.loads(smki("ca", "reject", *state, "--policy", str(POLICIES / "organisation.yaml"), serial, "--json").stdout)
+    rejected = json.loads(smki("ca", "reject", *state(authority, Hierarchy.ORGANISATION), "--policy", str(POLICIES / "organisation.yaml"), serial, "--json").stdout)
     assert rejected["method"] == "crl" and rejected["reason"] == "unspecified"
-    assert json.loads(smki("ca", "show", *state, serial, "--json").stdout)[0]["status"] == "R"
+    assert json.loads(smki("ca", "show", *state(authority, Hierarchy.ORGANISATION), serial, "--json").stdout)[0]["status"] == "R"
     crl = tmp_path / "crl.pem"
-    smki("ca", "crl", *keys["ca-issuing-o"][:6], *PIN, *state, "--policy", str(POLICIES / "organisation.yaml"),
-         "--issuer-cert", str(d / "ca-issuing-o.pem"), "--out", str(crl))
+    smki("ca", "crl", *issuing_options(authority, Hierarchy.ORGANISATION), "--out", str(crl))
     assert f"Serial Number: {serial}" in openssl("crl", "-in", str(crl), "-noout", "-text").stdout.decode()
-    # The device policy does not revoke on rejection: refused, nothing changed.
-    refused = smki("ca", "reject", *state, "--policy", str(POLICIES / "device.yaml"), serial, check=False)
+    # The device policy does not revoke on rejection: the Issuing DCA refuses before it looks the serial up.
+    refused = smki("ca", "reject", *state(authority, Hierarchy.DEVICE), "--policy", str(POLICIES / "device.yaml"), serial, check=False)
     assert refused.returncode == 1 and "revoke_on_rejection" in refused.stderr

@@ -50,6 +50,7 @@ def issuing_key(work: Path, name: str, token: str) -> None:
     smki("hsm", "pubkey", "--token", token, "--key-label", name, "--key-id", "01", "--out", str(work / "requests" / f"{name}.pub.pem"))
 
 
+# Kept by hand, not smki.testing: the ceremonies that make this PKI (shares, transcripts, contingency keys) are what is tested.
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory, hsm_token):
     """Both roots and both Issuing Authorities made by ceremony from the shipped files."""

@@ -28,6 +28,8 @@ def one_line_error(result, code, *fragments):
     return lines[0]
 
 
+# Kept by hand, not smki.testing: this set-up is CLI under test (policy adopt, hsm keygen, cert root, cert issuing-ca into one
+# state), and test_issuance_and_key_generation_are_recorded_and_audited asserts on the records and audit entries it leaves.
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory, hsm_token, new_hsm_key):
     """A CLI-made root and Issuing OCA/DCA in the test token, plus subscriber keys made by openssl."""

@@ -56,6 +56,8 @@ def _hierarchy(policy_file: Path, new_hsm_key) -> Hierarchy:
     return Hierarchy(root, root_key, issuing, issuing_key, policy_file)
 
 
+# Kept by hand, not smki.testing: IssuingAuthority's construction from parts is under test (each test swaps a certificate,
+# key, policy or state for a wrong one), and one state adopts both policies.
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory, hsm_token, new_hsm_key) -> Pki:
     state = tmp_path_factory.mktemp("issuing-authority") / "state"

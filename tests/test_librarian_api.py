@@ -32,8 +32,9 @@ pytest_plugins = ["postgres_server"]  # `database_target`: SQLite and PostgreSQL
 
 
 @pytest.fixture(scope="module")
-def pki(smki_pki):
-    return Pki.of_test_pki(smki_pki)
+def pki(smki_pki_2026):
+    """The Organisation hierarchy of the test PKI from 2026-01-01 (the certificates made by hand below start then), with its CAs' signers."""
+    return Pki.of_test_pki(smki_pki_2026)
 
 
 @pytest.fixture(scope="module")

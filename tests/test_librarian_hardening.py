@@ -38,8 +38,10 @@ API_KEY = "hardening-test-key"
 
 
 @pytest.fixture(scope="module")
-def pki(new_hsm_key):
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+def pki(smki_pki_2026):
+    """The Organisation hierarchy of the test PKI from 2026-01-01; the leaves below are made by hand from that date,
+    because the tests assert on their fixed validity (30 days: expired by now)."""
+    return Pki.of_test_pki(smki_pki_2026)
 
 
 def organisation(pki, eui64: str, *, days: int = 3650):

@@ -26,6 +26,7 @@ from smki.profiles.lint import lint_certificate, pre_issuance_check
 
 ORG_OID, DEVICE_OID, HW = "1.2.826.0.1.8641679.1.2.1.4", "1.2.826.0.1.1800000.1.2.1.4", "1.2.826.0.1.8641679.1.2.2.1"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# Kept by hand, not smki.testing: one software key as root and CA (names and dates the lint tests assert on), no HSM needed.
 CA_KEY = SoftwareSigner()
 ROOT = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", "ZD")]), (DEVICE_OID,),
                                                                Validity(START, START.replace(year=2055))), CA_KEY.public_key), CA_KEY)

@@ -33,6 +33,7 @@ def years(n):
     return START.replace(year=START.year + n) - timedelta(seconds=1)
 
 
+# Kept by hand, not smki.testing: the certificate builders themselves are under test here.
 @pytest.fixture(scope="module")
 def hierarchy(request):
     """Root OCA -> Issuing OCA -> Organisation, Root DCA -> Issuing DCA -> Device, all CA keys in SoftHSM."""

@@ -230,8 +230,9 @@ from test_librarian_publishing import Pki, make_crl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def lodging_pki(new_hsm_key):
-    return Pki(new_hsm_key()[1], new_hsm_key()[1])
+def lodging_pki(smki_pki_2026):
+    """The Organisation hierarchy of the test PKI from 2026-01-01 (a twin below is signed by hand from that date)."""
+    return Pki.of_test_pki(smki_pki_2026)
 
 
 def pem_file(path: Path, certificate) -> str:
