@@ -203,8 +203,19 @@ def _check_expansion(root) -> None:
     size(root)
 
 
+def output_directory(path: Path | str, what: str) -> Path:
+    """A directory that outputs go into: refused (exit 3) when something else already has its name."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise BadInputError(f"{what} {path} is not a directory")
+    return path
+
+
 def refuse_existing(path: Path) -> None:
-    if Path(path).exists():
+    """Refused (exit 5) before anything is signed when `path` names anything at all: a file, a directory, or a
+    symbolic link, dangling ones included (the final write never follows or replaces one, so a link found only
+    then would come after the state was committed)."""
+    if os.path.lexists(path):
         raise ConflictError(f"{path} already exists; not overwriting it")
 
 

@@ -28,9 +28,10 @@ ORG_OID, DEVICE_OID, HW = "1.2.826.0.1.8641679.1.2.1.4", "1.2.826.0.1.1800000.1.
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # Kept by hand, not smki.testing: one software key as root and CA (names and dates the lint tests assert on), no HSM needed.
 CA_KEY = SoftwareSigner()
-ROOT = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", "ZD")]), (DEVICE_OID,),
+# The CA asserts both hierarchies' OIDs, so that one CA can issue the organisation and device certificates linted here.
+ROOT = sign_certificate(root_certificate(RootCertificateParams(ca_name([("OU", "00"), ("CN", "ZD")]), (DEVICE_OID, ORG_OID),
                                                                Validity(START, START.replace(year=2055))), CA_KEY.public_key), CA_KEY)
-CA = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(ca_name([("CN", "E357")]), (DEVICE_OID,),
+CA = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(ca_name([("CN", "E357")]), (DEVICE_OID, ORG_OID),
                                                                         Validity(START, START.replace(year=2050))), CA_KEY.public_key, ROOT), CA_KEY)
 SUBJECT_KEY = ec.generate_private_key(ec.SECP256R1()).public_key()
 
@@ -154,7 +155,7 @@ def test_pre_issuance_lint_stops_a_bad_certificate_before_the_hsm_signs(new_hsm_
     original = hsm.sign
     hsm.sign = lambda data: signed.append(data) or original(data)
     other_ca = sign_certificate(issuing_ca_certificate(IssuingCaCertificateParams(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "E357", _ASN1Type.UTF8String)]), (DEVICE_OID,), Validity(START, START.replace(year=2050))),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "E357", _ASN1Type.UTF8String)]), (DEVICE_OID, ORG_OID), Validity(START, START.replace(year=2050))),
         CA_KEY.public_key, ROOT), CA_KEY)  # same name text, another string type
     bad = organisation_certificate(OrganisationCertificateParams(RemotePartyRole.SUPPLIER, EUI64.parse("90B3D51F30010000"), KeyUsage.DIGITAL_SIGNATURE,
                                                                  ORG_OID, Validity(START, START.replace(year=2036))), SUBJECT_KEY, other_ca)

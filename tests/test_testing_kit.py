@@ -191,8 +191,16 @@ def test_lodge_publish_and_serve_on_a_free_port(smki_pki, smki_repository):
 
 
 def readme_example() -> str:
-    lines = smki.testing.__doc__.split("\n\n")[1]
-    return textwrap.dedent(lines)
+    """The README's first Python example (section "Using smki from Python"), as it stands."""
+    readme = (Path(CHECKOUT) / "README.md").read_text()
+    section = readme[readme.index("## Using smki from Python"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python\n") + 10)]
+
+
+def test_the_kit_documents_the_readme_example():
+    docstring = smki.testing.__doc__
+    example = textwrap.dedent(docstring[docstring.index("    import smki.testing"):docstring.index("\nWith pytest")]).strip()
+    assert example == readme_example().strip()
 
 
 def test_the_readme_example_runs_as_it_stands():

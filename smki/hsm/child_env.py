@@ -72,3 +72,28 @@ def spawn_pool(processes: int, initializer: Callable, initargs: tuple) -> multip
     with children_get_allowed_environment():
         resource_tracker.ensure_running()  # once per process: started now, it never sees the secrets
         return multiprocessing.pool.Pool(processes, initializer=initializer, initargs=initargs, context=_SpawnContext())
+
+
+# How often a wait on a worker's answer looks at the pool's processes.
+_HEALTH_CHECK_SECONDS = 0.5
+
+
+def result_of(pool: multiprocessing.pool.Pool, pending: multiprocessing.pool.AsyncResult, workers: int):
+    """The answer of one task, refused (exit 4) as soon as the pool has had to replace a worker.
+
+    multiprocessing replaces a worker that dies, silently and forever, so a worker that cannot
+    start (above all a spawned child re-running a script whose top level calls the batch again)
+    would leave the task unanswered for ever. Every pid the pool has held is remembered: more
+    pids than workers means one died, and nothing it was given can be trusted to come back.
+    """
+    seen: set[int] = pool.__dict__.setdefault("_smki_seen_pids", set())
+    while not pending.ready():
+        pending.wait(_HEALTH_CHECK_SECONDS)
+        seen.update(process.pid for process in list(getattr(pool, "_pool", ())) if process.pid is not None)
+        if len(seen) > workers:
+            from smki.errors import HsmError
+
+            raise HsmError("a worker process died and was replaced, so the batch stops (nothing it was given is recorded): "
+                           "a Python script that calls issue_batch must do so under `if __name__ == \"__main__\":`, "
+                           "because the spawned workers import the script")
+    return pending.get()

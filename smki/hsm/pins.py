@@ -36,6 +36,7 @@ class SourceKind(str, enum.Enum):
     ENV = "env"
     FD = "fd"
     PROMPT = "prompt"
+    VALUE = "value"  # given by a library caller (tests, embedding); never parsed from text an operator typed
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,18 @@ class PinSource:
     kind: str  # a SourceKind
     where: str = ""
     option: str = field(default="the secret source", compare=False)  # named in messages, e.g. "--pin-source"
+    # The secret itself, for VALUE only: out of repr, so no traceback, --showlocals or log of the holder shows it.
+    value: str = field(default="", repr=False, compare=False)
+
+    @classmethod
+    def given(cls, secret: str, option: str = "the PIN given") -> "PinSource":
+        """A secret handed over by a library caller, kept out of every repr."""
+        return cls(SourceKind.VALUE, option=option, value=secret)
+
+    @classmethod
+    def hidden(cls, pin: "PinSource | str | None") -> "PinSource | None":
+        """A PIN as an object keeps it: a str becomes a `given` source (out of repr); others stay as they are."""
+        return cls.given(pin) if isinstance(pin, str) else pin
 
     @classmethod
     def parse(cls, spec: str, option: str = "the secret source") -> "PinSource":
@@ -69,6 +82,8 @@ class PinSource:
         return secret
 
     def _read_raw(self, purpose: str) -> str:
+        if self.kind == SourceKind.VALUE:
+            return self.value
         if self.kind == SourceKind.ENV:
             value = os.environ.get(self.where)
             if value is None:
@@ -94,4 +109,4 @@ class PinSource:
 
     def describe(self) -> str:
         """Where the secret comes from, safe to print: the option, never the name or number typed."""
-        return "the terminal prompt" if self.kind == SourceKind.PROMPT else self.option
+        return {SourceKind.PROMPT: "the terminal prompt", SourceKind.VALUE: "the value given"}.get(self.kind, self.option)

@@ -47,7 +47,7 @@ from smki.profiles.serials import serial_hex
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates
 from smki.store.batches import device_certificate_counts
-from smki.store.certificates import CertificateRecord, normalised_serial_hex
+from smki.store.certificates import CertificateRecord, RepositoryStatus, normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
@@ -108,7 +108,16 @@ def _not_before(value: datetime | str | None) -> datetime:
         return utc_midnight(datetime.now(timezone.utc))
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str):
+        raise BadInputError(f"--not-before: give a datetime or ISO 8601 text, not {type(value).__name__}")
     return parse_utc(value, "--not-before")
+
+
+def _status(status: RepositoryStatus | str) -> RepositoryStatus:
+    try:
+        return RepositoryStatus(status)
+    except ValueError:
+        raise BadInputError(f"{str(status)[:40]!r} is not one of {', '.join(repr(s.value) for s in RepositoryStatus)}") from None
 
 
 def _serial(serial: int | str) -> str:
@@ -127,7 +136,13 @@ class _Signing:
 
 
 class IssuingAuthority:
-    """An Issuing OCA or Issuing DCA (or, for its ARL, a root) with its state, key and adopted policy."""
+    """An Issuing OCA or Issuing DCA (or, for its ARL, a root) with its state, key and adopted policy.
+
+    One object per thread: it keeps one database connection and one HSM session, and neither may be
+    shared between threads (python-pkcs11 is not thread-safe against SoftHSM). Any number of objects,
+    in threads or processes, may work on one state: writes are serialised by the database, so cRLNumbers
+    and the audit chain stay strictly ordered.
+    """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
                  pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
@@ -135,9 +150,9 @@ class IssuingAuthority:
                  audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
         self.state = state
         self.actor = actor
-        self._certificate, self._key, self._pin = certificate, key, pin
+        self._certificate, self._key, self._pin = certificate, key, PinSource.hidden(pin)
         self._policy_given, self._environment_given = policy, environment
-        self._audit_key, self._audit_pin = audit_key, audit_pin
+        self._audit_key, self._audit_pin = audit_key, PinSource.hidden(audit_pin)
         self._connection = None  # writable, opened by the first state-changing method
         self._read_connection = None
         self._audit = None
@@ -158,9 +173,11 @@ class IssuingAuthority:
         self._connection = self._read_connection = self._audit = self._signer = None
 
     # -- the parts, opened when first needed -----------------------------------------------------
-    def _writable(self):
+    def _writable(self, create: bool = False):
+        """The state, opened for writing; only adopting a policy starts a new one (every other operation
+        needs an adopted policy, so a state that is not there yet is a mistyped one: refused, not made)."""
         if self._connection is None:
-            self._connection = open_state(self.state)
+            self._connection = open_state(self.state, create=create)
         return self._connection
 
     def _readable(self):
@@ -170,10 +187,10 @@ class IssuingAuthority:
             self._read_connection = open_state(self.state, read_only=True)
         return self._read_connection
 
-    def _operation(self, name: str, **subject: Any) -> AuditedOperation:
+    def _operation(self, name: str, *, creates_state: bool = False, **subject: Any) -> AuditedOperation:
         """One audited operation on the state (the audit key's anchor checked when the trail is first opened)."""
         if self._audit is None:
-            self._audit = open_audit_trail(self._writable(), self._audit_key, self._audit_pin)
+            self._audit = open_audit_trail(self._writable(create=creates_state), self._audit_key, self._audit_pin)
         return AuditedOperation(self._audit, self.actor, name, subject)
 
     def _missing(self, what: str, argument: str) -> BadInputError:
@@ -257,7 +274,7 @@ class IssuingAuthority:
     # -- policy ----------------------------------------------------------------------------------
     def adopt_policy(self, policy: CertificatePolicy | Path) -> dict:
         """Adopt a policy file: from now on this state issues and revokes only under it."""
-        with self._operation(Operation.ADOPT_POLICY) as operation:
+        with self._operation(Operation.ADOPT_POLICY, creates_state=True) as operation:
             file = policy.path if isinstance(policy, CertificatePolicy) else policy
             policy = policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
             operation.subject = {"kind": policy.hierarchy, "file": str(file)}
@@ -307,10 +324,15 @@ class IssuingAuthority:
                               lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
 
     @staticmethod
-    def _request(csr: bytes | Path, source: str | None) -> tuple[bytes, str]:
+    def _request(csr: bytes | str | Path, source: str | None) -> tuple[bytes, str]:
+        """The request's bytes: given as bytes, as PEM text, or read from a file (a Path, or a str that is no PEM)."""
         if isinstance(csr, (bytes, bytearray)):
             return bytes(csr), source or "request"
-        return read_input(Path(csr), MAX_CSR_BYTES), source or str(csr)
+        if isinstance(csr, str) and csr.lstrip().startswith("-----BEGIN"):
+            return csr.encode("utf-8"), source or "request"
+        if isinstance(csr, (str, os.PathLike)):
+            return read_input(Path(csr), MAX_CSR_BYTES), source or str(csr)
+        raise BadInputError(f"a request is bytes (PEM, DER or base64), PEM text or a file path, not {type(csr).__name__}")
 
     # -- certificates for public keys ------------------------------------------------------------
     def certify_organisation(self, public_key: ec.EllipticCurvePublicKey | Path, *, role: RemotePartyRole | str, entity_id: EUI64 | str,
@@ -466,7 +488,9 @@ class IssuingAuthority:
              limit: int = 1000) -> list[CertificateRecord]:
         """Issued certificates, oldest first, filtered."""
         device = _parsed(EUI64, entity_id).hex if entity_id is not None else None
-        return list_certificates(self._readable(), certificate_type=certificate_type, status=status, entity_id=device, limit=limit)
+        kind = CertificateType.parse(certificate_type) if certificate_type is not None else None
+        return list_certificates(self._readable(), certificate_type=kind, status=_status(status) if status is not None else None,
+                                 entity_id=device, limit=limit)
 
     def reconcile(self) -> Reconciliation:
         """Check, issuer by issuer, that the state tables agree with the audit trail, and that each

@@ -28,7 +28,7 @@ from cryptography import x509
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.issuing.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
 from smki.errors import BadInputError
-from smki.hsm.child_env import spawn_pool
+from smki.hsm.child_env import result_of, spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
@@ -262,7 +262,7 @@ class _Run:
             submit_check()
         while in_flight:
             stage, pending, accepted = in_flight.popleft()
-            result = task_result(pending.get())
+            result = task_result(result_of(pool, pending, workers.count))
             if stage is _Stage.CHECK:
                 jobs, accepted = self.decide(result)
                 if jobs:

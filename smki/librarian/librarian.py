@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.audit.trail import AuditTrail
 from smki.errors import BadInputError, SmkiError
-from smki.files import MAX_CERTIFICATE_BYTES, MAX_CRL_BYTES, read_input
+from smki.files import MAX_CERTIFICATE_BYTES, MAX_CRL_BYTES, output_directory, read_input
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
@@ -95,12 +95,17 @@ class Librarian:
     by `lodge`, as `smki librarian lodge` creates it), and the audit key's token by the first
     audited method. With `audit_key`, each lodging and publication ends with a signed checkpoint,
     and the token's head anchor is checked before the first one.
+
+    One object per thread: it keeps one database connection and one HSM session, and neither may be
+    shared between threads (python-pkcs11 is not thread-safe against SoftHSM). Any number of objects,
+    in threads or processes, may work on one state: writes are serialised by the database, so cRLNumbers
+    and the audit chain stay strictly ordered.
     """
 
     def __init__(self, database: Path | str, *, actor: str = "librarian", audit_key: KeyRef | None = None,
                  audit_pin: PinSource | str | None = None) -> None:
         self.database: Path | str = database if is_database_url(database) else Path(database)
-        self.actor, self._audit_key, self._audit_pin = actor, audit_key, audit_pin
+        self.actor, self._audit_key, self._audit_pin = actor, audit_key, PinSource.hidden(audit_pin)
         self._connection: sqlite3.Connection | None = None
         self._trail: AuditTrail | None = None
 
@@ -201,15 +206,17 @@ class Librarian:
 
     def publish(self, directory: Path | str) -> Publication:
         """Publish every lodged certificate and each issuer's current CRL/ARL into `directory`, atomically file by file, the index last."""
+        directory = output_directory(directory, "the publication directory")
         audit = self._audit()
-        return publish_repository(audit.connection, Path(directory), audit=audit, actor=self.actor)
+        return publish_repository(audit.connection, directory, audit=audit, actor=self.actor)
 
     def write_bulk_files(self, directory: Path | str, *, since: datetime | str | None = None,
                          now: datetime | None = None) -> list[BulkFile]:
         """The full file and the delta file (since `since`: a datetime, or ISO 8601 text, UTC unless it
         has an offset; default a day before now). ConflictError if either file exists already."""
         start = _since(since) if since is not None else None
-        return bulk.write_bulk_files(self._open(), Path(directory), since=start, now=now)
+        directory = output_directory(directory, "the bulk file directory")
+        return bulk.write_bulk_files(self._open(), directory, since=start, now=now)
 
     # -- search -------------------------------------------------------------------------------------
 

@@ -25,13 +25,14 @@ def state_database(state: Path | str) -> Path | str:
     return state if is_database_url(state) else Path(state) / STATE_DATABASE
 
 
-def open_state(state: Path | str, *, read_only: bool = False, any_schema: bool = False):
-    """The authority's database (created on first write, migrated; read-only opens never write)."""
+def open_state(state: Path | str, *, read_only: bool = False, any_schema: bool = False, create: bool = True):
+    """The authority's database, migrated. Read-only opens never write; `create=False` refuses (exit 3) a state
+    that does not exist yet, so that a mistyped --state is not made into a new, empty authority."""
     from smki.store import open_database
 
     if read_only:
         return open_database(state_database(state), read_only=True, any_schema=any_schema)
-    return open_database(state_database(state), create=True)
+    return open_database(state_database(state), create=create)
 
 
 def open_audit_trail(connection, audit_key: KeyRef | None = None, pin: PinSource | str | None = None) -> AuditTrail:

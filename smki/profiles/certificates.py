@@ -140,13 +140,33 @@ def _base(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePub
     )
 
 
-def _check_issuer(issuer: x509.Certificate, validity: Validity) -> None:
+def _check_issuer_policy(issuer: x509.Certificate, policy_oids: tuple[PolicyOid, ...]) -> None:
+    """The issuer is under every policy the new certificate asserts: a test CA never signs a certificate
+    carrying the production OID, nor the other way round (it could never validate)."""
+    issuer_policies = _policy_identifiers(issuer)
+    missing = [oid for oid in policy_oids if oid not in issuer_policies]
+    if missing:
+        raise BadInputError(f"the issuer certificate is not under policy {missing[0]} (it asserts "
+                            f"{', '.join(sorted(issuer_policies)) or 'no policy'}): is the environment the issuer's?")
+
+
+def _check_issuer(issuer: x509.Certificate, validity: Validity, policy_oids: tuple[PolicyOid, ...]) -> None:
+    """The issuer can issue this: its validity contains the new one, and it is under the new one's policy."""
+    _check_issuer_policy(issuer, policy_oids)
     issuer_validity = Validity(issuer.not_valid_before_utc, issuer.not_valid_after_utc)
     if not issuer_validity.contains(validity):
         raise BadInputError(
             f"validity {validity.not_before_utc:%Y-%m-%d}..{validity.not_after_utc:%Y-%m-%d} lies outside the issuer's "
             f"{issuer_validity.not_before_utc:%Y-%m-%d}..{issuer_validity.not_after_utc:%Y-%m-%d}"
         )
+
+
+def _policy_identifiers(certificate: x509.Certificate) -> set[str]:
+    try:
+        policies = certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {policy.policy_identifier.dotted_string for policy in policies}
 
 
 def root_certificate(params: RootCertificateParams, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
@@ -165,7 +185,7 @@ def root_certificate(params: RootCertificateParams, public_key: ec.EllipticCurve
 
 def issuing_ca_certificate(params: IssuingCaCertificateParams, public_key: ec.EllipticCurvePublicKey, issuer: x509.Certificate) -> x509.CertificateBuilder:
     """Issuing OCA/DCA: KU, BC, CP, SKI, AKI."""
-    _check_issuer(issuer, params.validity)
+    _check_issuer(issuer, params.validity, params.policy_oids)
     return (
         _base(params.subject, issuer.subject, public_key, params.validity)
         .add_extension(_ca_key_usage(), critical=True)
@@ -178,7 +198,7 @@ def issuing_ca_certificate(params: IssuingCaCertificateParams, public_key: ec.El
 
 def organisation_certificate(params: OrganisationCertificateParams, public_key: ec.EllipticCurvePublicKey, issuer: x509.Certificate) -> x509.CertificateBuilder:
     """Organisation Certificate: KU, SKI, CP, AKI."""
-    _check_issuer(issuer, params.validity)
+    _check_issuer(issuer, params.validity, (params.policy_oid,))
     subject = organisation_subject(params.role, params.entity_id, params.common_name)
     return (
         _base(subject, issuer.subject, public_key, params.validity)
@@ -193,6 +213,7 @@ def device_certificate(params: DeviceCertificateParams, public_key: ec.EllipticC
     """Device Certificate: empty subject; KU, SKI, SAN (HardwareModuleName, critical), CP, AKI."""
     if params.validity.not_before_utc < issuer.not_valid_before_utc:
         raise BadInputError("a Device Certificate cannot start before its issuer's certificate")
+    _check_issuer_policy(issuer, (params.policy_oid,))
     san = x509.SubjectAlternativeName([hardware_module_name(params.hw_type_oid, params.device_id)])
     return (
         _base(EMPTY_NAME, issuer.subject, public_key, params.validity)

@@ -73,6 +73,11 @@ class RootAuthority:
     the one just signed); `key` the root key in the HSM, `pin` its token's user PIN. Opening does
     no I/O beyond the database; the policy and certificate are read, and the HSM opened, by the
     first method that needs them, inside its audited operation, so a refusal there is audited.
+
+    One object per thread: it keeps one database connection and one HSM session, and neither may be
+    shared between threads (python-pkcs11 is not thread-safe against SoftHSM). Any number of objects,
+    in threads or processes, may work on one state: writes are serialised by the database, so cRLNumbers
+    and the audit chain stay strictly ordered.
     """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
@@ -80,7 +85,7 @@ class RootAuthority:
                  environment: Environment | str | None = None, actor: str = "operator",
                  audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
         self.state, self.actor, self.key = state, actor, key
-        self.audit_key, self._audit_pin, self._pin = audit_key, audit_pin, pin
+        self.audit_key, self._audit_pin, self._pin = audit_key, PinSource.hidden(audit_pin), PinSource.hidden(pin)
         self._certificate, self._policy, self._environment = certificate, policy, environment
         self.connection = open_state(state)
         self._audit: AuditTrail | None = None

@@ -2,14 +2,15 @@
 
     import smki.testing
 
-    with smki.testing.TestPKI.create() as pki:               # Root+Issuing OCA and DCA, a Librarian
-        device, key = pki.device_certificate("00-DB-12-34-56-78-90-A0", device_type="ESME")
+    with smki.testing.TestPKI.create() as pki:       # Root and Issuing OCA/DCA on a private SoftHSM token, and a Librarian
+        device, key = pki.device_certificate("00-DB-12-34-56-78-90-A0", device_type="ESME")    # key: the device's private key
         assert pki.verify(device).valid and not pki.lint(device)
-        supplier, _ = pki.organisation_certificate("90-B3-D5-1F-30-01-00-00", role="supplier", usage="KA")
-        pki.revoke(supplier, "keyCompromise")
-        crl = pki.crl()
-        assert crl.crl.get_revoked_certificate_by_serial_number(supplier.certificate.serial_number)
-        assert "is revoked" in pki.verify(supplier).reason
+        oca = pki.issuing_oca                        # an smki.IssuingAuthority: the object `smki ca` drives
+        request = pki.organisation_csr("90-B3-D5-1F-30-01-00-00", role="supplier", usage="KA")
+        supplier = oca.issue_organisation(request.der, requester="supplier")
+        oca.revoke(supplier.serial_hex, "keyCompromise")
+        crl = oca.issue_crl()
+        assert "is revoked" in pki.verify(supplier, crls=[crl]).reason
 
 With pytest, the `smki` plugin (entry point pytest11) offers the fixtures `smki_pki` (one TestPKI
 per run), `smki_token` (a private token) and `smki_softhsm` (the process's SoftHSM store).

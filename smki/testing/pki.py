@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import weakref
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -168,7 +169,8 @@ class TestPKI:
                  environment: Environment, *, remove_directory: bool = False) -> None:
         self.directory, self.token, self.environment = directory, token, environment
         self._cas, self.librarian = cas, librarian
-        self._remove_directory = remove_directory
+        # A temporary directory goes when the PKI is closed, or else when it is collected or the process ends.
+        self._remove_directory = weakref.finalize(self, shutil.rmtree, directory, True) if remove_directory else None
         self._crls: list[IssuedCrl] = []
         self._servers: list[ServedRepository] = []
 
@@ -235,8 +237,8 @@ class TestPKI:
             ca.root.close()
             ca.issuing.close()
         self.librarian.close()
-        if self._remove_directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._remove_directory is not None:
+            self._remove_directory()
 
     def __enter__(self) -> "TestPKI":
         return self
