@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import csr_factory as f
 from conftest import openssl, smki
-from smki.testing import Hierarchy, TestPKI
+from smki.testing import Hierarchy, TestPKI, authority_name
 
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 
@@ -39,14 +39,14 @@ def dca(tmp_path_factory, hsm_token):
 def issuing_options(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> list[str]:
     """What names an Issuing Authority of `pki` to an `smki ca` signing command: key, PIN, state, certificate, policy
     (the issuing commands add --environment; `ca crl` takes none)."""
-    authority = f"issuing-{hierarchy.short}"
+    authority = authority_name("issuing", hierarchy)
     return ["--key-uri", pki.key(authority).uri, *PIN, "--state", str(pki.state(authority)),
             "--issuer-cert", str(pki.certificate_file(authority)), "--policy", str(pki.policy_file(hierarchy))]
 
 
 def database(pki, hierarchy: Hierarchy = Hierarchy.DEVICE) -> Path:
     """The Issuing Authority's state database, which the batch writes."""
-    return pki.state(f"issuing-{hierarchy.short}") / "smki.db"
+    return pki.state(authority_name("issuing", hierarchy)) / "smki.db"
 
 
 def batch_args(dca, batch, out_dir: Path, *extra, requester="supplier"):

@@ -8,7 +8,7 @@ from cryptography import x509
 
 import csr_factory as f
 from conftest import openssl, smki
-from smki.testing import Hierarchy, TestPKI
+from smki.testing import Hierarchy, TestPKI, authority_name
 from test_batch_issuance import START, issuing_options
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
@@ -23,7 +23,7 @@ def authority(tmp_path_factory, hsm_token):
 
 
 def state(pki, hierarchy: Hierarchy) -> list[str]:
-    return ["--state", str(pki.state(f"issuing-{hierarchy.short}"))]
+    return ["--state", str(pki.state(authority_name("issuing", hierarchy)))]
 
 
 def org_issue(authority, csr_file, out, requester="supplier", check=True):

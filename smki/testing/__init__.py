@@ -20,7 +20,7 @@ from smki.testing.softhsm import SoftHsmStore, TestToken
 
 # The PKI's names are imported on first use: the pytest plugin, loaded in every run where smki is
 # installed, then costs no import of the actors until a test asks for a PKI.
-_PKI_NAMES = ("Hierarchy", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest", "shipped_policy")
+_PKI_NAMES = ("Hierarchy", "authority_name", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest", "shipped_policy")
 
 __all__ = [*_PKI_NAMES, "SoftHsmStore", "TestToken"]
 

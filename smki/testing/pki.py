@@ -43,6 +43,11 @@ Hierarchy = PolicyKind  # the two SMKI hierarchies, as their policies name them
 _SHORT = {Hierarchy.ORGANISATION: "oca", Hierarchy.DEVICE: "dca"}  # in the kit's file and key names
 
 
+def authority_name(level: str, hierarchy: Hierarchy | str) -> str:
+    """The name `state`, `key` and `certificate_file` take: "root" or "issuing", then "oca" or "dca"."""
+    return f"{level}-{_SHORT[Hierarchy(hierarchy)]}"
+
+
 def shipped_policy(hierarchy: Hierarchy) -> Path:
     """The Certificate Policy file smki ships for a hierarchy (policies/<kind>.yaml)."""
     package = Path(__file__).resolve().parents[1]
