@@ -10,6 +10,8 @@ imported on first use (PEP 562), so `smki --version` does not load the actors.
 
 __version__ = "0.1.0"
 
+from smki.lazy import lazy_exports  # noqa: E402 - after the version, which the CLI reads alone
+
 _EXPORTS = {
     "RootAuthority": "smki.root",
     "IssuingAuthority": "smki.issuing",
@@ -22,12 +24,4 @@ _EXPORTS = {
     **dict.fromkeys(["SmkiError", "BadInputError", "RefusedError", "ConflictError", "HsmError"], "smki.errors"),
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'smki' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

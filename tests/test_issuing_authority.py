@@ -20,6 +20,7 @@ from conftest import smki
 from smki.errors import BadInputError, ConflictError, RefusedError
 from smki.hsm.config import KeyRef
 from smki.issuing import IssuingAuthority
+from smki.operations.audited import open_state
 from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
 from smki.profiles.lint.crl_rules import lint_crl
@@ -230,6 +231,7 @@ def test_the_wrong_key(pki, tmp_path):
 
 def test_an_unadopted_policy(pki, tmp_path):
     state = tmp_path / "fresh"
+    open_state(state).close()  # as `smki hsm keygen --state` leaves it, before `smki policy adopt`
     with issuing(pki, pki.organisation, state) as authority, pytest.raises(ConflictError, match="no organisation policy adopted"):
         authority.issue_organisation(f.organisation_csr(), requester="supplier", out=tmp_path / "o.pem")
     assert_refused_cleanly(state, 0, "certificate.issue.organisation", "smki policy adopt", tmp_path / "o.pem")

@@ -5,14 +5,8 @@ requests, singly and in batches; revocation; the Organisation CRL.
 `smki.issuing.batch_workers`, and should not pay for the whole authority at start-up.
 """
 
-from __future__ import annotations
+from smki.lazy import lazy_exports
 
-__all__ = ["IssuingAuthority"]
-
-
-def __getattr__(name: str):
-    if name in ("IssuingAuthority", "BatchResult", "Reconciliation"):
-        from smki.issuing import authority
-
-        return getattr(authority, name)
-    raise AttributeError(f"module 'smki.issuing' has no attribute {name!r}")
+_EXPORTS = {name: "smki.issuing.authority" for name in ("IssuingAuthority", "BatchResult", "Reconciliation")}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

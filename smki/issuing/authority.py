@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -52,6 +52,9 @@ from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
 
+if TYPE_CHECKING:  # the batch's modules load only when a batch runs
+    from smki.issuing.batch_issuance import BatchSummary
+
 
 # Called as answers are recorded: (requests answered since the last call, requests in the batch).
 BatchProgress = Callable[[int, int], None]
@@ -59,26 +62,21 @@ BatchProgress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class BatchResult:
-    """A batch run: this run's outcomes, every request's answer, and the two files written."""
+    """A batch run: this run's outcomes (`run`), every request's answer (`totals`), and the two files written."""
 
-    batch_id: str
-    entries: int
-    answered_before: int
-    statuses: dict[str, int]
-    seconds: float
+    run: BatchSummary
     totals: dict[str, int]
     response: Path
     status: Path
 
-    @property
-    def issued(self) -> int:
-        return self.statuses.get("success", 0)
+    def __getattr__(self, name: str):  # batch_id, entries, answered_before, statuses, seconds, issued: the run's
+        if name == "run":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.run, name)
 
     def summary(self) -> dict:
-        return {"batch_id": self.batch_id, "entries": self.entries, "answered_before": self.answered_before,
-                "statuses": dict(sorted(self.statuses.items())), "issued": self.issued, "seconds": round(self.seconds, 3),
-                "certificates_per_second": round(self.issued / self.seconds) if self.seconds else None,
-                "totals": dict(sorted(self.totals.items())), "response": str(self.response), "status": str(self.status)}
+        return {**self.run.as_dict(), "totals": dict(sorted(self.totals.items())), "response": str(self.response),
+                "status": str(self.status)}
 
 
 @dataclass(frozen=True)
@@ -411,7 +409,7 @@ class IssuingAuthority:
                     run = issue_batch(operation.connection, operation.audit, self.actor, plan, batch_workers, issuer_key_id, progress=report,
                                       answer=lambda o, der: writer.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
             totals = writer.counts
-        return BatchResult(run.batch_id, run.entries, run.answered_before, dict(run.statuses), run.seconds, dict(totals), response, status)
+        return BatchResult(run, dict(totals), response, status)
 
     # -- revocation ------------------------------------------------------------------------------
     def revoke(self, serial: int | str, reason: str) -> Revocation:

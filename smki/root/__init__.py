@@ -1,11 +1,7 @@
 """The Root Authorities (Root OCA, Root DCA): key ceremonies under m-of-n custody, Issuing Authority certificates, ARLs."""
 
+from smki.lazy import lazy_exports
 
-def __getattr__(name: str):
-    if name == "RootAuthority":  # imported on first use: the package's modules load only when the actor is asked for
-        from smki.root.authority import RootAuthority
-
-        return RootAuthority
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-__all__ = ["RootAuthority"]
+_EXPORTS = {"RootAuthority": "smki.root.authority"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -16,18 +16,12 @@ With pytest, the `smki` plugin (entry point pytest11) offers the fixtures `smki_
 per run), `smki_token` (a private token) and `smki_softhsm` (the process's SoftHSM store).
 """
 
+from smki.lazy import lazy_exports
 from smki.testing.softhsm import SoftHsmStore, TestToken
 
 # The PKI's names are imported on first use: the pytest plugin, loaded in every run where smki is
 # installed, then costs no import of the actors until a test asks for a PKI.
-_PKI_NAMES = ("Hierarchy", "authority_name", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest", "shipped_policy")
-
-__all__ = [*_PKI_NAMES, "SoftHsmStore", "TestToken"]
-
-
-def __getattr__(name: str):
-    if name in _PKI_NAMES:
-        from smki.testing import pki
-
-        return getattr(pki, name)
-    raise AttributeError(f"module 'smki.testing' has no attribute {name!r}")
+_EXPORTS = dict.fromkeys(("Hierarchy", "authority_name", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest",
+                          "shipped_policy"), "smki.testing.pki")
+__all__ = [*sorted(_EXPORTS), "SoftHsmStore", "TestToken"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
