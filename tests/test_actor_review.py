@@ -112,6 +112,7 @@ def test_publishing_into_a_file_is_bad_input(smki_pki, tmp_path):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("x")
     with Librarian(tmp_path / "repository.db") as librarian:
+        librarian.lodge(smki_pki.root_oca_certificate, trust_root=True)
         with pytest.raises(BadInputError, match="is not a directory"):
             librarian.publish(not_a_directory)
         with pytest.raises(BadInputError, match="is not a directory"):

@@ -253,9 +253,9 @@ def test_publish_writes_the_repository_and_audits_it(librarian, pki, tmp_path, d
 
 def test_a_publish_that_fails_is_audited(librarian, tmp_path, database_target):
     blocker = write(tmp_path / "not-a-directory", b"")
-    with pytest.raises(OSError):
+    with pytest.raises(BadInputError, match="is not a directory"):
         librarian.publish(blocker)
-    assert state_of(database_target)["last"] == ("repository.publish", "failed")
+    assert state_of(database_target)["last"] == ("repository.publish", "refused")
 
 
 def test_write_bulk_files_and_its_since_value(librarian, pki, tmp_path):

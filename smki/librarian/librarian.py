@@ -206,9 +206,8 @@ class Librarian:
 
     def publish(self, directory: Path | str) -> Publication:
         """Publish every lodged certificate and each issuer's current CRL/ARL into `directory`, atomically file by file, the index last."""
-        directory = output_directory(directory, "the publication directory")
         audit = self._audit()
-        return publish_repository(audit.connection, directory, audit=audit, actor=self.actor)
+        return publish_repository(audit.connection, Path(directory), audit=audit, actor=self.actor)
 
     def write_bulk_files(self, directory: Path | str, *, since: datetime | str | None = None,
                          now: datetime | None = None) -> list[BulkFile]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from smki.audit.trail import AuditTrail
 from smki.errors import BadInputError
-from smki.files import fsync_directory, read_input, replace_file
+from smki.files import fsync_directory, output_directory, read_input, replace_file
 from smki.operations.audited import AuditedOperation
 from smki.operations.names import Operation
 from smki.store.database import transaction
@@ -156,7 +156,7 @@ def _audit_details(publication: Publication) -> dict:
 
 
 def _publish(connection: sqlite3.Connection, directory: Path, now: datetime | None) -> Publication:
-    directory.mkdir(parents=True, exist_ok=True)
+    output_directory(directory, "the publication directory").mkdir(parents=True, exist_ok=True)
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     touched: set[Path] = set()
     with _exclusive(directory):
