@@ -53,6 +53,17 @@ def main() -> None:
     print(f"smki     CRL of {args.entries:,} entries, built + SoftHSM-signed: {ours:6.2f} s  (target <= 3 s)")
     print(f"         peak RSS {peak_mib:,.0f} MiB (entries alone: {base_rss / 1024:,.0f} MiB; target < 1024 MiB)")
 
+    # What an authority releases (`smki ca crl`, a root's ARL): the same list, then linted and its signature
+    # checked over the DER as released (operations/lists.py), before anything is recorded or written.
+    from smki.operations.lists import ListType, signed_list
+
+    began = time.perf_counter()
+    released, _ = signed_list(issuer, signer, ListType.ARL, crl_number=2, this_update_utc=start + timedelta(days=1),
+                              next_update_utc=start + timedelta(days=2), entries=entries)
+    checked = time.perf_counter() - began
+    assert len(released) == args.entries
+    print(f"smki     ... built, signed, linted and verified, as released: {checked:6.2f} s  (lint + verify {checked - ours:5.2f} s)")
+
     if not args.skip_cryptography:
         began = time.perf_counter()
         revoked = [x509.RevokedCertificateBuilder().serial_number(e.serial_number).revocation_date(e.revocation_date_utc).build() for e in entries]

@@ -283,7 +283,37 @@ print("the Root OCA certificate's wrapped contingency key unwraps to the recover
 assert same
 PY
 
-step "12. The auditor verifies every trail the demo left, each against its own audit key"
+step "12. The same SMKI from Python: the demo's own Issuing OCA as an smki.IssuingAuthority, and a test PKI in one call"
+echo "(the CLI is a thin shell over these objects: the library applies the same policy, records and audit entries)"
+"$REPO/.venv/bin/python" - "$REPO" <<'PY'
+import sys
+from pathlib import Path
+import smki
+from smki.hsm.config import parse_pkcs11_uri
+from smki.testing.csr import organisation_csr
+from cryptography.hazmat.primitives.asymmetric import ec
+
+repo = Path(sys.argv[1])
+with smki.IssuingAuthority("state/issuing-oca", certificate=Path("issuing-oca.pem"),
+                           key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca;id=%01"),
+                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy=repo / "policies/organisation.yaml",
+                           environment="test", actor="demo-python",
+                           audit_key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca-audit;id=%02"),
+                           audit_pin=smki.PinSource.parse("env:DEMO_PIN")) as oca:
+    request = organisation_csr(ec.generate_private_key(ec.SECP256R1()), usage="digital_signature", role="02", eui64="90B3D51F30010099")
+    issued = oca.issue_organisation(request, requester="supplier", out=Path("org-from-python.pem"))
+    print(f"issued {issued.serial_hex} to {issued.certificate.subject.rfc4514_string()} under policy {issued.policy_identity['version']}")
+    try:
+        oca.issue_organisation(request, requester="networkOperator")
+    except smki.SmkiError as refusal:
+        print(f"refused, as the CLI refuses it (exit {refusal.exit_code}): {refusal}")
+    print("the state agrees with the audit trail:", oca.reconcile().agree)
+PY
+echo "(and a complete test PKI for a party's integration tests, on a private SoftHSM token: the README's example, as it stands)"
+env -u SOFTHSM2_CONF "$REPO/.venv/bin/python" -c "$(awk '/^## Using smki from Python/{f=1} f&&/^```python/{p=1;next} p&&/^```/{exit} p' "$REPO/README.md")" \
+  && echo "README example: a test PKI, a device certificate, a revocation, a CRL and two verifications, all as expected"
+
+step "13. The auditor verifies every trail the demo left, each against its own audit key"
 echo "(a root's audit key lives in the root's token beside the root key; its public key is in the key ceremony's"
 echo " transcript, which the witnesses signed: that is where the auditor takes it from)"
 for root in root-oca root-dca; do
