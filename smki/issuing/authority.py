@@ -136,10 +136,7 @@ class _Signing:
 class IssuingAuthority:
     """An Issuing OCA or Issuing DCA (or, for its ARL, a root) with its state, key and adopted policy.
 
-    One object per thread: it keeps one database connection and one HSM session, and neither may be
-    shared between threads (python-pkcs11 is not thread-safe against SoftHSM). Any number of objects,
-    in threads or processes, may work on one state: writes are serialised by the database, so cRLNumbers
-    and the audit chain stay strictly ordered.
+    One object per thread; any number of objects may share a state (see `smki.operations`).
     """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,

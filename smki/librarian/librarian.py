@@ -96,10 +96,7 @@ class Librarian:
     audited method. With `audit_key`, each lodging and publication ends with a signed checkpoint,
     and the token's head anchor is checked before the first one.
 
-    One object per thread: it keeps one database connection and one HSM session, and neither may be
-    shared between threads (python-pkcs11 is not thread-safe against SoftHSM). Any number of objects,
-    in threads or processes, may work on one state: writes are serialised by the database, so cRLNumbers
-    and the audit chain stay strictly ordered.
+    One object per thread; any number of objects may share a state (see `smki.operations`).
     """
 
     def __init__(self, database: Path | str, *, actor: str = "librarian", audit_key: KeyRef | None = None,
