@@ -40,6 +40,18 @@ class PolicyKind(enum.StrEnum):
     DEVICE = "device"
 
 
+class ListType(enum.StrEnum):
+    """Which revocation list: an Issuing OCA's CRL, or a root's ARL (Authority Revocation List).
+    A StrEnum: stored, printed and written in JSON as its value."""
+
+    CRL = "crl"
+    ARL = "arl"
+
+    @classmethod
+    def of_issuer(cls, certificate_type: CertificateType | str) -> "ListType":
+        return cls.ARL if certificate_type == CertificateType.ROOT else cls.CRL
+
+
 _EUI64_SEPARATORS = re.compile(r"[-: ]")
 _HEX16 = re.compile(r"[0-9A-Fa-f]{16}")
 

@@ -34,3 +34,15 @@ def utc_now() -> datetime:
 def utc_midnight(moment: datetime) -> datetime:
     """The start of the UTC day of `moment` (test PKI validities start at 00:00:00Z)."""
     return moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def start_of_validity(value: datetime | str | None, option: str = "--not-before") -> datetime:
+    """A certificate's notBefore as a caller gives it: a datetime (UTC when naive), ISO 8601 text (refused
+    naming `option`, as the CLI's), or nothing: today 00:00:00Z."""
+    if value is None:
+        return utc_midnight(datetime.now(timezone.utc))
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str):
+        raise BadInputError(f"{option}: give a datetime or ISO 8601 text, not {type(value).__name__}")
+    return parse_utc(value, option)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +23,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import BadInputError
-from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, write_new_file
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
-from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import CertificateType, DeviceType, EUI64, KeyUsage, ListType, RemotePartyRole
 from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
-from smki.operations.lists import ListType, signed_list
+from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
@@ -37,12 +37,10 @@ from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adoption_differences, require_adopted
 from smki.policy.model import CertificatePolicy
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
-from smki.profiles.crl import RevokedEntry
 from smki.profiles.describe import describe
-from smki.times import parse_utc, utc_midnight
+from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.pem import PemLabel, pem_armour
 from smki.profiles.serials import serial_hex
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates
@@ -50,7 +48,7 @@ from smki.store.batches import device_certificate_counts
 from smki.store.certificates import CertificateRecord, RepositoryStatus, normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
-from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+from smki.store.revocations import record_revocation
 
 if TYPE_CHECKING:  # the batch's modules load only when a batch runs
     from smki.issuing.batch_issuance import BatchSummary
@@ -98,17 +96,6 @@ class Reconciliation:
 def _parsed(value_type: type, value: Any) -> Any:
     """A vocabulary value from its plain form (refused as the CLI refuses it), or as given."""
     return value if isinstance(value, value_type) else value_type.parse(value)
-
-
-def _not_before(value: datetime | str | None) -> datetime:
-    """The start of validity: as given, parsed from ISO 8601, or today 00:00:00Z."""
-    if value is None:
-        return utc_midnight(datetime.now(timezone.utc))
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str):
-        raise BadInputError(f"--not-before: give a datetime or ISO 8601 text, not {type(value).__name__}")
-    return parse_utc(value, "--not-before")
 
 
 def _status(status: RepositoryStatus | str) -> RepositoryStatus:
@@ -247,7 +234,7 @@ class IssuingAuthority:
         environment = self._environment()
         policy = self._adopted_policy(operation)
         key = self._key_ref()
-        start = _not_before(not_before)
+        start = start_of_validity(not_before)
         if out is not None:
             refuse_existing(out)
         return _Signing(policy, environment, key, start)
@@ -391,7 +378,7 @@ class IssuingAuthority:
             key = self._key_ref()
             environment, checked_requester = self._environment(), _parsed(RemotePartyRole, requester)
             checked_type = _parsed(DeviceType, device_type)
-            start = _not_before(not_before)
+            start = start_of_validity(not_before)
             template = batch_template(issuer, policy, environment, start)
             pin = self._pin_value()
             require_key_of(self._signing_key(pin), issuer, self._key_name())
@@ -425,7 +412,7 @@ class IssuingAuthority:
                 raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.hierarchy} policy does not revoke rejected certificates")
             record = self._record_of(operation.connection, serial)
             method = policy.check_revocation(record.certificate_type, reason)
-            now = datetime.now(timezone.utc).replace(microsecond=0)
+            now = utc_now()
             with transaction(operation.connection):
                 reconcile_issuer(operation.connection, record.issuer_key_id)  # a revocation builds on the issuer's state: it must be the audited one
                 record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
@@ -453,22 +440,7 @@ class IssuingAuthority:
             facts = describe(issuer)
             list_type = ListType.of_issuer(facts.certificate_type)
             operation.operation = Operation.issue_list(list_type)
-            issuer_key_id = facts.subject_key_id.hex().upper()
-            signer = self._signing_key()
-            now = datetime.now(timezone.utc).replace(microsecond=0)
-            with transaction(operation.connection):  # the write lock from here: the state checked is the state signed
-                reconcile_issuer(operation.connection, issuer_key_id)
-                entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
-                           for serial, at, reason in revoked_entries(operation.connection, issuer_key_id)]
-                number = next_crl_number(operation.connection, issuer_key_id, now)
-                crl, der = signed_list(issuer, signer, list_type, crl_number=number, this_update_utc=now,
-                                       next_update_utc=policy.next_update(list_type, now), entries=entries)
-                operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries),
-                                     "file": str(out) if out is not None else None}
-                operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
-            if out is not None:
-                write_new_file(out, pem_armour(der, PemLabel.CRL))
-        return IssuedCrl(crl, number, len(entries), list_type, issuer_key_id, Path(out) if out is not None else None, der)
+            return issue_list(operation, issuer, self._signing_key(), list_type, policy, out=out)
 
     # -- the records (read-only) -----------------------------------------------------------------
     def show(self, serial: int | str) -> list[CertificateRecord]:

@@ -25,10 +25,9 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
 from smki.audit.trail import AuditTrail
-from smki.identifiers import CertificateType
+from smki.identifiers import CertificateType, ListType
 from smki.librarian.lodging import AlreadyLodged
 from smki.errors import BadInputError, RefusedError
-from smki.operations.lists import ListType
 from smki.operations.audited import AuditedOperation
 from smki.operations.names import Operation
 from smki.profiles.files import load_crl

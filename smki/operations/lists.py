@@ -8,9 +8,9 @@ again over the DER that is released, before anything is recorded or written.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -18,23 +18,20 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import HsmError
+from smki.files import write_new_file
 from smki.hsm.signer import Signer
-from smki.identifiers import CertificateType
+from smki.identifiers import ListType
+from smki.operations.audited import AuditedOperation
+from smki.operations.results import IssuedCrl
 from smki.profiles.crl import RevokedEntry, build_crl_der
+from smki.profiles.describe import describe
 from smki.profiles.lint import refuse_on_errors
 from smki.profiles.lint.crl_rules import lint_crl
-
-
-class ListType(enum.StrEnum):
-    """Which revocation list: an Issuing OCA's CRL, or a root's ARL (Authority Revocation List).
-    A StrEnum: stored, printed and written in JSON as its value."""
-
-    CRL = "crl"
-    ARL = "arl"
-
-    @classmethod
-    def of_issuer(cls, certificate_type: CertificateType | str) -> "ListType":
-        return cls.ARL if certificate_type == CertificateType.ROOT else cls.CRL
+from smki.profiles.pem import PemLabel, pem_armour
+from smki.store.database import transaction
+from smki.store.reconcile import StateChange, reconcile_issuer
+from smki.store.revocations import next_crl_number, revoked_entries
+from smki.times import utc_now
 
 
 def signed_list(issuer: x509.Certificate, signer: Signer, list_type: ListType, *, crl_number: int, this_update_utc: datetime,
@@ -70,3 +67,25 @@ def _first_element(der: bytes) -> bytes:
     size = first & 0x7F if first >= 0x80 else 0
     length = int.from_bytes(der[position + 2:position + 2 + size], "big") if size else first
     return der[position:position + 2 + size + length]
+
+
+def issue_list(operation: AuditedOperation, issuer: x509.Certificate, signer: Signer, list_type: ListType, policy, *,
+               out: Path | None = None) -> IssuedCrl:
+    """The issuer's next CRL or ARL, for both kinds of authority: its recorded revocations (the state first
+    checked against the audit trail), the next persisted cRLNumber, nextUpdate from `policy`; built, linted
+    and verified (`signed_list`), then recorded with its audit entry in one transaction, and only then written."""
+    issuer_key_id = describe(issuer).subject_key_id.hex().upper()
+    connection, now = operation.connection, utc_now()
+    with transaction(connection):  # the write lock from here: the state checked is the state signed
+        reconcile_issuer(connection, issuer_key_id)
+        entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
+                   for serial, at, reason in revoked_entries(connection, issuer_key_id)]
+        number = next_crl_number(connection, issuer_key_id, now)
+        crl, der = signed_list(issuer, signer, list_type, crl_number=number, this_update_utc=now,
+                               next_update_utc=policy.next_update(list_type, now), entries=entries)
+        operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries),
+                             "file": str(out) if out is not None else None}
+        operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
+    if out is not None:
+        write_new_file(out, pem_armour(der, PemLabel.CRL))
+    return IssuedCrl(crl, number, len(entries), list_type, issuer_key_id, Path(out) if out is not None else None, der)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from smki.operations.lists import ListType
+from smki.identifiers import ListType
 from smki.policy.adoption import OPERATION as _POLICY_ADOPTION  # policy/ (a lower floor) reads its own entries back
 
 

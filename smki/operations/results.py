@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.operations.lists import ListType
+from smki.identifiers import ListType
 from smki.policy.model import RevocationMethod
 from smki.profiles.pem import PemLabel, pem_armour
 from smki.store.certificates import CertificateRecord

@@ -11,21 +11,20 @@ when it leaves. Nothing is written to a file before the state that describes it 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from smki.audit.trail import AuditTrail
-from smki.errors import BadInputError, HsmError
-from smki.files import refuse_existing, write_new_file
+from smki.errors import BadInputError
+from smki.files import refuse_existing
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.signer import Pkcs11Signer, open_signer, require_key_of, signer_for
-from smki.identifiers import CertificateType
+from smki.identifiers import CertificateType, ListType
 from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
-from smki.operations.lists import ListType
+from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
@@ -33,12 +32,10 @@ from smki.policy import Environment, load_policy
 from smki.policy.adoption import adopt, require_adopted
 from smki.policy.model import CertificatePolicy
 from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
-from smki.profiles.crl import RevokedEntry, build_crl
 from smki.profiles.describe import describe
-from smki.times import parse_utc, utc_midnight
+from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate
-from smki.profiles.lint import pre_issuance_check, refuse_on_errors
-from smki.profiles.lint.crl_rules import lint_crl
+from smki.profiles.lint import pre_issuance_check
 from smki.profiles.serials import serial_hex
 from smki.root import ceremony as ceremonies
 from smki.root.ceremony_file import load_ceremony
@@ -46,7 +43,7 @@ from smki.root.checks import IssuingAuthorityKey, issuing_authority_key, revocab
 from smki.store.certificates import normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
-from smki.store.revocations import next_crl_number, record_revocation, revoked_entries
+from smki.store.revocations import record_revocation
 
 
 class CeremonyTranscript(dict):
@@ -157,7 +154,7 @@ class RootAuthority:
             operation.subject = {"serial": serial, "reason": reason}
             policy = self._adopted_policy()
             root_key_id = _key_id(self._root_certificate())
-            now = _now()
+            now = utc_now()
             with transaction(self.connection):  # the write lock from here: the state checked is the state changed
                 reconcile_issuer(self.connection, root_key_id)  # a revocation builds on the root's state: it must be the audited one
                 record = revocable_record(self.connection, root_key_id, serial)
@@ -176,22 +173,7 @@ class RootAuthority:
                 refuse_existing(out)
             policy = self._adopted_policy()
             root = self._root_certificate()
-            root_key_id = _key_id(root)
-            signer = self._open_signer(root)
-            now = _now()
-            with transaction(self.connection):  # the write lock from here: the state checked is the state signed
-                reconcile_issuer(self.connection, root_key_id)  # the ARL is signed from the root's state: it must be the audited one
-                entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
-                           for serial, at, reason in revoked_entries(self.connection, root_key_id)]
-                number = next_crl_number(self.connection, root_key_id, now)
-                arl = _checked_arl(root, build_crl(root, signer, crl_number=number, this_update_utc=now,
-                                                   next_update_utc=policy.next_update(ListType.ARL, now), entries=entries))
-                operation.subject = {"issuer_key_id": root_key_id, "crl_number": number, "entries": len(entries),
-                                     "file": str(out) if out is not None else None}
-                operation.audit.append(operation.success_entry(StateChange().crl(root_key_id, number).details(), policy=policy.identity))
-        if out is not None:
-            write_new_file(out, arl.public_bytes(Encoding.PEM))
-        return IssuedCrl(arl, number, len(entries), ListType.ARL, root_key_id, out)
+            return issue_list(operation, root, self._open_signer(root), ListType.ARL, policy, out=out)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -232,7 +214,7 @@ class RootAuthority:
             raise BadInputError("RootAuthority: no environment given: test or production")
         environment = self._environment if isinstance(self._environment, Environment) else Environment.parse(self._environment)
         policy = self._adopted_policy()
-        start = _start_of_validity(not_before)
+        start = start_of_validity(not_before)
         if out is not None:
             refuse_existing(out)
         return policy, environment, start
@@ -269,29 +251,5 @@ def _passphrase_reader(passphrase: Passphrases | None) -> Callable[[str, str], s
     return read
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def _start_of_validity(not_before: datetime | str | None) -> datetime:
-    """notBefore as given (a str is ISO 8601, named as the CLI's option), else today 00:00:00Z."""
-    if not_before is None:
-        return utc_midnight(datetime.now(timezone.utc))
-    if isinstance(not_before, str):
-        return parse_utc(not_before, "--not-before")
-    return not_before if not_before.tzinfo else not_before.replace(tzinfo=timezone.utc)
-
-
 def _key_id(certificate: x509.Certificate) -> str:
     return describe(certificate).subject_key_id.hex().upper()
-
-
-def _checked_arl(root: x509.Certificate, arl: x509.CertificateRevocationList) -> x509.CertificateRevocationList:
-    """Lint and verify a signed ARL before it is recorded or released, as the ARL ceremony does.
-
-    To be replaced by the shared "build, lint, verify a CRL/ARL" floor function when it lands."""
-    _, findings = lint_crl(arl.public_bytes(Encoding.DER), root.subject.public_bytes())
-    refuse_on_errors(findings, "the ARL fails lint")
-    if not arl.is_signature_valid(root.public_key()):
-        raise HsmError("the signed ARL does not verify against the root's key; not released")
-    return arl

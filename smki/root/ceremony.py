@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -29,7 +29,8 @@ from smki.operations.names import Operation
 from smki.root.ceremony_file import Ceremony, CeremonyKind
 from smki.root.checks import request_file_public_key, revocable_record
 from smki.operations.audited import open_state
-from smki.operations.lists import ListType, signed_list
+from smki.identifiers import CertificateType, ListType, PolicyKind
+from smki.operations.lists import signed_list
 from smki.operations.records import record_for
 from smki.errors import BadInputError, HsmError, RefusedError, SmkiError
 from smki.files import refuse_existing, write_new_file
@@ -41,7 +42,6 @@ from smki.hsm.session import close_all, open_session
 from smki.hsm.signer import Pkcs11Signer, require_key_of
 from smki.hsm.softhsm import delete_token, init_token
 from smki.hsm.store_lock import is_softhsm
-from smki.identifiers import CertificateType, PolicyKind
 from smki.policy import PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy
@@ -55,6 +55,7 @@ from smki.store.certificates import insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
+from smki.times import utc_now
 
 # Asked for each custodian: (custodian, purpose) -> passphrase. Never logged, never stored.
 PassphraseSource = Callable[[str, str], str]
@@ -65,7 +66,7 @@ class _Run:
     ceremony: Ceremony
     operator: str
     passphrase: PassphraseSource
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
+    started: datetime = field(default_factory=utc_now)
     custodians_present: list[str] = field(default_factory=list)
     key_attributes: list[dict] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
