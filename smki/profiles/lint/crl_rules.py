@@ -9,6 +9,7 @@ import re
 from asn1crypto import crl as asn1_crl
 from cryptography import x509
 
+from smki.identifiers import ListType
 from smki.profiles import der as der_encoding
 from smki.profiles.crl import REASON_CODES
 from smki.profiles.lint.findings import Finding, Rule, Severity
@@ -162,7 +163,7 @@ CRL_RULES = [
 
 
 def lint_crl(der: bytes, issuer_subject_der: bytes | None = None, now: datetime | None = None,
-             skip: frozenset[str] = frozenset()) -> tuple[str, list[Finding]]:
+             skip: frozenset[str] = frozenset()) -> tuple[ListType, list[Finding]]:
     """(crl or arl, findings); `now` (default: the clock) is what thisUpdate is compared with; rules
     whose ids are in `skip` are not run (a caller that has already made the same check)."""
     from smki.errors import BadInputError
@@ -171,4 +172,4 @@ def lint_crl(der: bytes, issuer_subject_der: bytes | None = None, now: datetime 
         view = CrlView(der, issuer_subject_der, now)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise BadInputError(f"not a DER CRL ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    return ("arl" if view.is_arl else "crl"), [finding for rule in CRL_RULES if rule.rule_id not in skip and (finding := rule.run(view))]
+    return (ListType.ARL if view.is_arl else ListType.CRL), [finding for rule in CRL_RULES if rule.rule_id not in skip and (finding := rule.run(view))]
