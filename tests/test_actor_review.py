@@ -142,3 +142,11 @@ def test_a_script_that_calls_issue_batch_without_a_main_guard_stops_instead_of_h
                             timeout=400, cwd=tmp_path)
     assert result.returncode != 0 and 'if __name__ == "__main__":' in result.stderr
     assert not (tmp_path / "r.zip").exists()
+
+
+def test_a_softhsm_configuration_that_was_never_there_is_named_as_such(tmp_path):
+    """It was reported as a store 'gone (was its directory removed?)', which sent the tester looking for a deletion."""
+    env = {**fresh_environment(), "SOFTHSM2_CONF": str(tmp_path / "missing" / "softhsm2.conf")}
+    result = subprocess.run([sys.executable, "-c", "import smki.testing; smki.testing.SoftHsmStore.for_process()"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0 and "$SOFTHSM2_CONF names" in result.stderr and "is gone" not in result.stderr

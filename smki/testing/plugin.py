@@ -20,7 +20,12 @@ def smki_softhsm():
 
 @pytest.fixture(scope="session")
 def smki_token(smki_softhsm):
-    """The run's private SoftHSM token, with random PINs (`.pin`); `.new_key()` makes P-256 keys on it."""
+    """The run's private SoftHSM token, with random PINs (`.pin`); `.new_key()` makes P-256 keys on it.
+
+    In a store made for the run (no $SOFTHSM2_CONF), the token goes with the store when the run ends.
+    In a store $SOFTHSM2_CONF names, it stays there (SoftHSM cannot delete a token while the library
+    that sees it is loaded): point $SOFTHSM2_CONF at a throw-away store, or leave it unset.
+    """
     return smki_softhsm.shared_token()
 
 

@@ -85,6 +85,9 @@ class SoftHsmStore:
             atexit.register(shutil.rmtree, directory, ignore_errors=True)
             store = cls.create(Path(directory))
         if not store.conf.is_file():
+            if cls.loaded(module) is None:  # named by $SOFTHSM2_CONF, never loaded: a wrong name, not a lost store
+                raise HsmError(f"${SOFTHSM_CONF_ENV} names {store.conf}, which is no file: set it to a SoftHSM "
+                               "configuration, or unset it for a private store made for this process")
             raise HsmError(f"the SoftHSM configuration {store.conf} of this process is gone (was its directory removed?); "
                            "the PKCS#11 library cannot move to another store until the process ends")
         store.activate()
