@@ -47,3 +47,17 @@ def test_the_actors_never_import_each_other():
     crossings = [f"{module} imports {imported}" for module, path in modules() if top_of(module) in ACTORS
                  for imported in smki_imports(path) if top_of(imported) in ACTORS and top_of(imported) != top_of(module)]
     assert crossings == []
+
+
+def test_the_public_api_names_resolve_and_load_only_when_asked_for():
+    import subprocess
+    import sys
+
+    probe = ("import sys, smki\n"
+             "assert not any(m.startswith(('smki.issuing', 'smki.root', 'smki.librarian')) for m in sys.modules), 'loaded early'\n"
+             "missing = [name for name in smki.__all__ if not hasattr(smki, name)]\n"
+             "assert not missing, missing\n"
+             "smki.RootAuthority, smki.IssuingAuthority, smki.Librarian\n"
+             "import smki.testing\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
