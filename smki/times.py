@@ -38,8 +38,9 @@ def utc_midnight(moment: datetime) -> datetime:
 
 def start_of_validity(value: datetime | str | None, option: str = "--not-before") -> datetime:
     """A certificate's notBefore as a caller gives it: a datetime (UTC when naive), ISO 8601 text (refused
-    naming `option`, as the CLI's), or nothing: today 00:00:00Z."""
-    if value is None:
+    naming `option`, as the CLI's), or nothing (None or empty text, as an unset shell variable gives it):
+    today 00:00:00Z."""
+    if value is None or value == "":
         return utc_midnight(datetime.now(timezone.utc))
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

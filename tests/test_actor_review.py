@@ -150,3 +150,26 @@ def test_a_softhsm_configuration_that_was_never_there_is_named_as_such(tmp_path)
     result = subprocess.run([sys.executable, "-c", "import smki.testing; smki.testing.SoftHsmStore.for_process()"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0 and "$SOFTHSM2_CONF names" in result.stderr and "is gone" not in result.stderr
+
+
+# -- the CLI parity review: where the refactor had changed what the CLI did ------------------------------------
+
+def test_a_lodging_run_signs_one_checkpoint_not_one_per_file(smki_pki, tmp_path):
+    """Each lodged file had come to sign its own checkpoint: N HSM signatures per run instead of one."""
+    audit_key, _ = smki_pki.token.new_key("librarian-audit")
+    certificates = [smki_pki.organisation_certificate(f"90-B3-D5-1F-30-0B-00-0{n}").issued.certificate for n in range(3)]
+    with Librarian(tmp_path / "repository.db", audit_key=audit_key, audit_pin=smki_pki.token.pin) as librarian:
+        librarian.lodge_many([smki_pki.root_oca_certificate], trust_root=True)
+        librarian.lodge_many([smki_pki.issuing_oca_certificate, *certificates], publish_to=tmp_path / "www")
+    connection = sqlite3.connect(tmp_path / "repository.db")
+    contexts = [row[0] for row in connection.execute("SELECT context FROM audit_checkpoints ORDER BY seq")]
+    entries = connection.execute("SELECT COUNT(*) FROM audit_entries").fetchone()[0]
+    connection.close()
+    assert contexts == ["lodge of 1 file(s)", "lodge of 4 file(s)"] and entries == 6  # 5 lodgings and the publication
+
+
+def test_an_empty_not_before_is_the_default_as_it_was(smki_pki):
+    """`--not-before "$UNSET"` had come to be refused; it means today, as before the actors."""
+    with authority(smki_pki, "issuing-oca") as oca:
+        issued = oca.issue_organisation(smki_pki.organisation_csr("90-B3-D5-1F-30-0A-00-05").der, requester="supplier", not_before="")
+    assert issued.certificate.not_valid_before_utc.time().isoformat() == "00:00:00"

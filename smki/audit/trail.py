@@ -124,6 +124,8 @@ class AuditTrail:
         self.anchor = anchor
         self._checkpointed: tuple[int, str] | None = None  # the last head this run signed, to anchor once committed
         self._anchor_broken = False  # a trail that lost its anchored head never moves the anchor again
+        # Set while several operations share one checkpoint at their end (operations.audited.one_checkpoint).
+        self.checkpoint_deferred = False
 
     def check_anchor(self) -> None:
         """Refuse (one line, exit 1) when the trail no longer holds the head last anchored (no anchor: nothing to check)."""

@@ -37,7 +37,7 @@ from smki.librarian.crl_lodging import CrlLodgement, crl_der_from_file, lodge_cr
 from smki.librarian.lodging import AlreadyLodged, Lodgement, lodge_certificate
 from smki.librarian.publishing import Publication, publish_repository
 from smki.librarian.repository_service import RepositoryService, make_server
-from smki.operations.audited import open_audit_trail
+from smki.operations.audited import one_checkpoint, open_audit_trail
 from smki.profiles.files import load_certificate, read_certificate
 from smki.profiles.pem import PemLabel, single_object
 from smki.profiles.serials import serial_hex
@@ -151,8 +151,8 @@ class Librarian:
                    publish_to: Path | None = None) -> tuple[list[Lodgement], Publication | None]:
         """Lodge certificates in order (issuers first), stopping at the first refusal; what was lodged
         before it stays. With `publish_to`, then publish the repository whatever happened (see `_lodge_each`)."""
-        self._audit(create=True)
-        return self._lodge_each(items, lambda item: self.lodge(item, trust_root=trust_root), publish_to)
+        return self._lodge_each(items, lambda item: self.lodge(item, trust_root=trust_root), publish_to, "lodge",
+                                self._audit(create=True))
 
     def lodge_crl(self, crl: CrlInput) -> CrlLodgement:
         """Check and lodge one CRL or ARL (PEM or DER bytes, a file, or a parsed list).
@@ -173,11 +173,10 @@ class Librarian:
     def lodge_crls(self, items: Iterable[CrlInput], *,
                    publish_to: Path | None = None) -> tuple[list[CrlLodgement], Publication | None]:
         """`lodge_crl` for each list in order, stopping at the first refusal, as `lodge_many` does."""
-        self._audit()
-        return self._lodge_each(items, self.lodge_crl, publish_to)
+        return self._lodge_each(items, self.lodge_crl, publish_to, "CRL lodge", self._audit())
 
-    def _lodge_each(self, items: Iterable, lodge_one: Callable[..., _Outcome],
-                    publish_to: Path | None) -> tuple[list[_Outcome], Publication | None]:
+    def _lodge_each(self, items: Iterable, lodge_one: Callable[..., _Outcome], publish_to: Path | None,
+                    what: str, audit: AuditTrail) -> tuple[list[_Outcome], Publication | None]:
         """Lodge each item, stopping at the first refusal; with `publish_to`, then publish whatever was
         lodged, so the published directory matches the repository after every run.
 
@@ -186,17 +185,18 @@ class Librarian:
         raised, saying so. Repeating a run that stopped part-way completes it: what it lodged before
         comes back `already_lodged`.
         """
-        lodged, refusal = [], None
-        try:
-            for item in items:
-                lodged.append(_naming_the_file(item, lodge_one))
-        except SmkiError as exc:
-            refusal = exc
-        published = self.publish(publish_to) if publish_to is not None else None
-        if refusal is not None:
-            if published is not None:
-                refusal.args = (f"{refusal}; the repository was published to {published.directory} all the same",)
-            raise refusal
+        items, lodged, refusal = list(items), [], None
+        with one_checkpoint(audit, f"{what} of {len(items)} file(s)"):  # the run's one signature, publication included
+            try:
+                for item in items:
+                    lodged.append(_naming_the_file(item, lodge_one))
+            except SmkiError as exc:
+                refusal = exc
+            published = self.publish(publish_to) if publish_to is not None else None
+            if refusal is not None:  # raised inside: a refused run signs its checkpoint but leaves the anchor behind
+                if published is not None:
+                    refusal.args = (f"{refusal}; the repository was published to {published.directory} all the same",)
+                raise refusal
         return lodged, published
 
     # -- publishing and bulk files ------------------------------------------------------------------

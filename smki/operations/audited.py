@@ -6,6 +6,8 @@ Success is recorded by the operation itself, in the same transaction as the stat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,22 @@ def checkpoint(audit: AuditTrail, context: str, anchor: bool = True) -> None:
             audit.anchor_checkpointed()  # after the commit: a crash before it leaves the anchor behind, which is safe
 
 
+@contextmanager
+def one_checkpoint(audit: AuditTrail, context: str) -> Iterator[None]:
+    """Several operations (the files of one lodging run), one signed checkpoint at their end: one HSM
+    signature for the run, not one per file. The anchor moves only when the whole run succeeded."""
+    if audit.checkpoint_deferred:  # already inside one: the outer run signs
+        yield
+        return
+    audit.checkpoint_deferred, succeeded = True, False
+    try:
+        yield
+        succeeded = True
+    finally:
+        audit.checkpoint_deferred = False
+        checkpoint(audit, context, anchor=succeeded)
+
+
 class AuditedOperation:
     """One operation of an actor, as a context manager: on the way out, a refusal (SmkiError) or a
     failure (any other exception) is appended to the trail, and the run's checkpoint is signed.
@@ -90,7 +108,8 @@ class AuditedOperation:
                 self.audit.append(AuditEntry(self.actor, self.operation, outcome, self.subject, {"reason": reason}))
         # A refused run changed no state, so it leaves the anchor where it is (behind: safe; the next success
         # covers its entry). This also keeps a run refused on a copy of the state from anchoring the copy.
-        checkpoint(self.audit, self.operation, anchor=succeeded)
+        if not self.audit.checkpoint_deferred:
+            checkpoint(self.audit, self.operation, anchor=succeeded)
 
     def success_entry(self, details: dict | None = None, policy: dict | None = None, **subject: Any) -> AuditEntry:
         """The success entry, to append inside the transaction that changes the state it describes."""
