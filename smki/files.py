@@ -211,6 +211,26 @@ def output_directory(path: Path | str, what: str) -> Path:
     return path
 
 
+def refuse_same_file(paths: dict[str, Path]) -> None:
+    """Refused (exit 3) before anything is opened or issued when two of `paths` name one file:
+    outputs written over each other (or over the input) would lose one of them after the work is done."""
+    seen: dict[tuple, str] = {}
+    for what, path in paths.items():
+        identity = _file_identity(Path(path))
+        if identity in seen:
+            raise BadInputError(f"{seen[identity]} and {what} name the same file; give each its own")
+        seen[identity] = what
+
+
+def _file_identity(path: Path) -> tuple:
+    """(device, inode) of an existing file (so links and hard links are the same), else its resolved path."""
+    try:
+        info = path.stat()
+        return ("inode", info.st_dev, info.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
 def refuse_existing(path: Path) -> None:
     """Refused (exit 5) before anything is signed when `path` names anything at all: a file, a directory, or a
     symbolic link, dangling ones included (the final write never follows or replaces one, so a link found only

@@ -36,14 +36,19 @@ def utc_midnight(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def start_of_validity(value: datetime | str | None, option: str = "--not-before") -> datetime:
-    """A certificate's notBefore as a caller gives it: a datetime (UTC when naive), ISO 8601 text (refused
-    naming `option`, as the CLI's), or nothing (None or empty text, as an unset shell variable gives it):
-    today 00:00:00Z."""
-    if value is None or value == "":
-        return utc_midnight(datetime.now(timezone.utc))
+def moment(value: datetime | str, option: str) -> datetime:
+    """A moment a caller gives: a datetime (UTC when naive) or ISO 8601 text (refused naming `option`,
+    as the CLI's)."""
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
     if not isinstance(value, str):
         raise BadInputError(f"{option}: give a datetime or ISO 8601 text, not {type(value).__name__}")
     return parse_utc(value, option)
+
+
+def start_of_validity(value: datetime | str | None, option: str = "--not-before") -> datetime:
+    """A certificate's notBefore as a caller gives it (see `moment`), or, for nothing (None or empty text,
+    as an unset shell variable gives it), today 00:00:00Z."""
+    if value is None or value == "":
+        return utc_midnight(datetime.now(timezone.utc))
+    return moment(value, option)

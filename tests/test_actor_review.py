@@ -84,7 +84,7 @@ def test_wrong_kinds_of_value_are_refused_as_bad_input(smki_pki):
         request = smki_pki.organisation_csr("90-B3-D5-1F-30-0A-00-03")
         with pytest.raises(BadInputError, match="--not-before: give a datetime"):
             oca.issue_organisation(request.der, requester="supplier", not_before=5)
-        with pytest.raises(BadInputError, match="'bogus' is not one of 'P', 'I', 'N', 'E', 'R'"):
+        with pytest.raises(BadInputError, match="'bogus' is not a repository status"):
             oca.list(status="bogus")
         with pytest.raises(BadInputError, match="unknown certificate type 'bogus'"):
             oca.list(certificate_type="bogus")

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.errors import BadInputError
-from smki.files import MAX_CSR_BYTES, read_input, refuse_existing
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, refuse_same_file
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
@@ -32,6 +32,7 @@ from smki.operations.audited import AuditedOperation, open_audit_trail, open_sta
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release
+from smki.operations.values import parsed, repository_status, serial_text
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adoption_differences, require_adopted
@@ -41,11 +42,10 @@ from smki.profiles.describe import describe
 from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.serials import serial_hex
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates
 from smki.store.batches import device_certificate_counts
-from smki.store.certificates import CertificateRecord, RepositoryStatus, normalised_serial_hex
+from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import record_revocation
@@ -91,23 +91,6 @@ class Reconciliation:
 
     def summary(self) -> dict:
         return {"agree": self.agree, "issuers": self.issuers, "policies": self.policies}
-
-
-def _parsed(value_type: type, value: Any) -> Any:
-    """A vocabulary value from its plain form (refused as the CLI refuses it), or as given."""
-    return value if isinstance(value, value_type) else value_type.parse(value)
-
-
-def _status(status: RepositoryStatus | str) -> RepositoryStatus:
-    try:
-        return RepositoryStatus(status)
-    except ValueError:
-        raise BadInputError(f"{str(status)[:40]!r} is not one of {', '.join(repr(s.value) for s in RepositoryStatus)}") from None
-
-
-def _serial(serial: int | str) -> str:
-    """A serial number in the stored form (upper-case hex)."""
-    return serial_hex(serial) if isinstance(serial, int) else normalised_serial_hex(serial)
 
 
 @dataclass(frozen=True)
@@ -195,7 +178,7 @@ class IssuingAuthority:
     def _environment(self) -> Environment:
         if self._environment_given is None:
             raise self._missing("environment", "environment")
-        return _parsed(Environment, self._environment_given)
+        return parsed(Environment, self._environment_given)
 
     def _key_ref(self) -> KeyRef:
         if self._key is None:
@@ -277,7 +260,7 @@ class IssuingAuthority:
             request = parse_organisation_request(data, source)
             operation.subject = {"request": source, "entity_id": request.entity_id.hex, "role": request.role.ou}
             params = signing.policy.organisation_certificate_params(
-                signing.environment, requester=_parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
+                signing.environment, requester=parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
                 key_usage=request.key_usage, common_name=request.common_name, not_before=signing.not_before)
             issuer = self._issuer()
             return self._sign(operation, signing, CertificateType.ORGANISATION,
@@ -293,12 +276,12 @@ class IssuingAuthority:
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
             operation.subject = {"request": source, "device_id": request.device_id.hex}
-            device_type = _parsed(DeviceType, device_type)
+            device_type = parsed(DeviceType, device_type)
             expected_hw_type = signing.policy.hw_type_oid(signing.environment, device_type)
             if request.hw_type_oid != expected_hw_type:
                 raise PolicyRefusal("7.1 device types", f"the request's hwType {request.hw_type_oid} is not the {device_type.name} hwType {expected_hw_type}")
             params = signing.policy.device_certificate_params(
-                signing.environment, requester=_parsed(RemotePartyRole, requester), device_id=request.device_id,
+                signing.environment, requester=parsed(RemotePartyRole, requester), device_id=request.device_id,
                 device_type=device_type, key_usage=request.key_usage, not_before=signing.not_before,
                 existing_certificates=self._device_certificates(operation, request.device_id), single_request=True)
             issuer = self._issuer()
@@ -324,10 +307,10 @@ class IssuingAuthority:
         the requester (default: the subject's role) is checked for eligibility (4.1)."""
         with self._operation(Operation.ISSUE_ORGANISATION) as operation:
             signing = self._signing(operation, out, not_before)
-            role = _parsed(RemotePartyRole, role)
+            role = parsed(RemotePartyRole, role)
             params = signing.policy.organisation_certificate_params(
-                signing.environment, requester=_parsed(RemotePartyRole, requester) if requester is not None else role, role=role,
-                entity_id=_parsed(EUI64, entity_id), key_usage=_parsed(KeyUsage, usage), common_name=common_name,
+                signing.environment, requester=parsed(RemotePartyRole, requester) if requester is not None else role, role=role,
+                entity_id=parsed(EUI64, entity_id), key_usage=parsed(KeyUsage, usage), common_name=common_name,
                 not_before=signing.not_before)
             issuer, subject_key = self._issuer(), self._public_key(public_key)
             return self._sign(operation, signing, CertificateType.ORGANISATION,
@@ -340,10 +323,10 @@ class IssuingAuthority:
         per-device cap of the certificates this authority already issued for the device."""
         with self._operation(Operation.ISSUE_DEVICE) as operation:
             signing = self._signing(operation, out, not_before)
-            device_id = _parsed(EUI64, device_id)
+            device_id = parsed(EUI64, device_id)
             params = signing.policy.device_certificate_params(
-                signing.environment, requester=_parsed(RemotePartyRole, requester), device_id=device_id,
-                device_type=_parsed(DeviceType, device_type), key_usage=_parsed(KeyUsage, usage), not_before=signing.not_before,
+                signing.environment, requester=parsed(RemotePartyRole, requester), device_id=device_id,
+                device_type=parsed(DeviceType, device_type), key_usage=parsed(KeyUsage, usage), not_before=signing.not_before,
                 existing_certificates=self._device_certificates(operation, device_id), single_request=False)
             issuer, subject_key = self._issuer(), self._public_key(public_key)
             return self._sign(operation, signing, CertificateType.DEVICE,
@@ -369,15 +352,15 @@ class IssuingAuthority:
         from smki.requests.batch import BatchResponse, open_batch
 
         batch, response, status = Path(batch), Path(response), Path(status)
-        _refuse_same_file({"--response": response, "--status": status, "the batch": batch})
+        refuse_same_file({"--response": response, "--status": status, "the batch": batch})
         with self._operation(Operation.ISSUE_BATCH, batch=str(batch)) as operation:
             refuse_existing(response)
             refuse_existing(status)
             policy = self._adopted_policy(operation)
             issuer = self._issuer()
             key = self._key_ref()
-            environment, checked_requester = self._environment(), _parsed(RemotePartyRole, requester)
-            checked_type = _parsed(DeviceType, device_type)
+            environment, checked_requester = self._environment(), parsed(RemotePartyRole, requester)
+            checked_type = parsed(DeviceType, device_type)
             start = start_of_validity(not_before)
             template = batch_template(issuer, policy, environment, start)
             pin = self._pin_value()
@@ -398,12 +381,12 @@ class IssuingAuthority:
     # -- revocation ------------------------------------------------------------------------------
     def revoke(self, serial: int | str, reason: str) -> Revocation:
         """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
-        return self._revoke(_serial(serial), reason, Operation.REVOKE)
+        return self._revoke(serial_text(serial), reason, Operation.REVOKE)
 
     def reject(self, serial: int | str) -> Revocation:
         """The subscriber rejected this certificate at issue: where the policy says so
         (revocation.revoke_on_rejection) it is revoked at once, reason unspecified; refused otherwise."""
-        return self._revoke(_serial(serial), "unspecified", Operation.REJECT)
+        return self._revoke(serial_text(serial), "unspecified", Operation.REJECT)
 
     def _revoke(self, serial: str, reason: str, name: str) -> Revocation:
         with self._operation(name, serial=serial.upper(), reason=reason) as operation:
@@ -445,7 +428,7 @@ class IssuingAuthority:
     # -- the records (read-only) -----------------------------------------------------------------
     def show(self, serial: int | str) -> list[CertificateRecord]:
         """The records of one serial (one per issuer at most); refused when there is none."""
-        serial = _serial(serial)
+        serial = serial_text(serial)
         records = find_certificate(self._readable(), serial)
         if not records:
             raise BadInputError(f"no certificate with serial {serial} in this authority's records")
@@ -454,9 +437,9 @@ class IssuingAuthority:
     def list(self, *, certificate_type: str | None = None, status: str | None = None, entity_id: EUI64 | str | None = None,
              limit: int = 1000) -> list[CertificateRecord]:
         """Issued certificates, oldest first, filtered."""
-        device = _parsed(EUI64, entity_id).hex if entity_id is not None else None
+        device = parsed(EUI64, entity_id).hex if entity_id is not None else None
         kind = CertificateType.parse(certificate_type) if certificate_type is not None else None
-        return list_certificates(self._readable(), certificate_type=kind, status=_status(status) if status is not None else None,
+        return list_certificates(self._readable(), certificate_type=kind, status=repository_status(status) if status is not None else None,
                                  entity_id=device, limit=limit)
 
     def reconcile(self) -> Reconciliation:
@@ -473,23 +456,3 @@ class IssuingAuthority:
 
         with self._operation(Operation.ADOPT_STATE) as operation:
             return adopt_legacy_state(operation.audit, self.actor)
-
-
-def _refuse_same_file(paths: dict[str, Path]) -> None:
-    """Refused (exit 3) before anything is opened or issued when two of `paths` name one file:
-    outputs written over each other (or over the input) would lose one of them after the work is done."""
-    seen: dict[tuple, str] = {}
-    for what, path in paths.items():
-        identity = _file_identity(Path(path))
-        if identity in seen:
-            raise BadInputError(f"{seen[identity]} and {what} name the same file; give each its own")
-        seen[identity] = what
-
-
-def _file_identity(path: Path) -> tuple:
-    """(device, inode) of an existing file (so links and hard links are the same), else its resolved path."""
-    try:
-        info = path.stat()
-        return ("inode", info.st_dev, info.st_ino)
-    except OSError:
-        return ("path", os.path.realpath(path))

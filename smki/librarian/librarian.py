@@ -18,9 +18,9 @@ import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,10 +37,11 @@ from smki.librarian.crl_lodging import CrlLodgement, crl_der_from_file, lodge_cr
 from smki.librarian.lodging import AlreadyLodged, Lodgement, lodge_certificate
 from smki.librarian.publishing import Publication, publish_repository
 from smki.librarian.repository_service import RepositoryService, make_server
+from smki.times import moment
+from smki.operations.values import parsed, repository_status, serial_text
 from smki.operations.audited import one_checkpoint, open_audit_trail
 from smki.profiles.files import load_certificate, read_certificate
 from smki.profiles.pem import PemLabel, single_object
-from smki.profiles.serials import serial_hex
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, list_certificates
 from smki.store.database import open_database
 from smki.store.postgres import is_database_url
@@ -210,7 +211,7 @@ class Librarian:
                          now: datetime | None = None) -> list[BulkFile]:
         """The full file and the delta file (since `since`: a datetime, or ISO 8601 text, UTC unless it
         has an offset; default a day before now). ConflictError if either file exists already."""
-        start = _since(since) if since is not None else None
+        start = None if since is None else moment(since, "--since")
         directory = output_directory(directory, "the bulk file directory")
         return bulk.write_bulk_files(self._open(), directory, since=start, now=now)
 
@@ -222,15 +223,16 @@ class Librarian:
         """Certificates matching every filter given, oldest first; by `serial`, the other filters are not used.
         A malformed value is refused (BadInputError) before the repository is read."""
         if serial is not None:
-            return find_certificate(self._open(), _serial(serial))
-        filters = dict(entity_id=_eui64(eui64), subject_key_id=_hex(ski, "--ski"), role=_role(role),
-                       key_usage=_usage(usage), status=_status(status))
+            return find_certificate(self._open(), serial_text(serial))
+        filters = dict(entity_id=_optional(eui64, lambda v: parsed(EUI64, v).hex), subject_key_id=_hex(ski, "--ski"), role=_role(role),
+                       key_usage=_optional(usage, lambda v: parsed(KeyUsage, v).value),
+                       status=_optional(status, lambda v: repository_status(v).value))
         return list_certificates(self._open(), **filters, limit=_limit(limit))
 
     def status_of(self, serial: int | str, *, issuer_key_id: str | None = None) -> RepositoryStatus:
         """The repository status parties see now for the certificate with this serial (and issuer, when
         several issuers used the serial). BadInputError when there is none, or more than one."""
-        wanted = _serial(serial)
+        wanted = serial_text(serial)
         records = find_certificate(self._open(), wanted)
         if issuer_key_id is not None:
             issuer = _hex(issuer_key_id, "issuer key identifier")
@@ -299,24 +301,9 @@ def _crl_der(crl: CrlInput) -> tuple[bytes, Path | None]:
     return crl_der_from_file(read_input(path, MAX_CRL_BYTES)), path
 
 
-def _since(since: datetime | str) -> datetime:
-    """The start of a bulk delta: ISO 8601 text or a datetime, UTC unless it carries an offset."""
-    if isinstance(since, str):
-        try:
-            since = datetime.fromisoformat(since)
-        except ValueError:
-            raise BadInputError(f"--since: {since!r} is not an ISO 8601 date or time") from None
-    return since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-
-
-def _serial(serial: int | str) -> str:
-    if isinstance(serial, bool) or not isinstance(serial, (int, str)):
-        raise BadInputError(f"serial: give hex text or an integer, not {type(serial).__name__}")
-    if isinstance(serial, int):
-        if serial < 0:
-            raise BadInputError("serial: a serial number is not negative")
-        return serial_hex(serial)
-    return serial  # hex text is checked and normalised by the store (normalised_serial_hex)
+def _optional(value, convert: Callable[[Any], str]) -> str | None:
+    """A search filter in its stored form; None (no filter) stays None."""
+    return None if value is None else convert(value)
 
 
 def _hex(text: bytes | str | None, option: str) -> str | None:
@@ -333,12 +320,6 @@ def _hex(text: bytes | str | None, option: str) -> str | None:
     return cleaned
 
 
-def _eui64(eui64: EUI64 | str | None) -> str | None:
-    if eui64 is None:
-        return None
-    return (eui64 if isinstance(eui64, EUI64) else EUI64.parse(eui64)).hex
-
-
 def _role(role: RemotePartyRole | str | int | None) -> str | None:
     if role is None or isinstance(role, RemotePartyRole):
         return None if role is None else role.ou
@@ -348,22 +329,6 @@ def _role(role: RemotePartyRole | str | int | None) -> str | None:
         except ValueError:
             raise BadInputError(f"unknown RemotePartyRole {role!r}") from None
     return RemotePartyRole.parse(role).ou
-
-
-def _usage(usage: KeyUsage | str | None) -> str | None:
-    if usage is None:
-        return None
-    return (usage if isinstance(usage, KeyUsage) else KeyUsage.parse(usage)).value
-
-
-def _status(status: RepositoryStatus | str | None) -> str | None:
-    if status is None:
-        return None
-    try:
-        return RepositoryStatus(status).value
-    except ValueError:
-        codes = ", ".join(s.value for s in RepositoryStatus)
-        raise BadInputError(f"status: {status!r} is not a repository status ({codes})") from None
 
 
 def _limit(limit: int) -> int:

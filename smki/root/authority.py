@@ -27,6 +27,7 @@ from smki.operations.audited import AuditedOperation, open_audit_trail, open_sta
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release
+from smki.operations.values import serial_text
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, load_policy
 from smki.policy.adoption import adopt, require_adopted
@@ -36,11 +37,9 @@ from smki.profiles.describe import describe
 from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate
 from smki.profiles.lint import pre_issuance_check
-from smki.profiles.serials import serial_hex
 from smki.root import ceremony as ceremonies
 from smki.root.ceremony_file import load_ceremony
 from smki.root.checks import IssuingAuthorityKey, issuing_authority_key, revocable_record
-from smki.store.certificates import normalised_serial_hex
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import record_revocation
@@ -150,7 +149,7 @@ class RootAuthority:
         """Revoke a certificate this root issued, onto its next ARL: refused for a serial it never issued,
         one already revoked, or a reason the policy does not allow for that certificate type."""
         with self._operation(Operation.REVOKE) as operation:
-            serial = serial_hex(serial) if isinstance(serial, int) else normalised_serial_hex(serial)
+            serial = serial_text(serial)
             operation.subject = {"serial": serial, "reason": reason}
             policy = self._adopted_policy()
             root_key_id = _key_id(self._root_certificate())

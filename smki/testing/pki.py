@@ -27,6 +27,7 @@ from smki.identifiers import EUI64, DeviceType, KeyUsage, PolicyKind, RemotePart
 from smki.issuing.authority import IssuingAuthority
 from smki.librarian.librarian import Librarian
 from smki.operations.keys import generate_key
+from smki.operations.values import parsed
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import CertificatePolicy, Environment, load_policy
 from smki.profiles.lint import Finding, lint_certificate
@@ -350,17 +351,17 @@ class TestPKI:
                          common_name: str | None = None) -> TestRequest:
         """A valid SMKI PKCS#10 request for an Organisation Certificate (signed by a fresh key when none is given)."""
         private_key = private_key or _fresh_key()
-        der = csr.organisation_csr(private_key, usage=_usage(usage).x509_name, role=_role(role).ou,
-                                   eui64=_eui64(eui64).hex, common_name=common_name)
+        der = csr.organisation_csr(private_key, usage=parsed(KeyUsage, usage).x509_name, role=parsed(RemotePartyRole, role).ou,
+                                   eui64=parsed(EUI64, eui64).hex, common_name=common_name)
         return TestRequest(der, private_key)
 
     def device_csr(self, eui64: EUI64 | str, private_key: ec.EllipticCurvePrivateKey | None = None, *,
                    usage: KeyUsage | str = "DS", device_type: DeviceType | str = "ESME") -> TestRequest:
         """A valid SMKI PKCS#10 request for a Device Certificate, with the device type's hwType from the policy."""
         private_key = private_key or _fresh_key()
-        hw_type = self._policy(Hierarchy.DEVICE).hw_type_oid(self.environment, _device_type(device_type))
-        der = csr.build_csr(private_key, b"\x30\x00", [csr.key_usage(_usage(usage).x509_name),
-                                                      csr.hardware_module_name_san(_eui64(eui64).hex, hw_type)])
+        hw_type = self._policy(Hierarchy.DEVICE).hw_type_oid(self.environment, parsed(DeviceType, device_type))
+        der = csr.build_csr(private_key, b"\x30\x00", [csr.key_usage(parsed(KeyUsage, usage).x509_name),
+                                                      csr.hardware_module_name_san(parsed(EUI64, eui64).hex, hw_type)])
         return TestRequest(der, private_key)
 
     def csr(self, eui64: EUI64 | str, private_key: ec.EllipticCurvePrivateKey | None = None, *,
@@ -464,22 +465,6 @@ class TestPKI:
         for issued in self._crls:  # oldest first: a later list from the same issuer replaces an earlier one
             latest[issued.issuer_key_id] = issued
         return list(latest.values())
-
-
-def _role(value: RemotePartyRole | str) -> RemotePartyRole:
-    return value if isinstance(value, RemotePartyRole) else RemotePartyRole.parse(value)
-
-
-def _usage(value: KeyUsage | str) -> KeyUsage:
-    return value if isinstance(value, KeyUsage) else KeyUsage.parse(value)
-
-
-def _eui64(value: EUI64 | str) -> EUI64:
-    return value if isinstance(value, EUI64) else EUI64.parse(value)
-
-
-def _device_type(value: DeviceType | str) -> DeviceType:
-    return value if isinstance(value, DeviceType) else DeviceType.parse(value)
 
 
 def _request_der(request: TestRequest | bytes) -> bytes:
