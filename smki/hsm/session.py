@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -30,6 +31,8 @@ import pkcs11.exceptions as p11x
 from smki.errors import HsmError
 from smki.hsm.config import pkcs11_text, token_label_text
 from smki.hsm.store_lock import token_store_lock
+
+log = logging.getLogger(__name__)
 
 SOFTHSM_CONF_ENV = "SOFTHSM2_CONF"
 
@@ -78,6 +81,7 @@ def load_module(module_path: str) -> pkcs11.lib:
             try:
                 _libraries[module_path] = pkcs11.lib(module_path)
                 _configurations[module_path] = os.environ.get(SOFTHSM_CONF_ENV)
+                log.debug("loaded PKCS#11 module %s", module_path)
             except (p11x.PKCS11Error, OSError) as exc:
                 reason = str(exc).split(": ")[-1] or type(exc).__name__
                 raise HsmError(f"cannot load PKCS#11 module {module_path}: {reason}") from None
@@ -131,6 +135,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
         return cached.session
     with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
         session = _open_logged_in(get_token(module_path, token_label), token_label, pin, rw, pin_checked=login is not None)
+    log.debug("opened a %s session on token %r%s", "read-write" if rw else "read-only", token_label, " (logged in)" if pin is not None else "")
     with _lock:
         _opened.append(session)
         _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)
