@@ -120,6 +120,18 @@ def test_a_dry_run_signs_records_and_writes_nothing_and_reports_what_the_real_ru
     assert snapshot(pki, hierarchy)["tables"]["certificates"] == before["tables"]["certificates"] + 1
 
 
+def test_the_python_api_takes_dry_run_too(pki):
+    oca = pki.issuing_oca
+    before = snapshot(pki, ORG)
+    request = pki.organisation_csr("90-B3-D5-1F-30-03-00-00", role="supplier", usage="KA")
+    dry = oca.issue_organisation(request.der, requester="supplier", dry_run=True)
+    revocation = oca.revoke(pki.issue_organisation(request).serial_hex, "keyCompromise", dry_run=True)
+    assert dry.dry_run and dry.summary()["serial"] is None and revocation.dry_run and revocation.summary()["dry_run"] is True
+    after = snapshot(pki, ORG)
+    assert after["tables"]["certificates"] == before["tables"]["certificates"] + 1  # the one real issuance only
+    assert after["tables"]["revocations"] == before["tables"]["revocations"]
+
+
 def test_a_dry_run_says_so_in_its_text_output(pki, tmp_path):
     result = smki(*cert_organisation(pki, public_key_file(tmp_path), tmp_path / "o.pem"), "--dry-run")
     assert result.stdout.startswith("dry run: would write") and "nothing signed, recorded or written" in result.stdout
