@@ -172,7 +172,9 @@ def issue_batch_command(batch, requester, device_type, response_zip, status_csv,
     Every certificate is recorded before it reaches the response, which appears only once the
     whole run is durable. Running the same batch
     again (after a crash, say) answers only what is left and writes the whole response.
-    Exit 0 when every request has an answer, whatever the answers.
+    Exit 0 when every request has an answer, whatever the answers. With --dry-run, every request
+    left is checked and decided in this process (no workers) and the answers counted; neither
+    file is written.
     """
     with issuing_authority(options) as authority, _BatchProgress() as bar:
         result = authority.issue_batch(batch, response=response_zip, status=status_csv, requester=requester, device_type=device_type,

@@ -6,7 +6,10 @@ warnings and errors by default, `-q` errors only, `-v` what long operations do (
 more detail (DEBUG). `SMKI_LOG_LEVEL` gives the level when no flag does.
 
 Secrets never reach a log: no call site passes a PIN, passphrase, share or API key (the tests
-run commands at DEBUG with known secrets and look for them in stderr).
+run commands at DEBUG with known secrets and look for them in stderr). There is deliberately no
+filter that masks secret values: it would have to keep every secret read (from a descriptor or a
+prompt, held nowhere else) in one more place, for the life of the process, when the HSM layer
+keeps even a checked PIN only as a salted HMAC.
 """
 
 from __future__ import annotations
