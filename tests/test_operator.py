@@ -120,6 +120,28 @@ def test_a_dry_run_signs_records_and_writes_nothing_and_reports_what_the_real_ru
     assert snapshot(pki, hierarchy)["tables"]["certificates"] == before["tables"]["certificates"] + 1
 
 
+def _root_snapshot(pki) -> dict:
+    directory = pki.state(authority_name("root", ORG))
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())
+            if path.is_file() and not path.name.endswith("-shm") and not (path.name.endswith("-wal") and path.stat().st_size == 0)}
+
+
+@pytest.mark.parametrize("command", ["root", "issuing-ca"])
+def test_root_certificates_have_a_dry_run_too(pki, tmp_path, command):
+    root = authority_name("root", ORG)
+    args = ["cert", command, "--key-uri", pki.key(root).uri, "--pin-source", f"env:{PIN_ENV}", "--state", str(pki.state(root)),
+            "--policy", str(pki.policy_file(ORG)), "--environment", "test", "--not-before", "2026-02-01", "--out", str(tmp_path / "c.pem"),
+            "--json", "--dry-run"]
+    if command == "issuing-ca":
+        args += ["--issuer-cert", str(pki.certificate_file(root)), "--public-key", str(public_key_file(tmp_path))]
+    before = _root_snapshot(pki)
+    dry = json.loads(smki(*args).stdout)
+    assert _root_snapshot(pki) == before and not (tmp_path / "c.pem").exists()
+    root_certificate = pki.root_oca_certificate
+    expected_subject = root_certificate.subject.rfc4514_string() if command == "root" else pki.issuing_oca_certificate.subject.rfc4514_string()
+    assert dry["dry_run"] is True and dry["issuer"] == root_certificate.subject.rfc4514_string() and dry["subject"] == expected_subject
+
+
 def test_the_python_api_takes_dry_run_too(pki):
     oca = pki.issuing_oca
     before = snapshot(pki, ORG)

@@ -85,20 +85,23 @@ def _root_authority(options: dict, certificate: Path | None = None):
 
 @cert_group.command("root")
 @signing_options
+@dry_run_option
 def root_command(**options):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
     with _root_authority(options) as root:
-        issued = root.self_sign(not_before=options["not_before"], out=options["out"])
+        issued = root.self_sign(not_before=options["not_before"], out=options["out"], dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
 @cert_group.command("issuing-ca")
 @signing_options
 @issued_key_options
+@dry_run_option
 def issuing_ca_command(**options):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
     with _root_authority(options, certificate=options["issuer_cert"]) as root:
-        issued = root.certify_issuing_authority(options["public_key"], not_before=options["not_before"], out=options["out"])
+        issued = root.certify_issuing_authority(options["public_key"], not_before=options["not_before"], out=options["out"],
+                                                dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 

@@ -38,14 +38,13 @@ from smki.identifiers import CertificateType, DeviceType, EUI64, KeyUsage, ListT
 from smki.operations.audited import AuditedOperation, DryRunOperation, open_audit_trail, open_state
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
-from smki.operations.records import record_for
-from smki.operations.release import record_and_release
+from smki.operations.release import record_and_release, would_issue
 from smki.operations.values import parsed, repository_status, serial_text
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adoption_differences, require_adopted
 from smki.policy.model import CertificatePolicy
-from smki.profiles import device_certificate, draft_certificate, organisation_certificate, sign_certificate
+from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
 from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
@@ -250,11 +249,7 @@ class IssuingAuthority:
         lint = pre_issuance_check(certificate_type, (signing.policy.policy_oid(signing.environment),), issuer=issuer)
         file = Path(out) if out is not None else None
         if isinstance(operation, DryRunOperation):
-            draft = draft_certificate(build(), lint)
-            log.info("dry run: the %s certificate for %s lints clean; not signed", certificate_type, draft.subject.rfc4514_string() or "(empty subject)")
-            record = record_for(draft, policy_identity=(signing.policy.name, signing.policy.version, signing.policy.sha256),
-                                request_sha256=request_sha256)
-            return IssuedCertificate(draft, record, signing.policy.identity, file, dry_run=True)
+            return would_issue(build(), lint, signing.policy, request_sha256=request_sha256, out=out)
         certificate = sign_certificate(build(), signer, pre_issuance_check=lint)
         record = record_and_release(operation, certificate, signing.policy, request_sha256=request_sha256, out=out)
         log.info("issued %s certificate %s%s", certificate_type, record.serial_hex, f", wrote {file}" if file is not None else "")
