@@ -7,12 +7,10 @@ suite's SoftHSM token; what a dry run leaves is checked on the state's files and
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import csr_factory as f
 from conftest import PIN_ENV, openssl, smki
 from smki.testing import Hierarchy, TestPKI, authority_name
 from test_batch_issuance import START, batch_args, database, device, issuing_options, statuses, write_zip
+from test_ceremony import PASSPHRASES, SOURCES as CEREMONY_SOURCES, workspace
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +41,38 @@ def state_dir(pki, hierarchy: Hierarchy) -> Path:
     return pki.state(authority_name("issuing", hierarchy))
 
 
-def snapshot(pki, hierarchy: Hierarchy) -> dict:
+# Run in a child process: this process holds SQLite connections to the states (the TestPKI's authorities), and
+# closing any other descriptor of a database file drops every POSIX lock this process holds on it; a writer in
+# another process would then take the state for unused and checkpoint its log away under those connections.
+_SNAPSHOT = """
+import hashlib, json, shutil, sqlite3, sys, tempfile
+from pathlib import Path
+directory = Path(sys.argv[1])
+files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())
+         if path.is_file() and not path.name.endswith("-shm") and not (path.name.endswith("-wal") and path.stat().st_size == 0)}
+with tempfile.TemporaryDirectory() as copy:
+    for name in files:
+        shutil.copyfile(directory / name, Path(copy) / name)
+    connection = sqlite3.connect(Path(copy) / "smki.db")
+    tables = {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+              for table in ("certificates", "audit_entries", "revocations", "batches", "batch_entries", "crl_numbers")}
+    head = connection.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+    connection.close()
+print(json.dumps({"files": files, "tables": tables, "head": head}))
+"""
+
+
+def snapshot_of(directory: Path) -> dict:
     """What a dry run must leave as it was: the database and its write-ahead log byte for byte, and the tables'
-    contents read independently. Not the -shm file (SQLite's shared-memory index, which any reader updates), nor
-    an empty log (which a read-only open may create, as `ca show` does): neither holds state."""
-    directory = state_dir(pki, hierarchy)
-    files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())
-             if path.is_file() and not path.name.endswith("-shm") and not (path.name.endswith("-wal") and path.stat().st_size == 0)}
-    with tempfile.TemporaryDirectory() as copy:  # read from a copy: the reading leaves nothing behind in the state
-        for name in files:
-            shutil.copyfile(directory / name, Path(copy) / name)
-        connection = sqlite3.connect(Path(copy) / "smki.db")
-        try:
-            tables = {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                      for table in ("certificates", "audit_entries", "revocations", "batches", "batch_entries", "crl_numbers")}
-            head = connection.execute("SELECT seq, entry_hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
-        finally:
-            connection.close()
-    return {"files": files, "tables": tables, "head": head}
+    contents read independently (from a copy). Not the -shm file (SQLite's shared-memory index, which any reader
+    updates), nor an empty log (which a read-only open may create, as `ca show` does): neither holds state."""
+    result = subprocess.run([sys.executable, "-c", _SNAPSHOT, str(directory)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def snapshot(pki, hierarchy: Hierarchy) -> dict:
+    return snapshot_of(state_dir(pki, hierarchy))
 
 
 def public_key_file(directory: Path, name: str = "subject.pub") -> Path:
@@ -121,9 +134,7 @@ def test_a_dry_run_signs_records_and_writes_nothing_and_reports_what_the_real_ru
 
 
 def _root_snapshot(pki) -> dict:
-    directory = pki.state(authority_name("root", ORG))
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())
-            if path.is_file() and not path.name.endswith("-shm") and not (path.name.endswith("-wal") and path.stat().st_size == 0)}
+    return snapshot_of(pki.state(authority_name("root", ORG)))
 
 
 @pytest.mark.parametrize("command", ["root", "issuing-ca"])
@@ -333,6 +344,12 @@ def test_no_secret_is_logged_at_debug(pki, tmp_path, hsm_token):
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=30)
     runs.append(subprocess.CompletedProcess(server.args, server.returncode, out, err))
+    # A root-key ceremony: the custodians' passphrases from the environment.
+    work = workspace(tmp_path, "OPS")
+    runs.append(smki("-vv", "ceremony", "run", str(work / "ceremonies" / "root-dca.yaml"), *CEREMONY_SOURCES, "--operator", "op",
+                     env=PASSPHRASES))
+    assert "ceremony root-dca" in runs[-1].stderr or "ceremony " in runs[-1].stderr
+    secrets += list(PASSPHRASES.values())
     assert any("loaded PKCS#11 module" in run.stderr for run in runs), "the runs logged at DEBUG"
     for run in runs:
         _secrets_nowhere(run, secrets)
