@@ -197,6 +197,11 @@ def test_a_value_the_option_refuses_is_refused_at_its_line(tmp_path):
     assert "1000 is not in the range" in line
 
 
+def test_a_value_an_smki_option_type_refuses_is_refused_at_its_line(tmp_path):
+    config = write(tmp_path / "c.yaml", 'state: s\ndefaults:\n  actor: "an\\x07actor"\n')
+    refused(smki("ca", "adopt-state", "--config", str(config), check=False), f"{config}:3: defaults.actor: --actor: give a name of printable text")
+
+
 def test_a_missing_configuration_file_is_bad_input(tmp_path):
     refused(smki("ca", "list", "--config", str(tmp_path / "none.yaml"), check=False), f"{tmp_path / 'none.yaml'}:0: (file): configuration file not found")
     refused(smki("ca", "list", check=False, env={"SMKI_CONFIG": str(tmp_path / "none.yaml")}), "configuration file not found")

@@ -19,6 +19,7 @@ import click
 from click.core import ParameterSource
 
 from smki.config import CONFIG_ENV, Configuration, ConfigError, Setting, load_configuration
+from smki.errors import BadInputError
 
 CONFIG_PARAM = "config_file"
 _META = "smki.configuration"  # ctx.meta (shared by a context and its children): the LoadedConfiguration
@@ -109,10 +110,29 @@ class ConfiguredCommand(click.Command):
             return super().parse_args(ctx, args)
         except click.BadParameter as exc:
             # A value from the file that the option's own type refuses (a worker count out of range, say): FILE:LINE: field.
-            setting = setting_for(self, exc.param) if exc.param is not None else None
-            if loaded is None or setting is None or ctx.get_parameter_source(exc.param.name) is not ParameterSource.DEFAULT_MAP:
+            refusal = self._from_the_file(ctx, loaded, exc.param, exc.message)
+            if refusal is None:
                 raise
-            raise ConfigError(f"{loaded.configuration.where(setting)}: {setting}: {exc.message}") from None
+            raise refusal from None
+        except BadInputError as exc:
+            # An option type of smki's own refused it (an --actor with control characters): its message names no value.
+            refusal = self._from_the_file(ctx, loaded, self._failed_param(ctx), str(exc))
+            if refusal is None:
+                raise
+            raise refusal from None
+
+    def _from_the_file(self, ctx: click.Context, loaded: LoadedConfiguration | None, param: click.Parameter | None,
+                       problem: str) -> ConfigError | None:
+        """`problem` as FILE:LINE: setting, when the value `param` refused came from the configuration file."""
+        setting = setting_for(self, param) if param is not None else None
+        if loaded is None or setting is None or ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT_MAP:
+            return None
+        return ConfigError(f"{loaded.configuration.where(setting)}: {setting}: {problem}")
+
+    def _failed_param(self, ctx: click.Context) -> click.Parameter | None:
+        """The parameter whose conversion failed: click records a value's source before converting it, and the value after."""
+        return next((param for param in self.get_params(ctx) if param.expose_value and param.name not in ctx.params
+                     and ctx.get_parameter_source(param.name) is not None), None)
 
     def _given_on_command_line(self, ctx: click.Context, args: list[str]) -> dict:
         """The options given on the command line (names -> raw values), without converting or checking them:
