@@ -26,15 +26,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from smki.errors import BadInputError
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text
 from smki.hsm.pins import SOURCE_FORMS, PinSource
+from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
+from smki.store.postgres import is_database_url
 
 CONFIG_ENV = "SMKI_CONFIG"
 BUILTIN_PREFIX = "builtin:"
-DATABASE_URL_PREFIXES = ("postgresql://", "postgres://")  # as smki.store.postgres.is_database_url
 PIN_SOURCE_KEY = "pin_source"
 # A key whose name says it holds a secret. `pin_source` names where a secret is, not the secret.
 _SECRET_KEY = re.compile(r"(?:^|[_-])(?:pins?|password|passwd|passphrase|secret|api[_-]?key|apikey|private[_-]?key)(?:[_-]|$)", re.I)
@@ -91,7 +93,7 @@ SCHEMA = {
         "state": _TEXT,
         "database": _TEXT,
         "policy": _TEXT,
-        "environment": {"enum": ["test", "production"]},
+        "environment": {"enum": [environment.value for environment in Environment]},
         "issuer_certificate": _TEXT,
         "audit": {"type": "object", "additionalProperties": False, "properties": {
             "key_uri": _TEXT, "token": _TEXT, "key": _KEY, "pin_source": _TEXT}},
@@ -202,8 +204,13 @@ def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
         yield reader.place(Setting.STATE, ("state",), data["state"])
     if "database" in data:
         database = data["database"]
-        yield reader.value(Setting.DATABASE, ("database",), database) if database.startswith(DATABASE_URL_PREFIXES) \
-            else reader.place(Setting.DATABASE, ("database",), database)
+        if not is_database_url(database):
+            yield reader.place(Setting.DATABASE, ("database",), database)
+        elif _has_password(database):
+            raise reader.error(("database",), "a password is never written in a configuration file: give the URL without it "
+                                              "(PostgreSQL reads it from PGPASSWORD or ~/.pgpass)")
+        else:
+            yield reader.value(Setting.DATABASE, ("database",), database)
     if "policy" in data:
         policy = data["policy"]
         # A builtin policy is the policy loader's to resolve (and to refuse when it names none).
@@ -255,6 +262,13 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
                               f"say where it comes from with {PIN_SOURCE_KEY}: {SOURCE_FORMS}")
         else:
             _refuse_secrets(path, value, lines, place)
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # a malformed URL: the store refuses it, in its own words, when the command opens it
+        return False
 
 
 def _is_source(text: str) -> bool:

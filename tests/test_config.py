@@ -170,6 +170,7 @@ def test_a_malformed_file_is_one_line_naming_file_line_and_field(tmp_path, text,
     (f"audit:\n  pin_source: env:{SECRET}\n", ":2: audit.pin_source: not a secret source"),
     (f"audit:\n  pin_source: [{SECRET}]\n", ":2: audit.pin_source: not a secret source"),
     ("hsm:\n  pin_source: 4711\n", ":2: hsm.pin_source: not a secret source"),
+    (f"database: postgresql://smki:{SECRET}@db.example/smki\n", ":1: database: a password is never written in a configuration file"),
 ])
 def test_a_secret_written_in_the_file_is_refused_and_never_repeated(tmp_path, text, where):
     config = write(tmp_path / "secret.yaml", text)
