@@ -103,6 +103,12 @@ def test_pin_source_is_mapped_by_what_it_means(oca_config, tmp_path):
     assert options_of(show("--config", str(oca_config), "ca", "issue-batch", "x.zip"))["--workers"]["value"] == 3
 
 
+def test_config_show_never_repeats_a_malformed_secret_source_given_on_the_command_line(oca_config):
+    result = smki("config", "show", "--json", "--config", str(oca_config), "ca", "issue-org", "--pin-source", SECRET, "x.csr")
+    pin = options_of(json.loads(result.stdout))["--pin-source"]
+    assert pin["source"] == "command line" and SECRET not in result.stdout + result.stderr
+
+
 def test_smki_config_names_the_file_and_config_overrides_it(oca_config, tmp_path):
     other = write(tmp_path / "other.yaml", "environment: production\n")
     by_environment = show("ca", "issue-org", "x.csr", env={"SMKI_CONFIG": str(oca_config)})
