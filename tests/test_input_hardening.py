@@ -196,15 +196,11 @@ def test_a_binary_or_non_utf8_yaml_file_is_one_line(tmp_path, content, command):
     one_line_error(bounded_smki(*command, str(tmp_path / "binary.yaml")), EXIT_BAD_INPUT, "binary.yaml:0: (file): not UTF-8 text")
 
 
-@pytest.mark.parametrize("content, fragment", [(b"authorities:\n  oca: {token: T, key_label: k, key_id: '01'}\n\xff\n", "not UTF-8"),
-                                               (b"authorities: {}\nauthorities: {}\n", "given twice")])
-def test_the_token_layout_goes_through_the_same_loader(tmp_path, content, fragment):
-    (tmp_path / "layout.yaml").write_bytes(content)
-    result = bounded_python(f"from smki.hsm.config import TokenLayout\nfrom smki.errors import BadInputError\n"
-                            f"try:\n    TokenLayout.load({str(tmp_path / 'layout.yaml')!r})\n"
-                            f"except BadInputError as exc:\n    print('refused:', exc)\n")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stdout.startswith("refused: ") and fragment in result.stdout and len(result.stdout.strip().splitlines()) == 1
+@pytest.mark.parametrize("content, fragment", [(b"hsm:\n  token: T\n\xff\n", "config.yaml:0: (file): not UTF-8"),
+                                               (b"state: a\nstate: b\n", "config.yaml:2: (yaml): key 'state' given twice")])
+def test_a_configuration_file_goes_through_the_same_loader(tmp_path, content, fragment):
+    (tmp_path / "config.yaml").write_bytes(content)
+    one_line_error(bounded_smki("config", "show", "--config", str(tmp_path / "config.yaml")), EXIT_BAD_INPUT, fragment)
 
 
 def test_an_oversized_yaml_file_is_refused_before_it_is_parsed(tmp_path):

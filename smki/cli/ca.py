@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.cert import emit_issued, issuing_authority, signing_options
 from smki.cli.common import SERIAL, emit, json_option, key_options, module_option, pin_source_option, progress, state_option
 from smki.issuing.authority import IssuingAuthority
 
 
-@click.group("ca")
+@click.group("ca", cls=ConfiguredGroup)
 def ca_group() -> None:
     """Issuing Authority operations: issue from CSRs, revoke, issue the CRL, show and list records."""
 

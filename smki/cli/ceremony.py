@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import CUSTODIAN_SECRET_SOURCE, emit, json_option
 
 CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.group("ceremony")
+@click.group("ceremony", cls=ConfiguredGroup)
 def ceremony_group() -> None:
     """Root Authority ceremonies: root keys and certificates, Issuing Authority certificates, ARLs,
     root re-key and contingency key recovery, each from one strictly validated file."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.issuing.authority import IssuingAuthority
 from smki.operations.results import IssuedCertificate
@@ -56,7 +57,7 @@ def issued_key_options(func):
     return click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The issuing CA's certificate.")(func)
 
 
-@click.group("cert")
+@click.group("cert", cls=ConfiguredGroup)
 def cert_group() -> None:
     """Sign single certificates of the six GBCS profiles under the adopted Certificate Policy."""
 

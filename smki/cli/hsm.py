@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import (audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option)
 from smki.files import write_new_file
@@ -15,7 +16,7 @@ from smki.hsm.softhsm import init_token, write_softhsm_conf
 from smki.profiles.keyids import key_identifier
 
 
-@click.group("hsm")
+@click.group("hsm", cls=ConfiguredGroup)
 def hsm_group() -> None:
     """Tokens and CA keys in the HSM (PKCS#11; SoftHSM2 in development and tests)."""
 

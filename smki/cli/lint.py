@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredCommand
 from smki.cli.common import emit, json_option
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
 from smki.files import MAX_CRL_BYTES, MAX_LINT_BYTES, read_input
@@ -117,7 +118,7 @@ def shipped_policy_roles() -> tuple[str, ...]:
     return tuple(role.ou for role in load_policy(POLICIES / "organisation.yaml").organisation_roles)
 
 
-@click.command("lint")
+@click.command("lint", cls=ConfiguredCommand)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--type", "certificate_type", type=click.Choice(CERTIFICATE_TYPES), help="Lint as this type (default: detected).")
 @click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
@@ -190,7 +191,7 @@ def _load_crls(paths) -> list:
     return [load_crl(single_object(read_input(Path(path), MAX_CRL_BYTES), (PemLabel.CRL,), str(path)), str(path)) for path in paths]
 
 
-@click.command("verify")
+@click.command("verify", cls=ConfiguredCommand)
 @click.argument("leaf", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--anchor", "anchors", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A trust anchor certificate (a root, or an Issuing CA you trust directly). Repeatable.")

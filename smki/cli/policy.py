@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.cert import issuing_authority
 from smki.cli.common import emit, json_option, state_option
 from smki.identifiers import PolicyKind
@@ -14,7 +15,7 @@ from smki.policy import Environment, load_policy
 policy_argument = click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
 
 
-@click.group("policy")
+@click.group("policy", cls=ConfiguredGroup)
 def policy_group() -> None:
     """The machine-readable Certificate Policies (policies/organisation.yaml, policies/device.yaml)."""
 

@@ -5,8 +5,8 @@ options or as an RFC 7512 ``pkcs11:`` URI such as
 
     pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01?module-path=/usr/lib/vendor/pkcs11.so
 
-The token layout file (``hsm-config/token-layout.yaml``) says which token holds which
-authority's key.
+Which token holds which authority's key is said by each authority's configuration file
+(smki.config: `hsm.token`, `hsm.key`, or `hsm.key_uri`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from smki.errors import BadInputError
-from smki.files import read_yaml
 
 # Where Debian and other distributions put SoftHSM2's module; first existing wins.
 SOFTHSM_MODULE_CANDIDATES = (
@@ -153,28 +152,3 @@ def _uri_text(attrs: dict[str, bytes], name: str) -> str:
         return attrs.get(name, b"").decode("utf-8")
     except UnicodeDecodeError:
         raise BadInputError(f"pkcs11 URI attribute {name} is not valid UTF-8 once percent-decoded") from None
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Which token holds which authority's key (hsm-config/token-layout.yaml)."""
-
-    keys: dict[str, KeyRef]
-
-    @classmethod
-    def load(cls, path: Path) -> "TokenLayout":
-        document = read_yaml(Path(path), "token layout").data
-        if not isinstance(document, dict) or set(document) != {"authorities"}:
-            raise BadInputError(f"{path}: expected exactly one top-level key 'authorities'")
-        keys = {}
-        for name, entry in (document["authorities"] or {}).items():
-            if not isinstance(entry, dict) or set(entry) != {"token", "key_label", "key_id"}:
-                raise BadInputError(f"{path}: authorities.{name} needs exactly token, key_label, key_id")
-            keys[name] = KeyRef(str(entry["token"]), str(entry["key_label"]), parse_key_id(str(entry["key_id"])))
-        return cls(keys)
-
-    def key(self, authority: str) -> KeyRef:
-        try:
-            return self.keys[authority]
-        except KeyError:
-            raise BadInputError(f"token layout has no authority {authority!r} (known: {', '.join(self.keys)})") from None

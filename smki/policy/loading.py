@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,9 +62,10 @@ def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
 
 
 def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputError], shape: str,
-                        what: str = "policy") -> tuple[dict, dict, bytes]:
+                        what: str = "policy", before_schema: Callable[[dict, dict], None] | None = None) -> tuple[dict, dict, bytes]:
     """(data, line map, file bytes) of a YAML file (duplicate keys refused) valid under `document_schema`;
-    anything else raises `error` as `file:line: field: what is wrong`."""
+    anything else raises `error` as `file:line: field: what is wrong`. `before_schema(data, line map)` runs
+    first: for checks whose values the schema's messages must not repeat (a secret written in the file)."""
     path = Path(path)
     try:
         document = read_yaml(path, what)
@@ -73,6 +75,8 @@ def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputE
     if node is None or not isinstance(data, dict):
         raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)
+    if before_schema is not None:
+        before_schema(data, lines)
     import jsonschema  # here, not at the top: a command that never reads a policy or ceremony file does not pay for it
 
     validator = jsonschema.Draft202012Validator(document_schema)
