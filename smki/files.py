@@ -153,6 +153,14 @@ def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> Ya
         raise YamlError(path, 0, "(file)", f"{what} file not found")
     try:
         raw = read_input(path, limit)
+    except BadInputError as exc:
+        raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
+    """`read_yaml`'s checks on bytes already read (a file shipped in the package); `path` names them in errors."""
+    try:
         text = _utf8(raw, path)
     except BadInputError as exc:
         raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
