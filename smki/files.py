@@ -212,7 +212,10 @@ def _check_expansion(root) -> None:
 
 
 def output_directory(path: Path | str, what: str) -> Path:
-    """A directory that outputs go into: refused (exit 3) when something else already has its name."""
+    """A directory that outputs go into: refused (exit 3) when something else already has its name (or the
+    name is empty, or holds a NUL, which no file system takes)."""
+    if not str(path).strip() or "\x00" in str(path):
+        raise BadInputError(f"{what}: give a directory name (not empty, no NUL character)")
     path = Path(path)
     if os.path.lexists(path) and not path.is_dir():
         raise BadInputError(f"{what} {path} is not a directory")

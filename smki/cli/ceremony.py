@@ -22,7 +22,7 @@ def ceremony_group() -> None:
 
 
 @ceremony_group.command("examples")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory")  # text: an empty name is refused, not taken as "."
 @json_option
 def examples_command(directory, as_json):
     """Write the example ceremony files smki ships into DIRECTORY (made if missing).
