@@ -42,12 +42,12 @@ done
 run "$SMKI" hsm list --token SMKI-ISSUING-OCA --pin-source env:DEMO_PIN
 
 step "3. Each Issuing Authority adopts its Certificate Policy: every OID, name and validity comes from it"
-ORG_POLICY="--policy $REPO/policies/organisation.yaml --environment test"
-DEVICE_POLICY="--policy $REPO/policies/device.yaml --environment test"
-run "$SMKI" policy check "$REPO/policies/organisation.yaml" "$REPO/policies/device.yaml"
-run "$SMKI" policy show "$REPO/policies/device.yaml" --environment test
-run "$SMKI" policy adopt "$REPO/policies/organisation.yaml" --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN
-run "$SMKI" policy adopt "$REPO/policies/device.yaml" --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN
+ORG_POLICY="--policy builtin:organisation --environment test"
+DEVICE_POLICY="--policy builtin:device --environment test"
+run "$SMKI" policy check builtin:organisation builtin:device
+run "$SMKI" policy show builtin:device --environment test
+run "$SMKI" policy adopt builtin:organisation --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN
+run "$SMKI" policy adopt builtin:device --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN
 sign_as() {  # the key, state and audit key of one Issuing Authority
   echo --token "$(echo "SMKI-$1" | tr a-z A-Z)" --key-label "$1" --key-id 01 --pin-source env:DEMO_PIN \
        --state "state/$1" --audit-key-uri "$(audit_uri "$1")" --audit-pin-source env:DEMO_PIN
@@ -56,8 +56,7 @@ sign_as() {  # the key, state and audit key of one Issuing Authority
 step "4. Root key ceremonies, from the shipped ceremony files (ceremonies/*.yaml), offline"
 echo "Five custodians hold each root; the policy says 3 of 5 must be present to use a root key. Each chooses a"
 echo "passphrase for their share (here from environment variables the demo sets; at a real ceremony, typed at a prompt)."
-cp -r "$REPO/ceremonies" ceremonies
-ln -s "$REPO/policies" policies
+run "$SMKI" ceremony examples ceremonies
 CUSTODIANS="alice bob carol dave erin"
 PASSPHRASES=""
 for custodian in $CUSTODIANS; do
@@ -116,9 +115,9 @@ open("supplier-ka.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM)
 PY
 run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester supplier --out org-supplier-ka.pem supplier-ka.csr
 SERIAL=$(openssl x509 -in org-supplier-ka.pem -noout -serial | cut -d= -f2)
-run "$SMKI" ca revoke --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
+run "$SMKI" ca revoke --state state/issuing-oca --policy builtin:organisation --audit-key-uri "$(audit_uri issuing-oca)" \
   --audit-pin-source env:DEMO_PIN "$SERIAL" --reason keyCompromise
-run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-1.pem
+run "$SMKI" ca crl $(sign_as issuing-oca) --policy builtin:organisation --issuer-cert issuing-oca.pem --out organisation-crl-1.pem
 run openssl crl -in organisation-crl-1.pem -noout -text
 run "$SMKI" lint organisation-crl-1.pem
 echo "(the revoked certificate now fails path validation; openssl agrees)"
@@ -138,7 +137,7 @@ copy.execute("DELETE FROM revocations")
 copy.commit()
 PY
 echo '$ smki ca crl ... --state tampered ...   (the copy whose revocation was deleted)'
-"$SMKI" ca crl $(sign_as issuing-oca | sed 's|state/issuing-oca|tampered|') --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem \
+"$SMKI" ca crl $(sign_as issuing-oca | sed 's|state/issuing-oca|tampered|') --policy builtin:organisation --issuer-cert issuing-oca.pem \
   --out tampered-crl.pem || true
 rm -r tampered
 
@@ -161,9 +160,9 @@ for role in networkOperator accessControlBroker wanProvider other; do
   run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester "$role" --out "org-$role.pem" "$role.csr"
 done
 echo "(the 'other' party rejects its certificate on receipt: the policy revokes a rejected certificate at once)"
-run "$SMKI" ca reject --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
+run "$SMKI" ca reject --state state/issuing-oca --policy builtin:organisation --audit-key-uri "$(audit_uri issuing-oca)" \
   --audit-pin-source env:DEMO_PIN "$(openssl x509 -in org-other.pem -noout -serial | cut -d= -f2)"
-run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-2.pem
+run "$SMKI" ca crl $(sign_as issuing-oca) --policy builtin:organisation --issuer-cert issuing-oca.pem --out organisation-crl-2.pem
 
 step "6d. A night's batch: 3,000 device CSRs from a manufacturer (a ZIP of .csr files), issued at HSM speed"
 echo "(the batch also holds three bad requests: a broken signature, one that is not a PKCS#10 request, and a duplicate;"
@@ -191,12 +190,12 @@ with zipfile.ZipFile("devices.zip", "w", zipfile.ZIP_DEFLATED) as batch:
     for name, data in requests.items():
         batch.writestr(name, data)
 PY
-run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
+run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy builtin:device --environment test --issuer-cert issuing-dca.pem \
   --requester supplier --device-type ESME --response devices-response.zip --status devices-status.csv devices.zip
 run head -3 devices-status.csv
 grep -v ',success,' devices-status.csv
 echo "(running the same batch again, as after a crash, answers nothing twice: every request already has its answer)"
-run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
+run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy builtin:device --environment test --issuer-cert issuing-dca.pem \
   --requester supplier --device-type ESME --response devices-response-again.zip --status devices-status-again.csv --json devices.zip
 unzip -p devices-response.zip esme-00000.crt > device-batch-0.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-batch-0.pem
@@ -296,7 +295,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 repo = Path(sys.argv[1])
 with smki.IssuingAuthority("state/issuing-oca", certificate=Path("issuing-oca.pem"),
                            key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca;id=%01"),
-                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy=repo / "policies/organisation.yaml",
+                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy="builtin:organisation",
                            environment="test", actor="demo-python",
                            audit_key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca-audit;id=%02"),
                            audit_pin=smki.PinSource.parse("env:DEMO_PIN")) as oca:
