@@ -37,7 +37,7 @@ hsm:
   key: {label: $authority, id: "01"}
   pin_source: env:DEMO_PIN
 state: state/$authority
-policy: $REPO/policies/$policy.yaml
+policy: builtin:$policy
 environment: test
 audit:
   token: $token
@@ -79,16 +79,15 @@ run "$SMKI" hsm keygen --token SMKI-LIBRARIAN-AUDIT --key-label librarian-audit 
 run "$SMKI" hsm list --config issuing-oca.yaml
 
 step "3. Each Issuing Authority adopts its Certificate Policy: every OID, name and validity comes from it"
-run "$SMKI" policy check "$REPO/policies/organisation.yaml" "$REPO/policies/device.yaml"
-run "$SMKI" policy show "$REPO/policies/device.yaml" --environment test
+run "$SMKI" policy check builtin:organisation builtin:device
+run "$SMKI" policy show builtin:device --environment test
 run "$SMKI" policy adopt --config issuing-oca.yaml   # the policy its file names
 run "$SMKI" policy adopt --config issuing-dca.yaml
 
 step "4. Root key ceremonies, from the shipped ceremony files (ceremonies/*.yaml), offline"
 echo "Five custodians hold each root; the policy says 3 of 5 must be present to use a root key. Each chooses a"
 echo "passphrase for their share (here from environment variables the demo sets; at a real ceremony, typed at a prompt)."
-cp -r "$REPO/ceremonies" ceremonies
-ln -s "$REPO/policies" policies
+run "$SMKI" ceremony examples ceremonies
 CUSTODIANS="alice bob carol dave erin"
 PASSPHRASES=""
 for custodian in $CUSTODIANS; do
@@ -317,18 +316,16 @@ PY
 
 step "12. The same SMKI from Python: the demo's own Issuing OCA as an smki.IssuingAuthority, and a test PKI in one call"
 echo "(the CLI is a thin shell over these objects: the library applies the same policy, records and audit entries)"
-"$REPO/.venv/bin/python" - "$REPO" <<'PY'
-import sys
+"$REPO/.venv/bin/python" - <<'PY'
 from pathlib import Path
 import smki
 from smki.hsm.config import parse_pkcs11_uri
 from smki.testing.csr import organisation_csr
 from cryptography.hazmat.primitives.asymmetric import ec
 
-repo = Path(sys.argv[1])
 with smki.IssuingAuthority("state/issuing-oca", certificate=Path("issuing-oca.pem"),
                            key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca;id=%01"),
-                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy=repo / "policies/organisation.yaml",
+                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy="builtin:organisation",
                            environment="test", actor="demo-python",
                            audit_key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca-audit;id=%02"),
                            audit_pin=smki.PinSource.parse("env:DEMO_PIN")) as oca:

@@ -171,7 +171,7 @@ def test_a_policy_file_alias_bomb_is_refused_in_one_line(tmp_path):
 
 
 def test_a_ceremony_file_alias_bomb_is_refused_in_one_line(tmp_path):
-    text = (ROOT / "ceremonies" / "arl-oca.yaml").read_text().replace("witnesses: [Internal auditor]", "witnesses: *a8")
+    text = (ROOT / "smki" / "data" / "ceremonies" / "arl-oca.yaml").read_text().replace("witnesses: [Internal auditor]", "witnesses: *a8")
     (tmp_path / "bomb.yaml").write_text(alias_bomb() + text)
     one_line_error(bounded_smki("ceremony", "check", str(tmp_path / "bomb.yaml")), EXIT_BAD_INPUT, "bomb.yaml:", "aliases expand")
 
@@ -182,7 +182,7 @@ def test_a_recursive_alias_is_refused_in_one_line(tmp_path):
 
 
 def test_aliases_within_the_bound_still_load(tmp_path):
-    policy = (ROOT / "policies" / "organisation.yaml").read_text()
+    policy = (ROOT / "smki" / "data" / "policies" / "organisation.yaml").read_text()
     policy = policy.replace("    recovery: [DS, KA]", "    recovery: &both [DS, KA]").replace("    supplier: [DS, KA]", "    supplier: *both")
     (tmp_path / "aliased.yaml").write_text(policy)
     roles = load_policy(tmp_path / "aliased.yaml").document["subscriber_certificates"]["roles"]

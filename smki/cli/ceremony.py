@@ -1,4 +1,4 @@
-"""`smki ceremony`: run a root ceremony from its ceremony file (see ceremonies/ for examples)."""
+"""`smki ceremony`: run a root ceremony from its ceremony file (`smki ceremony examples DIR` writes out the shipped examples)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,32 @@ CEREMONY_FILE = click.Path(dir_okay=False, path_type=Path)
 @click.group("ceremony", cls=ConfiguredGroup)
 def ceremony_group() -> None:
     """Root Authority ceremonies: root keys and certificates, Issuing Authority certificates, ARLs,
-    root re-key and contingency key recovery, each from one strictly validated file."""
+    root re-key and contingency key recovery, each from one strictly validated file.
+
+    Start from the examples smki ships: `smki ceremony examples ceremonies`, then edit and
+    `smki ceremony check` each. Paths in a ceremony file are relative to the file.
+    """
+
+
+@ceremony_group.command("examples")
+@click.argument("directory")  # text: an empty name is refused, not taken as "."
+@json_option
+def examples_command(directory, as_json):
+    """Write the example ceremony files smki ships into DIRECTORY (made if missing).
+
+    One file per ceremony: root keys (Root OCA, Root DCA), Issuing Authority certificates, an ARL,
+    a root re-key and a contingency key recovery. Paths in them are relative to the file: they
+    expect DIRECTORY to be a `ceremonies/` folder, and read and write state/, shares/, requests/,
+    out/ and transcripts/ beside it. They name the policies smki ships (builtin:organisation,
+    builtin:device). Edit names, dates, tokens and custodians, then `smki ceremony check` each.
+
+    Never overwrites: exit 5 when any of the names exists in DIRECTORY (nothing is written),
+    3 when DIRECTORY is not a directory.
+    """
+    from smki.shipped import write_ceremony_examples
+
+    written = [{"file": str(path), "sha256": example.sha256} for path, example in write_ceremony_examples(directory)]
+    emit(as_json, written, lambda rows: "\n".join(f"wrote {r['file']}" for r in rows))
 
 
 @ceremony_group.command("check")

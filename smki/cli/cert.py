@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from smki.cli.configured import ConfiguredGroup
-from smki.cli.common import audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
+from smki.cli.common import POLICY, POLICY_HELP, audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.issuing.authority import IssuingAuthority
 from smki.operations.results import IssuedCertificate
 
@@ -40,8 +40,8 @@ def signing_options(func):
     """Where the signing key is, the authority's state, the policy and the output."""
     for option in reversed([
         module_option(), pin_source_option(), state_option,
-        click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="The Certificate Policy file the authority has adopted (policies/organisation.yaml or device.yaml)."),
+        click.option("--policy", "policy_file", required=True, type=POLICY,
+                     help=f"The Certificate Policy the authority has adopted: {POLICY_HELP}."),
         click.option("--environment", required=True, help="test or production: which OIDs of the policy apply."),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PEM file (never overwritten)."),
         click.option("--not-before", help="Start of validity, ISO 8601 (default: today 00:00:00Z)."),

@@ -102,10 +102,30 @@ class SerialNumber(click.ParamType):
         return normalised_serial_hex(value)
 
 
+class PolicyReference(click.ParamType):
+    """A Certificate Policy value: a file (a Path), or `builtin:organisation` / `builtin:device`, a policy smki
+    ships (kept as that text). An unknown `builtin:` name is refused (exit 3) before anything is opened."""
+
+    name = "FILE|builtin:NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from smki.shipped import builtin_name, builtin_policy
+
+        try:
+            kind = builtin_policy(value)
+        except BadInputError as exc:
+            raise BadInputError(f"{_option_name(param)}: {exc}" if isinstance(param, click.Option) else str(exc)) from None
+        return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx) if kind is None else builtin_name(kind)
+
+
 SECRET_SOURCE = SecretSource()
 ACTOR = ActorName()
 SERIAL = SerialNumber()
 CUSTODIAN_SECRET_SOURCE = CustodianSecretSource()
+POLICY = PolicyReference()
+# The one description of a policy value, for every --policy option and policy argument.
+POLICY_HELP = ("a file, or builtin:organisation / builtin:device for the policies smki ships "
+               "(recorded by the SHA-256 of the shipped file, as for any file)")
 
 
 def pin_source_option(name: str = "--pin-source", default: str | None = "prompt", what: str = "the token's user PIN") -> Callable:

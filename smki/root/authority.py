@@ -74,7 +74,7 @@ class RootAuthority:
     """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
-                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
+                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | str | None = None,
                  environment: Environment | str | None = None, actor: str = "operator",
                  audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
         self.state, self.actor, self.key = state, actor, key
@@ -109,7 +109,7 @@ class RootAuthority:
         return CeremonyTranscript(transcript, (ceremony.transcript, ceremony.transcript.with_suffix(".txt")))
 
     # -- outside a ceremony -------------------------------------------------------------------------
-    def adopt_policy(self, policy: CertificatePolicy | Path | None = None) -> dict:
+    def adopt_policy(self, policy: CertificatePolicy | Path | str | None = None) -> dict:
         """Adopt `policy` (default: the authority's own) in this root's state, as `smki policy adopt` does."""
         with self._operation(Operation.ADOPT_POLICY) as operation:
             policy = self._load_policy(policy)

@@ -2,16 +2,16 @@
 
 In the spirit of Let's Encrypt's ceremony tool: everything a ceremony does is written down
 beforehand, reviewed, and its digest goes into the transcript. This module only reads and
-checks the file (schema `ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
+checks the file (schema `smki/data/ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
 `file:line: field: what is wrong`) and turns it into a typed `Ceremony`; running it is
-`smki.root.ceremony`. Paths in the file are relative to the file.
+`smki.root.ceremony`. Paths in the file are relative to the file; its `policy:` may instead name a
+policy smki ships (`builtin:organisation`, `builtin:device`), which is what the shipped examples do.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,9 @@ from pathlib import Path
 from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
-from smki.policy.loading import read_validated_yaml
+from smki.policy.loading import _line, read_validated_yaml
+from smki.shipped import builtin_policy, ceremony_schema
 from smki.times import parse_utc
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
 
 
 class CeremonyKind(enum.StrEnum):
@@ -91,7 +90,7 @@ class Ceremony:
     sha256: str
     name: str
     authority: str
-    policy: Path
+    policy: Path | str  # a file, or `builtin:NAME` for a policy smki ships
     environment: Environment
     state: Path
     witnesses: tuple[str, ...]
@@ -133,12 +132,22 @@ def _date(text: str, path: Path, field: str) -> datetime:
         raise CeremonyFileError(str(exc)) from None
 
 
+def _policy(reference: str, path: Path, lines: dict, here) -> Path | str:
+    """The ceremony's policy: `builtin:NAME` as it stands, a file relative to the ceremony file."""
+    try:
+        kind = builtin_policy(reference)
+    except BadInputError as exc:
+        raise CeremonyFileError(f"{path}:{_line(lines, ('policy',))}: policy: {exc}") from None
+    return here(reference) if kind is None else reference
+
+
 def load_ceremony(path: Path) -> Ceremony:
     path = Path(path)
-    data, _, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
-                                       "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
+    data, lines, raw = read_validated_yaml(path, ceremony_schema(), CeremonyFileError,
+                                           "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
+    policy = _policy(data["policy"], path, lines, here)
     custodians = data["custodians"]
     certificate = data.get("certificate")
     certificate_spec = None
@@ -150,7 +159,7 @@ def load_ceremony(path: Path) -> Ceremony:
     subject = data.get("subject", {})
     return Ceremony(
         ceremony_kind=CeremonyKind(data["ceremony"]), path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
-        policy=here(data["policy"]), environment=Environment.parse(data["environment"]), state=here(data["state"]),
+        policy=policy, environment=Environment.parse(data["environment"]), state=here(data["state"]),
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
         hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),
                     _key(data["hsm"]["audit_key"]) if data["hsm"].get("audit_key")
