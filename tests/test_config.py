@@ -15,7 +15,7 @@ from conftest import openssl, smki
 from smki.testing import Hierarchy, TestPKI
 from test_batch_issuance import START
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 SECRET = "S3cr3t-4711"  # a PIN someone wrote where it must never be: no message may repeat it
 
 
@@ -240,7 +240,7 @@ hsm:
   key: {{label: {key.key_label}, id: "{key.key_id.hex()}"}}
   pin_source: env:SMKI_TEST_PIN
 state: {os.path.relpath(pki.state("issuing-oca"), tmp_path)}
-policy: {os.path.relpath(pki.policy_file(Hierarchy.ORGANISATION), tmp_path)}
+policy: {pki.policy_file(Hierarchy.ORGANISATION)}
 environment: test
 issuer_certificate: {os.path.relpath(pki.certificate_file("issuing-oca"), tmp_path)}
 """)
