@@ -37,19 +37,19 @@ def anchor_label(key_label: str, key_id: bytes) -> str:
 class TokenHeadAnchor:
     """The head anchored for the trail an audit key signs: (sequence number, entry hash), or None before the first."""
 
-    def __init__(self, module_path: str, token_label: str, key_label: str, key_id: bytes) -> None:
-        self.module_path, self.token_label = module_path, token_label
+    def __init__(self, module_path: str, token_label: str, key_label: str, key_id: bytes, token_serial: str = "") -> None:
+        self.module_path, self.token_label, self.token_serial = module_path, token_label, token_serial
         self.label = anchor_label(key_label, key_id)
 
     @classmethod
     def for_key(cls, key: KeyRef) -> "TokenHeadAnchor":
         """The anchor beside the audit key `key` names."""
-        return cls(key.module, key.token_label, key.key_label, key.key_id)
+        return cls(key.module, key.token_label, key.key_label, key.key_id, key.token_serial)
 
     def _session(self) -> pkcs11.Session:
-        if not is_logged_in(self.module_path, self.token_label):
+        if not is_logged_in(self.module_path, self.token_label, self.token_serial):
             raise HsmError(f"the audit head anchor in token {self.token_label!r} needs the token logged in first")
-        return open_session(self.module_path, self.token_label, None, rw=True)  # the process's login covers it
+        return open_session(self.module_path, self.token_label, None, rw=True, serial=self.token_serial)  # the process's login covers it
 
     def _objects(self, session: pkcs11.Session) -> list:
         template = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: self.label, Attribute.APPLICATION: APPLICATION}

@@ -19,7 +19,7 @@ from pathlib import Path
 from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
-from smki.policy.loading import read_validated_yaml
+from smki.policy.loading import _line, read_validated_yaml
 from smki.times import parse_utc
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
@@ -40,6 +40,13 @@ class CeremonyKind(enum.StrEnum):
         return self in (CeremonyKind.ROOT_KEY, CeremonyKind.ROOT_REKEY)
 
 
+class TokenSetup(enum.StrEnum):
+    """How a root-key ceremony's token comes to be (the file's `hsm.setup`)."""
+
+    CREATE = "create"  # smki creates a SoftHSM token; its SO and user PINs derive from the custodians' secret
+    TAKE_OVER = "take-over"  # a token the vendor's tool initialised: its user PIN is replaced, its SO PIN kept
+
+
 class CeremonyFileError(BadInputError):
     """A ceremony file that cannot be run: `file:line: field: what is wrong`."""
 
@@ -56,6 +63,8 @@ class HsmSpec:
     token: str
     key: KeySpec
     audit_key: KeySpec  # signs the root's audit checkpoints; lives beside the root key
+    setup: TokenSetup = TokenSetup.CREATE  # root-key ceremonies only
+    serial: str = ""  # the token's serial number, when its label does not single it out
 
 
 # The audit key a ceremony file need not name: `<authority>-audit`, CKA_ID 02 (as the Issuing Authorities' audit keys).
@@ -135,8 +144,11 @@ def _date(text: str, path: Path, field: str) -> datetime:
 
 def load_ceremony(path: Path) -> Ceremony:
     path = Path(path)
-    data, _, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
+    data, lines, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
                                        "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
+    if "setup" in data["hsm"] and data["ceremony"] != CeremonyKind.ROOT_KEY:
+        raise CeremonyFileError(f"{path}:{_line(lines, ('hsm', 'setup'))}: hsm.setup: only a root-key ceremony sets up its token "
+                                f"(this is a {data['ceremony']} ceremony)")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
     custodians = data["custodians"]
@@ -154,7 +166,8 @@ def load_ceremony(path: Path) -> Ceremony:
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
         hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),
                     _key(data["hsm"]["audit_key"]) if data["hsm"].get("audit_key")
-                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID)),
+                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID),
+                    TokenSetup(data["hsm"].get("setup", TokenSetup.CREATE)), data["hsm"].get("token_serial", "")),
         custodians=tuple(custodians.get("names") or custodians.get("present")), shares=here(custodians["shares"]),
         certificate=certificate_spec,
         contingency=ContingencySpec(_key(contingency["key"]), _key(contingency["wrapping_key"]), bool(contingency.get("critical", False)))
