@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import csr_factory as f
 import nss_softokn
@@ -135,4 +137,12 @@ def test_a_root_key_ceremony_takes_over_the_nss_token(tmp_path):
     # The vendor's PIN no longer opens the token: the custodians' shares are now the only way in.
     refused = token.smki("hsm", "list", *TOKEN, *PIN, check=False)
     assert refused.returncode == 4 and "PIN incorrect" in refused.stderr
+    # Three of the five shares open it: the root certifies an Issuing DCA's key, on the trail head anchored in the NSS token.
+    (work / "requests").mkdir()
+    (work / "requests" / "issuing-dca.pub.pem").write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    issuing = work / "ceremonies" / "issuing-dca.yaml"
+    issuing.write_text(re.sub(r"(?m)^  token: .*$", f"  token: {nss_softokn.TOKEN}", issuing.read_text(), count=1))
+    token.smki("ceremony", "run", str(issuing), *SOURCES, env=PASSPHRASES)
+    x509.load_pem_x509_certificate((work / "out" / "issuing-dca.pem").read_bytes()).verify_directly_issued_by(root)
     shutil.rmtree(tmp_path / "root-token")
