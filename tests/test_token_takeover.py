@@ -122,8 +122,8 @@ def test_keygen_exits_4_and_destroys_a_key_the_policy_forbids(tmp_path, hsm_toke
     refused = smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "forbidden", "--key-id", "7e", "--pin-source",
                    "env:SMKI_TEST_PIN", "--state", str(tmp_path / "state"), "--policy", str(policy), check=False)
     assert refused.returncode == 4 and "derive=False" in refused.stderr and "destroyed" in refused.stderr, refused.stderr
-    listed = smki("hsm", "list", "--token", hsm_token.label, "--pin-source", "env:SMKI_TEST_PIN").stdout
-    assert "forbidden" not in listed
+    gone = smki("hsm", "pubkey", "--token", hsm_token.label, "--key-label", "forbidden", "--key-id", "7e", check=False)
+    assert gone.returncode == 4 and "no public key with label 'forbidden'" in gone.stderr, gone.stderr
 
 
 def test_a_token_is_chosen_by_serial_and_an_ambiguous_label_refused(hsm_token):
