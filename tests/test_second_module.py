@@ -73,6 +73,13 @@ def test_a_key_the_shipped_policy_forbids_is_refused(nss):
     assert "strict" not in listed and "issuing-o" in listed
 
 
+def test_init_token_refuses_to_initialise_the_nss_token_again(nss):
+    _, token, _, _ = nss
+    refused = token.smki("hsm", "init-token", "--label", "again", "--so-pin-source", "env:NSS_VENDOR_PIN", "--pin-source", "env:NSS_VENDOR_PIN",
+                         check=False)
+    assert refused.returncode == 4 and "0 uninitialised tokens" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_an_organisation_certificate_and_a_crl(nss):
     d, token, keys, policies = nss
     policy = ["--policy", str(policies["organisation"])]

@@ -163,3 +163,21 @@ def test_softhsm_behind_p11_kit_proxy_takes_the_store_lock(hsm_token):
     assert (kind, locked) == ("SOFTHSM", "True") and "PKCS#11 Kit" in manufacturer  # the proxy's name says nothing of SoftHSM
     listed = smki("hsm", "list", "--module", P11_KIT_PROXY, "--json")
     assert hsm_token.label in [t["label"] for t in json.loads(listed.stdout)["tokens"]]
+
+
+def test_init_token_through_c_inittoken_where_the_module_allows_it(tmp_path, hsm_token):
+    """SoftHSM's free slot, named with --slot, is initialised through PKCS#11 (C_InitToken, C_InitPIN), not softhsm2-util."""
+    probe = ("import pkcs11\nfrom pkcs11.constants import TokenFlag\nfrom smki.hsm.config import default_module_path\n"
+             "print(next(s.slot_id for s in pkcs11.lib(default_module_path()).get_slots(token_present=True)"
+             " if not s.get_token().flags & TokenFlag.TOKEN_INITIALIZED))\n")
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+    made = json.loads(smki("hsm", "init-token", "--label", "T-C-INITTOKEN", "--slot", free.stdout.strip(), "--so-pin-source", "env:VENDOR_SO_PIN",
+                           "--pin-source", "env:VENDOR_PIN", "--json").stdout)
+    assert made["method"] == "C_InitToken" and made["slot"] == int(free.stdout) and made["serial"]
+    listed = json.loads(smki("hsm", "list", "--json").stdout)["tokens"]
+    assert {"label": "T-C-INITTOKEN", "serial": made["serial"]}.items() <= next(t for t in listed if t["label"] == "T-C-INITTOKEN").items()
+    assert logs_in("T-C-INITTOKEN", VENDOR["VENDOR_PIN"]) == "0", "C_InitPIN set the user PIN"
+    again = smki("hsm", "init-token", "--label", "T-OTHER", "--slot", str(made["slot"]), "--so-pin-source", "env:VENDOR_SO_PIN",
+                 "--pin-source", "env:VENDOR_PIN", check=False)
+    assert again.returncode == 4 and "not initialised yet" in again.stderr and len(again.stderr.strip().splitlines()) == 1
