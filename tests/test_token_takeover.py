@@ -181,3 +181,15 @@ def test_init_token_through_c_inittoken_where_the_module_allows_it(tmp_path, hsm
     again = smki("hsm", "init-token", "--label", "T-OTHER", "--slot", str(made["slot"]), "--so-pin-source", "env:VENDOR_SO_PIN",
                  "--pin-source", "env:VENDOR_PIN", check=False)
     assert again.returncode == 4 and "not initialised yet" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_one_token_named_with_and_without_its_serial_is_one_login(hsm_token):
+    from smki.errors import HsmError
+    from smki.hsm.session import get_token, is_logged_in, open_session, token_serial_of
+
+    serial = token_serial_of(get_token(hsm_token.module, hsm_token.label))
+    plain = open_session(hsm_token.module, hsm_token.label, hsm_token.pin)
+    assert open_session(hsm_token.module, hsm_token.label, hsm_token.pin, serial=serial) is plain
+    assert is_logged_in(hsm_token.module, hsm_token.label, serial)
+    with pytest.raises(HsmError, match="PIN incorrect"):
+        open_session(hsm_token.module, hsm_token.label, "not-the-pin", serial=serial)

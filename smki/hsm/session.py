@@ -37,8 +37,11 @@ _libraries: dict[str, pkcs11.lib] = {}
 # SoftHSM reads $SOFTHSM2_CONF once, when its library is initialised: what it was then is the store
 # this process uses for good, whatever the environment says later (see `loaded_configurations`).
 _configurations: dict[str, str | None] = {}
-_sessions: dict[tuple[str, str, str], "_OpenSession"] = {}  # (module, token label, token serial or "")
-_logins: dict[tuple[str, str, str], "_PinDigest"] = {}  # the PIN each logged-in token accepted, as a digest
+# Sessions and logins are kept per token: (module, token label, the token's own serial number), whether
+# the caller named the serial or not, so one token reached with and without --token-serial is one login.
+_sessions: dict[tuple[str, str, str], "_OpenSession"] = {}
+_logins: dict[tuple[str, str, str], "_PinDigest"] = {}
+_serials: dict[tuple[str, str, str], str] = {}  # (module, label, serial as given, maybe "") -> the token's serial  # the PIN each logged-in token accepted, as a digest
 _opened: list[pkcs11.Session] = []  # every session opened, for close_all (a replaced one may hold the login)
 _lock = threading.Lock()  # guards the caches only; a session is used from one thread
 
@@ -153,7 +156,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     (see the module's docstring); the PIN itself is never kept here.
     """
     token_label_text(token_label)
-    key = (module_path, token_label, serial)
+    key = _token_key(module_path, token_label, serial)
     with _lock:
         cached = _sessions.get(key)
         login = _logins.get(key)
@@ -171,10 +174,23 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     return session
 
 
+def _token_key(module_path: str, token_label: str, serial: str) -> tuple[str, str, str]:
+    """The cache key of the token the caller names: its label and its own serial (looked up once per process)."""
+    given = (module_path, token_label, serial)
+    with _lock:
+        known = _serials.get(given)
+    if known is None:
+        known = token_serial_of(get_token(module_path, token_label, serial))
+        with _lock:
+            _serials[given] = known
+    return (module_path, token_label, known)
+
+
 def is_logged_in(module_path: str, token_label: str, serial: str = "") -> bool:
     """Whether this process has logged in to the token with a PIN (objects it keeps private are then visible)."""
     with _lock:
-        return (module_path, token_label, serial) in _logins
+        known = _serials.get((module_path, token_label, serial))
+        return known is not None and (module_path, token_label, known) in _logins
 
 
 def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool, pin_checked: bool) -> pkcs11.Session:
@@ -204,6 +220,7 @@ def close_all() -> None:
         sessions = list(_opened)  # the cached ones, and any a cache entry replaced
         _opened.clear()
         _sessions.clear()
+        _serials.clear()  # a token may be deleted and another made under its label (a failed root ceremony)
         _logins.clear()  # closing a logged-in session logs the process out: the next PIN goes to the token
     for session in sessions:
         try:
