@@ -82,7 +82,11 @@ class NssToken:
     def run(self, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run argv with this database behind the proxy (as non-root when this process is root)."""
         prefix = ["unshare", "--user", "--map-user=1000", "--map-group=1000"] if os.geteuid() == 0 else []
-        return subprocess.run([*prefix, *argv], capture_output=True, text=True, env={**self.environment(), **(env or {})}, timeout=900)
+        result = subprocess.run([*prefix, *argv], capture_output=True, text=True, env={**self.environment(), **(env or {})}, timeout=900)
+        assert not (prefix and result.stderr.startswith("unshare:")), (
+            "as root, p11-kit reads no user module files, and this machine refused the user namespace that avoids it "
+            f"(run the suite as a non-root user, or allow unprivileged user namespaces): {result.stderr.strip()}")
+        return result
 
     def smki(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         result = self.run(sys.executable, "-m", "smki.cli.main", *args, env=env)
