@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pkcs11
 import pytest
 
 from conftest import smki as run_cli
