@@ -30,10 +30,10 @@ def issuing_authority(options: dict) -> IssuingAuthority:
     """The Issuing Authority the command's options describe (with a signing key when the command has key options)."""
     signs = "module_path" in options
     key = key_ref_from_options(options["module_path"], options["key_uri"], options["token_label"], options["key_label"],
-                               options["key_id"]) if signs else None
+                               options["key_id"], options["token_serial"]) if signs else None
     return IssuingAuthority(options["state_dir"], certificate=options.get("issuer_cert"), key=key, pin=options.get("pin_source"),
                             policy=options.get("policy_file"), environment=options.get("environment"), actor=options["actor"],
-                            audit_key=audit_key_ref(options["audit_key_uri"]), audit_pin=options["audit_pin_source"])
+                            audit_key=audit_key_ref(options["audit_key_uri"], options.get("module_path")), audit_pin=options["audit_pin_source"])
 
 
 def signing_options(func):
@@ -68,9 +68,9 @@ def _root_authority(options: dict, certificate: Path | None = None):
 
     return RootAuthority(options["state_dir"], certificate=certificate,
                          key=key_ref_from_options(options["module_path"], options["key_uri"], options["token_label"],
-                                                  options["key_label"], options["key_id"]),
+                                                  options["key_label"], options["key_id"], options["token_serial"]),
                          pin=options["pin_source"], policy=options["policy_file"], environment=options["environment"],
-                         actor=options["actor"], audit_key=audit_key_ref(options["audit_key_uri"]), audit_pin=options["audit_pin_source"])
+                         actor=options["actor"], audit_key=audit_key_ref(options["audit_key_uri"], options.get("module_path")), audit_pin=options["audit_pin_source"])
 
 
 @cert_group.command("root")

@@ -39,6 +39,13 @@ class CeremonyKind(enum.StrEnum):
         return self in (CeremonyKind.ROOT_KEY, CeremonyKind.ROOT_REKEY)
 
 
+class TokenSetup(enum.StrEnum):
+    """How a root-key ceremony's token comes to be (the file's `hsm.setup`)."""
+
+    CREATE = "create"  # smki creates a SoftHSM token; its SO and user PINs derive from the custodians' secret
+    TAKE_OVER = "take-over"  # a token the vendor's tool initialised: its user PIN is replaced, its SO PIN kept
+
+
 class CeremonyFileError(BadInputError):
     """A ceremony file that cannot be run: `file:line: field: what is wrong`."""
 
@@ -55,6 +62,8 @@ class HsmSpec:
     token: str
     key: KeySpec
     audit_key: KeySpec  # signs the root's audit checkpoints; lives beside the root key
+    setup: TokenSetup = TokenSetup.CREATE  # root-key ceremonies only
+    serial: str = ""  # the token's serial number, when its label does not single it out
 
 
 # The audit key a ceremony file need not name: `<authority>-audit`, CKA_ID 02 (as the Issuing Authorities' audit keys).
@@ -145,6 +154,9 @@ def load_ceremony(path: Path) -> Ceremony:
     path = Path(path)
     data, lines, raw = read_validated_yaml(path, ceremony_schema(), CeremonyFileError,
                                            "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
+    if "setup" in data["hsm"] and data["ceremony"] != CeremonyKind.ROOT_KEY:
+        raise CeremonyFileError(f"{path}:{_line(lines, ('hsm', 'setup'))}: hsm.setup: only a root-key ceremony sets up its token "
+                                f"(this is a {data['ceremony']} ceremony)")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
     policy = _policy(data["policy"], path, lines, here)
@@ -163,7 +175,8 @@ def load_ceremony(path: Path) -> Ceremony:
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
         hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),
                     _key(data["hsm"]["audit_key"]) if data["hsm"].get("audit_key")
-                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID)),
+                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID),
+                    TokenSetup(data["hsm"].get("setup", TokenSetup.CREATE)), data["hsm"].get("token_serial", "")),
         custodians=tuple(custodians.get("names") or custodians.get("present")), shares=here(custodians["shares"]),
         certificate=certificate_spec,
         contingency=ContingencySpec(_key(contingency["key"]), _key(contingency["wrapping_key"]), bool(contingency.get("critical", False)))
