@@ -203,14 +203,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="smki-bench-batch-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     state = ["--state", str(work / "state")]
-    policies = ROOT / "policies"
     keys = {}
     for name, key_id in (("bench-root-d", "d1"), ("bench-issuing-d", "d2"), ("bench-root-o", "01"), ("bench-issuing-o", "02")):
         keys[name] = ["--token", label, "--key-label", name, "--key-id", key_id, "--pin-source", "env:SMKI_BENCH_PIN"]
         smki("hsm", "keygen", *keys[name], *state)
     for kind, root, issuing in (("device", "bench-root-d", "bench-issuing-d"), ("organisation", "bench-root-o", "bench-issuing-o")):
-        smki("policy", "adopt", str(policies / f"{kind}.yaml"), *state)
-        policy = ["--policy", str(policies / f"{kind}.yaml"), "--environment", "test"]
+        smki("policy", "adopt", f"builtin:{kind}", *state)
+        policy = ["--policy", f"builtin:{kind}", "--environment", "test"]
         smki("cert", "root", *keys[root], *state, *policy, "--not-before", "2026-01-01", "--out", str(work / f"{root}.pem"))
         smki("hsm", "pubkey", *keys[issuing][:6], "--out", str(work / f"{issuing}.pub"))
         smki("cert", "issuing-ca", *keys[root], *state, *policy, "--not-before", "2026-01-01", "--issuer-cert", str(work / f"{root}.pem"),
@@ -237,7 +236,7 @@ def main() -> None:
         out = work / f"round-{round_number}"
         shutil.copytree(pristine, out / "state")
         seconds, peak_kib, stdout = run_measured([
-            "ca", "issue-batch", *keys["bench-issuing-d"], "--state", str(out / "state"), "--policy", str(policies / "device.yaml"),
+            "ca", "issue-batch", *keys["bench-issuing-d"], "--state", str(out / "state"), "--policy", "builtin:device",
             "--environment", "test", "--issuer-cert", str(work / "bench-issuing-d.pem"), "--requester", "supplier", "--device-type", "ESME",
             "--response", str(out / "response.zip"), "--status", str(out / "status.csv"), "--workers", str(options.workers),
             "--verify-one-in", str(options.verify_one_in), "--json", str(batch)], options.profile)
@@ -265,7 +264,7 @@ def main() -> None:
     walls = []
     for attempt in range(5):
         (work / f"org-{attempt}.csr").write_bytes(organisation_csr(eui64=f"90B3D51F3001{attempt:04X}"))
-        wall, _, _ = run_measured(["ca", "issue-org", *keys["bench-issuing-o"], *state, "--policy", str(policies / "organisation.yaml"),
+        wall, _, _ = run_measured(["ca", "issue-org", *keys["bench-issuing-o"], *state, "--policy", "builtin:organisation",
                                    "--environment", "test", "--issuer-cert", str(work / "bench-issuing-o.pem"), "--requester", "supplier",
                                    "--out", str(work / f"org-{attempt}.pem"), str(work / f"org-{attempt}.csr")])
         walls.append(wall)

@@ -8,6 +8,11 @@ need_apt=()
 command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
 command -v pkcs11-tool  >/dev/null || need_apt+=(opensc)
 command -v openssl      >/dev/null || need_apt+=(openssl)
+# The second-module test suite (tests/test_second_module.py): NSS softokn reached through p11-kit-proxy.
+compgen -G "/usr/lib/*/libsoftokn3.so" >/dev/null || compgen -G "/usr/lib/libsoftokn3.so" >/dev/null || need_apt+=(libnss3)
+command -v certutil     >/dev/null || need_apt+=(libnss3-tools)
+command -v p11-kit      >/dev/null || need_apt+=(p11-kit)
+compgen -G "/usr/lib/*/p11-kit-proxy.so" >/dev/null || compgen -G "/usr/lib/p11-kit-proxy.so" >/dev/null || need_apt+=(p11-kit-modules)
 # PostgreSQL server binaries: the tests run the store on a throwaway server (tests/postgres_server.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then

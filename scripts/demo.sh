@@ -22,42 +22,72 @@ export SOFTHSM2_CONF="$OUT/hsm/softhsm2.conf"
 export DEMO_SO_PIN=$(openssl rand -hex 12) DEMO_PIN=$(openssl rand -hex 12)
 echo "PINs: random, in \$DEMO_SO_PIN and \$DEMO_PIN (smki reads them with --pin-source env:NAME)"
 
-step "2. The Issuing Authorities' tokens, as hsm-config/token-layout.yaml lays out; a P-256 key generated inside each"
+step "2. One configuration file per authority: its token, key, PIN source, state, policy and audit key, written once"
+echo "(every command takes --config FILE, or \$SMKI_CONFIG; an option on the command line overrides the file."
+echo " A file names where a PIN comes from, never the PIN: smki refuses a file with a PIN in it)"
+for authority in issuing-oca issuing-dca; do
+  token=$(echo "SMKI-$authority" | tr a-z A-Z)
+  policy=organisation; [ "$authority" = issuing-dca ] && policy=device
+  cat > "$authority.yaml" <<CONFIG
+# smki configuration: the ${authority} (smki config template ${authority} prints a commented one)
+kind: $authority
+authority: $authority
+hsm:
+  token: $token
+  key: {label: $authority, id: "01"}
+  pin_source: env:DEMO_PIN
+state: state/$authority
+policy: builtin:$policy
+environment: test
+audit:
+  token: $token
+  key: {label: $authority-audit, id: "02"}
+  pin_source: env:DEMO_PIN
+defaults:
+  actor: demo-operator
+  workers: 2
+CONFIG
+done
+cat > librarian.yaml <<CONFIG
+# smki configuration: the Certificate Librarian
+kind: librarian
+database: repository.db
+audit:
+  key_uri: "pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01"
+  pin_source: env:DEMO_PIN
+defaults:
+  actor: demo-librarian
+CONFIG
+run cat issuing-oca.yaml
+run "$SMKI" config show --config issuing-oca.yaml
+
+step "2b. The authorities' tokens, and a P-256 key generated inside each"
 echo "(the roots' tokens are made by their key ceremonies in step 4: their PINs exist only as custodians' shares)"
 echo "Each authority keeps its state (issued certificates, audit trail) in state/<authority>/smki.db; the Issuing"
 echo "Authorities also hold an audit key beside their CA key: each operation ends with a checkpoint signed by it."
 audit_uri() { echo "pkcs11:token=$(echo "SMKI-$1" | tr a-z A-Z);object=$1-audit;id=%02"; }
-for authority in issuing-oca issuing-dca librarian-audit; do
-  token=$(echo "SMKI-$authority" | tr a-z A-Z)
-  run "$SMKI" hsm init-token --label "$token" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
-  if [ "$authority" != librarian-audit ]; then
-    run "$SMKI" hsm keygen --token "$token" --key-label "$authority-audit" --key-id 02 --pin-source env:DEMO_PIN --state "state/$authority"
-  fi
-  # The Issuing Authorities' keygen is checkpointed by their audit key (made just before); the Librarian's
-  # audit key signs the checkpoint of its own generation.
-  own_audit_key="$(audit_uri "$authority")"; [ "$authority" = librarian-audit ] && own_audit_key="pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01"
-  run "$SMKI" hsm keygen --token "$token" --key-label "$authority" --key-id 01 --pin-source env:DEMO_PIN --state "state/$authority" \
-    --audit-key-uri "$own_audit_key" --audit-pin-source env:DEMO_PIN
+for authority in issuing-oca issuing-dca; do
+  run "$SMKI" hsm init-token --label "$(echo "SMKI-$authority" | tr a-z A-Z)" --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
+  # The audit key first (it checkpoints its own generation), then the CA key the file names (checkpointed by the audit key).
+  run "$SMKI" hsm keygen --config "$authority.yaml" --key-label "$authority-audit" --key-id 02
+  run "$SMKI" hsm keygen --config "$authority.yaml"
 done
-run "$SMKI" hsm list --token SMKI-ISSUING-OCA --pin-source env:DEMO_PIN
+# The Librarian's audit key, on a token of its own: it signs the checkpoint of its own generation.
+run "$SMKI" hsm init-token --label SMKI-LIBRARIAN-AUDIT --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_PIN
+run "$SMKI" hsm keygen --token SMKI-LIBRARIAN-AUDIT --key-label librarian-audit --key-id 01 --pin-source env:DEMO_PIN \
+  --state state/librarian-audit --audit-key-uri "pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01" --audit-pin-source env:DEMO_PIN
+run "$SMKI" hsm list --config issuing-oca.yaml
 
 step "3. Each Issuing Authority adopts its Certificate Policy: every OID, name and validity comes from it"
-ORG_POLICY="--policy $REPO/policies/organisation.yaml --environment test"
-DEVICE_POLICY="--policy $REPO/policies/device.yaml --environment test"
-run "$SMKI" policy check "$REPO/policies/organisation.yaml" "$REPO/policies/device.yaml"
-run "$SMKI" policy show "$REPO/policies/device.yaml" --environment test
-run "$SMKI" policy adopt "$REPO/policies/organisation.yaml" --state state/issuing-oca --audit-key-uri "$(audit_uri issuing-oca)" --audit-pin-source env:DEMO_PIN
-run "$SMKI" policy adopt "$REPO/policies/device.yaml" --state state/issuing-dca --audit-key-uri "$(audit_uri issuing-dca)" --audit-pin-source env:DEMO_PIN
-sign_as() {  # the key, state and audit key of one Issuing Authority
-  echo --token "$(echo "SMKI-$1" | tr a-z A-Z)" --key-label "$1" --key-id 01 --pin-source env:DEMO_PIN \
-       --state "state/$1" --audit-key-uri "$(audit_uri "$1")" --audit-pin-source env:DEMO_PIN
-}
+run "$SMKI" policy check builtin:organisation builtin:device
+run "$SMKI" policy show builtin:device --environment test
+run "$SMKI" policy adopt --config issuing-oca.yaml   # the policy its file names
+run "$SMKI" policy adopt --config issuing-dca.yaml
 
 step "4. Root key ceremonies, from the shipped ceremony files (ceremonies/*.yaml), offline"
 echo "Five custodians hold each root; the policy says 3 of 5 must be present to use a root key. Each chooses a"
 echo "passphrase for their share (here from environment variables the demo sets; at a real ceremony, typed at a prompt)."
-cp -r "$REPO/ceremonies" ceremonies
-ln -s "$REPO/policies" policies
+run "$SMKI" ceremony examples ceremonies
 CUSTODIANS="alice bob carol dave erin"
 PASSPHRASES=""
 for custodian in $CUSTODIANS; do
@@ -74,8 +104,8 @@ echo "(running a ceremony again is refused: its outputs exist, and nothing is to
 
 step "5. Issuing Authority ceremonies: each root certifies a key generated in the Issuing Authority's own token"
 mkdir -p requests
-run "$SMKI" hsm pubkey --token SMKI-ISSUING-OCA --key-label issuing-oca --key-id 01 --out requests/issuing-oca.pub.pem
-run "$SMKI" hsm pubkey --token SMKI-ISSUING-DCA --key-label issuing-dca --key-id 01 --out requests/issuing-dca.pub.pem
+run "$SMKI" hsm pubkey --config issuing-oca.yaml --out requests/issuing-oca.pub.pem
+run "$SMKI" hsm pubkey --config issuing-dca.yaml --out requests/issuing-dca.pub.pem
 run "$SMKI" ceremony run ceremonies/issuing-oca.yaml --operator demo-operator $PASSPHRASES
 run "$SMKI" ceremony run ceremonies/issuing-dca.yaml --operator demo-operator $PASSPHRASES
 echo "(two custodians are not enough: the key stays unused)"
@@ -83,20 +113,22 @@ sed -e 's/present: \[alice, carol, erin\]/present: [alice, carol]/' -e 's/issuin
   ceremonies/issuing-oca.yaml > ceremonies/issuing-oca-short.yaml
 "$SMKI" ceremony run ceremonies/issuing-oca-short.yaml $PASSPHRASES || true
 cp out/root-oca.pem out/root-dca.pem out/issuing-oca.pem out/issuing-dca.pem .
+echo "(each Issuing Authority's file now names its certificate, made by its ceremony)"
+for authority in issuing-oca issuing-dca; do echo "issuer_certificate: $authority.pem" >> "$authority.yaml"; done
 run "$SMKI" ceremony run ceremonies/arl-oca.yaml --operator demo-operator $PASSPHRASES
 run openssl crl -in out/root-oca-arl-1.pem -noout -text
 
 step "6. Subscribers make their own keys (here with openssl); the Issuing Authorities certify them under the policy"
 run openssl ecparam -name prime256v1 -genkey -noout -out supplier-ds.key
 run openssl ec -in supplier-ds.key -pubout -out supplier-ds.pub.pem
-run "$SMKI" cert organisation $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem \
+run "$SMKI" cert organisation --config issuing-oca.yaml --public-key supplier-ds.pub.pem \
   --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 --usage DS --common-name DEMOSUPPLIER --out org-supplier-ds.pem
 echo "(the policy refuses what it forbids: a network operator may not request a supplier's certificate)"
-"$SMKI" cert organisation $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --public-key supplier-ds.pub.pem \
+"$SMKI" cert organisation --config issuing-oca.yaml --public-key supplier-ds.pub.pem \
   --requester networkOperator --role supplier --entity-id 90-B3-D5-1F-30-01-00-00 --usage KA --out refused.pem || true
 run openssl ecparam -name prime256v1 -genkey -noout -out device-ka.key
 run openssl ec -in device-ka.key -pubout -out device-ka.pub.pem
-run "$SMKI" cert device $(sign_as issuing-dca) $DEVICE_POLICY --issuer-cert issuing-dca.pem --public-key device-ka.pub.pem \
+run "$SMKI" cert device --config issuing-dca.yaml --public-key device-ka.pub.pem \
   --requester supplier --device-id 00-DB-12-34-56-78-90-A0 --device-type ESME --usage KA --out device-ka.pem
 
 step "6b. The daily work: certificates from PKCS#10 requests, a revocation, the Organisation CRL"
@@ -114,21 +146,22 @@ usage = x509.KeyUsage(False, False, False, False, True, False, False, False, Fal
 csr = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(usage, critical=True).sign(key, hashes.SHA256())
 open("supplier-ka.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
 PY
-run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester supplier --out org-supplier-ka.pem supplier-ka.csr
+echo "(what the command takes from the file, and from where: FILE:LINE, command line or default)"
+run "$SMKI" config show --config issuing-oca.yaml ca issue-org --requester supplier --out org-supplier-ka.pem supplier-ka.csr
+run "$SMKI" ca issue-org --config issuing-oca.yaml --requester supplier --out org-supplier-ka.pem supplier-ka.csr
 SERIAL=$(openssl x509 -in org-supplier-ka.pem -noout -serial | cut -d= -f2)
-run "$SMKI" ca revoke --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
-  --audit-pin-source env:DEMO_PIN "$SERIAL" --reason keyCompromise
-run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-1.pem
+run "$SMKI" ca revoke --config issuing-oca.yaml "$SERIAL" --reason keyCompromise
+run "$SMKI" ca crl --config issuing-oca.yaml --out organisation-crl-1.pem
 run openssl crl -in organisation-crl-1.pem -noout -text
 run "$SMKI" lint organisation-crl-1.pem
 echo "(the revoked certificate now fails path validation; openssl agrees)"
 "$SMKI" verify org-supplier-ka.pem --anchor root-oca.pem --intermediate issuing-oca.pem --crl organisation-crl-1.pem || true
 cat root-oca.pem issuing-oca.pem > oca-chain.pem
 openssl verify -crl_check -CAfile oca-chain.pem -CRLfile organisation-crl-1.pem org-supplier-ka.pem || true
-run "$SMKI" ca list --state state/issuing-oca
+run "$SMKI" ca list --config issuing-oca.yaml
 echo "(before it signs a CRL or records a revocation, an authority checks its state tables against what its audit trail"
 echo " records; an edited table is refused. Here a copy of the state loses its revocation, as a careless or hostile edit would:)"
-run "$SMKI" ca reconcile --state state/issuing-oca
+run "$SMKI" ca reconcile --config issuing-oca.yaml
 mkdir -p tampered
 "$REPO/.venv/bin/python" - <<'PY'
 import sqlite3
@@ -137,9 +170,8 @@ sqlite3.connect("state/issuing-oca/smki.db").backup(copy)  # the whole store, it
 copy.execute("DELETE FROM revocations")
 copy.commit()
 PY
-echo '$ smki ca crl ... --state tampered ...   (the copy whose revocation was deleted)'
-"$SMKI" ca crl $(sign_as issuing-oca | sed 's|state/issuing-oca|tampered|') --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem \
-  --out tampered-crl.pem || true
+echo '$ smki ca crl --config issuing-oca.yaml --state tampered --out tampered-crl.pem   (the copy whose revocation was deleted)'
+"$SMKI" ca crl --config issuing-oca.yaml --state tampered --out tampered-crl.pem || true
 rm -r tampered
 
 step "6c. Organisation Certificates for several roles, each requested by its own party, from CSRs"
@@ -158,12 +190,11 @@ for role, code, eui, ds in (("networkOperator", "03", "90B3D51F30020000", True),
     open(f"{role}.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
 PY
 for role in networkOperator accessControlBroker wanProvider other; do
-  run "$SMKI" ca issue-org $(sign_as issuing-oca) $ORG_POLICY --issuer-cert issuing-oca.pem --requester "$role" --out "org-$role.pem" "$role.csr"
+  run "$SMKI" ca issue-org --config issuing-oca.yaml --requester "$role" --out "org-$role.pem" "$role.csr"
 done
 echo "(the 'other' party rejects its certificate on receipt: the policy revokes a rejected certificate at once)"
-run "$SMKI" ca reject --state state/issuing-oca --policy "$REPO/policies/organisation.yaml" --audit-key-uri "$(audit_uri issuing-oca)" \
-  --audit-pin-source env:DEMO_PIN "$(openssl x509 -in org-other.pem -noout -serial | cut -d= -f2)"
-run "$SMKI" ca crl $(sign_as issuing-oca) --policy "$REPO/policies/organisation.yaml" --issuer-cert issuing-oca.pem --out organisation-crl-2.pem
+run "$SMKI" ca reject --config issuing-oca.yaml "$(openssl x509 -in org-other.pem -noout -serial | cut -d= -f2)"
+run "$SMKI" ca crl --config issuing-oca.yaml --out organisation-crl-2.pem
 
 step "6d. A night's batch: 3,000 device CSRs from a manufacturer (a ZIP of .csr files), issued at HSM speed"
 echo "(the batch also holds three bad requests: a broken signature, one that is not a PKCS#10 request, and a duplicate;"
@@ -191,13 +222,13 @@ with zipfile.ZipFile("devices.zip", "w", zipfile.ZIP_DEFLATED) as batch:
     for name, data in requests.items():
         batch.writestr(name, data)
 PY
-run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
-  --requester supplier --device-type ESME --response devices-response.zip --status devices-status.csv devices.zip
+run "$SMKI" ca issue-batch --config issuing-dca.yaml --requester supplier --device-type ESME \
+  --response devices-response.zip --status devices-status.csv devices.zip
 run head -3 devices-status.csv
 grep -v ',success,' devices-status.csv
 echo "(running the same batch again, as after a crash, answers nothing twice: every request already has its answer)"
-run "$SMKI" ca issue-batch $(sign_as issuing-dca) --policy "$REPO/policies/device.yaml" --environment test --issuer-cert issuing-dca.pem \
-  --requester supplier --device-type ESME --response devices-response-again.zip --status devices-status-again.csv --json devices.zip
+run "$SMKI" ca issue-batch --config issuing-dca.yaml --requester supplier --device-type ESME \
+  --response devices-response-again.zip --status devices-status-again.csv --json devices.zip
 unzip -p devices-response.zip esme-00000.crt > device-batch-0.pem
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem device-batch-0.pem
 
@@ -213,28 +244,28 @@ run "$SMKI" verify device-ka.pem --anchor root-dca.pem --intermediate issuing-dc
 
 step "8. The Certificate Librarian lodges every certificate: each must chain by AKI -> SKI to one it holds"
 AUDIT_KEY='pkcs11:token=SMKI-LIBRARIAN-AUDIT;object=librarian-audit;id=%01'
-run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN --trust-root root-oca.pem root-dca.pem
-run "$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
+run "$SMKI" librarian lodge --config librarian.yaml --trust-root root-oca.pem root-dca.pem
+run "$SMKI" librarian lodge --config librarian.yaml \
   issuing-oca.pem issuing-dca.pem org-supplier-ds.pem device-ka.pem
 echo "(lodging the same certificate twice lodges nothing: it is reported \"already lodged\", exit 0, and audited as a refusal:)"
-"$SMKI" librarian lodge --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN device-ka.pem || true
-run "$SMKI" librarian find --db repository.db --eui64 90-B3-D5-1F-30-01-00-00
+"$SMKI" librarian lodge --config librarian.yaml device-ka.pem || true
+run "$SMKI" librarian find --config librarian.yaml --eui64 90-B3-D5-1F-30-01-00-00
 echo "(the Organisation CRL and the Root OCA's ARL are lodged too: each chains to its issuer, lints clean, has a higher"
 echo " cRLNumber than the last and a nextUpdate in the future; then the repository is published atomically as static files)"
-run "$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
+run "$SMKI" librarian lodge-crl --config librarian.yaml \
   organisation-crl-1.pem organisation-crl-2.pem out/root-oca-arl-1.pem --publish repository-www
 echo "(repeating the whole run, as after a crash, lodges nothing twice: each list is reported \"already lodged\", exit 0;"
 echo " the published CRL stays the newest)"
-run "$SMKI" librarian lodge-crl --db repository.db --actor demo-librarian --audit-key-uri "$AUDIT_KEY" --pin-source env:DEMO_PIN \
+run "$SMKI" librarian lodge-crl --config librarian.yaml \
   organisation-crl-1.pem organisation-crl-2.pem out/root-oca-arl-1.pem --publish repository-www
 run find repository-www -maxdepth 2 -name '*.crl' -o -maxdepth 1 -name index.json
-run "$SMKI" librarian bulk --db repository.db --out bulk
+run "$SMKI" librarian bulk --config librarian.yaml --out bulk
 run ls bulk
 
 step "9. The SMKI Repository web service on loopback, queried like a party would (XML over HTTP, apikey)"
 export DEMO_API_KEY=$(openssl rand -hex 16)
 PORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$SMKI" librarian serve --db repository.db --port "$PORT" --api-key-source env:DEMO_API_KEY --published repository-www &
+"$SMKI" librarian serve --config librarian.yaml --port "$PORT" --api-key-source env:DEMO_API_KEY --published repository-www &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
@@ -255,8 +286,8 @@ kill $SERVER; wait $SERVER 2>/dev/null || true
 
 step "10. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
 run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
-run "$SMKI" audit show --db repository.db
-run "$SMKI" audit export --db repository.db --out audit-trail.json
+run "$SMKI" audit show --config librarian.yaml
+run "$SMKI" audit export --config librarian.yaml --out audit-trail.json
 run "$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem
 echo "(the auditor keeps the head it verified, outside the database: a tail removed later, checkpoints and all, is caught against it)"
 REPOSITORY_HEAD=$("$SMKI" audit verify --export audit-trail.json --public-key librarian-audit.pub.pem --json \
@@ -285,18 +316,16 @@ PY
 
 step "12. The same SMKI from Python: the demo's own Issuing OCA as an smki.IssuingAuthority, and a test PKI in one call"
 echo "(the CLI is a thin shell over these objects: the library applies the same policy, records and audit entries)"
-"$REPO/.venv/bin/python" - "$REPO" <<'PY'
-import sys
+"$REPO/.venv/bin/python" - <<'PY'
 from pathlib import Path
 import smki
 from smki.hsm.config import parse_pkcs11_uri
 from smki.testing.csr import organisation_csr
 from cryptography.hazmat.primitives.asymmetric import ec
 
-repo = Path(sys.argv[1])
 with smki.IssuingAuthority("state/issuing-oca", certificate=Path("issuing-oca.pem"),
                            key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca;id=%01"),
-                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy=repo / "policies/organisation.yaml",
+                           pin=smki.PinSource.parse("env:DEMO_PIN"), policy="builtin:organisation",
                            environment="test", actor="demo-python",
                            audit_key=parse_pkcs11_uri("pkcs11:token=SMKI-ISSUING-OCA;object=issuing-oca-audit;id=%02"),
                            audit_pin=smki.PinSource.parse("env:DEMO_PIN")) as oca:
@@ -327,8 +356,8 @@ echo "(an Issuing Authority's token also anchors the last head it checkpointed: 
 echo " back to match would still verify on its own, but not against the anchor, and the authority refuses to act on it)"
 for authority in issuing-oca issuing-dca; do   # key generation and issuance: each Issuing Authority's own trail
   run "$SMKI" hsm pubkey --key-uri "$(audit_uri "$authority")" --out "state/$authority/audit.pub.pem"
-  run "$SMKI" audit verify --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem" \
-    --anchor-key-uri "$(audit_uri "$authority")" --pin-source env:DEMO_PIN
+  # The file's audit key is the anchor key here, and its PIN source the one --pin-source takes.
+  run "$SMKI" audit verify --config "$authority.yaml" --db "state/$authority/smki.db" --public-key "state/$authority/audit.pub.pem"
 done
 
 step "Done. Everything is in $OUT"

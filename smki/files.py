@@ -44,7 +44,7 @@ MAX_PUBLIC_KEY_BYTES = 16 * KIB  # a P-256 SubjectPublicKeyInfo is 91 bytes
 MAX_CERTIFICATE_BYTES = 64 * KIB  # an SMKI certificate is under 1 KiB
 MAX_CRL_BYTES = 64 * MIB  # a 1M-entry CRL is ~40 MB DER, ~54 MB PEM (benchmarks/bench_crl.py)
 MAX_LINT_BYTES = MAX_CRL_BYTES  # `smki lint` and `verify` read CRLs and bundles of certificates alike
-MAX_YAML_BYTES = 1 * MIB  # policy, ceremony and hsm-config files are a few KiB
+MAX_YAML_BYTES = 1 * MIB  # policy, ceremony and configuration files are a few KiB
 MAX_SHARE_FILE_BYTES = 64 * KIB  # a custodian share file is under 1 KiB
 MAX_AUDIT_EXPORT_BYTES = 1024 * MIB  # one JSON export of a whole trail
 # Expanded nodes of one YAML document (aliases counted every time they are used): a policy
@@ -153,6 +153,14 @@ def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> Ya
         raise YamlError(path, 0, "(file)", f"{what} file not found")
     try:
         raw = read_input(path, limit)
+    except BadInputError as exc:
+        raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
+    """`read_yaml`'s checks on bytes already read (a file shipped in the package); `path` names them in errors."""
+    try:
         text = _utf8(raw, path)
     except BadInputError as exc:
         raise YamlError(path, 0, "(file)", str(exc).removeprefix(f"{path}: ")) from None
@@ -204,7 +212,10 @@ def _check_expansion(root) -> None:
 
 
 def output_directory(path: Path | str, what: str) -> Path:
-    """A directory that outputs go into: refused (exit 3) when something else already has its name."""
+    """A directory that outputs go into: refused (exit 3) when something else already has its name (or the
+    name is empty, or holds a NUL, which no file system takes)."""
+    if not str(path).strip() or "\x00" in str(path):
+        raise BadInputError(f"{what}: give a directory name (not empty, no NUL character)")
     path = Path(path)
     if os.path.lexists(path) and not path.is_dir():
         raise BadInputError(f"{what} {path} is not a directory")

@@ -19,7 +19,7 @@ import csr_factory
 from conftest import smki
 from test_audit_hardening import copy_state, one_line
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 
 

@@ -202,7 +202,7 @@ from cryptography import x509  # noqa: E402
 import csr_factory  # noqa: E402
 from conftest import openssl, smki  # noqa: E402
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]
 
 

@@ -11,7 +11,7 @@ from conftest import openssl, smki
 from smki.testing import Hierarchy, TestPKI, authority_name
 from test_batch_issuance import START, issuing_options
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from smki.errors import RefusedError
 from smki.hsm import activation
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CEREMONIES = REPO / "smki" / "data" / "ceremonies"
 CUSTODIANS = ("alice", "bob", "carol", "dave", "erin")
 PASSPHRASES = {f"CEREMONY_PASS_{name}": f"{name} correct horse battery" for name in CUSTODIANS}
 SOURCES = [arg for name in CUSTODIANS for arg in ("--passphrase-source", f"{name}=env:CEREMONY_PASS_{name}")]
@@ -31,11 +32,10 @@ _workspaces = itertools.count(1)
 
 
 def workspace(tmp: Path, suffix: str) -> Path:
-    """The shipped ceremony files, copied beside the policies, with this workspace's own token labels."""
+    """The shipped ceremony files (naming the shipped policies, builtin:NAME), with this workspace's own token labels."""
     work = tmp / f"w{next(_workspaces)}"
     (work / "ceremonies").mkdir(parents=True)
-    (work / "policies").symlink_to(REPO / "policies")
-    for source in (REPO / "ceremonies").glob("*.yaml"):
+    for source in SHIPPED_CEREMONIES.glob("*.yaml"):
         text = source.read_text().replace("SMKI-ROOT-OCA", f"T-ROOT-OCA-{suffix}").replace("SMKI-ROOT-DCA", f"T-ROOT-DCA-{suffix}")
         (work / "ceremonies" / source.name).write_text(text)
     return work
@@ -88,7 +88,7 @@ def test_transcript_records_what_witnesses_sign(pki):
     assert transcript == transcripts["root-oca"]
     ceremony_file = work / "ceremonies" / "root-oca.yaml"
     assert transcript["ceremony"]["sha256"] == hashlib.sha256(ceremony_file.read_bytes()).hexdigest()
-    assert transcript["policy"]["sha256"] == hashlib.sha256((REPO / "policies" / "organisation.yaml").read_bytes()).hexdigest()
+    assert transcript["policy"]["sha256"] == hashlib.sha256((REPO / "smki" / "data" / "policies" / "organisation.yaml").read_bytes()).hexdigest()
     assert transcript["operator"] == "test-operator" and transcript["custodians_present"] == sorted(CUSTODIANS)
     for output in transcript["outputs"]:
         assert hashlib.sha256(Path(output["file"]).read_bytes()).hexdigest() == output["sha256"]

@@ -11,7 +11,7 @@ from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, EXIT_REFUSED
 
 from pathlib import Path
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 ORG_POLICY = ["--policy", str(POLICIES / "organisation.yaml"), "--environment", "test"]
 DEVICE_POLICY = ["--policy", str(POLICIES / "device.yaml"), "--environment", "test"]
 PIN = ["--pin-source", "env:SMKI_TEST_PIN"]

@@ -204,7 +204,7 @@ def _store_is_locked() -> bool:
 
 
 def test_the_store_lock_excludes_other_processes_is_reentrant_and_spares_other_modules(hsm_token):
-    from smki.hsm.store_lock import token_store_lock
+    from smki.hsm.store_lock import ModuleKind, is_softhsm, remember_module, token_store_lock
     assert not _store_is_locked()
     with token_store_lock(hsm_token.module):
         assert _store_is_locked()
@@ -212,5 +212,10 @@ def test_the_store_lock_excludes_other_processes_is_reentrant_and_spares_other_m
             assert _store_is_locked()
         assert _store_is_locked()
     assert not _store_is_locked()
-    with token_store_lock("/usr/lib/vendor/libvendorpkcs11.so"):  # a real HSM's module: no lock
+    vendor = "/usr/lib/vendor/libvendorpkcs11.so"
+    with token_store_lock(vendor):  # not loaded yet, so not known: locked, as if SoftHSM (C_Initialize may read a store)
+        assert _store_is_locked()
+    remember_module(vendor, ModuleKind.OTHER)  # what load_module records once the module says it is not SoftHSM
+    with token_store_lock(vendor):  # a real HSM's module: no lock
         assert not _store_is_locked()
+    assert is_softhsm(hsm_token.module), "SoftHSM is known by what it says it is"

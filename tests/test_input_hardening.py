@@ -171,7 +171,7 @@ def test_a_policy_file_alias_bomb_is_refused_in_one_line(tmp_path):
 
 
 def test_a_ceremony_file_alias_bomb_is_refused_in_one_line(tmp_path):
-    text = (ROOT / "ceremonies" / "arl-oca.yaml").read_text().replace("witnesses: [Internal auditor]", "witnesses: *a8")
+    text = (ROOT / "smki" / "data" / "ceremonies" / "arl-oca.yaml").read_text().replace("witnesses: [Internal auditor]", "witnesses: *a8")
     (tmp_path / "bomb.yaml").write_text(alias_bomb() + text)
     one_line_error(bounded_smki("ceremony", "check", str(tmp_path / "bomb.yaml")), EXIT_BAD_INPUT, "bomb.yaml:", "aliases expand")
 
@@ -182,7 +182,7 @@ def test_a_recursive_alias_is_refused_in_one_line(tmp_path):
 
 
 def test_aliases_within_the_bound_still_load(tmp_path):
-    policy = (ROOT / "policies" / "organisation.yaml").read_text()
+    policy = (ROOT / "smki" / "data" / "policies" / "organisation.yaml").read_text()
     policy = policy.replace("    recovery: [DS, KA]", "    recovery: &both [DS, KA]").replace("    supplier: [DS, KA]", "    supplier: *both")
     (tmp_path / "aliased.yaml").write_text(policy)
     roles = load_policy(tmp_path / "aliased.yaml").document["subscriber_certificates"]["roles"]
@@ -196,15 +196,11 @@ def test_a_binary_or_non_utf8_yaml_file_is_one_line(tmp_path, content, command):
     one_line_error(bounded_smki(*command, str(tmp_path / "binary.yaml")), EXIT_BAD_INPUT, "binary.yaml:0: (file): not UTF-8 text")
 
 
-@pytest.mark.parametrize("content, fragment", [(b"authorities:\n  oca: {token: T, key_label: k, key_id: '01'}\n\xff\n", "not UTF-8"),
-                                               (b"authorities: {}\nauthorities: {}\n", "given twice")])
-def test_the_token_layout_goes_through_the_same_loader(tmp_path, content, fragment):
-    (tmp_path / "layout.yaml").write_bytes(content)
-    result = bounded_python(f"from smki.hsm.config import TokenLayout\nfrom smki.errors import BadInputError\n"
-                            f"try:\n    TokenLayout.load({str(tmp_path / 'layout.yaml')!r})\n"
-                            f"except BadInputError as exc:\n    print('refused:', exc)\n")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stdout.startswith("refused: ") and fragment in result.stdout and len(result.stdout.strip().splitlines()) == 1
+@pytest.mark.parametrize("content, fragment", [(b"hsm:\n  token: T\n\xff\n", "config.yaml:0: (file): not UTF-8"),
+                                               (b"state: a\nstate: b\n", "config.yaml:2: (yaml): key 'state' given twice")])
+def test_a_configuration_file_goes_through_the_same_loader(tmp_path, content, fragment):
+    (tmp_path / "config.yaml").write_bytes(content)
+    one_line_error(bounded_smki("config", "show", "--config", str(tmp_path / "config.yaml")), EXIT_BAD_INPUT, fragment)
 
 
 def test_an_oversized_yaml_file_is_refused_before_it_is_parsed(tmp_path):

@@ -25,7 +25,7 @@ from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
 from smki.profiles.lint.crl_rules import lint_crl
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 ORG_POLICY, DEVICE_POLICY = POLICIES / "organisation.yaml", POLICIES / "device.yaml"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smki"
 # The three actors share one layer and never import each other; the front ends share the top one.
 ACTORS = ("root", "issuing", "librarian")
 FRONT_ENDS = ("cli", "testing")
-LAYERS = [("errors", "lazy"), "identifiers", ("files", "times"), "store", "audit", "hsm", "profiles", "requests", "policy", "operations", ACTORS, FRONT_ENDS]
+LAYERS = [("errors", "lazy"), "identifiers", ("files", "times", "shipped"), "store", "audit", "hsm", "profiles", "requests", "policy", "config", "operations", ACTORS, FRONT_ENDS]
 
 
 def top_of(module: str) -> str:

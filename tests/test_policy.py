@@ -13,7 +13,7 @@ from smki.policy import Environment, PolicyError, PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, require_adopted
 from smki.store import open_database
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 

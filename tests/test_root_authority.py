@@ -25,7 +25,7 @@ from smki.store import find_certificate, open_database
 from test_ceremony import PASSPHRASES, workspace
 
 REPO = Path(__file__).resolve().parents[1]
-ORG_POLICY = REPO / "policies" / "organisation.yaml"
+ORG_POLICY = REPO / "smki" / "data" / "policies" / "organisation.yaml"
 _key_ids = itertools.count(0xA001)
 
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, HsmError
 
 REPO = Path(__file__).resolve().parents[1]
-ORG_POLICY = REPO / "policies" / "organisation.yaml"
+ORG_POLICY = REPO / "smki" / "data" / "policies" / "organisation.yaml"
 DOCUMENTED_EXIT_CODES = {EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_HSM, EXIT_CONFLICT}
 # A PIN typed by mistake where its source was due: distinctive, so any echo of it is found.
 FAKE_PIN = "7391046628"
@@ -117,7 +117,8 @@ def _argv_reaching_the_secret(path, command, option_under_test, value, tmp: Path
                  "--device-id": "00DB1234567890A0", "--device-type": "ESME", "--reason": "keyCompromise", "--label": "never-made",
                  "--dir": str(tmp / "published"), "--response": str(tmp / "r.zip"), "--status": str(tmp / "s.csv")}
     arguments = {"csr": str(tmp / "x.csr"), "serial": "01", "files": str(tmp / "x.pem"), "batch": str(tmp / "batch.zip"),
-                 "policy_file": str(ORG_POLICY), "ceremony_file": str(REPO / "ceremonies" / "root-oca.yaml")}
+                 "policy_file": str(ORG_POLICY), "ceremony_file": str(REPO / "smki" / "data" / "ceremonies" / "root-oca.yaml"),
+                 "directory": str(tmp / "examples")}
     argv = list(path)
     for param in command.params:
         if isinstance(param, click.Argument):

@@ -11,7 +11,7 @@ import csr_factory
 from conftest import smki
 from test_audit_hardening import copy_state, one_line, org_authority, tamper  # noqa: F401 (org_authority: a fixture)
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 
 
 # -- finding A: the adopted_policies table is reconciled with the policy.adopt entries ----------------------

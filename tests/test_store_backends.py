@@ -25,7 +25,7 @@ from smki.store.revocations import next_crl_number, record_revocation, revoked_e
 
 pytest_plugins = ["postgres_server"]
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
 ISSUER = "4F5688D7EC933BE2"
 DER = bytes(range(256)) * 3  # every byte value, NULs included
 

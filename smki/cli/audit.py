@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from smki.audit.verify import ChainHead, export_trail, load_export, rows_from_database, verify_trail
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import DATABASE, SECRET_SOURCE, emit, json_option, key_ref_from_options
 from smki.errors import BadInputError, RefusedError
 from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
@@ -21,7 +22,7 @@ from smki.store.audit_log import audit_key_pems
 from smki.store.connection import Connection
 
 
-@click.group("audit")
+@click.group("audit", cls=ConfiguredGroup)
 def audit_group() -> None:
     """The tamper-evident audit trail: hash-chained entries, checkpoints signed in the HSM."""
 

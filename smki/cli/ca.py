@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.cert import dry_run_option, emit_issued, issuing_authority, signing_options
-from smki.cli.common import SERIAL, emit, json_option, key_options, module_option, pin_source_option, progress, state_option
+from smki.cli.common import POLICY, POLICY_HELP, SERIAL, emit, json_option, key_options, module_option, pin_source_option, progress, state_option
 from smki.issuing.authority import IssuingAuthority
 
 
-@click.group("ca")
+@click.group("ca", cls=ConfiguredGroup)
 def ca_group() -> None:
     """Issuing Authority operations: issue from CSRs, revoke, issue the CRL, show and list records."""
 
@@ -53,8 +54,8 @@ def issue_device_command(csr, **options):
 
 
 def _policy_options(func):
-    func = click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                        help="The adopted Certificate Policy file.")(func)
+    func = click.option("--policy", "policy_file", required=True, type=POLICY,
+                        help=f"The adopted Certificate Policy: {POLICY_HELP}.")(func)
     return state_option(func)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from smki.cli.common import audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
+from smki.cli.configured import ConfiguredGroup
+from smki.cli.common import POLICY, POLICY_HELP, audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option, pin_source_option, state_option
 from smki.issuing.authority import IssuingAuthority
 from smki.operations.results import IssuedCertificate
 
@@ -40,18 +41,18 @@ def issuing_authority(options: dict) -> IssuingAuthority:
     """The Issuing Authority the command's options describe (with a signing key when the command has key options)."""
     signs = "module_path" in options
     key = key_ref_from_options(options["module_path"], options["key_uri"], options["token_label"], options["key_label"],
-                               options["key_id"]) if signs else None
+                               options["key_id"], options["token_serial"]) if signs else None
     return IssuingAuthority(options["state_dir"], certificate=options.get("issuer_cert"), key=key, pin=options.get("pin_source"),
                             policy=options.get("policy_file"), environment=options.get("environment"), actor=options["actor"],
-                            audit_key=audit_key_ref(options["audit_key_uri"]), audit_pin=options["audit_pin_source"])
+                            audit_key=audit_key_ref(options["audit_key_uri"], options.get("module_path")), audit_pin=options["audit_pin_source"])
 
 
 def signing_options(func):
     """Where the signing key is, the authority's state, the policy and the output."""
     for option in reversed([
         module_option(), pin_source_option(), state_option,
-        click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="The Certificate Policy file the authority has adopted (policies/organisation.yaml or device.yaml)."),
+        click.option("--policy", "policy_file", required=True, type=POLICY,
+                     help=f"The Certificate Policy the authority has adopted: {POLICY_HELP}."),
         click.option("--environment", required=True, help="test or production: which OIDs of the policy apply."),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PEM file (never overwritten)."),
         click.option("--not-before", help="Start of validity, ISO 8601 (default: today 00:00:00Z)."),
@@ -67,7 +68,7 @@ def issued_key_options(func):
     return click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The issuing CA's certificate.")(func)
 
 
-@click.group("cert")
+@click.group("cert", cls=ConfiguredGroup)
 def cert_group() -> None:
     """Sign single certificates of the six GBCS profiles under the adopted Certificate Policy."""
 
@@ -78,9 +79,9 @@ def _root_authority(options: dict, certificate: Path | None = None):
 
     return RootAuthority(options["state_dir"], certificate=certificate,
                          key=key_ref_from_options(options["module_path"], options["key_uri"], options["token_label"],
-                                                  options["key_label"], options["key_id"]),
+                                                  options["key_label"], options["key_id"], options["token_serial"]),
                          pin=options["pin_source"], policy=options["policy_file"], environment=options["environment"],
-                         actor=options["actor"], audit_key=audit_key_ref(options["audit_key_uri"]), audit_pin=options["audit_pin_source"])
+                         actor=options["actor"], audit_key=audit_key_ref(options["audit_key_uri"], options.get("module_path")), audit_pin=options["audit_pin_source"])
 
 
 @cert_group.command("root")

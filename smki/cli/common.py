@@ -102,10 +102,30 @@ class SerialNumber(click.ParamType):
         return normalised_serial_hex(value)
 
 
+class PolicyReference(click.ParamType):
+    """A Certificate Policy value: a file (a Path), or `builtin:organisation` / `builtin:device`, a policy smki
+    ships (kept as that text). An unknown `builtin:` name is refused (exit 3) before anything is opened."""
+
+    name = "FILE|builtin:NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from smki.shipped import builtin_name, builtin_policy
+
+        try:
+            kind = builtin_policy(value)
+        except BadInputError as exc:
+            raise BadInputError(f"{_option_name(param)}: {exc}" if isinstance(param, click.Option) else str(exc)) from None
+        return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx) if kind is None else builtin_name(kind)
+
+
 SECRET_SOURCE = SecretSource()
 ACTOR = ActorName()
 SERIAL = SerialNumber()
 CUSTODIAN_SECRET_SOURCE = CustodianSecretSource()
+POLICY = PolicyReference()
+# The one description of a policy value, for every --policy option and policy argument.
+POLICY_HELP = ("a file, or builtin:organisation / builtin:device for the policies smki ships "
+               "(recorded by the SHA-256 of the shipped file, as for any file)")
 
 
 def pin_source_option(name: str = "--pin-source", default: str | None = "prompt", what: str = "the token's user PIN") -> Callable:
@@ -123,11 +143,18 @@ def module_option() -> Callable:
     )
 
 
+def token_serial_option(func: Callable) -> Callable:
+    return click.option("--token-serial", help="Serial number of the token (as `smki hsm list` shows it): picks one of several "
+                        "tokens with the same label. In a key URI, write serial=... instead.")(func)
+
+
 def key_options(func: Callable) -> Callable:
     """--token/--key-label/--key-id or --key-uri: where a CA key is."""
     for option in reversed([
-        click.option("--key-uri", help="RFC 7512 URI of the key, e.g. pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01"),
+        click.option("--key-uri", help="RFC 7512 URI of the key, e.g. pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01 "
+                     "(serial=... picks one of several tokens with that label; module-path=... overrides --module)"),
         click.option("--token", "token_label", help="Label of the token holding the key."),
+        token_serial_option,
         click.option("--key-label", help="CKA_LABEL of the key pair."),
         click.option("--key-id", help="CKA_ID of the key pair, in hex (e.g. 01)."),
     ]):
@@ -135,13 +162,16 @@ def key_options(func: Callable) -> Callable:
     return func
 
 
-def key_ref_from_options(module_path: str, key_uri: str | None, token_label: str | None, key_label: str | None, key_id: str | None) -> KeyRef:
+def key_ref_from_options(module_path: str, key_uri: str | None, token_label: str | None, key_label: str | None, key_id: str | None,
+                         token_serial: str | None = None) -> KeyRef:
+    """The key the options name, in `module_path` unless its URI names a module-path of its own."""
     if key_uri:
-        ref = parse_pkcs11_uri(key_uri)
-        return ref if ref.module_path else KeyRef(ref.token_label, ref.key_label, ref.key_id, module_path)
+        if token_serial:
+            raise click.UsageError("--token-serial goes with --token; in a key URI write serial=... instead")
+        return parse_pkcs11_uri(key_uri).with_module(module_path)
     if not (token_label and key_label and key_id):
         raise click.UsageError("name the key with --key-uri, or with --token, --key-label and --key-id")
-    return KeyRef(token_label, key_label, parse_key_id(key_id), module_path)
+    return KeyRef(token_label, key_label, parse_key_id(key_id), module_path, token_serial or "")
 
 
 def audit_options(func: Callable) -> Callable:
@@ -153,9 +183,12 @@ def audit_options(func: Callable) -> Callable:
                         help="Who is acting, as recorded in the audit trail.")(func)
 
 
-def audit_key_ref(audit_key_uri: str | None) -> KeyRef | None:
-    """The audit key an --audit-key-uri names (None when none is named)."""
-    return key_ref_from_options(default_module_path(), audit_key_uri, None, None, None) if audit_key_uri else None
+def audit_key_ref(audit_key_uri: str | None, module_path: str | None = None) -> KeyRef | None:
+    """The audit key an --audit-key-uri names (None when none is named), in the command's --module
+    (`module_path`; $SMKI_PKCS11_MODULE or SoftHSM2 for a command without one) unless the URI names its own."""
+    if not audit_key_uri:
+        return None
+    return key_ref_from_options(module_path or default_module_path(), audit_key_uri, None, None, None)
 
 
 def state_option(func: Callable) -> Callable:

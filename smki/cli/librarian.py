@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import DATABASE, SECRET_SOURCE, audit_key_ref, audit_options, emit, json_option
 from smki.librarian import Librarian
 
@@ -19,7 +20,7 @@ publish_option = click.option("--publish", "publish_dir", type=click.Path(file_o
                               help="Then publish the repository into this directory (as `smki librarian publish --dir`).")
 
 
-@click.group("librarian")
+@click.group("librarian", cls=ConfiguredGroup)
 def librarian_group() -> None:
     """The Certificate Librarian: lodging certificates, CRLs and ARLs, publishing, search, bulk files and the web service."""
 

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import click
 
+from smki.cli.configured import ConfiguredCommand
 from smki.cli.common import emit, json_option
 from smki.errors import EXIT_BAD_INPUT, EXIT_REFUSED, BadInputError
 from smki.files import MAX_CRL_BYTES, MAX_LINT_BYTES, read_input
+from smki.identifiers import PolicyKind
 from smki.policy import Environment, load_policy
 from smki.profiles.lint import CERTIFICATE_RULES, lint_certificate
 from smki.profiles.lint.crl_rules import CRL_RULES, lint_crl
 from smki.profiles.files import load_certificate, load_crl, read_certificate
 from smki.profiles.lint.certificate_view import CERTIFICATE_TYPES
 from smki.profiles.pem import PemLabel, der_object, pem_blocks, single_object
-
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+from smki.shipped import BUILTIN_POLICIES, builtin_name
 
 
 class Artefact(enum.Enum):
@@ -108,16 +109,16 @@ def expected_policy_oids(environment: str | None, policy_oids: tuple[str, ...]) 
     if not environment:
         return tuple(policy_oids)
     env = Environment.parse(environment)
-    return tuple(policy_oids) + tuple(load_policy(POLICIES / name).policy_oid(env) for name in ("organisation.yaml", "device.yaml"))
+    return tuple(policy_oids) + tuple(load_policy(name).policy_oid(env) for name in BUILTIN_POLICIES)
 
 
 @functools.cache
 def shipped_policy_roles() -> tuple[str, ...]:
     """OU codes of the roles the shipped Organisation Certificate policy names."""
-    return tuple(role.ou for role in load_policy(POLICIES / "organisation.yaml").organisation_roles)
+    return tuple(role.ou for role in load_policy(builtin_name(PolicyKind.ORGANISATION)).organisation_roles)
 
 
-@click.command("lint")
+@click.command("lint", cls=ConfiguredCommand)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--type", "certificate_type", type=click.Choice(CERTIFICATE_TYPES), help="Lint as this type (default: detected).")
 @click.option("--environment", help="Require the shipped policies' OIDs for test or production.")
@@ -190,7 +191,7 @@ def _load_crls(paths) -> list:
     return [load_crl(single_object(read_input(Path(path), MAX_CRL_BYTES), (PemLabel.CRL,), str(path)), str(path)) for path in paths]
 
 
-@click.command("verify")
+@click.command("verify", cls=ConfiguredCommand)
 @click.argument("leaf", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--anchor", "anchors", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A trust anchor certificate (a root, or an Issuing CA you trust directly). Repeatable.")

@@ -32,6 +32,7 @@ COMMANDS = {
     "hsm": "smki.cli.hsm:hsm_group",
     "policy": "smki.cli.policy:policy_group",
     "ceremony": "smki.cli.ceremony:ceremony_group",
+    "config": "smki.cli.config:config_group",
     "cert": "smki.cli.cert:cert_group",
     "ca": "smki.cli.ca:ca_group",
     "librarian": "smki.cli.librarian:librarian_group",

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from smki.cli.configured import ConfiguredGroup
 from smki.cli.cert import issuing_authority
-from smki.cli.common import emit, json_option, state_option
+from smki.cli.common import POLICY, emit, json_option, state_option
 from smki.identifiers import PolicyKind
 from smki.policy import Environment, load_policy
 
-policy_argument = click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
+policy_argument = click.argument("policy_file", type=POLICY)
 
 
-@click.group("policy")
+@click.group("policy", cls=ConfiguredGroup)
 def policy_group() -> None:
-    """The machine-readable Certificate Policies (policies/organisation.yaml, policies/device.yaml)."""
+    """The machine-readable Certificate Policies.
+
+    smki ships two, named builtin:organisation (SEC Appendix B) and builtin:device (Appendix A)
+    wherever a policy is taken (POLICY arguments, --policy, a ceremony file's policy:); any other
+    POLICY is a file. An unknown builtin: name is refused (exit 3) with the known ones listed.
+    """
 
 
 @policy_group.command("check")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=POLICY, metavar="POLICY...")
 @json_option
 def check_command(files, as_json) -> None:
-    """Validate policy files: YAML, the JSON Schema (policies/policy.schema.json), cross-field rules.
+    """Validate policies: YAML, the JSON Schema smki ships, cross-field rules.
 
+    Each POLICY is a file, or builtin:organisation / builtin:device (the shipped policies).
     Errors name file, line and field. Exit 0 when all are valid, 3 at the first invalid one.
     """
     results = []
@@ -65,7 +70,8 @@ def _summary_text(s: dict) -> str:
 @click.option("--environment", help="test or production (default: both).")
 @json_option
 def show_command(policy_file, environment, as_json) -> None:
-    """Summarise a policy: identity, OIDs, hierarchy, subscribers, eligibility, revocation, custody."""
+    """Summarise a policy (a file, or builtin:organisation / builtin:device): identity, OIDs, hierarchy,
+    subscribers, eligibility, revocation, custody."""
     policy = load_policy(policy_file)
     emit(as_json, _summary(policy, Environment.parse(environment) if environment else None), _summary_text)
 
@@ -79,11 +85,11 @@ def _flatten(value, prefix=""):
 
 
 @policy_group.command("diff")
-@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("old", type=POLICY)
+@click.argument("new", type=POLICY)
 @json_option
 def diff_command(old, new, as_json) -> None:
-    """What would change for issuance between two policy files. Exit 0 if nothing, 1 if changes."""
+    """What would change for issuance between two policies (files, or builtin:NAME). Exit 0 if nothing, 1 if changes."""
     before, after = dict(_flatten(load_policy(old).document)), dict(_flatten(load_policy(new).document))
     changes = [{"field": key, "old": before.get(key), "new": after.get(key)}
                for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
@@ -97,7 +103,10 @@ def diff_command(old, new, as_json) -> None:
 @state_option
 @json_option
 def adopt_command(policy_file, state_dir, actor, audit_key_uri, audit_pin_source, as_json) -> None:
-    """Adopt a policy file for an authority: from now on it issues and revokes only under this file."""
+    """Adopt a policy for an authority: from now on it issues and revokes only under it.
+
+    POLICY is a file, or builtin:organisation / builtin:device; the adoption records its SHA-256
+    (for a builtin, of the file smki ships), so a later edit or upgrade that changes it is refused until adopted."""
     with issuing_authority({"state_dir": state_dir, "actor": actor, "audit_key_uri": audit_key_uri,
                             "audit_pin_source": audit_pin_source}) as authority:
         data = authority.adopt_policy(policy_file)

@@ -3,7 +3,7 @@
 from smki.lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(["KeyRef", "TokenLayout", "default_module_path", "parse_key_id", "parse_pkcs11_uri"], "smki.hsm.config"),
+    **dict.fromkeys(["KeyRef", "default_module_path", "parse_key_id", "parse_pkcs11_uri"], "smki.hsm.config"),
     **dict.fromkeys(["KeyAttributes", "find_key_pair", "generate_p256_key_pair", "public_key_of", "read_attributes"], "smki.hsm.keys"),
     "PinSource": "smki.hsm.pins",
     **dict.fromkeys(["Pkcs11Signer", "Signer", "SignerPrivateKey", "SoftwareSigner", "open_signer"], "smki.hsm.signer"),

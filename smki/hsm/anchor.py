@@ -7,6 +7,11 @@ token data object (CKO_DATA, CKA_TOKEN, CKA_PRIVATE: readable and writable only 
 beside the audit key, labelled after it. It is the `HeadAnchor` that `smki.audit.trail.AuditTrail`
 takes as a duck type.
 
+Some tokens refuse private token data objects (NSS softokn does: CKR_ATTRIBUTE_VALUE_INVALID). In
+such a token the head rides on a private token object the token does keep: a generic secret key
+(CKO_SECRET_KEY, every usage off, its random key value never used) with the same label, whose CKA_ID
+carries the head, readable like the data object's CKA_VALUE only after login.
+
 One audit key anchors one trail. The object is read and written in a session of the process's
 login (the audit key's signer logs in first); a process that is not logged in would see no
 private object and take "no anchor" for an answer, so it is refused here instead.
@@ -18,7 +23,9 @@ import json
 
 import pkcs11
 import pkcs11.exceptions as p11x
-from pkcs11 import Attribute, ObjectClass
+import os
+
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from smki.errors import HsmError
 from smki.hsm.config import KeyRef
@@ -37,28 +44,31 @@ def anchor_label(key_label: str, key_id: bytes) -> str:
 class TokenHeadAnchor:
     """The head anchored for the trail an audit key signs: (sequence number, entry hash), or None before the first."""
 
-    def __init__(self, module_path: str, token_label: str, key_label: str, key_id: bytes) -> None:
-        self.module_path, self.token_label = module_path, token_label
+    def __init__(self, module_path: str, token_label: str, key_label: str, key_id: bytes, token_serial: str = "") -> None:
+        self.module_path, self.token_label, self.token_serial = module_path, token_label, token_serial
         self.label = anchor_label(key_label, key_id)
 
     @classmethod
     def for_key(cls, key: KeyRef) -> "TokenHeadAnchor":
         """The anchor beside the audit key `key` names."""
-        return cls(key.module, key.token_label, key.key_label, key.key_id)
+        return cls(key.module, key.token_label, key.key_label, key.key_id, key.token_serial)
 
     def _session(self) -> pkcs11.Session:
-        if not is_logged_in(self.module_path, self.token_label):
+        if not is_logged_in(self.module_path, self.token_label, self.token_serial):
             raise HsmError(f"the audit head anchor in token {self.token_label!r} needs the token logged in first")
-        return open_session(self.module_path, self.token_label, None, rw=True)  # the process's login covers it
+        return open_session(self.module_path, self.token_label, None, rw=True, serial=self.token_serial)  # the process's login covers it
 
     def _objects(self, session: pkcs11.Session) -> list:
-        template = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: self.label, Attribute.APPLICATION: APPLICATION}
+        """(object, attribute holding the head) of every anchor object: data objects, and key carriers."""
+        data = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: self.label, Attribute.APPLICATION: APPLICATION}
+        carrier = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: self.label}
         with token_store_lock(self.module_path):  # C_FindObjects reloads changed object files
-            return list(session.get_objects(template))
+            return ([(found, Attribute.VALUE) for found in session.get_objects(data)]
+                    + [(found, Attribute.ID) for found in session.get_objects(carrier)])
 
     def load(self) -> tuple[int, str] | None:
         try:
-            values = [bytes(found[Attribute.VALUE]) for found in self._objects(self._session())]
+            values = [bytes(found[attribute]) for found, attribute in self._objects(self._session())]
         except p11x.PKCS11Error as exc:
             raise HsmError(f"cannot read the audit head anchor {self.label!r} in token {self.token_label!r}: {type(exc).__name__}") from None
         # Two only after a crash inside `store` (or two writers at once): both were true heads; the later is the stronger check.
@@ -72,14 +82,25 @@ class TokenHeadAnchor:
         try:
             with token_store_lock(self.module_path):  # the token's object files are rewritten: one process at a time
                 old = self._objects(session)
-                session.create_object({
-                    Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-                    Attribute.LABEL: self.label, Attribute.APPLICATION: APPLICATION, Attribute.VALUE: value,
-                })
-                for stale in old:
+                try:
+                    session.create_object({
+                        Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
+                        Attribute.LABEL: self.label, Attribute.APPLICATION: APPLICATION, Attribute.VALUE: value,
+                    })
+                except (p11x.AttributeValueInvalid, p11x.TemplateInconsistent):  # no private token data objects here
+                    session.create_object(_carrier(self.label, value))
+                for stale, _ in old:
                     stale.destroy()
         except p11x.PKCS11Error as exc:
             raise HsmError(f"cannot write the audit head anchor {self.label!r} in token {self.token_label!r}: {type(exc).__name__}") from None
+
+
+def _carrier(label: str, value: bytes) -> dict:
+    """A generic secret key that only carries `value` in its CKA_ID: every usage off, so it can do nothing."""
+    usages = (Attribute.SIGN, Attribute.VERIFY, Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP, Attribute.DERIVE)
+    return {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.GENERIC_SECRET, Attribute.TOKEN: True,
+            Attribute.PRIVATE: True, Attribute.LABEL: label, Attribute.ID: value, Attribute.VALUE: os.urandom(32),
+            **dict.fromkeys(usages, False)}
 
 
 def _decoded(value: bytes, label: str) -> tuple[int, str]:

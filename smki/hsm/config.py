@@ -5,19 +5,18 @@ options or as an RFC 7512 ``pkcs11:`` URI such as
 
     pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01?module-path=/usr/lib/vendor/pkcs11.so
 
-The token layout file (``hsm-config/token-layout.yaml``) says which token holds which
-authority's key.
+Which token holds which authority's key is said by each authority's configuration file
+(smki.config: `hsm.token`, `hsm.key`, or `hsm.key_uri`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from smki.errors import BadInputError
-from smki.files import read_yaml
 
 # Where Debian and other distributions put SoftHSM2's module; first existing wins.
 SOFTHSM_MODULE_CANDIDATES = (
@@ -28,6 +27,7 @@ SOFTHSM_MODULE_CANDIDATES = (
 )
 MODULE_ENV = "SMKI_PKCS11_MODULE"
 TOKEN_LABEL_MAX_BYTES = 32  # CK_TOKEN_INFO.label: 32 bytes of UTF-8, blank-padded
+TOKEN_SERIAL_MAX_BYTES = 16  # CK_TOKEN_INFO.serialNumber: 16 printable characters, blank-padded
 
 
 def pkcs11_text(value: str, what: str, max_bytes: int | None = None) -> str:
@@ -55,6 +55,14 @@ def token_label_text(label: str) -> str:
     return pkcs11_text(label, "the token label", TOKEN_LABEL_MAX_BYTES)
 
 
+def token_serial_text(serial: str) -> str:
+    """A token serial number ('' for none): at most 16 printable ASCII characters, as PKCS#11 reports it."""
+    pkcs11_text(serial, "the token serial number", TOKEN_SERIAL_MAX_BYTES)
+    if not (serial.isascii() and serial.isprintable()) or serial != serial.strip():
+        raise BadInputError("the token serial number must be printable ASCII without surrounding blanks")
+    return serial
+
+
 def default_module_path() -> str:
     """$SMKI_PKCS11_MODULE, else the installed SoftHSM2 module."""
     configured = os.environ.get(MODULE_ENV)
@@ -68,18 +76,21 @@ def default_module_path() -> str:
 
 @dataclass(frozen=True)
 class KeyRef:
-    """A key pair on a token: found by object class + label + CKA_ID."""
+    """A key pair on a token: found by object class + label + CKA_ID. The token is the one with
+    that label (and, when `token_serial` is given, that serial number: labels need not be unique)."""
 
     token_label: str
     key_label: str
     key_id: bytes
     module_path: str = ""
+    token_serial: str = ""
 
     def __post_init__(self) -> None:
         # Checked first, so that no message below repeats a value the module could not take.
         token_label_text(self.token_label)
         pkcs11_text(self.key_label, "the key label")
         pkcs11_text(self.module_path, "the PKCS#11 module path")
+        token_serial_text(self.token_serial)
         if not self.token_label:
             raise BadInputError("key reference names no token")
         if not self.key_label:
@@ -91,11 +102,16 @@ class KeyRef:
     def module(self) -> str:
         return self.module_path or default_module_path()
 
+    def with_module(self, module_path: str) -> "KeyRef":
+        """This key in `module_path` when it names no module of its own (a URI's module-path wins)."""
+        return self if self.module_path else replace(self, module_path=module_path)
+
     @property
     def uri(self) -> str:
         """The RFC 7512 URI of this key (no PIN, ever)."""
         key_id = "".join(f"%{b:02x}" for b in self.key_id)
-        uri = f"pkcs11:token={_pct(self.token_label)};object={_pct(self.key_label)};id={key_id}"
+        serial = f";serial={_pct(self.token_serial)}" if self.token_serial else ""
+        uri = f"pkcs11:token={_pct(self.token_label)}{serial};object={_pct(self.key_label)};id={key_id}"
         return uri + (f"?module-path={_pct(self.module_path)}" if self.module_path else "")
 
 
@@ -141,6 +157,7 @@ def parse_pkcs11_uri(uri: str) -> KeyRef:
         key_label=_uri_text(attrs, "object"),
         key_id=attrs.get("id", b""),
         module_path=_uri_text(attrs, "module-path"),
+        token_serial=_uri_text(attrs, "serial"),
     )
 
 
@@ -153,28 +170,3 @@ def _uri_text(attrs: dict[str, bytes], name: str) -> str:
         return attrs.get(name, b"").decode("utf-8")
     except UnicodeDecodeError:
         raise BadInputError(f"pkcs11 URI attribute {name} is not valid UTF-8 once percent-decoded") from None
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Which token holds which authority's key (hsm-config/token-layout.yaml)."""
-
-    keys: dict[str, KeyRef]
-
-    @classmethod
-    def load(cls, path: Path) -> "TokenLayout":
-        document = read_yaml(Path(path), "token layout").data
-        if not isinstance(document, dict) or set(document) != {"authorities"}:
-            raise BadInputError(f"{path}: expected exactly one top-level key 'authorities'")
-        keys = {}
-        for name, entry in (document["authorities"] or {}).items():
-            if not isinstance(entry, dict) or set(entry) != {"token", "key_label", "key_id"}:
-                raise BadInputError(f"{path}: authorities.{name} needs exactly token, key_label, key_id")
-            keys[name] = KeyRef(str(entry["token"]), str(entry["key_label"]), parse_key_id(str(entry["key_id"])))
-        return cls(keys)
-
-    def key(self, authority: str) -> KeyRef:
-        try:
-            return self.keys[authority]
-        except KeyError:
-            raise BadInputError(f"token layout has no authority {authority!r} (known: {', '.join(self.keys)})") from None

@@ -7,6 +7,7 @@ object class + label + id, never by label alone across classes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import pkcs11
@@ -74,10 +75,12 @@ class KeyAttributes:
     decrypt: bool
     unwrap: bool
 
-    def violations(self) -> list[str]:
-        """Attributes that differ from what a CA key must have, e.g. 'extractable=True'."""
+    def violations(self, required: Mapping[str, bool] | None = None) -> list[str]:
+        """Attributes that differ from what a CA key must have, e.g. 'extractable=True'. `required` (a
+        policy's key_attributes) overrides the built-in requirement for the attributes it names."""
         actual = asdict(self)
-        return [f"{name}={actual[name]}" for name, want in REQUIRED_PRIVATE_KEY_ATTRIBUTES.items() if actual[name] != want]
+        wanted = {**REQUIRED_PRIVATE_KEY_ATTRIBUTES, **(required or {})}
+        return [f"{name}={actual[name]}" for name, want in wanted.items() if name in actual and actual[name] != want]
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -168,6 +171,37 @@ def find_key_pair(session: pkcs11.Session, label: str, key_id: bytes | None = No
     """The one key pair with this label (and id). Missing or ambiguous keys are errors."""
     private_object = _one_object(session, ObjectClass.PRIVATE_KEY, label, key_id)
     return find_public_key(session, label, key_id), private_object
+
+
+def destroy_key_pair(public_object: pkcs11.PublicKey, private_object: pkcs11.PrivateKey) -> None:
+    """Destroy both halves of a key pair in the token."""
+    try:
+        with token_store_lock():
+            private_object.destroy()
+            public_object.destroy()
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"the token could not destroy key {private_object.label!r}: {type(exc).__name__}") from None
+
+
+def token_object_count(session: pkcs11.Session) -> int:
+    """How many objects of any class the session sees on its token (private ones too once logged in)."""
+    try:
+        with token_store_lock():
+            return sum(1 for _ in session.get_objects({Attribute.TOKEN: True}))
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"cannot list the token's objects: {type(exc).__name__}") from None
+
+
+def destroy_token_objects(session: pkcs11.Session) -> int:
+    """Destroy every object the session sees on its token; return how many."""
+    try:
+        with token_store_lock():
+            objects = list(session.get_objects({Attribute.TOKEN: True}))
+            for obj in objects:
+                obj.destroy()
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"the token could not destroy its objects: {type(exc).__name__}") from None
+    return len(objects)
 
 
 def list_keys(session: pkcs11.Session) -> list[tuple[str, bytes, str]]:

@@ -29,8 +29,8 @@ import pkcs11
 import pkcs11.exceptions as p11x
 
 from smki.errors import HsmError
-from smki.hsm.config import pkcs11_text, token_label_text
-from smki.hsm.store_lock import token_store_lock
+from smki.hsm.config import pkcs11_text, token_label_text, token_serial_text
+from smki.hsm.store_lock import ModuleKind, is_softhsm_manufacturer, module_kind, remember_module, token_store_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,11 @@ _libraries: dict[str, pkcs11.lib] = {}
 # SoftHSM reads $SOFTHSM2_CONF once, when its library is initialised: what it was then is the store
 # this process uses for good, whatever the environment says later (see `loaded_configurations`).
 _configurations: dict[str, str | None] = {}
-_sessions: dict[tuple[str, str], "_OpenSession"] = {}
-_logins: dict[tuple[str, str], "_PinDigest"] = {}  # the PIN each logged-in token accepted, as a digest
+# Sessions and logins are kept per token: (module, token label, the token's own serial number), whether
+# the caller named the serial or not, so one token reached with and without --token-serial is one login.
+_sessions: dict[tuple[str, str, str], "_OpenSession"] = {}
+_logins: dict[tuple[str, str, str], "_PinDigest"] = {}
+_serials: dict[tuple[str, str, str], str] = {}  # (module, label, serial as given, maybe "") -> the token's serial  # the PIN each logged-in token accepted, as a digest
 _opened: list[pkcs11.Session] = []  # every session opened, for close_all (a replaced one may hold the login)
 _lock = threading.Lock()  # guards the caches only; a session is used from one thread
 
@@ -79,13 +82,32 @@ def load_module(module_path: str) -> pkcs11.lib:
     with token_store_lock(module_path), _lock:  # C_Initialize reads every token of the store (the flock first, always)
         if module_path not in _libraries:
             try:
-                _libraries[module_path] = pkcs11.lib(module_path)
-                _configurations[module_path] = os.environ.get(SOFTHSM_CONF_ENV)
-                log.debug("loaded PKCS#11 module %s", module_path)
-            except (p11x.PKCS11Error, OSError) as exc:
-                reason = str(exc).split(": ")[-1] or type(exc).__name__
-                raise HsmError(f"cannot load PKCS#11 module {module_path}: {reason}") from None
+                library = pkcs11.lib(module_path)
+                kind = _kind_of(library)
+            except (p11x.PKCS11Error, OSError, RuntimeError) as exc:
+                reason = str(exc).strip().splitlines()[-1].split(": ")[-1] if str(exc).strip() else type(exc).__name__
+                raise HsmError(f"cannot load PKCS#11 module {module_path}: {reason} (is it a PKCS#11 library?)") from None
+            _libraries[module_path] = library
+            _configurations[module_path] = os.environ.get(SOFTHSM_CONF_ENV)
+            remember_module(module_path, kind)  # from now on the store lock follows what the module is
+            log.debug("loaded PKCS#11 module %s (%s)", module_path, kind.value)
         return _libraries[module_path]
+
+
+def _kind_of(library: pkcs11.lib) -> ModuleKind:
+    """SoftHSM when the library, or any slot it offers (a proxy such as p11-kit-proxy fronts several
+    modules), says SoftHSM made it. Asked once, under the store lock (see store_lock's docstring)."""
+    if is_softhsm_manufacturer(library.manufacturer_id):
+        return ModuleKind.SOFTHSM
+    if any(is_softhsm_manufacturer(slot.manufacturer_id) for slot in library.get_slots()):
+        return ModuleKind.SOFTHSM
+    return ModuleKind.OTHER
+
+
+def module_is_softhsm(module_path: str) -> bool:
+    """Whether the module is SoftHSM, or fronts it (loads the module to ask it)."""
+    load_module(module_path)
+    return module_kind(module_path) is ModuleKind.SOFTHSM
 
 
 def loaded_configurations() -> dict[str, str | None]:
@@ -102,22 +124,35 @@ def token_labels(module_path: str) -> list[str]:
         return [token.label for token in library.get_tokens() if token.label]
 
 
-def get_token(module_path: str, token_label: str) -> pkcs11.Token:
+def get_token(module_path: str, token_label: str, serial: str = "") -> pkcs11.Token:
+    """The one token labelled `token_label` (and with serial number `serial`, when given)."""
     token_label_text(token_label)  # before the module sees it, and before a message repeats it
+    token_serial_text(serial)
     library = load_module(module_path)
     try:
         with token_store_lock(module_path):
-            return library.get_token(token_label=token_label)
-    except p11x.NoSuchToken:
-        known = ", ".join(token_labels(module_path)) or "none"
-        raise HsmError(f"token {token_label!r} not found in {module_path} (tokens: {known})") from None
-    except p11x.MultipleTokensReturned:
-        raise HsmError(f"more than one token is labelled {token_label!r}; labels must be unique") from None
+            matches = [token for token in library.get_tokens(token_label=token_label)
+                       if not serial or token_serial_of(token) == serial]
     except p11x.PKCS11Error as exc:
         raise HsmError(f"cannot read token {token_label!r}: {type(exc).__name__}") from None
+    which = f"token {token_label!r}" + (f" with serial {serial}" if serial else "")
+    if not matches:
+        known = ", ".join(token_labels(module_path)) or "none"
+        raise HsmError(f"{which} not found in {module_path} (tokens: {known})") from None
+    if len(matches) > 1:
+        serials = ", ".join(sorted(token_serial_of(token) or "(none)" for token in matches))
+        raise HsmError(f"{len(matches)} tokens match {which} (serials: {serials}); name one with --token-serial "
+                       "or serial= in the key URI") from None
+    return matches[0]
 
 
-def open_session(module_path: str, token_label: str, pin: str | None, *, rw: bool = False) -> pkcs11.Session:
+def token_serial_of(token: pkcs11.Token) -> str:
+    """The token's serial number as text (CK_TOKEN_INFO.serialNumber, blank-padded)."""
+    serial = token.serial
+    return (serial.decode("ascii", errors="replace") if isinstance(serial, bytes) else str(serial)).strip()
+
+
+def open_session(module_path: str, token_label: str, pin: str | None, *, rw: bool = False, serial: str = "") -> pkcs11.Session:
     """A logged-in session on the token, shared by every caller in this process.
 
     `pin=None` opens a public session (only public objects are visible). A PIN is checked
@@ -125,7 +160,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     (see the module's docstring); the PIN itself is never kept here.
     """
     token_label_text(token_label)
-    key = (module_path, token_label)
+    key = _token_key(module_path, token_label, serial)
     with _lock:
         cached = _sessions.get(key)
         login = _logins.get(key)
@@ -134,7 +169,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     if cached is not None and (pin is None or cached.logged_in) and (cached.rw or not rw):
         return cached.session
     with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
-        session = _open_logged_in(get_token(module_path, token_label), token_label, pin, rw, pin_checked=login is not None)
+        session = _open_logged_in(get_token(module_path, token_label, serial), token_label, pin, rw, pin_checked=login is not None)
     log.debug("opened a %s session on token %r%s", "read-write" if rw else "read-only", token_label, " (logged in)" if pin is not None else "")
     with _lock:
         _opened.append(session)
@@ -144,10 +179,23 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     return session
 
 
-def is_logged_in(module_path: str, token_label: str) -> bool:
+def _token_key(module_path: str, token_label: str, serial: str) -> tuple[str, str, str]:
+    """The cache key of the token the caller names: its label and its own serial (looked up once per process)."""
+    given = (module_path, token_label, serial)
+    with _lock:
+        known = _serials.get(given)
+    if known is None:
+        known = token_serial_of(get_token(module_path, token_label, serial))
+        with _lock:
+            _serials[given] = known
+    return (module_path, token_label, known)
+
+
+def is_logged_in(module_path: str, token_label: str, serial: str = "") -> bool:
     """Whether this process has logged in to the token with a PIN (objects it keeps private are then visible)."""
     with _lock:
-        return (module_path, token_label) in _logins
+        known = _serials.get((module_path, token_label, serial))
+        return known is not None and (module_path, token_label, known) in _logins
 
 
 def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool, pin_checked: bool) -> pkcs11.Session:
@@ -177,9 +225,24 @@ def close_all() -> None:
         sessions = list(_opened)  # the cached ones, and any a cache entry replaced
         _opened.clear()
         _sessions.clear()
+        _serials.clear()  # a token may be deleted and another made under its label (a failed root ceremony)
         _logins.clear()  # closing a logged-in session logs the process out: the next PIN goes to the token
     for session in sessions:
         try:
             session.close()
         except p11x.PKCS11Error:
             pass
+
+
+def reload_module(module_path: str) -> None:
+    """Finalize and initialise the module again (C_Finalize, C_Initialize), closing this process's sessions:
+    SoftHSM reads its tokens at C_Initialize, so a token softhsm2-util created since is seen only after this."""
+    close_all()
+    with token_store_lock(module_path), _lock:
+        library = _libraries.get(module_path)
+        if library is None:
+            return
+        try:
+            library.reinitialize()
+        except p11x.PKCS11Error as exc:
+            raise HsmError(f"cannot initialise PKCS#11 module {module_path} again: {type(exc).__name__}") from None

@@ -142,7 +142,7 @@ def open_signer(key: KeyRef, pin_source: PinSource) -> Pkcs11Signer:
 def signer_for(key: KeyRef, pin: str) -> Pkcs11Signer:
     """Log in to the key's token and return its Signer (the store is locked until the key is found)."""
     with token_store_lock(key.module):
-        session = open_session(key.module, key.token_label, pin)
+        session = open_session(key.module, key.token_label, pin, serial=key.token_serial)
         public_object, private_object = find_key_pair(session, key.key_label, key.key_id)
         return Pkcs11Signer(private_object, public_key_of(public_object))
 

@@ -18,20 +18,16 @@ from smki.errors import ConflictError, HsmError
 from smki.hsm.child_env import child_environment
 from smki.hsm.config import token_label_text
 from smki.hsm.store_lock import SOFTHSM, token_store_lock
+from smki.shipped import softhsm_template
 
-TEMPLATE_TOKENDIR = "@TOKENDIR@"
-_DEFAULT_TEMPLATE = """directories.tokendir = @TOKENDIR@
-objectstore.backend = file
-log.level = ERROR
-slots.removable = false
-slots.mechanisms = ALL
-library.reset_on_fork = false
-"""
+TEMPLATE_TOKENDIR = "@TOKENDIR@"  # where the shipped template (smki/data/softhsm/softhsm2.conf.template) names the token directory
 PIN_LENGTH = range(4, 256)  # SoftHSM accepts 4 to 255 characters
 
 
-def write_softhsm_conf(directory: Path, template: str = _DEFAULT_TEMPLATE) -> Path:
-    """Create `directory/tokens` and `directory/softhsm2.conf` pointing at it; return the conf path."""
+def write_softhsm_conf(directory: Path, template: str | None = None) -> Path:
+    """Create `directory/tokens` and `directory/softhsm2.conf` pointing at it (from `template`, default
+    the shipped one); return the conf path."""
+    template = softhsm_template() if template is None else template
     directory = Path(directory).resolve()
     token_dir = directory / "tokens"
     token_dir.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ class IssuingAuthority:
     """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
-                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
+                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | str | None = None,
                  environment: Environment | str | None = None, actor: str = "operator",
                  audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
         self.state = state
@@ -260,8 +260,8 @@ class IssuingAuthority:
         return device_certificate_counts(operation.connection, [device_id.hex]).get(device_id.hex, 0)
 
     # -- policy ----------------------------------------------------------------------------------
-    def adopt_policy(self, policy: CertificatePolicy | Path) -> dict:
-        """Adopt a policy file: from now on this state issues and revokes only under it."""
+    def adopt_policy(self, policy: CertificatePolicy | Path | str) -> dict:
+        """Adopt a policy (a file, or `builtin:NAME` for one smki ships): from now on this state issues and revokes only under it."""
         with self._operation(Operation.ADOPT_POLICY, creates_state=True) as operation:
             file = policy.path if isinstance(policy, CertificatePolicy) else policy
             policy = policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))

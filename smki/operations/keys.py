@@ -3,18 +3,25 @@
 The private key is a token object, SENSITIVE, not EXTRACTABLE, sign-only; its attributes are read
 back and recorded with the generation. An audit key being generated signs its own generation's
 checkpoint: it is the first entry of the trail it will sign.
+
+A key whose attributes, read back, differ from what is required (the policy's key_attributes when
+one is given, over smki's own requirement) is destroyed and the generation refused (HsmError,
+exit 4): left in the token, it would be found by its label and id by the next command that signs,
+and would block a second attempt under the same label and id.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smki.hsm.config import KeyRef
-from smki.hsm.keys import generate_p256_key_pair, public_key_of, read_attributes
+from smki.errors import HsmError
+from smki.hsm.keys import destroy_key_pair, generate_p256_key_pair, public_key_of, read_attributes
 from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.session import open_session
 from smki.hsm.signer import Pkcs11Signer
@@ -46,8 +53,12 @@ class GeneratedKey:
 
 
 def generate_key(state: Path | str, key: KeyRef, pin: PinSource | str | None, *, actor: str = "operator",
-                 audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> GeneratedKey:
+                 audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None,
+                 required_attributes: Mapping[str, bool] | None = None) -> GeneratedKey:
     """Generate a P-256 key pair for `key` in its token (user PIN `pin`), audited in `state`'s trail.
+
+    `required_attributes` (a policy's key_attributes) says what the key's attributes must read back
+    as, over smki's own requirement; a key that differs is destroyed and the run refused.
 
     With `audit_key`, the run ends with a checkpoint it signs; when `audit_key` is the key being
     generated, the new key signs that checkpoint itself (its token holds no anchor yet to check).
@@ -57,15 +68,19 @@ def generate_key(state: Path | str, key: KeyRef, pin: PinSource | str | None, *,
     try:
         audit = open_audit_trail(connection, None if audits_itself else audit_key, audit_pin)
         with AuditedOperation(audit, actor, Operation.GENERATE_KEY, {"key_uri": key.uri}) as operation:
-            session = open_session(key.module, key.token_label, _pin_value(pin, key), rw=True)
+            session = open_session(key.module, key.token_label, _pin_value(pin, key), rw=True, serial=key.token_serial)
             public_object, private_object = generate_p256_key_pair(session, key.key_label, key.key_id)
             public_key = public_key_of(public_object)
-            if audits_itself:
-                operation.audit.signer = Pkcs11Signer(private_object, public_key)
             attributes = read_attributes(private_object)
             generated = GeneratedKey(key, public_key, key_identifier(public_key).hex().upper(), attributes.as_json(),
-                                     tuple(attributes.violations()))
+                                     tuple(attributes.violations(required_attributes)))
             operation.subject["subject_key_identifier"] = generated.subject_key_identifier
+            if generated.violations:
+                destroy_key_pair(public_object, private_object)
+                raise HsmError(f"key {key.key_label!r} read back with attributes the policy forbids "
+                               f"({', '.join(generated.violations)}); it was destroyed, nothing generated")
+            if audits_itself:
+                operation.audit.signer = Pkcs11Signer(private_object, public_key)
             with transaction(connection):
                 operation.audit.append(operation.success_entry({"attributes": generated.attributes,
                                                                 "violations": list(generated.violations)}))

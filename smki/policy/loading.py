@@ -2,25 +2,25 @@
 cross-field rules. Every error names file, line and field in one line, e.g.
 
     policies/device.yaml:42: eligibility.per_device_cap: 'many' is not of type 'integer'
+
+A policy is a file, or a policy smki ships, named `builtin:organisation` or `builtin:device` (smki.shipped).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from smki.errors import BadInputError
-from smki.files import YamlError, read_yaml
+from smki.files import YamlError, parse_yaml, read_yaml
+from smki.shipped import builtin_name, builtin_policy, builtin_policy_bytes, policy_schema
 
 if TYPE_CHECKING:
     import jsonschema
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "policies" / "policy.schema.json"
-
 
 class PolicyError(BadInputError):
     """A policy file that cannot be used; the message is `file:line: field: what is wrong`."""
@@ -52,27 +52,40 @@ def _line(lines: dict, path: tuple) -> int:
 
 
 def schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    return policy_schema()
 
 
-def read_policy_document(path: Path) -> tuple[dict, dict, bytes]:
-    """(data, line map, file bytes) of a policy file that is valid YAML and valid under the schema."""
-    return read_validated_yaml(path, schema(), PolicyError, "a policy is a mapping of RFC 3647 sections")
+def policy_reference(reference: Path | str) -> Path | str:
+    """What a policy is called in messages and records: the file's path, or `builtin:NAME` for a shipped policy."""
+    kind = builtin_policy(reference)
+    return Path(reference) if kind is None else builtin_name(kind)
 
 
-def read_validated_yaml(path: Path, document_schema: dict, error: type[BadInputError], shape: str,
-                        what: str = "policy") -> tuple[dict, dict, bytes]:
+def read_policy_document(path: Path | str) -> tuple[dict, dict, bytes]:
+    """(data, line map, file bytes) of a policy file (or `builtin:NAME`) that is valid YAML and valid under the schema."""
+    kind = builtin_policy(path)
+    return read_validated_yaml(path, schema(), PolicyError, "a policy is a mapping of RFC 3647 sections",
+                               raw=None if kind is None else builtin_policy_bytes(kind))
+
+
+def read_validated_yaml(path: Path | str, document_schema: dict, error: type[BadInputError], shape: str,
+                        what: str = "policy", raw: bytes | None = None,
+                        before_schema: Callable[[dict, dict], None] | None = None) -> tuple[dict, dict, bytes]:
     """(data, line map, file bytes) of a YAML file (duplicate keys refused) valid under `document_schema`;
-    anything else raises `error` as `file:line: field: what is wrong`."""
-    path = Path(path)
+    anything else raises `error` as `file:line: field: what is wrong`. With `raw`, those bytes (a file
+    shipped in the package) are checked, and `path` only names them. `before_schema(data, line map)` runs
+    first: for checks whose values the schema's messages must not repeat (a secret written in the file)."""
+    path = Path(path) if raw is None else path
     try:
-        document = read_yaml(path, what)
+        document = read_yaml(path, what) if raw is None else parse_yaml(raw, path)
     except YamlError as exc:
         raise error(str(exc)) from None
     node, data, raw = document.node, document.data, document.raw
     if node is None or not isinstance(data, dict):
         raise error(f"{path}:1: (document): {shape}")
     lines = _line_map(node)
+    if before_schema is not None:
+        before_schema(data, lines)
     import jsonschema  # here, not at the top: a command that never reads a policy or ceremony file does not pay for it
 
     validator = jsonschema.Draft202012Validator(document_schema)

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from smki.errors import BadInputError, RefusedError
 from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, PolicyKind, RemotePartyRole
-from smki.policy.loading import PolicyError, _field, _line, read_policy_document, sha256_of
+from smki.policy.loading import PolicyError, _field, _line, policy_reference, read_policy_document, sha256_of
 from smki.profiles import (DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
                            RootCertificateParams, Validity, ca_name)
 from smki.profiles.crl import REASON_CODES
@@ -79,7 +79,7 @@ class CaProfile:
 
 @dataclass(frozen=True)
 class CertificatePolicy:
-    path: Path
+    path: Path | str  # the file, or `builtin:NAME` for a policy smki ships
     hierarchy: PolicyKind  # the policy file's identification.kind
     name: str
     version: str
@@ -249,7 +249,7 @@ class CertificatePolicy:
             raise PolicyRefusal("1.2 identification", f"{self.path} is the {self.hierarchy} policy, not the {hierarchy} policy")
 
 
-def _cross_field_rules(path: Path, document: dict, lines: dict) -> None:
+def _cross_field_rules(path: Path | str, document: dict, lines: dict) -> None:
     """Rules a schema cannot state: thresholds within custodians, a leaf inside its issuer."""
     def fail(where: tuple, message: str) -> None:
         raise PolicyError(f"{path}:{_line(lines, where)}: {_field(where)}: {message}")
@@ -277,9 +277,10 @@ def _cross_field_rules(path: Path, document: dict, lines: dict) -> None:
             fail(pair_path, str(exc))
 
 
-def load_policy(path: Path) -> CertificatePolicy:
-    """Read, validate (schema and cross-field rules) and type a policy file."""
-    path = Path(path)
+def load_policy(path: Path | str) -> CertificatePolicy:
+    """Read, validate (schema and cross-field rules) and type a policy file, or the shipped policy
+    `builtin:organisation` / `builtin:device` names (its SHA-256 is of the shipped bytes, as for a file)."""
+    path = policy_reference(path)
     document, lines, raw = read_policy_document(path)
     _cross_field_rules(path, document, lines)
     identification = document["identification"]

@@ -38,7 +38,7 @@ from smki.times import start_of_validity, utc_now
 from smki.profiles.files import read_certificate
 from smki.profiles.lint import pre_issuance_check
 from smki.root import ceremony as ceremonies
-from smki.root.ceremony_file import load_ceremony
+from smki.root.ceremony_file import CeremonyKind, load_ceremony
 from smki.root.checks import IssuingAuthorityKey, issuing_authority_key, revocable_record
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
@@ -74,7 +74,7 @@ class RootAuthority:
     """
 
     def __init__(self, state: Path | str, *, certificate: x509.Certificate | Path | None = None, key: KeyRef | None = None,
-                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | None = None,
+                 pin: PinSource | str | None = None, policy: CertificatePolicy | Path | str | None = None,
                  environment: Environment | str | None = None, actor: str = "operator",
                  audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None) -> None:
         self.state, self.actor, self.key = state, actor, key
@@ -99,18 +99,22 @@ class RootAuthority:
         return {"ceremony": ceremony.ceremony_kind, "name": ceremony.name, "sha256": ceremony.sha256, "authority": ceremony.authority,
                 "policy": policy.identity, "custody": dict(zip(("threshold", "custodians"), policy.custody("root"))),
                 "custodians": list(ceremony.custodians), "token": ceremony.hsm.token, "key": ceremony.hsm.key.label,
+                **({"token_setup": ceremony.hsm.setup.value} if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY else {}),
                 "outputs": [str(path) for path in ceremony.outputs()]}
 
     @staticmethod
-    def run_ceremony(ceremony_file: Path, *, operator: str | None = None, passphrase: Passphrases | None = None) -> CeremonyTranscript:
+    def run_ceremony(ceremony_file: Path, *, operator: str | None = None, passphrase: Passphrases | None = None,
+                     vendor_pin: PinSource | str | None = None) -> CeremonyTranscript:
         """Run a ceremony file (see smki/root/ceremony.py); return its transcript (a dict), also written
-        beside the outputs. `operator` defaults to $USER; custodians not given a passphrase are prompted."""
+        beside the outputs. `operator` defaults to $USER; custodians not given a passphrase are prompted.
+        `vendor_pin`: the PIN the vendor set, for a root-key ceremony that takes over its token (prompted otherwise)."""
         ceremony = load_ceremony(ceremony_file)
-        transcript = ceremonies.run_ceremony(ceremony, operator=operator, passphrase=_passphrase_reader(passphrase))
+        transcript = ceremonies.run_ceremony(ceremony, operator=operator, passphrase=_passphrase_reader(passphrase),
+                                             vendor_pin=PinSource.hidden(vendor_pin))
         return CeremonyTranscript(transcript, (ceremony.transcript, ceremony.transcript.with_suffix(".txt")))
 
     # -- outside a ceremony -------------------------------------------------------------------------
-    def adopt_policy(self, policy: CertificatePolicy | Path | None = None) -> dict:
+    def adopt_policy(self, policy: CertificatePolicy | Path | str | None = None) -> dict:
         """Adopt `policy` (default: the authority's own) in this root's state, as `smki policy adopt` does."""
         with self._operation(Operation.ADOPT_POLICY) as operation:
             policy = self._load_policy(policy)

@@ -7,6 +7,19 @@ check that the HSM key is the issuer certificate's key; read the key's attribute
 lint the draft; sign in the HSM; verify the result; record it in the root's own state
 (its SQLite store and audit trail) in one transaction; then write the outputs and a
 transcript for the witnesses to sign. A refusal before signing leaves nothing behind.
+
+A root-key ceremony's token comes to be in one of two ways (the file's `hsm.setup`):
+
+- create: smki creates a SoftHSM token whose SO and user PINs derive from the new secret; a failed
+  ceremony deletes it.
+- take-over: a token the HSM vendor's tool initialised, which must be empty. The ceremony logs in
+  once with the PIN the vendor set (typed at the ceremony, never written), and only after the
+  custodians have chosen their passphrases replaces it with C_SetPIN by a user PIN derived from the
+  new secret. The SO PIN stays the vendor's (the token's security officer keeps it: smki never
+  learns it), which is also the token's last resort: an SO can always set a new user PIN (C_InitPIN).
+  A wrong vendor PIN is refused before anything changes. A ceremony that fails after C_SetPIN gives
+  the token back as it found it: every object it made destroyed, the vendor's PIN set again; if even
+  that fails, the message says what state the token is in.
 """
 
 from __future__ import annotations
@@ -21,28 +34,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pkcs11.exceptions as p11x
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smki.audit.trail import AuditEntry, AuditTrail, key_id_of
 from smki.operations.names import Operation
-from smki.root.ceremony_file import Ceremony, CeremonyKind
+from smki.root.ceremony_file import Ceremony, CeremonyKind, TokenSetup
 from smki.root.checks import request_file_public_key, revocable_record
 from smki.operations.audited import open_state
 from smki.identifiers import CertificateType, ListType, PolicyKind
 from smki.operations.lists import signed_list
 from smki.operations.records import record_for
-from smki.errors import BadInputError, HsmError, RefusedError, SmkiError
+from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
 from smki.files import refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.anchor import TokenHeadAnchor
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
-from smki.hsm.keys import KeyAttributes, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes
-from smki.hsm.session import close_all, open_session
+from smki.hsm.keys import (KeyAttributes, destroy_token_objects, find_key_pair, generate_p256_key_pair, public_key_of, read_attributes,
+                           token_object_count)
+from smki.hsm.pins import PinSource, SourceKind
+from smki.hsm.session import close_all, module_is_softhsm, open_session, reload_module
 from smki.hsm.signer import Pkcs11Signer, require_key_of
 from smki.hsm.softhsm import delete_token, init_token
-from smki.hsm.store_lock import is_softhsm
 from smki.policy import PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adopted, require_adopted
 from smki.policy.model import CertificatePolicy
@@ -64,11 +79,21 @@ log = logging.getLogger(__name__)
 PassphraseSource = Callable[[str, str], str]
 
 
+@dataclass(frozen=True)
+class _TakenOver:
+    """A taken-over token's two user PINs, held only while the ceremony runs: to give the token back if it fails."""
+
+    vendor_pin: str = field(repr=False)
+    new_pin: str = field(repr=False)
+
+
 @dataclass
 class _Run:
     ceremony: Ceremony
     operator: str
     passphrase: PassphraseSource
+    vendor_pin: PinSource | None = None  # take-over only: where the PIN the vendor set comes from
+    taken_over: _TakenOver | None = None  # set once C_SetPIN has replaced the vendor's PIN
     started: datetime = field(default_factory=utc_now)
     custodians_present: list[str] = field(default_factory=list)
     key_attributes: list[dict] = field(default_factory=list)
@@ -90,23 +115,75 @@ def _custody(run: _Run) -> tuple[int, int]:
 
 
 def _new_root_token(run: _Run) -> str:
-    """root-key: a random token secret, split among every custodian; the token made with its PINs."""
+    """root-key: a random token secret, split among every custodian; the token made (or taken over) with its PINs."""
     ceremony = run.ceremony
     threshold, custodians = _custody(run)
     if len(ceremony.custodians) != custodians:
         raise PolicyRefusal("6.2.2 custody", f"the policy requires {custodians} custodians for a root key; the ceremony names {len(ceremony.custodians)}")
-    if not is_softhsm(ceremony.hsm.module):
-        raise HsmError(f"{ceremony.hsm.module}: initialise token {ceremony.hsm.token!r} with the HSM vendor's tool; smki initialises SoftHSM tokens only")
+    if ceremony.hsm.setup is TokenSetup.TAKE_OVER:
+        return _take_over_token(run, threshold, custodians)
+    if not module_is_softhsm(ceremony.hsm.module):
+        raise HsmError(f"{ceremony.hsm.module} is not SoftHSM: smki creates SoftHSM tokens only; initialise token {ceremony.hsm.token!r} "
+                       "with the HSM vendor's tool and take it over (hsm.setup: take-over in the ceremony file)")
+    secret = _split_new_secret(run, threshold, custodians)
+    pins = activation.TokenPins.from_secret(secret)
+    init_token(ceremony.hsm.token, pins.so_pin, pins.user_pin)
+    reload_module(ceremony.hsm.module)  # SoftHSM reads its tokens at C_Initialize: this process must see the new one
+    return pins.user_pin
+
+
+def _split_new_secret(run: _Run, threshold: int, custodians: int) -> bytes:
+    """A new random token secret, split among every custodian (their shares are the ceremony's outputs)."""
+    ceremony = run.ceremony
     passphrases = {name: run.passphrase(name, "choose a passphrase for your new share") for name in ceremony.custodians}
     secret = activation.new_token_secret()
     shares = activation.split_secret(ceremony.authority, secret, threshold, passphrases)
-    pins = activation.TokenPins.from_secret(secret)
-    init_token(ceremony.hsm.token, pins.so_pin, pins.user_pin)
     for share in shares:
         run.output(ceremony.share_file(share.custodian), share.to_json(), f"custodian share ({share.custodian})", 0o600)
     run.custodians_present = sorted(ceremony.custodians)
     run.facts["custody"] = {"threshold": threshold, "custodians": custodians}
-    return pins.user_pin
+    return secret
+
+
+def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
+    """An empty token the vendor initialised: its user PIN replaced (C_SetPIN) by one derived from the new secret."""
+    hsm = run.ceremony.hsm
+    source = run.vendor_pin or PinSource(SourceKind.PROMPT, option="--vendor-pin-source")
+    vendor_pin = source.read(f"the user PIN the vendor set on token {hsm.token}")
+    session = open_session(hsm.module, hsm.token, vendor_pin, rw=True, serial=hsm.serial)  # a wrong PIN is refused here
+    held = token_object_count(session)
+    if held:
+        raise ConflictError(f"token {hsm.token!r} holds {held} object(s): a root key goes into an empty token "
+                            "(clear or initialise it with the vendor's tool); nothing changed")
+    secret = _split_new_secret(run, threshold, custodians)  # the passphrases first: a custodian who stops here changes nothing
+    new_pin = activation.TokenPins.from_secret(secret).user_pin
+    try:
+        session.set_pin(vendor_pin, new_pin)
+    except p11x.PKCS11Error as exc:
+        raise HsmError(f"token {hsm.token!r} refused the new user PIN (C_SetPIN: {type(exc).__name__}); its PIN is unchanged") from None
+    run.taken_over = _TakenOver(vendor_pin, new_pin)
+    close_all()  # logs out: the ceremony logs in again with the new PIN, which proves the token took it
+    run.facts["token"] = {"setup": TokenSetup.TAKE_OVER.value, "user_pin": "replaced (C_SetPIN) by one derived from the custodians' secret",
+                          "so_pin": "unchanged: the vendor's, held by the token's security officer (smki never learns it)"}
+    return new_pin
+
+
+def _give_back(run: _Run, error: BaseException) -> None:
+    """A taken-over token after a failed ceremony: its objects destroyed and the vendor's PIN set again.
+
+    Raises HsmError saying what state the token is in when that cannot be done."""
+    hsm, taken = run.ceremony.hsm, run.taken_over
+    close_all()
+    try:
+        session = open_session(hsm.module, hsm.token, taken.new_pin, rw=True, serial=hsm.serial)
+        destroy_token_objects(session)
+        session.set_pin(taken.new_pin, taken.vendor_pin)
+    except (SmkiError, p11x.PKCS11Error) as exc:
+        raise HsmError(f"{error}; and token {hsm.token!r} could not be given back ({exc or type(exc).__name__}): it may hold "
+                       "this ceremony's keys and its user PIN is the one derived from the custodians' secret, which was not "
+                       "written; its security officer can set a new user PIN with the SO PIN (C_InitPIN)") from None
+    finally:
+        close_all()
 
 
 def _presented_pin(run: _Run) -> str:
@@ -167,7 +244,7 @@ def _audit_signer(run: _Run, session) -> Pkcs11Signer:
 def _head_anchor(ceremony: Ceremony) -> TokenHeadAnchor:
     """Where the root's trail head is anchored: beside its audit key, in the root's token."""
     spec = ceremony.hsm.audit_key
-    return TokenHeadAnchor(ceremony.hsm.module, ceremony.hsm.token, spec.label, spec.key_id)
+    return TokenHeadAnchor(ceremony.hsm.module, ceremony.hsm.token, spec.label, spec.key_id, ceremony.hsm.serial)
 
 
 def _root_and_signer(run: _Run, session, role: str) -> tuple[x509.Certificate, Pkcs11Signer]:
@@ -331,7 +408,8 @@ def _transcript(run: _Run) -> dict:
         "custodians_present": run.custodians_present,
         "policy": run.policy.identity,
         "environment": ceremony.environment.value,
-        "hsm": {"module": ceremony.hsm.module, "token": ceremony.hsm.token},
+        "hsm": {"module": ceremony.hsm.module, "token": ceremony.hsm.token, "serial": ceremony.hsm.serial or None,
+                **({"setup": ceremony.hsm.setup.value} if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY else {})},
         "key_attributes": run.key_attributes,
         "checks": run.checks,
         "facts": run.facts,
@@ -345,7 +423,11 @@ def _transcript_text(transcript: dict) -> str:
              f"date {transcript['date']}   operator {transcript['operator']}   authority {transcript['authority']}",
              f"ceremony file {transcript['ceremony']['file']}  sha256 {transcript['ceremony']['sha256']}",
              f"policy {transcript['policy']['name']} {transcript['policy']['version']}  sha256 {transcript['policy']['sha256']}",
-             f"custodians present: {', '.join(transcript['custodians_present'])}", "", "HSM key attributes read back:"]
+             f"custodians present: {', '.join(transcript['custodians_present'])}",
+             f"HSM: token {transcript['hsm']['token']} in {transcript['hsm']['module']}"
+             + (f", set up by {transcript['hsm']['setup']}" if "setup" in transcript["hsm"] else ""),
+             *(f"  {name.replace('_', ' ')}: {what}" for name, what in transcript["facts"].get("token", {}).items() if name != "setup"),
+             "", "HSM key attributes read back:"]
     for key in transcript["key_attributes"]:
         flags = ", ".join(f"{name.upper()}={key[name]}" for name in ("local", "never_extractable", "sensitive", "always_sensitive", "extractable"))
         lines.append(f"  {key['role']}: {key['label']} id {key['key_id']}: {flags}")
@@ -361,11 +443,16 @@ _CEREMONIES = {CeremonyKind.ROOT_KEY: _root_key, CeremonyKind.ISSUING_CA: _issui
                CeremonyKind.CONTINGENCY_RECOVERY: _contingency_recovery}
 
 
-def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase: PassphraseSource | None = None) -> dict:
-    """Run the ceremony; return its transcript (also written with the outputs)."""
+def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase: PassphraseSource | None = None,
+                 vendor_pin: PinSource | None = None) -> dict:
+    """Run the ceremony; return its transcript (also written with the outputs). `vendor_pin`: where the
+    PIN the vendor set comes from, for a root-key ceremony that takes over its token (prompted otherwise)."""
+    if vendor_pin is not None and ceremony.hsm.setup is not TokenSetup.TAKE_OVER:
+        raise BadInputError(f"{vendor_pin.option} is for a root-key ceremony that takes over its token (hsm.setup: take-over); "
+                            f"{ceremony.path} does not")
     for path in ceremony.outputs():
         refuse_existing(path)
-    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt)
+    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt, vendor_pin)
     run.policy = load_policy(ceremony.policy)
     log.info("ceremony %s (%s) for %s: outputs checked, policy %s version %s", ceremony.name, ceremony.ceremony_kind.value,
              ceremony.authority, run.policy.name, run.policy.version)
@@ -383,7 +470,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
             require_adopted(connection, run.policy)
             pin = _presented_pin(run)
         log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
-        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys)
+        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
         del pin
         audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
         audit.anchor = _head_anchor(ceremony)
@@ -400,11 +487,14 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
                  len(run.revocations))
         audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
     except BaseException as error:
+        token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
         if isinstance(error, SmkiError):
             _record_refusal(run, connection, audit, error, signed=not created_token)
         close_all()
-        if created_token:
+        if token_is_new:
             delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
+        elif run.taken_over is not None:
+            _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
         raise
     finally:
         close_all()

@@ -2,16 +2,16 @@
 
 In the spirit of Let's Encrypt's ceremony tool: everything a ceremony does is written down
 beforehand, reviewed, and its digest goes into the transcript. This module only reads and
-checks the file (schema `ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
+checks the file (schema `smki/data/ceremonies/ceremony.schema.json`, duplicate keys refused, errors as
 `file:line: field: what is wrong`) and turns it into a typed `Ceremony`; running it is
-`smki.root.ceremony`. Paths in the file are relative to the file.
+`smki.root.ceremony`. Paths in the file are relative to the file; its `policy:` may instead name a
+policy smki ships (`builtin:organisation`, `builtin:device`), which is what the shipped examples do.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,9 @@ from pathlib import Path
 from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
-from smki.policy.loading import read_validated_yaml
+from smki.policy.loading import _line, read_validated_yaml
+from smki.shipped import builtin_policy, ceremony_schema
 from smki.times import parse_utc
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "ceremonies" / "ceremony.schema.json"
 
 
 class CeremonyKind(enum.StrEnum):
@@ -38,6 +37,13 @@ class CeremonyKind(enum.StrEnum):
     def writes_keys(self) -> bool:
         """Does the ceremony create keys on the token (so opens a read-write session)?"""
         return self in (CeremonyKind.ROOT_KEY, CeremonyKind.ROOT_REKEY)
+
+
+class TokenSetup(enum.StrEnum):
+    """How a root-key ceremony's token comes to be (the file's `hsm.setup`)."""
+
+    CREATE = "create"  # smki creates a SoftHSM token; its SO and user PINs derive from the custodians' secret
+    TAKE_OVER = "take-over"  # a token the vendor's tool initialised: its user PIN is replaced, its SO PIN kept
 
 
 class CeremonyFileError(BadInputError):
@@ -56,6 +62,8 @@ class HsmSpec:
     token: str
     key: KeySpec
     audit_key: KeySpec  # signs the root's audit checkpoints; lives beside the root key
+    setup: TokenSetup = TokenSetup.CREATE  # root-key ceremonies only
+    serial: str = ""  # the token's serial number, when its label does not single it out
 
 
 # The audit key a ceremony file need not name: `<authority>-audit`, CKA_ID 02 (as the Issuing Authorities' audit keys).
@@ -91,7 +99,7 @@ class Ceremony:
     sha256: str
     name: str
     authority: str
-    policy: Path
+    policy: Path | str  # a file, or `builtin:NAME` for a policy smki ships
     environment: Environment
     state: Path
     witnesses: tuple[str, ...]
@@ -133,12 +141,25 @@ def _date(text: str, path: Path, field: str) -> datetime:
         raise CeremonyFileError(str(exc)) from None
 
 
+def _policy(reference: str, path: Path, lines: dict, here) -> Path | str:
+    """The ceremony's policy: `builtin:NAME` as it stands, a file relative to the ceremony file."""
+    try:
+        kind = builtin_policy(reference)
+    except BadInputError as exc:
+        raise CeremonyFileError(f"{path}:{_line(lines, ('policy',))}: policy: {exc}") from None
+    return here(reference) if kind is None else reference
+
+
 def load_ceremony(path: Path) -> Ceremony:
     path = Path(path)
-    data, _, raw = read_validated_yaml(path, json.loads(SCHEMA_PATH.read_text()), CeremonyFileError,
-                                       "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
+    data, lines, raw = read_validated_yaml(path, ceremony_schema(), CeremonyFileError,
+                                           "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
+    if "setup" in data["hsm"] and data["ceremony"] != CeremonyKind.ROOT_KEY:
+        raise CeremonyFileError(f"{path}:{_line(lines, ('hsm', 'setup'))}: hsm.setup: only a root-key ceremony sets up its token "
+                                f"(this is a {data['ceremony']} ceremony)")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
+    policy = _policy(data["policy"], path, lines, here)
     custodians = data["custodians"]
     certificate = data.get("certificate")
     certificate_spec = None
@@ -150,11 +171,12 @@ def load_ceremony(path: Path) -> Ceremony:
     subject = data.get("subject", {})
     return Ceremony(
         ceremony_kind=CeremonyKind(data["ceremony"]), path=path, sha256=hashlib.sha256(raw).hexdigest(), name=data["name"], authority=data["authority"],
-        policy=here(data["policy"]), environment=Environment.parse(data["environment"]), state=here(data["state"]),
+        policy=policy, environment=Environment.parse(data["environment"]), state=here(data["state"]),
         witnesses=tuple(data.get("witnesses", ())), transcript=here(data["transcript"]),
         hsm=HsmSpec(data["hsm"].get("module") or default_module_path(), data["hsm"]["token"], _key(data["hsm"]["key"]),
                     _key(data["hsm"]["audit_key"]) if data["hsm"].get("audit_key")
-                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID)),
+                    else KeySpec(f"{data['authority']}-audit", DEFAULT_AUDIT_KEY_ID),
+                    TokenSetup(data["hsm"].get("setup", TokenSetup.CREATE)), data["hsm"].get("token_serial", "")),
         custodians=tuple(custodians.get("names") or custodians.get("present")), shares=here(custodians["shares"]),
         certificate=certificate_spec,
         contingency=ContingencySpec(_key(contingency["key"]), _key(contingency["wrapping_key"]), bool(contingency.get("critical", False)))

@@ -303,7 +303,7 @@ def connect(url: str, *, create: bool, migrate: Callable[[Any], int]) -> Postgre
     try:
         import psycopg
     except ImportError:
-        raise BadInputError(f"{redact(url)}: PostgreSQL needs the psycopg package (pip install 'psycopg[binary]')") from None
+        raise BadInputError(f"{redact(url)}: PostgreSQL needs the psycopg package: pip install 'smki[postgres]'") from None
     try:
         raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory)
     except psycopg.Error as exc:

@@ -30,9 +30,11 @@ from smki.operations.keys import generate_key
 from smki.operations.values import parsed
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import CertificatePolicy, Environment, load_policy
+from smki.policy.loading import policy_reference
 from smki.profiles.lint import Finding, lint_certificate
 from smki.profiles.pathvalidation import PathResult, validate_path
 from smki.root.authority import RootAuthority
+from smki.shipped import builtin_name
 from smki.testing import csr
 from smki.testing.softhsm import SoftHsmStore, TestToken
 
@@ -49,14 +51,9 @@ def authority_name(level: str, hierarchy: Hierarchy | str) -> str:
     return f"{level}-{_SHORT[Hierarchy(hierarchy)]}"
 
 
-def shipped_policy(hierarchy: Hierarchy) -> Path:
-    """The Certificate Policy file smki ships for a hierarchy (policies/<kind>.yaml)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "policies", package.parent / "policies"):  # inside the package, or beside it in a checkout
-        path = candidate / f"{hierarchy.value}.yaml"
-        if path.is_file():
-            return path
-    raise BadInputError(f"the shipped {hierarchy.value} policy was not found; give its file (TestPKI.create(..., policies=...))")
+def shipped_policy(hierarchy: Hierarchy | str) -> str:
+    """The Certificate Policy smki ships for a hierarchy, as every command and actor names it: `builtin:<kind>`."""
+    return builtin_name(Hierarchy(hierarchy))
 
 
 @dataclass(frozen=True)
@@ -133,7 +130,7 @@ class _Ca:
     """One hierarchy's two authorities: states, keys, certificates, policy."""
 
     hierarchy: Hierarchy
-    policy: Path
+    policy: Path | str  # a file, or `builtin:NAME`
     root_state: Path
     issuing_state: Path
     root: RootAuthority
@@ -184,13 +181,13 @@ class TestPKI:
 
     @classmethod
     def create(cls, directory: Path | str | None = None, *, token: TestToken | None = None,
-               policies: dict[Hierarchy | str, Path] | None = None, environment: Environment | str = Environment.TEST,
+               policies: dict[Hierarchy | str, Path | str] | None = None, environment: Environment | str = Environment.TEST,
                not_before: datetime | None = None) -> "TestPKI":
         """Make the whole PKI in `directory` (a new temporary one, removed on close, when None).
 
         `token`: the SoftHSM token for the four CA keys (default: this process's token in its SoftHSM
         store, see smki.testing.softhsm; each PKI has its own keys on it). `policies`: per hierarchy, the Certificate Policy
-        file (default: the shipped ones). `not_before`: the CA certificates' start (default: today).
+        file or `builtin:NAME` (default: the shipped ones, `builtin:organisation` and `builtin:device`). `not_before`: the CA certificates' start (default: today).
         """
         remove = directory is None
         directory = Path(tempfile.mkdtemp(prefix="smki-test-pki-") if directory is None else directory).resolve()
@@ -198,7 +195,7 @@ class TestPKI:
         try:
             environment = environment if isinstance(environment, Environment) else Environment.parse(environment)
             token = token or SoftHsmStore.for_process().shared_token()
-            chosen = {Hierarchy(key): Path(value) for key, value in (policies or {}).items()}
+            chosen = {Hierarchy(key): policy_reference(value) for key, value in (policies or {}).items()}
             librarian = Librarian(directory / "repository.db", actor=ACTOR)
             cas = {hierarchy: cls._build_hierarchy(directory, token, hierarchy, chosen.get(hierarchy) or shipped_policy(hierarchy),
                                                    environment, not_before, librarian)
@@ -210,7 +207,7 @@ class TestPKI:
         return cls(directory, token, cas, librarian, environment, remove_directory=remove)
 
     @staticmethod
-    def _build_hierarchy(directory: Path, token: TestToken, hierarchy: Hierarchy, policy: Path, environment: Environment,
+    def _build_hierarchy(directory: Path, token: TestToken, hierarchy: Hierarchy, policy: Path | str, environment: Environment,
                          not_before: datetime | None, librarian: Librarian) -> _Ca:
         """Keys, states with the policy adopted, the root self-signed, the Issuing Authority certified; both lodged."""
         short = _SHORT[hierarchy]
@@ -270,7 +267,8 @@ class TestPKI:
     def issuing_dca(self) -> IssuingAuthority:
         return self._cas[Hierarchy.DEVICE].issuing
 
-    def policy_file(self, hierarchy: Hierarchy | str) -> Path:
+    def policy_file(self, hierarchy: Hierarchy | str) -> Path | str:
+        """The hierarchy's policy, as `--policy` takes it: its file, or `builtin:NAME` for a shipped one (the default)."""
         return self._cas[Hierarchy(hierarchy)].policy
 
     def state(self, authority: str) -> Path:
