@@ -165,6 +165,26 @@ def test_the_python_api_takes_dry_run_too(pki):
     assert after["tables"]["revocations"] == before["tables"]["revocations"]
 
 
+def test_a_dry_run_takes_its_settings_from_a_configuration_file(pki, tmp_path):
+    authority = authority_name("issuing", ORG)
+    config = tmp_path / "issuing-oca.yaml"
+    config.write_text(f"""kind: issuing-oca
+authority: issuing-oca
+hsm:
+  key_uri: "{pki.key(authority).uri}"
+  pin_source: env:{PIN_ENV}
+state: {pki.state(authority)}
+policy: {pki.policy_file(ORG)}
+environment: test
+issuer_certificate: {pki.certificate_file(authority)}
+""")
+    (tmp_path / "req.csr").write_bytes(f.organisation_csr(eui64="90B3D51F30040000", role="02"))
+    before = snapshot(pki, ORG)
+    dry = json.loads(smki("ca", "issue-org", "--config", str(config), "--requester", "supplier", "--not-before", "2026-02-01",
+                          "--out", str(tmp_path / "o.pem"), "--dry-run", "--json", str(tmp_path / "req.csr")).stdout)
+    assert dry["dry_run"] is True and snapshot(pki, ORG) == before and not (tmp_path / "o.pem").exists()
+
+
 def test_a_dry_run_says_so_in_its_text_output(pki, tmp_path):
     result = smki(*cert_organisation(pki, public_key_file(tmp_path), tmp_path / "o.pem"), "--dry-run")
     assert result.stdout.startswith("dry run: would write") and "nothing signed, recorded or written" in result.stdout
