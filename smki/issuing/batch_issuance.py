@@ -45,7 +45,7 @@ from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
 from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
-                                known_subject_keys, record_outcomes, register_batch)
+                                known_subject_keys, record_outcomes, recorded_batch, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange
@@ -368,6 +368,7 @@ def check_batch(connection, actor: str, plan: BatchPlan, template: DeviceCertifi
     started = time.perf_counter()
     usages = _batch_checks(plan, template)
     batch_id = plan.batch.batch_id
+    recorded_batch(connection, batch_id, issuer_key_id)  # refused as register_batch refuses it: another issuer's batch
     answered = answered_names(connection, batch_id)
     summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
     totals: dict[str, int] = {}
