@@ -84,6 +84,11 @@ step "smki ceremony examples, then smki ceremony check of a copy"
 checked examples "$SMKI" ceremony examples ceremonies
 checked ceremony-check "$SMKI" ceremony check ceremonies/root-oca.yaml
 
+step "without the postgres extra, a postgresql:// URL names it (exit 3)"
+status=0; "$SMKI" audit show --db postgresql://smki@localhost/none >"$WORK/logs/no-psycopg" 2>&1 || status=$?
+[ "$status" -eq 3 ] && grep -q "pip install 'smki\[postgres\]'" "$WORK/logs/no-psycopg" && ! grep -q Traceback "$WORK/logs/no-psycopg" \
+  || { cat "$WORK/logs/no-psycopg" >&2; fail "a postgresql:// URL without psycopg: exit $status"; }
+
 step "a private SoftHSM store, a token, a test PKI (smki.testing)"
 checked softhsm-conf "$SMKI" hsm softhsm-conf hsm
 export SOFTHSM2_CONF="$WORK/empty/hsm/softhsm2.conf"
@@ -102,11 +107,21 @@ with TestPKI.create(Path("pki"), token=token) as pki:
     print("issuing-oca state", pki.state("issuing-oca"), "certificate", pki.certificate_file("issuing-oca"))
 PY
 
-# Everything that names the Issuing OCA to `smki ca issue-org`, in one place (a --config file can replace it).
-ISSUING_OCA=(--key-uri "$(cat issuing-oca.key-uri)" --pin-source env:WHEEL_CHECK_PIN --state pki/issuing-oca
-             --policy builtin:organisation --environment test --issuer-cert pki/certificates/issuing-oca.pem)
-step "smki ca issue-org: one Organisation Certificate"
-checked issue-org "$SMKI" ca issue-org "${ISSUING_OCA[@]}" --requester supplier --out org-supplier.pem supplier.csr
+# The Issuing OCA's configuration file: its key, PIN source, state, policy and certificate, written once.
+cat > issuing-oca.yaml <<CONFIG
+kind: issuing-oca
+hsm:
+  key_uri: "$(cat issuing-oca.key-uri)"
+  pin_source: env:WHEEL_CHECK_PIN
+state: pki/issuing-oca
+policy: builtin:organisation
+environment: test
+issuer_certificate: pki/certificates/issuing-oca.pem
+CONFIG
+step "smki config show --config issuing-oca.yaml ca issue-org"
+checked config-show "$SMKI" config show --config issuing-oca.yaml ca issue-org --requester supplier --out org-supplier.pem supplier.csr
+step "smki ca issue-org --config issuing-oca.yaml: one Organisation Certificate"
+checked issue-org "$SMKI" ca issue-org --config issuing-oca.yaml --requester supplier --out org-supplier.pem supplier.csr
 checked lint-issued "$SMKI" lint --environment test org-supplier.pem
 checked verify-issued openssl verify -CAfile pki/certificates/root-oca.pem -untrusted pki/certificates/issuing-oca.pem org-supplier.pem
 

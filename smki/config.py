@@ -33,10 +33,10 @@ from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_
 from smki.hsm.pins import SOURCE_FORMS, PinSource
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
+from smki.shipped import builtin_policy
 from smki.store.postgres import is_database_url
 
 CONFIG_ENV = "SMKI_CONFIG"
-BUILTIN_PREFIX = "builtin:"
 PIN_SOURCE_KEY = "pin_source"
 # A key whose name says it holds a secret. `pin_source` names where a secret is, not the secret.
 _SECRET_KEY = re.compile(r"(?:^|[_-])(?:pins?|password|passwd|passphrase|secret|api[_-]?key|apikey|private[_-]?key)(?:[_-]|$)", re.I)
@@ -213,8 +213,8 @@ def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
             yield reader.value(Setting.DATABASE, ("database",), database)
     if "policy" in data:
         policy = data["policy"]
-        # A builtin policy is the policy loader's to resolve (and to refuse when it names none).
-        yield reader.value(Setting.POLICY, ("policy",), policy) if policy.startswith(BUILTIN_PREFIX) \
+        # A shipped policy (builtin:NAME) stands as it is; an unknown name is refused here, at its line.
+        yield reader.value(Setting.POLICY, ("policy",), policy) if reader.checked(("policy",), builtin_policy, policy) \
             else reader.input_path(Setting.POLICY, ("policy",), policy)
     if "environment" in data:
         yield reader.value(Setting.ENVIRONMENT, ("environment",), data["environment"])

@@ -190,6 +190,7 @@ def test_a_secret_written_in_the_file_is_refused_and_never_repeated(tmp_path, te
     ("policy: policies/none.yaml\n", ":1: policy: {dir}/policies/none.yaml: no such file"),
     ("state: s\nissuer_certificate: oca.pem\n", ":2: issuer_certificate: {dir}/oca.pem: no such file"),
     ("issuer_certificate: .\n", ":1: issuer_certificate: {dir}: not a file"),
+    ("state: s\npolicy: builtin:nothing\n", ":2: policy: unknown built-in policy 'builtin:nothing' (known: builtin:organisation, builtin:device)"),
 ])
 def test_an_input_that_does_not_exist_is_refused_relative_to_the_file(tmp_path, text, where):
     config = write(tmp_path / "paths.yaml", text)

@@ -115,7 +115,7 @@ def test_vendor_pin_source_is_only_for_a_take_over(tmp_path, hsm_token):
 
 def test_keygen_exits_4_and_destroys_a_key_the_policy_forbids(tmp_path, hsm_token):
     policy = tmp_path / "policy.yaml"
-    original = (Path(__file__).resolve().parents[1] / "policies" / "organisation.yaml").read_text()
+    original = (Path(__file__).resolve().parents[1] / "smki" / "data" / "policies" / "organisation.yaml").read_text()
     policy.write_text(original.replace("derive: false}", "derive: true}"))  # SoftHSM's keys are made sign-only: derive reads back False
     assert policy.read_text() != original
     refused = smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "forbidden", "--key-id", "7e", "--pin-source",
