@@ -62,7 +62,7 @@ run cat issuing-oca.yaml
 run "$SMKI" config show --config issuing-oca.yaml
 
 step "2b. The authorities' tokens, and a P-256 key generated inside each"
-echo "(the roots' tokens are made by their key ceremonies in step 4: their PINs exist only as custodians' shares)"
+echo "(the roots' tokens come in step 4: their PINs exist only as custodians' shares)"
 echo "Each authority keeps its state (issued certificates, audit trail) in state/<authority>/smki.db; the Issuing"
 echo "Authorities also hold an audit key beside their CA key: each operation ends with a checkpoint signed by it."
 audit_uri() { echo "pkcs11:token=$(echo "SMKI-$1" | tr a-z A-Z);object=$1-audit;id=%02"; }
@@ -96,7 +96,16 @@ for custodian in $CUSTODIANS; do
 done
 run "$SMKI" ceremony check ceremonies/root-oca.yaml
 run "$SMKI" ceremony run ceremonies/root-oca.yaml --operator demo-operator $PASSPHRASES
-run "$SMKI" ceremony run ceremonies/root-dca.yaml --operator demo-operator $PASSPHRASES
+echo "(the Root DCA's token is one an HSM vendor's tool initialised, as a real HSM's would be: here made by"
+echo " smki hsm init-token with a 'vendor' PIN. Its ceremony file says setup: take-over: the ceremony logs in"
+echo " once with the vendor's PIN, sets a new random PIN (C_SetPIN) and splits it among the custodians)"
+export DEMO_VENDOR_PIN=$(openssl rand -hex 12)
+run "$SMKI" hsm init-token --label SMKI-ROOT-DCA --so-pin-source env:DEMO_SO_PIN --pin-source env:DEMO_VENDOR_PIN
+sed -i 's/^  token: SMKI-ROOT-DCA$/  token: SMKI-ROOT-DCA\n  setup: take-over/' ceremonies/root-dca.yaml
+run grep -A1 "token: SMKI-ROOT-DCA" ceremonies/root-dca.yaml
+run "$SMKI" ceremony run ceremonies/root-dca.yaml --operator demo-operator --vendor-pin-source env:DEMO_VENDOR_PIN $PASSPHRASES
+echo "(the vendor's PIN no longer opens the Root DCA's token: only 3 of the 5 custodians' shares do)"
+"$SMKI" hsm list --token SMKI-ROOT-DCA --pin-source env:DEMO_VENDOR_PIN || true
 run cat transcripts/root-oca-key.txt
 run ls shares/root-oca
 echo "(running a ceremony again is refused: its outputs exist, and nothing is touched)"
