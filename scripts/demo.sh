@@ -157,6 +157,8 @@ open("supplier-ka.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM)
 PY
 echo "(what the command takes from the file, and from where: FILE:LINE, command line or default)"
 run "$SMKI" config show --config issuing-oca.yaml ca issue-org --requester supplier --out org-supplier-ka.pem supplier-ka.csr
+echo "(a dry run first: every check, the lint of the exact certificate included; nothing signed, recorded or written)"
+run "$SMKI" ca issue-org --config issuing-oca.yaml --requester supplier --out org-supplier-ka.pem --dry-run supplier-ka.csr
 run "$SMKI" ca issue-org --config issuing-oca.yaml --requester supplier --out org-supplier-ka.pem supplier-ka.csr
 SERIAL=$(openssl x509 -in org-supplier-ka.pem -noout -serial | cut -d= -f2)
 run "$SMKI" ca revoke --config issuing-oca.yaml "$SERIAL" --reason keyCompromise
@@ -231,7 +233,8 @@ with zipfile.ZipFile("devices.zip", "w", zipfile.ZIP_DEFLATED) as batch:
     for name, data in requests.items():
         batch.writestr(name, data)
 PY
-run "$SMKI" ca issue-batch --config issuing-dca.yaml --requester supplier --device-type ESME \
+echo "(smki -v logs what the batch does, on stderr)"
+run "$SMKI" -v ca issue-batch --config issuing-dca.yaml --requester supplier --device-type ESME \
   --response devices-response.zip --status devices-status.csv devices.zip
 run head -3 devices-status.csv
 grep -v ',success,' devices-status.csv

@@ -17,6 +17,7 @@ EXIT_BAD_INPUT = 3  # an input file or value is malformed
 EXIT_HSM = 4  # the PKCS#11 module, token, PIN or key is not as required
 EXIT_CONFLICT = 5  # the operation would overwrite or contradict existing state
 EXIT_INTERNAL = 70  # a bug (sysexits EX_SOFTWARE): an exception that is no SmkiError, shown as one line
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report a process SIGINT ended)
 
 
 class SmkiError(Exception):

@@ -228,6 +228,31 @@ def test_a_trail_cut_and_rewritten_to_the_anchored_length_is_refused(anchored_au
     assert f"holds a different entry {anchored_seq}" in result.stderr and not (tmp_path / "crl.pem").exists()
 
 
+def test_a_dry_run_checks_the_anchor_and_signs_no_checkpoint(anchored_authority, hsm_token, tmp_path):
+    """A dry run with the audit key: the anchored head is checked as a real run checks it (a cut trail is
+    refused), and nothing is appended, checkpointed or anchored."""
+    from smki.hsm.config import parse_pkcs11_uri
+
+    d, serials, cut, crl_args, policy, audit_uri = anchored_authority
+    state = copy_state(d, tmp_path)
+    anchor = _anchor(hsm_token, parse_pkcs11_uri(audit_uri))
+    anchored = anchor.load()
+    (tmp_path / "r.csr").write_bytes(csr_factory.organisation_csr(eui64="90B3D51F300300C0"))
+    args = ["ca", "issue-org", "--token", hsm_token.label, "--key-label", "anc-issuing", "--key-id", "ac03", *PIN, "--state", str(state),
+            "--audit-key-uri", audit_uri, "--audit-pin-source", "env:SMKI_TEST_PIN", *policy, "--environment", "test",
+            "--issuer-cert", str(d / "issuing.pem"), "--requester", "supplier", "--not-before", "2026-02-01",
+            "--out", str(tmp_path / "o.pem"), "--dry-run", str(tmp_path / "r.csr")]
+    head = _head(state)
+    assert json.loads(smki(*args, "--json").stdout)["dry_run"] is True
+    with sqlite3.connect(state / "smki.db") as raw:
+        checkpoints = raw.execute("SELECT MAX(seq) FROM audit_checkpoints").fetchone()[0]
+    assert _head(state) == head and checkpoints == head[0] and anchor.load() == anchored and not (tmp_path / "o.pem").exists()
+    _roll_back(state, cut, serials[2:])
+    refused = smki(*args, check=False)
+    one_line(refused, 1)
+    assert f"no longer holds entry {anchored[0]}" in refused.stderr and anchor.load() == anchored
+
+
 def test_an_untampered_state_signs_and_moves_the_anchor(anchored_authority, authority, tmp_path):
     d, serials, cut, crl_args, policy, _ = anchored_authority
     state, anchor = authority

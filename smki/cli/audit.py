@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -142,8 +143,13 @@ def show_command(database, operation, outcome, since, subject, as_json) -> None:
 @click.option("--db", "database", required=True, type=DATABASE, help="An SQLite file or a postgresql:// URL (opened read-only).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The export file (never overwritten).")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), help="The audit public key to include (default: the stored one).")
-def export_command(database, out, public_key) -> None:
-    """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere."""
+@json_option
+def export_command(database, out, public_key, as_json) -> None:
+    """Write a self-contained trail (entries, checkpoints, public key, encoding rules) to verify elsewhere.
+
+    With --json: the file, its SHA-256, how many entries and checkpoints it holds, and its head
+    (SEQ:HASH, as `audit verify` prints it; null for an empty trail).
+    """
     connection = open_database(database, read_only=True, any_schema=True)
     if public_key:
         _key_from_file(public_key)  # one P-256 public key, nothing else, before it goes into the export
@@ -151,5 +157,10 @@ def export_command(database, out, public_key) -> None:
                next(iter(audit_key_pems(connection)), None))
     if not key_pem:
         raise RefusedError("the trail has no checkpoint key yet; give --public-key")
-    write_new_file(out, export_trail(connection, key_pem))
-    click.echo(f"wrote {out}")
+    export = export_trail(connection, key_pem)
+    write_new_file(out, export)
+    document = json.loads(export)
+    entries = document["entries"]
+    emit(as_json, {"file": str(out), "sha256": hashlib.sha256(export).hexdigest(), "entries": len(entries),
+                   "checkpoints": len(document["checkpoints"]), "head": str(ChainHead.of_entries(entries)) if entries else None},
+         lambda d: f"wrote {d['file']}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from smki.cli.configured import ConfiguredGroup
-from smki.cli.cert import emit_issued, issuing_authority, signing_options
+from smki.cli.cert import dry_run_option, emit_issued, issuing_authority, signing_options
 from smki.cli.common import POLICY, POLICY_HELP, SERIAL, emit, json_option, key_options, module_option, pin_source_option, progress, state_option
 from smki.issuing.authority import IssuingAuthority
 
@@ -23,6 +23,7 @@ def ca_group() -> None:
 @signing_options
 @click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing OCA's certificate.")
 @click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
+@dry_run_option
 @click.argument("csr", type=click.Path(dir_okay=False, path_type=Path))
 def issue_org_command(csr, **options):
     """One Organisation Certificate from one PKCS#10 request (any SMKI encoding), under the adopted policy.
@@ -31,7 +32,8 @@ def issue_org_command(csr, **options):
     optional CN and key usage become the certificate's.
     """
     with issuing_authority(options) as authority:
-        issued = authority.issue_organisation(csr, requester=options["requester"], not_before=options["not_before"], out=options["out"])
+        issued = authority.issue_organisation(csr, requester=options["requester"], not_before=options["not_before"], out=options["out"],
+                                              dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
@@ -40,13 +42,14 @@ def issue_org_command(csr, **options):
 @click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing DCA's certificate.")
 @click.option("--requester", required=True, help="The requesting party's role, checked for eligibility (4.1).")
 @click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2 (never inferred from the EUI-64).")
+@dry_run_option
 @click.argument("csr", type=click.Path(dir_okay=False, path_type=Path))
 def issue_device_command(csr, **options):
     """One Device Certificate from one PKCS#10 request: an ad hoc request replaces, so the device must
     already hold a certificate from this authority (policy 4.2), and stays under the per-device cap."""
     with issuing_authority(options) as authority:
         issued = authority.issue_device(csr, requester=options["requester"], device_type=options["device_type"],
-                                        not_before=options["not_before"], out=options["out"])
+                                        not_before=options["not_before"], out=options["out"], dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
@@ -60,28 +63,32 @@ def _policy_options(func):
 @_policy_options
 @click.argument("serial", type=SERIAL)
 @click.option("--reason", required=True, help="RFC 5280 reason, as the policy allows (e.g. keyCompromise).")
+@dry_run_option
 @json_option
-def revoke_command(serial, reason, as_json, **options):
+def revoke_command(serial, reason, dry_run, as_json, **options):
     """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
     with issuing_authority(options) as authority:
-        _emit_revocation(as_json, authority.revoke(serial, reason))
+        _emit_revocation(as_json, authority.revoke(serial, reason, dry_run=dry_run))
 
 
 @ca_group.command("reject")
 @_policy_options
 @click.argument("serial", type=SERIAL)
+@dry_run_option
 @json_option
-def reject_command(serial, as_json, **options):
+def reject_command(serial, dry_run, as_json, **options):
     """The subscriber rejected this certificate when it was issued: where the policy says so
     (revocation.revoke_on_rejection) it is revoked at once, reason unspecified, onto the next CRL.
     Refused (exit 1) under a policy without that rule."""
     with issuing_authority(options) as authority:
-        _emit_revocation(as_json, authority.reject(serial))
+        _emit_revocation(as_json, authority.reject(serial, dry_run=dry_run))
 
 
 def _emit_revocation(as_json: bool, revocation) -> None:
-    emit(as_json, revocation.summary(),
-         lambda d: f"revoked {d['serial']} ({d['reason']}): {'on the next ' + d['method'].upper() if d['method'] in ('crl', 'arl') else 'repository status R'}")
+    emit(as_json, revocation.summary(), lambda d: (
+        f"{'dry run: would revoke' if d.get('dry_run') else 'revoked'} {d['serial']} ({d['reason']}): "
+        f"{'on the next ' + d['method'].upper() if d['method'] in ('crl', 'arl') else 'repository status R'}"
+        + ("; nothing recorded" if d.get("dry_run") else "")))
 
 
 @ca_group.command("crl")
@@ -152,10 +159,11 @@ def list_command(state_dir, certificate_type, status, entity_id, limit, as_json)
               help="Requests per worker task; a transaction records five tasks.")
 @click.option("--verify-one-in", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Verify every HSM signature before release (1), or one in N and the first of every chunk.")
+@dry_run_option
 @json_option
 @click.argument("batch", type=click.Path(path_type=Path))
-def issue_batch_command(batch, requester, device_type, response_zip, status_csv, not_before, workers, chunk_size, verify_one_in, as_json,
-                        **options):
+def issue_batch_command(batch, requester, device_type, response_zip, status_csv, not_before, workers, chunk_size, verify_one_in, dry_run,
+                        as_json, **options):
     """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
 
     Batch-level faults (not a ZIP, too many or no entries, paths, non-.csr entries, a zip bomb,
@@ -165,12 +173,20 @@ def issue_batch_command(batch, requester, device_type, response_zip, status_csv,
     Every certificate is recorded before it reaches the response, which appears only once the
     whole run is durable. Running the same batch
     again (after a crash, say) answers only what is left and writes the whole response.
-    Exit 0 when every request has an answer, whatever the answers.
+    Exit 0 when every request has an answer, whatever the answers. With --dry-run, every request
+    left is checked and decided in this process (no workers) and the answers counted; neither
+    file is written.
     """
     with issuing_authority(options) as authority, _BatchProgress() as bar:
         result = authority.issue_batch(batch, response=response_zip, status=status_csv, requester=requester, device_type=device_type,
                                        not_before=not_before, workers=workers, chunk_size=chunk_size, verify_one_in=verify_one_in,
-                                       progress=bar.update)
+                                       progress=bar.update, dry_run=dry_run)
+    if dry_run:
+        emit(as_json, result.summary(), lambda d: (
+            f"dry run: batch {d['batch_id'][:16]}: {d['entries']} requests, {d['answered_before']} answered before; this run would answer "
+            f"{', '.join(f'{k} {v}' for k, v in d['statuses'].items()) or 'nothing'} (success: certificates it would issue); "
+            "nothing signed, recorded or written"))
+        return
     emit(as_json, result.summary(), lambda d: (
         f"batch {d['batch_id'][:16]}: {d['entries']} requests, {d['issued']} issued in this run ({d['certificates_per_second'] or 0}/s), "
         f"{d['answered_before']} answered before; all answers: {', '.join(f'{k} {v}' for k, v in d['totals'].items())}\n"

@@ -21,9 +21,20 @@ from smki.operations.results import IssuedCertificate
 
 
 def emit_issued(as_json: bool, issued: IssuedCertificate) -> None:
-    """Print what the authority issued: the file, serial, issuer and the policy that allowed it."""
-    emit(as_json, issued.summary(),
-         lambda d: f"wrote {d['file']}  serial {d['serial']}  issuer {d['issuer'] or '(empty)'}  policy {d['policy']['version']}")
+    """Print what the authority issued (or, in a dry run, would issue): the file, serial, issuer and the policy that allowed it."""
+    emit(as_json, issued.summary(), lambda d: (
+        f"dry run: would write {d['file'] or '(no file)'}  subject {d['subject'] or '(empty)'}  issuer {d['issuer'] or '(empty)'}  "
+        f"not after {d['not_after']}  policy {d['policy']['version']}: every check passed, the certificate lints clean; "
+        "nothing signed, recorded or written" if d.get("dry_run") else
+        f"wrote {d['file']}  serial {d['serial']}  issuer {d['issuer'] or '(empty)'}  policy {d['policy']['version']}"))
+
+
+dry_run_option = click.option(
+    "--dry-run", is_flag=True,
+    help="Run every check the real run makes (policy, eligibility, the request, the HSM key and PIN against the "
+    "issuer certificate, the lint of the exact to-be-signed certificate) and print what would be done; then stop. "
+    "A dry run is not an operation: nothing is signed with the CA key, no file is written and the state is unchanged "
+    "(no serial, record or audit entry). A refusal is the same refusal, with the same exit code.")
 
 
 def issuing_authority(options: dict) -> IssuingAuthority:
@@ -75,20 +86,23 @@ def _root_authority(options: dict, certificate: Path | None = None):
 
 @cert_group.command("root")
 @signing_options
+@dry_run_option
 def root_command(**options):
     """A self-signed Root OCA or Root DCA certificate for the key in the HSM (names, OIDs, validity from the policy)."""
     with _root_authority(options) as root:
-        issued = root.self_sign(not_before=options["not_before"], out=options["out"])
+        issued = root.self_sign(not_before=options["not_before"], out=options["out"], dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
 @cert_group.command("issuing-ca")
 @signing_options
 @issued_key_options
+@dry_run_option
 def issuing_ca_command(**options):
     """An Issuing OCA or Issuing DCA certificate, signed by the root key in the HSM."""
     with _root_authority(options, certificate=options["issuer_cert"]) as root:
-        issued = root.certify_issuing_authority(options["public_key"], not_before=options["not_before"], out=options["out"])
+        issued = root.certify_issuing_authority(options["public_key"], not_before=options["not_before"], out=options["out"],
+                                                dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
@@ -100,12 +114,13 @@ def issuing_ca_command(**options):
 @click.option("--entity-id", required=True, help="The organisation's EUI-64 (16 hex digits).")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
 @click.option("--common-name", help="Friendly name (CN), as the policy allows.")
+@dry_run_option
 def organisation_command(**options):
     """An Organisation Certificate, signed by the Issuing OCA key in the HSM."""
     with issuing_authority(options) as authority:
         issued = authority.certify_organisation(options["public_key"], role=options["role"], entity_id=options["entity_id"],
                                                 usage=options["usage"], requester=options["requester"], common_name=options["common_name"],
-                                                not_before=options["not_before"], out=options["out"])
+                                                not_before=options["not_before"], out=options["out"], dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)
 
 
@@ -116,6 +131,7 @@ def organisation_command(**options):
 @click.option("--device-id", required=True, help="The device's EUI-64 (16 hex digits).")
 @click.option("--device-type", required=True, help="GSME, ESME, CHF, GPF, HCALCS, PPMID or TYPE2 (hwType from the policy).")
 @click.option("--usage", required=True, help="DS (digitalSignature) or KA (keyAgreement).")
+@dry_run_option
 def device_command(**options):
     """A Device Certificate (empty subject, notAfter 99991231235959Z), signed by the Issuing DCA key.
 
@@ -124,5 +140,5 @@ def device_command(**options):
     with issuing_authority(options) as authority:
         issued = authority.certify_device(options["public_key"], device_id=options["device_id"], device_type=options["device_type"],
                                           usage=options["usage"], requester=options["requester"], not_before=options["not_before"],
-                                          out=options["out"])
+                                          out=options["out"], dry_run=options["dry_run"])
     emit_issued(options["as_json"], issued)

@@ -23,12 +23,15 @@ def hsm_group() -> None:
 
 @hsm_group.command("softhsm-conf")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def softhsm_conf(directory: Path) -> None:
+@json_option
+def softhsm_conf(directory: Path, as_json: bool) -> None:
     """Write DIRECTORY/softhsm2.conf and DIRECTORY/tokens for a private SoftHSM store.
 
-    Export SOFTHSM2_CONF=DIRECTORY/softhsm2.conf before any other smki command.
+    Export SOFTHSM2_CONF=DIRECTORY/softhsm2.conf before any other smki command. Prints the
+    configuration file's path (--json: {"conf", "tokens"}).
     """
-    click.echo(write_softhsm_conf(directory))
+    conf = write_softhsm_conf(directory)
+    emit(as_json, {"conf": str(conf), "tokens": str(conf.parent / "tokens")}, lambda d: d["conf"])
 
 
 @hsm_group.command("init-token")
@@ -137,16 +140,26 @@ def keygen_command(module_path, key_uri, token_label, token_serial, key_label, k
 @module_option()
 @key_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the PEM here (never overwritten); default stdout.")
-def pubkey_command(module_path, key_uri, token_label, token_serial, key_label, key_id, out) -> None:
-    """Export a key pair's public key (PEM SubjectPublicKeyInfo). Needs no PIN."""
+@json_option
+def pubkey_command(module_path, key_uri, token_label, token_serial, key_label, key_id, out, as_json) -> None:
+    """Export a key pair's public key (PEM SubjectPublicKeyInfo). Needs no PIN.
+
+    With --json: the key's URI, its subject key identifier (method 2, as in smki's certificates), the
+    PEM, and the file it was written to (null when none was named).
+    """
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     key = key_ref_from_options(module_path, key_uri, token_label, key_label, key_id, token_serial)
     session = open_session(key.module, key.token_label, None, serial=key.token_serial)
     public_object = find_public_key(session, key.key_label, key.key_id)
-    pem = public_key_of(public_object).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    public_key = public_key_of(public_object)
+    pem = public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     if out:
         write_new_file(out, pem)
+    if as_json:
+        emit(True, {"key_uri": key.uri, "subject_key_identifier": key_identifier(public_key).hex().upper(), "pem": pem.decode(),
+                    "file": str(out) if out else None}, str)
+    elif out:
         click.echo(f"wrote {out}")
     else:
         click.echo(pem.decode(), nl=False)

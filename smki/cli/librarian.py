@@ -5,6 +5,7 @@ Each command reads its options, calls one method of smki.librarian.Librarian, an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -160,12 +161,16 @@ def find_command(database, eui64, serial, ski, role, usage, status, limit, as_js
               help="Where to read the API key parties must send: env:NAME, fd:N or prompt (never argv).")
 @click.option("--published", type=click.Path(file_okay=False, path_type=Path),
               help="The published directory (`smki librarian publish --dir`): serves crl/<NAME>.crl and index.json.")
-def serve_command(database, address, port, api_key_source, published) -> None:
+@json_option
+def serve_command(database, address, port, api_key_source, published, as_json) -> None:
     """Serve the SMKI Repository web service (XML search and retrieve, plain downloads).
 
-    Prints the address it listens on, then serves until interrupted.
+    Prints the address it listens on, then serves until interrupted (Ctrl-C stops it: exit 0, its
+    normal end). With --json, one line on stdout once it listens: {"url": ...} (useful with --port 0).
     """
     server = Librarian(database).serve(address, port, api_key=api_key_source, published=published)
+    if as_json:
+        click.echo(json.dumps({"url": server.url}))
     click.echo(f"serving the SMKI Repository on {server.url}/services/ (Ctrl-C to stop)", err=True)
     try:
         server.wait()

@@ -7,6 +7,10 @@ Any other exception is a bug: each one found is fixed where it arises (an input 
 raises SmkiError). As a last resort an uncaught exception prints one line naming only its
 type, never its text or traceback (either could hold a PIN or other operator input), and
 exits 70; SMKI_TRACEBACK=1 shows the traceback to a developer who asks for it.
+
+Ctrl-C (SIGINT) ends any command with one line, `smki: interrupted`, and exit 130 (128 + SIGINT,
+as shells report it): the transaction in progress rolls back, outputs not yet released are
+removed, and a batch's worker processes (which ignore SIGINT) are stopped by this process.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sys
 import click
 
 from smki import __version__
-from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, SmkiError
+from smki.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, BadInputError, SmkiError
 
 TRACEBACK_ENV = "SMKI_TRACEBACK"
 
@@ -51,7 +55,9 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smki")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="Log what long operations do (-v), and more detail (-vv), on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+def cli(verbose: int, quiet: bool) -> None:
     """smki: the GB Smart Metering Key Infrastructure on PKCS#11.
 
     Root Authorities (key ceremonies, ARLs), Issuing Authorities (Organisation and Device
@@ -60,8 +66,15 @@ def cli() -> None:
 
     Exit codes: 0 success, 1 refused (a check said no), 2 usage, 3 bad input,
     4 HSM/token/PIN/key problem, 5 would overwrite or contradict existing state,
-    70 internal error (a bug).
+    70 internal error (a bug), 130 interrupted (Ctrl-C).
+
+    Logs go to stderr (never into --json output): warnings by default, -q errors only,
+    -v INFO, -vv DEBUG; SMKI_LOG_LEVEL=debug|info|warning|error when no flag is given.
+    No log line ever holds a PIN, passphrase, share or API key.
     """
+    from smki.cli.logs import chosen_level, configure_logging
+
+    configure_logging(chosen_level(verbose, quiet))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     except SmkiError as exc:
         click.echo(f"smki: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except KeyboardInterrupt:
+        _interrupted()
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C at a prompt into Abort
+            _interrupted()
         click.echo("smki: aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:
@@ -89,6 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, nothing secret
         _internal_error(exc)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line, exit 130. Whatever was under way has already unwound (transactions rolled back,
+    unreleased outputs removed, workers stopped) on its way here."""
+    click.echo("smki: interrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def refuse_undecodable_arguments(argv: list[str]) -> None:

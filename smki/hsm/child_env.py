@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing.context
 import multiprocessing.pool
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
@@ -71,7 +72,16 @@ def spawn_pool(processes: int, initializer: Callable, initargs: tuple) -> multip
     """A pool of spawned workers, which, like the resource tracker it may start, get only the allowed environment."""
     with children_get_allowed_environment():
         resource_tracker.ensure_running()  # once per process: started now, it never sees the secrets
-        return multiprocessing.pool.Pool(processes, initializer=initializer, initargs=initargs, context=_SpawnContext())
+        return multiprocessing.pool.Pool(processes, initializer=_start_ignoring_interrupts, initargs=(initializer, *initargs),
+                                         context=_SpawnContext())
+
+
+def _start_ignoring_interrupts(initializer: Callable, *initargs) -> None:
+    """A worker's start: Ctrl-C at a terminal reaches the whole process group, but only the parent
+    answers it (it stops the pool, rolls back and exits 130); a worker interrupted on its own would
+    only be replaced by the pool, and its task never answered."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    initializer(*initargs)
 
 
 # How often a wait on a worker's answer looks at the pool's processes.

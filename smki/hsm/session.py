@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -30,6 +31,8 @@ import pkcs11.exceptions as p11x
 from smki.errors import HsmError
 from smki.hsm.config import pkcs11_text, token_label_text, token_serial_text
 from smki.hsm.store_lock import ModuleKind, is_softhsm_manufacturer, module_kind, remember_module, token_store_lock
+
+log = logging.getLogger(__name__)
 
 SOFTHSM_CONF_ENV = "SOFTHSM2_CONF"
 
@@ -87,6 +90,7 @@ def load_module(module_path: str) -> pkcs11.lib:
             _libraries[module_path] = library
             _configurations[module_path] = os.environ.get(SOFTHSM_CONF_ENV)
             remember_module(module_path, kind)  # from now on the store lock follows what the module is
+            log.debug("loaded PKCS#11 module %s (%s)", module_path, kind.value)
         return _libraries[module_path]
 
 
@@ -166,6 +170,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
         return cached.session
     with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
         session = _open_logged_in(get_token(module_path, token_label, serial), token_label, pin, rw, pin_checked=login is not None)
+    log.debug("opened a %s session on token %r%s", "read-write" if rw else "read-only", token_label, " (logged in)" if pin is not None else "")
     with _lock:
         _opened.append(session)
         _sessions[key] = _OpenSession(session, logged_in=pin is not None or bool(cached and cached.logged_in), rw=rw)

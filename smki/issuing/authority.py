@@ -8,10 +8,17 @@ and verifies after, records, audits and only then releases. A refusal raises an 
 (the same class and message the CLI shows) and leaves a refused audit entry, never a half-written
 state. Nothing is opened until a method needs it: the database on first use, the HSM on the first
 signature.
+
+Every issuing and revoking method takes `dry_run=True`: a dry run makes every check the real run
+makes (the adopted policy, eligibility, the request, the HSM key against the issuer certificate,
+the lint of the exact to-be-signed certificate, signed by a throw-away key) on the state opened
+read-only, and then stops: nothing is signed with the CA key, written, recorded or audited, no
+serial or cRLNumber is consumed; a refusal is the same refusal, recorded nowhere.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +35,10 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
 from smki.identifiers import CertificateType, DeviceType, EUI64, KeyUsage, ListType, RemotePartyRole
-from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.audited import AuditedOperation, DryRunOperation, open_audit_trail, open_state
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
-from smki.operations.release import record_and_release
+from smki.operations.release import record_and_release, would_issue
 from smki.operations.values import parsed, repository_status, serial_text
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, PolicyRefusal, load_policy
@@ -48,10 +55,12 @@ from smki.store.batches import device_certificate_counts
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
-from smki.store.revocations import record_revocation
+from smki.store.revocations import check_revocable, record_revocation
 
 if TYPE_CHECKING:  # the batch's modules load only when a batch runs
     from smki.issuing.batch_issuance import BatchSummary
+
+log = logging.getLogger(__name__)
 
 
 # Called as answers are recorded: (requests answered since the last call, requests in the batch).
@@ -66,6 +75,7 @@ class BatchResult:
     totals: dict[str, int]
     response: Path
     status: Path
+    dry_run: bool = False  # checked only: `totals` are the answers a real run would give; neither file written
 
     def __getattr__(self, name: str):  # batch_id, entries, answered_before, statuses, seconds, issued: the run's
         if name == "run":  # not set yet (a copy being made): no recursion
@@ -74,7 +84,7 @@ class BatchResult:
 
     def summary(self) -> dict:
         return {**self.run.as_dict(), "totals": dict(sorted(self.totals.items())), "response": str(self.response),
-                "status": str(self.status)}
+                "status": str(self.status), **({"dry_run": True} if self.dry_run else {})}
 
 
 @dataclass(frozen=True)
@@ -152,8 +162,15 @@ class IssuingAuthority:
             self._read_connection = open_state(self.state, read_only=True)
         return self._read_connection
 
-    def _operation(self, name: str, *, creates_state: bool = False, **subject: Any) -> AuditedOperation:
-        """One audited operation on the state (the audit key's anchor checked when the trail is first opened)."""
+    def _operation(self, name: str, *, creates_state: bool = False, dry_run: bool = False,
+                   **subject: Any) -> AuditedOperation | DryRunOperation:
+        """One audited operation on the state (the audit key's anchor checked when the trail is first opened);
+        or its dry run, on the state opened read-only, recording nothing."""
+        if dry_run:
+            log.info("dry run of %s: every check, nothing signed, recorded or written", name)
+            if self._audit_key is not None:  # the trail's anchored head is checked as a real run checks it; nothing is signed
+                open_audit_trail(self._readable(), self._audit_key, self._audit_pin)
+            return DryRunOperation(self._readable(), name, subject)
         if self._audit is None:
             self._audit = open_audit_trail(self._writable(create=creates_state), self._audit_key, self._audit_pin)
         return AuditedOperation(self._audit, self.actor, name, subject)
@@ -222,15 +239,21 @@ class IssuingAuthority:
             refuse_existing(out)
         return _Signing(policy, environment, key, start)
 
-    def _sign(self, operation: AuditedOperation, signing: _Signing, certificate_type: str, build: Callable[[], x509.CertificateBuilder],
-              issuer: x509.Certificate, out: Path | None, request_sha256: str | None = None) -> IssuedCertificate:
-        """Lint the draft, sign with the HSM key (which must be the issuer certificate's), record, audit, release."""
+    def _sign(self, operation: AuditedOperation | DryRunOperation, signing: _Signing, certificate_type: str,
+              build: Callable[[], x509.CertificateBuilder], issuer: x509.Certificate, out: Path | None,
+              request_sha256: str | None = None) -> IssuedCertificate:
+        """Lint the draft, sign with the HSM key (which must be the issuer certificate's), record, audit, release.
+        A dry run stops after the lint: the draft is what the HSM key would have signed."""
         signer = self._signing_key()
         require_key_of(signer, issuer, self._key_name())
         lint = pre_issuance_check(certificate_type, (signing.policy.policy_oid(signing.environment),), issuer=issuer)
+        file = Path(out) if out is not None else None
+        if isinstance(operation, DryRunOperation):
+            return would_issue(build(), lint, signing.policy, request_sha256=request_sha256, out=out)
         certificate = sign_certificate(build(), signer, pre_issuance_check=lint)
         record = record_and_release(operation, certificate, signing.policy, request_sha256=request_sha256, out=out)
-        return IssuedCertificate(certificate, record, signing.policy.identity, Path(out) if out is not None else None)
+        log.info("issued %s certificate %s%s", certificate_type, record.serial_hex, f", wrote {file}" if file is not None else "")
+        return IssuedCertificate(certificate, record, signing.policy.identity, file)
 
     def _device_certificates(self, operation: AuditedOperation, device_id: EUI64) -> int:
         """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
@@ -248,13 +271,13 @@ class IssuingAuthority:
 
     # -- certificates from requests --------------------------------------------------------------
     def issue_organisation(self, csr: bytes | Path, *, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
-                           out: Path | None = None, source: str | None = None) -> IssuedCertificate:
+                           out: Path | None = None, source: str | None = None, dry_run: bool = False) -> IssuedCertificate:
         """One Organisation Certificate from one PKCS#10 request (any SMKI encoding; a Path is read).
 
         The request's proof of possession and fields are checked; its role, EUI-64, optional CN and
         key usage become the certificate's; the requester's eligibility is the policy's (4.1).
         """
-        with self._operation(Operation.ISSUE_ORGANISATION) as operation:
+        with self._operation(Operation.ISSUE_ORGANISATION, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
             data, source = self._request(csr, source)
             request = parse_organisation_request(data, source)
@@ -267,11 +290,12 @@ class IssuingAuthority:
                               lambda: organisation_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
 
     def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str,
-                     not_before: datetime | str | None = None, out: Path | None = None, source: str | None = None) -> IssuedCertificate:
+                     not_before: datetime | str | None = None, out: Path | None = None, source: str | None = None,
+                     dry_run: bool = False) -> IssuedCertificate:
         """One Device Certificate from one PKCS#10 request. An ad hoc request replaces: the device must
         already hold a certificate from this authority (policy 4.2) and stays under the per-device cap;
         the request's hwType must be the device type's (7.1)."""
-        with self._operation(Operation.ISSUE_DEVICE) as operation:
+        with self._operation(Operation.ISSUE_DEVICE, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
@@ -302,10 +326,10 @@ class IssuingAuthority:
     # -- certificates for public keys ------------------------------------------------------------
     def certify_organisation(self, public_key: ec.EllipticCurvePublicKey | Path, *, role: RemotePartyRole | str, entity_id: EUI64 | str,
                              usage: KeyUsage | str, requester: RemotePartyRole | str | None = None, common_name: str | None = None,
-                             not_before: datetime | str | None = None, out: Path | None = None) -> IssuedCertificate:
+                             not_before: datetime | str | None = None, out: Path | None = None, dry_run: bool = False) -> IssuedCertificate:
         """An Organisation Certificate for a public key (a Path is read, PEM or DER SubjectPublicKeyInfo);
         the requester (default: the subject's role) is checked for eligibility (4.1)."""
-        with self._operation(Operation.ISSUE_ORGANISATION) as operation:
+        with self._operation(Operation.ISSUE_ORGANISATION, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
             role = parsed(RemotePartyRole, role)
             params = signing.policy.organisation_certificate_params(
@@ -318,10 +342,10 @@ class IssuingAuthority:
 
     def certify_device(self, public_key: ec.EllipticCurvePublicKey | Path, *, device_id: EUI64 | str, device_type: DeviceType | str,
                        usage: KeyUsage | str, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
-                       out: Path | None = None) -> IssuedCertificate:
+                       out: Path | None = None, dry_run: bool = False) -> IssuedCertificate:
         """A Device Certificate for a public key (empty subject, notAfter 99991231235959Z), under the
         per-device cap of the certificates this authority already issued for the device."""
-        with self._operation(Operation.ISSUE_DEVICE) as operation:
+        with self._operation(Operation.ISSUE_DEVICE, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
             device_id = parsed(EUI64, device_id)
             params = signing.policy.device_certificate_params(
@@ -339,7 +363,7 @@ class IssuingAuthority:
     # -- a batch ---------------------------------------------------------------------------------
     def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str,
                     not_before: datetime | str | None = None, workers: int | None = None, chunk_size: int = 1000,
-                    verify_one_in: int = 1, progress: BatchProgress | None = None) -> BatchResult:
+                    verify_one_in: int = 1, progress: BatchProgress | None = None, dry_run: bool = False) -> BatchResult:
         """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
 
         Batch-level faults (the file, its entries, the requester, the device type) refuse the whole
@@ -347,13 +371,16 @@ class IssuingAuthority:
         ineligible, anomaly), the per-device cap and duplicates included. The response ZIP and the
         status CSV are written once the whole run is durable. Running the same batch again answers
         only what is left.
+
+        A dry run checks the batch and every request in this process (no workers), decides each
+        answer as a real run would, and reports them; it signs, records and writes nothing.
         """
-        from smki.issuing.batch_issuance import BatchPlan, BatchWorkers, batch_template, issue_batch
+        from smki.issuing.batch_issuance import BatchPlan, BatchWorkers, batch_template, check_batch, issue_batch
         from smki.requests.batch import BatchResponse, open_batch
 
         batch, response, status = Path(batch), Path(response), Path(status)
         refuse_same_file({"--response": response, "--status": status, "the batch": batch})
-        with self._operation(Operation.ISSUE_BATCH, batch=str(batch)) as operation:
+        with self._operation(Operation.ISSUE_BATCH, dry_run=dry_run, batch=str(batch)) as operation:
             refuse_existing(response)
             refuse_existing(status)
             policy = self._adopted_policy(operation)
@@ -363,45 +390,63 @@ class IssuingAuthority:
             checked_type = parsed(DeviceType, device_type)
             start = start_of_validity(not_before)
             template = batch_template(issuer, policy, environment, start)
+            issuer_key_id = describe(issuer).subject_key_id.hex().upper()
+
+            def planned(checked_batch) -> tuple[BatchPlan, Callable[[int], None]]:
+                """The run's plan, and the progress callback, once the batch is read and its size known."""
+                plan = BatchPlan(checked_batch, issuer, policy, environment, checked_requester, checked_type, start, chunk_size=chunk_size)
+                total = len(checked_batch.names)
+                return plan, (lambda answered: progress(answered, total)) if progress is not None else (lambda answered: None)
+
+            if dry_run:
+                require_key_of(self._signing_key(), issuer, self._key_name())
+                plan, report = planned(open_batch(batch, policy.batch_limit))
+                run, totals = check_batch(operation.connection, self.actor, plan, template, issuer_key_id, progress=report)
+                return BatchResult(run, totals, response, status, dry_run=True)
             pin = self._pin_value()
             require_key_of(self._signing_key(pin), issuer, self._key_name())
+            log.info("batch %s: starting %d worker process(es)", batch, workers or os.cpu_count() or 1)
             with BatchWorkers(key, pin, template, workers or os.cpu_count() or 1, verify_one_in) as batch_workers:  # they start while the batch is read
                 checked_batch = open_batch(batch, policy.batch_limit)
                 operation.subject["batch_id"] = checked_batch.batch_id
-                plan = BatchPlan(checked_batch, issuer, policy, environment, checked_requester, checked_type, start, chunk_size=chunk_size)
-                issuer_key_id = describe(issuer).subject_key_id.hex().upper()
-                total = len(checked_batch.names)
-                report = (lambda answered: progress(answered, total)) if progress is not None else (lambda answered: None)
+                plan, report = planned(checked_batch)
                 with BatchResponse(response, status) as writer:
                     run = issue_batch(operation.connection, operation.audit, self.actor, plan, batch_workers, issuer_key_id, progress=report,
                                       answer=lambda o, der: writer.add(o.device_id, o.name, o.status, o.code, o.detail, o.serial_hex, der))
             totals = writer.counts
+        log.info("batch %s: wrote %s and %s (%s)", run.batch_id[:16], response, status,
+                 ", ".join(f"{name} {count}" for name, count in sorted(totals.items())))
         return BatchResult(run, dict(totals), response, status)
 
     # -- revocation ------------------------------------------------------------------------------
-    def revoke(self, serial: int | str, reason: str) -> Revocation:
+    def revoke(self, serial: int | str, reason: str, *, dry_run: bool = False) -> Revocation:
         """Revoke a certificate this authority issued, as the policy says (CRL entry, ARL entry or status R)."""
-        return self._revoke(serial_text(serial), reason, Operation.REVOKE)
+        return self._revoke(serial_text(serial), reason, Operation.REVOKE, dry_run)
 
-    def reject(self, serial: int | str) -> Revocation:
+    def reject(self, serial: int | str, *, dry_run: bool = False) -> Revocation:
         """The subscriber rejected this certificate at issue: where the policy says so
         (revocation.revoke_on_rejection) it is revoked at once, reason unspecified; refused otherwise."""
-        return self._revoke(serial_text(serial), "unspecified", Operation.REJECT)
+        return self._revoke(serial_text(serial), "unspecified", Operation.REJECT, dry_run)
 
-    def _revoke(self, serial: str, reason: str, name: str) -> Revocation:
-        with self._operation(name, serial=serial.upper(), reason=reason) as operation:
+    def _revoke(self, serial: str, reason: str, name: str, dry_run: bool = False) -> Revocation:
+        with self._operation(name, dry_run=dry_run, serial=serial.upper(), reason=reason) as operation:
             policy = self._adopted_policy(operation)
             if name == Operation.REJECT and not policy.revoke_on_rejection:
                 raise PolicyRefusal("4.9 revoke_on_rejection", f"this {policy.hierarchy} policy does not revoke rejected certificates")
             record = self._record_of(operation.connection, serial)
             method = policy.check_revocation(record.certificate_type, reason)
             now = utc_now()
+            if isinstance(operation, DryRunOperation):
+                reconcile_issuer(operation.connection, record.issuer_key_id)
+                check_revocable(operation.connection, record.issuer_key_id, record.serial_hex)
+                return Revocation(record.serial_hex, record.issuer_key_id, reason, method, now, dry_run=True)
             with transaction(operation.connection):
                 reconcile_issuer(operation.connection, record.issuer_key_id)  # a revocation builds on the issuer's state: it must be the audited one
                 record_revocation(operation.connection, record.issuer_key_id, record.serial_hex, now, reason)
                 operation.audit.append(operation.success_entry(
                     StateChange().revoke(record.issuer_key_id, record.serial_hex, now.isoformat(), reason).details(),
                     policy=policy.identity, type=record.certificate_type, method=method))
+        log.info("revoked %s (%s): %s", record.serial_hex, reason, method)
         return Revocation(record.serial_hex, record.issuer_key_id, reason, method, now)
 
     @staticmethod
@@ -423,6 +468,7 @@ class IssuingAuthority:
             facts = describe(issuer)
             list_type = ListType.of_issuer(facts.certificate_type)
             operation.operation = Operation.issue_list(list_type)
+            log.info("issuing the %s of issuer %s", list_type.name, facts.subject_key_id.hex().upper())
             return issue_list(operation, issuer, self._signing_key(), list_type, policy, out=out)
 
     # -- the records (read-only) -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,11 +45,14 @@ from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
 from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
-                                known_subject_keys, record_outcomes, register_batch)
+                                known_subject_keys, record_outcomes, recorded_batch, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange
 
+log = logging.getLogger(__name__)
+# Progress reaches the log (at INFO) every this many answered requests.
+LOG_PROGRESS_EVERY = 5000
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class _Run:
         self.ders: dict[str, bytes] = {}
         self.tasks_pending = 0
         self.transactions = 0
+        self.answered = 0  # in this run, for the log's progress lines
 
     # -- decisions -------------------------------------------------------------------------------
     def decide(self, parsed: list[tuple]) -> tuple[list[tuple], dict[str, _Accepted]]:
@@ -205,7 +210,15 @@ class _Run:
 
     def _refuse(self, name: str, outcome: Outcome, reason: str, *, device_id: str | None = None, request_sha256: str | None = None) -> None:
         self.outcomes.append(EntryOutcome(name, outcome.status.value, outcome.code, reason, device_id, None, request_sha256))
-        self.progress(1)
+        self.answered_more(1)
+
+    def answered_more(self, count: int) -> None:
+        """Report `count` more requests answered: to the caller's progress, and every LOG_PROGRESS_EVERY to the log."""
+        before, self.answered = self.answered, self.answered + count
+        if before // LOG_PROGRESS_EVERY != self.answered // LOG_PROGRESS_EVERY:
+            log.info("batch %s: %d of %d requests answered in this run", self.summary.batch_id[:16], self.answered,
+                     self.summary.entries - self.summary.answered_before)
+        self.progress(count)
 
     # -- records ---------------------------------------------------------------------------------
     def record(self, signed: list[tuple[str, bytes]], accepted: dict[str, _Accepted]) -> None:
@@ -223,7 +236,7 @@ class _Run:
                 issued_at=issued_at))
             self.outcomes.append(EntryOutcome(name, "success", "SUCCESS", None, facts.device_id, serial, facts.request_sha256))
         self.ders.update(signed)
-        self.progress(len(signed))
+        self.answered_more(len(signed))
         self.tasks_pending += 1
         if self.tasks_pending >= self.plan.tasks_per_transaction:
             self.flush()
@@ -300,11 +313,7 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
     releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()
-    plan.policy.check_batch_size(len(plan.batch.names))
-    usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
-    if plan.chunk_size < 1:
-        raise BadInputError("a batch needs a chunk size of at least one")
-    prove_template(plan, workers.template, usages)
+    usages = _batch_checks(plan, workers.template)
     batch_id = plan.batch.batch_id
     row = BatchRow(batch_id, str(plan.batch.source), len(plan.batch.names), issuer_key_id, plan.policy.version,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"), None)
@@ -329,5 +338,53 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
         audit.append(AuditEntry(actor, Operation.BATCH_FINISH, "success", {"batch_id": batch_id, "statuses": summary.statuses,
                                                                    "answered_before": summary.answered_before}, policy=plan.policy.identity))
     summary.seconds = time.perf_counter() - started
+    log.info("batch %s: %d request(s) answered in this run in %.1f s (%s)", batch_id[:16], sum(summary.statuses.values()), summary.seconds,
+             ", ".join(f"{name} {count}" for name, count in sorted(summary.statuses.items())) or "nothing left to answer")
     return summary
+
+
+def _batch_checks(plan: BatchPlan, template: DeviceCertificateTemplate) -> tuple[KeyUsage, ...]:
+    """The checks of the batch as a whole (its size, the requester and device type, the template, linted): the
+    key usages its requests may have. A fault here refuses the batch before any request is answered."""
+    plan.policy.check_batch_size(len(plan.batch.names))
+    usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
+    if plan.chunk_size < 1:
+        raise BadInputError("a batch needs a chunk size of at least one")
+    prove_template(plan, template, usages)
+    log.info("batch %s: %d request(s) from %s; the certificate template lints clean", plan.batch.batch_id[:16], len(plan.batch.names),
+             plan.batch.source)
+    return usages
+
+
+def check_batch(connection, actor: str, plan: BatchPlan, template: DeviceCertificateTemplate, issuer_key_id: str,
+                progress: Callable[[int], None] = lambda answered: None) -> tuple[BatchSummary, dict[str, int]]:
+    """A batch's dry run: the batch-level checks, then every request not answered before checked here (decoding,
+    proof of possession) and decided as `issue_batch` decides (device type, usage, duplicates, the per-device
+    cap), reading the state only. Returns the summary of the answers a run would give now (`statuses`; a
+    `success` is a certificate it would issue) and the totals with the earlier runs' answers. Nothing is
+    signed, recorded or written; no worker is started."""
+    from smki.issuing.batch_workers import check_requests
+
+    started = time.perf_counter()
+    usages = _batch_checks(plan, template)
+    batch_id = plan.batch.batch_id
+    recorded_batch(connection, batch_id, issuer_key_id)  # refused as register_batch refuses it: another issuer's batch
+    answered = answered_names(connection, batch_id)
+    summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
+    totals: dict[str, int] = {}
+    for outcome, _ in batch_outcomes(connection, batch_id) if answered else ():
+        totals[outcome.status] = totals.get(outcome.status, 0) + 1
+    run = _Run(connection, None, actor, plan, issuer_key_id, usages, summary, progress, answer=lambda outcome, der: None)
+    for chunk in _chunks(plan.batch.names, answered, plan.chunk_size):
+        jobs, _ = run.decide(check_requests(plan.batch.source, batch_id, chunk))
+        run.answered_more(len(jobs))
+        would_answer = [outcome.status for outcome in run.outcomes] + ["success"] * len(jobs)
+        run.outcomes = []
+        for status in would_answer:
+            summary.statuses[status] = summary.statuses.get(status, 0) + 1
+            totals[status] = totals.get(status, 0) + 1
+    summary.seconds = time.perf_counter() - started
+    log.info("batch %s: dry run: %s", batch_id[:16], ", ".join(f"{name} {count}" for name, count in sorted(summary.statuses.items()))
+             or "nothing left to answer")
+    return summary, totals
 

@@ -15,6 +15,7 @@ refusal leaves the repository as it was.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -45,6 +46,8 @@ from smki.profiles.pem import PemLabel, single_object
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, list_certificates
 from smki.store.database import open_database
 from smki.store.postgres import is_database_url
+
+log = logging.getLogger(__name__)
 
 MAX_FIND_LIMIT = 100_000
 API_KEY_PURPOSE = "repository API key"
@@ -145,7 +148,9 @@ class Librarian:
         try:
             serial = lodge_certificate(audit.connection, parsed, trust_root=trust_root, audit=audit, actor=self.actor)
         except AlreadyLodged as repeated:
+            log.info("certificate %s%s: already lodged", repeated.summary["serial"], f" ({file})" if file else "")
             return Lodgement(repeated.summary["serial"], already_lodged=True, file=file)
+        log.info("lodged certificate %s%s", serial, f" ({file})" if file else "")
         return Lodgement(serial, file=file)
 
     def lodge_many(self, items: Iterable[CertificateInput], *, trust_root: bool = False,
@@ -169,6 +174,10 @@ class Librarian:
             lodgement = lodge_crl(audit.connection, crl_der, audit=audit, actor=self.actor)
         except AlreadyLodged as repeated:
             lodgement = repeated.lodged
+        lodged = lodgement.crl
+        log.info("%s %s number %d of issuer %s%s: %d certificate(s) newly revoked", lodged.kind.upper(),
+                 "already lodged" if lodgement.already_lodged else "lodged", lodged.number, lodged.issuer_key_id,
+                 f" ({file})" if file else "", len(lodgement.newly_revoked))
         return dataclasses.replace(lodgement, file=file)
 
     def lodge_crls(self, items: Iterable[CrlInput], *,
@@ -205,7 +214,10 @@ class Librarian:
     def publish(self, directory: Path | str) -> Publication:
         """Publish every lodged certificate and each issuer's current CRL/ARL into `directory`, atomically file by file, the index last."""
         audit = self._audit()
-        return publish_repository(audit.connection, Path(directory), audit=audit, actor=self.actor)
+        publication = publish_repository(audit.connection, Path(directory), audit=audit, actor=self.actor)
+        log.info("published %d certificate(s) and %d CRL/ARL(s) to %s (%d file(s) written)", publication.certificates,
+                 len(publication.crls), publication.directory, publication.files_written)
+        return publication
 
     def write_bulk_files(self, directory: Path | str, *, since: datetime | str | None = None,
                          now: datetime | None = None) -> list[BulkFile]:

@@ -114,3 +114,24 @@ class AuditedOperation:
     def success_entry(self, details: dict | None = None, policy: dict | None = None, **subject: Any) -> AuditEntry:
         """The success entry, to append inside the transaction that changes the state it describes."""
         return AuditEntry(self.actor, self.operation, "success", {**self.subject, **subject}, details or {}, policy=policy)
+
+
+class DryRunOperation:
+    """An operation's dry run: the same checks on the state, read-only, and nothing recorded.
+
+    It has what a check reads from an AuditedOperation (`connection`, `subject`, `operation`) but no
+    audit trail: a dry run is not an operation, so neither its success nor its refusal leaves an
+    entry, and no checkpoint is signed. Code that would record (`audit` is None) must not be reached.
+    """
+
+    audit = None
+
+    def __init__(self, connection, operation: str, subject: dict[str, Any] | None = None) -> None:
+        self.connection, self.operation = connection, operation
+        self.subject: dict[str, Any] = dict(subject or {})
+
+    def __enter__(self) -> "DryRunOperation":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        return None

@@ -12,6 +12,7 @@ and would block a second attempt under the same label and id.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from smki.operations.audited import AuditedOperation, open_audit_trail, open_sta
 from smki.operations.names import Operation
 from smki.profiles.keyids import key_identifier
 from smki.store.database import transaction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def generate_key(state: Path | str, key: KeyRef, pin: PinSource | str | None, *,
                                                                 "violations": list(generated.violations)}))
     finally:
         connection.close()
+    log.info("generated key %s (SKI %s)%s", key.uri, generated.subject_key_identifier,
+             f"; attributes differ from the required: {', '.join(generated.violations)}" if generated.violations else "")
     return generated
 
 

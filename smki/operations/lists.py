@@ -8,6 +8,7 @@ again over the DER that is released, before anything is recorded or written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import next_crl_number, revoked_entries
 from smki.times import utc_now
 
+log = logging.getLogger(__name__)
+
 
 def signed_list(issuer: x509.Certificate, signer: Signer, list_type: ListType, *, crl_number: int, this_update_utc: datetime,
                 next_update_utc: datetime, entries: Iterable[RevokedEntry]) -> tuple[x509.CertificateRevocationList, bytes]:
@@ -41,11 +44,14 @@ def signed_list(issuer: x509.Certificate, signer: Signer, list_type: ListType, *
     crl, der = build_crl_der(issuer, signer, crl_number=crl_number, this_update_utc=this_update_utc,
                              next_update_utc=next_update_utc, entries=entries)
     name = list_type.name
+    log.info("%s number %d signed in the HSM (%d bytes)", name, crl_number, len(der))
     _, findings = lint_crl(der, issuer.subject.public_bytes())
     refuse_on_errors(findings, f"the {name} fails lint")
+    log.info("%s number %d lints clean", name, crl_number)
     if not _signature_valid(der, crl, issuer.public_key()):
         owner = "the root" if list_type is ListType.ARL else "the issuer"
         raise HsmError(f"the signed {name} does not verify against {owner}'s key; not released")
+    log.info("%s number %d verified against the issuer's key", name, crl_number)
     return crl, der
 
 
@@ -81,11 +87,14 @@ def issue_list(operation: AuditedOperation, issuer: x509.Certificate, signer: Si
         entries = [RevokedEntry(int(serial, 16), datetime.fromisoformat(at), reason)
                    for serial, at, reason in revoked_entries(connection, issuer_key_id)]
         number = next_crl_number(connection, issuer_key_id, now)
+        log.info("%s number %d of issuer %s: %d entries, state agrees with the audit trail", list_type.name, number, issuer_key_id, len(entries))
         crl, der = signed_list(issuer, signer, list_type, crl_number=number, this_update_utc=now,
                                next_update_utc=policy.next_update(list_type, now), entries=entries)
         operation.subject = {"issuer_key_id": issuer_key_id, "crl_number": number, "entries": len(entries),
                              "file": str(out) if out is not None else None}
         operation.audit.append(operation.success_entry(StateChange().crl(issuer_key_id, number).details(), policy=policy.identity))
+    log.info("%s number %d recorded and audited", list_type.name, number)
     if out is not None:
         write_new_file(out, pem_armour(der, PemLabel.CRL))
+        log.info("wrote %s", out)
     return IssuedCrl(crl, number, len(entries), list_type, issuer_key_id, Path(out) if out is not None else None, der)

@@ -6,6 +6,7 @@ The record and its audit entry are committed in one transaction before the certi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from cryptography import x509
@@ -14,9 +15,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from smki.files import write_new_file
 from smki.operations.audited import AuditedOperation
 from smki.operations.records import record_for
+from smki.operations.results import IssuedCertificate
+from smki.profiles import draft_certificate
+from smki.profiles.certificates import PreIssuanceCheck
 from smki.store.certificates import CertificateRecord, insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange
+
+log = logging.getLogger(__name__)
 
 
 def record_and_release(operation: AuditedOperation, certificate: x509.Certificate, policy, *,
@@ -34,3 +40,14 @@ def record_and_release(operation: AuditedOperation, certificate: x509.Certificat
     if out is not None:
         write_new_file(out, certificate.public_bytes(Encoding.PEM))
     return record
+
+
+def would_issue(builder: x509.CertificateBuilder, pre_issuance_check: PreIssuanceCheck, policy, *, request_sha256: str | None = None,
+                out: Path | None = None) -> IssuedCertificate:
+    """A dry run's end, in place of signing and `record_and_release`: the exact to-be-signed certificate,
+    linted (signed by a throw-away key), reported as what would be issued. Nothing is signed with the CA
+    key, recorded or written."""
+    draft = draft_certificate(builder, pre_issuance_check)
+    log.info("dry run: the certificate for %s lints clean; not signed", draft.subject.rfc4514_string() or "(empty subject)")
+    record = record_for(draft, policy_identity=(policy.name, policy.version, policy.sha256), request_sha256=request_sha256)
+    return IssuedCertificate(draft, record, policy.identity, Path(out) if out is not None else None, dry_run=True)

@@ -23,6 +23,9 @@ class IssuedCertificate:
     record: CertificateRecord
     policy_identity: dict
     file: Path | None = None
+    # A dry run: `certificate` is the linted draft (signed by a throw-away key, its serial drawn for
+    # the draft only), nothing was signed with the CA key, recorded or written; `file` is where it would go.
+    dry_run: bool = False
 
     @property
     def serial_hex(self) -> str:
@@ -37,9 +40,11 @@ class IssuedCertificate:
         return self.certificate.public_bytes(Encoding.PEM)
 
     def summary(self) -> dict:
-        return {"file": str(self.file) if self.file else None, "serial": self.serial_hex,
+        # A dry run reports no serial: the draft's is random and a real run draws its own.
+        return {"file": str(self.file) if self.file else None, "serial": None if self.dry_run else self.serial_hex,
                 "subject": self.certificate.subject.rfc4514_string(), "issuer": self.certificate.issuer.rfc4514_string(),
-                "not_after": self.certificate.not_valid_after_utc.isoformat(), "policy": self.policy_identity}
+                "not_after": self.certificate.not_valid_after_utc.isoformat(), "policy": self.policy_identity,
+                **_dry_run(self.dry_run)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,13 @@ class Revocation:
     reason: str
     method: RevocationMethod
     revoked_at: datetime
+    dry_run: bool = False  # checked only: nothing recorded (revoked_at is when the check ran)
 
     def summary(self) -> dict:
-        return {"serial": self.serial_hex, "reason": self.reason, "method": self.method, "revoked_at": self.revoked_at.isoformat()}
+        return {"serial": self.serial_hex, "reason": self.reason, "method": self.method, "revoked_at": self.revoked_at.isoformat(),
+                **_dry_run(self.dry_run)}
+
+
+def _dry_run(dry_run: bool) -> dict:
+    """A dry run's summary says so; a real one's keeps the shape it always had."""
+    return {"dry_run": True} if dry_run else {}

@@ -14,6 +14,7 @@ SHA-256): an authority acts only under a policy whose adoption its audit trail r
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 
 from smki.audit.trail import AuditEntry, AuditTrail
@@ -23,6 +24,8 @@ from smki.policy.model import CertificatePolicy
 from smki.store.connection import Connection
 from smki.store.database import transaction
 from smki.store.policies import AdoptedPolicy, adopted_policies, adopted_policy, record_adoption, successful_entries
+
+log = logging.getLogger(__name__)
 
 OPERATION = "policy.adopt"
 _IDENTITY = ("name", "version", "sha256")  # what the adoption's audit entry records (CertificatePolicy.identity)
@@ -41,6 +44,8 @@ def adopt(connection: Connection, policy: CertificatePolicy, actor: str, audit: 
                                                   datetime.now(timezone.utc).isoformat(timespec="seconds"), actor))
         audit.append(AuditEntry(actor, OPERATION, "success", {"kind": policy.hierarchy, "file": str(policy.path)},
                                 {"replaces": previous and {k: previous[k] for k in ("version", "sha256")}}, policy.identity))
+    log.info("adopted the %s policy %s version %s (sha256 %s)%s", policy.hierarchy, policy.name, policy.version, policy.sha256[:16],
+             f", replacing version {previous['version']}" if previous else "")
     return previous
 
 

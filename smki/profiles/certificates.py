@@ -228,6 +228,15 @@ def device_certificate(params: DeviceCertificateParams, public_key: ec.EllipticC
 PreIssuanceCheck = Callable[[x509.Certificate], None]
 
 
+def draft_certificate(builder: x509.CertificateBuilder, pre_issuance_check: PreIssuanceCheck) -> x509.Certificate:
+    """The exact to-be-signed certificate, signed by a throw-away software key of the CA's curve and
+    passed through the pre-issuance check (which raises to refuse it): what the CA key would sign,
+    without the CA key. A dry run stops here; `sign_certificate` signs the same TBS with the CA key."""
+    draft = builder.sign(SoftwareSigner().private_key, hashes.SHA256())
+    pre_issuance_check(draft)
+    return draft
+
+
 def sign_certificate(builder: x509.CertificateBuilder, signer: Signer, *, pre_issuance_check: PreIssuanceCheck | None = None) -> x509.Certificate:
     """Sign with the CA's Signer; lint first, verify after.
 
@@ -236,11 +245,7 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: Signer, *, pre_is
     is used; it raises to stop the issuance. After signing, the TBS must be identical
     and the signature must verify under the CA's public key.
     """
-    draft_tbs = None
-    if pre_issuance_check is not None:
-        draft = builder.sign(SoftwareSigner().private_key, hashes.SHA256())
-        pre_issuance_check(draft)
-        draft_tbs = draft.tbs_certificate_bytes
+    draft_tbs = draft_certificate(builder, pre_issuance_check).tbs_certificate_bytes if pre_issuance_check is not None else None
     signing_key = SignerPrivateKey(signer)
     certificate = builder.sign(signing_key, hashes.SHA256())
     if draft_tbs is not None and certificate.tbs_certificate_bytes != draft_tbs:

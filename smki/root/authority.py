@@ -23,10 +23,10 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.signer import Pkcs11Signer, open_signer, require_key_of, signer_for
 from smki.identifiers import CertificateType, ListType
-from smki.operations.audited import AuditedOperation, open_audit_trail, open_state
+from smki.operations.audited import AuditedOperation, DryRunOperation, open_audit_trail, open_state
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
-from smki.operations.release import record_and_release
+from smki.operations.release import record_and_release, would_issue
 from smki.operations.values import serial_text
 from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, load_policy
@@ -67,8 +67,8 @@ class RootAuthority:
 
     `certificate` is the root's own certificate (not needed to self-sign; after `self_sign` it is
     the one just signed); `key` the root key in the HSM, `pin` its token's user PIN. Opening does
-    no I/O beyond the database; the policy and certificate are read, and the HSM opened, by the
-    first method that needs them, inside its audited operation, so a refusal there is audited.
+    no I/O: the database is opened by the first method (read-only for a dry run), and the policy and
+    certificate read, and the HSM opened, inside its audited operation, so a refusal there is audited.
 
     One object per thread; any number of objects may share a state (see `smki.operations`).
     """
@@ -80,7 +80,8 @@ class RootAuthority:
         self.state, self.actor, self.key = state, actor, key
         self.audit_key, self._audit_pin, self._pin = audit_key, PinSource.hidden(audit_pin), PinSource.hidden(pin)
         self._certificate, self._policy, self._environment = certificate, policy, environment
-        self.connection = open_state(state)
+        self._connection = None  # writable, opened on first use
+        self._read_connection = None  # a dry run's, read-only
         self._audit: AuditTrail | None = None
         self._signer: Pkcs11Signer | None = None
 
@@ -121,13 +122,16 @@ class RootAuthority:
             previous = adopt(self.connection, policy, self.actor, operation.audit)
         return {**policy.identity, "kind": policy.hierarchy, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}
 
-    def self_sign(self, *, not_before: datetime | str | None = None, out: Path | None = None) -> IssuedCertificate:
-        """The self-signed root certificate for the root key (names, OIDs and validity from the policy)."""
-        with self._operation(Operation.SELF_SIGN) as operation:
-            policy, environment, start = self._signing_terms(not_before, out)
+    def self_sign(self, *, not_before: datetime | str | None = None, out: Path | None = None, dry_run: bool = False) -> IssuedCertificate:
+        """The self-signed root certificate for the root key (names, OIDs and validity from the policy).
+        A dry run makes every check and lints the exact certificate, and signs, records and writes nothing."""
+        with self._operation(Operation.SELF_SIGN, dry_run) as operation:
+            policy, environment, start = self._signing_terms(operation, not_before, out)
             signer = self._open_signer()
             params = policy.root_certificate_params(environment, start)
             lint = pre_issuance_check(CertificateType.ROOT, (policy.policy_oid(environment),))
+            if dry_run:
+                return would_issue(root_certificate(params, signer.public_key), lint, policy, out=out)
             certificate = sign_certificate(root_certificate(params, signer.public_key), signer, pre_issuance_check=lint)
             record = record_and_release(operation, certificate, policy, out=out)
         if self._certificate is None:
@@ -135,16 +139,19 @@ class RootAuthority:
         return IssuedCertificate(certificate, record, policy.identity, out)
 
     def certify_issuing_authority(self, public_key_or_csr: IssuingAuthorityKey, *, not_before: datetime | str | None = None,
-                                  out: Path | None = None) -> IssuedCertificate:
+                                  out: Path | None = None, dry_run: bool = False) -> IssuedCertificate:
         """An Issuing OCA or DCA certificate for the key handed over (a public key, or a PKCS#10 request
-        whose signature must verify), signed by the root key, which must be the root certificate's."""
-        with self._operation(Operation.CERTIFY_ISSUING_AUTHORITY) as operation:
-            policy, environment, start = self._signing_terms(not_before, out)
+        whose signature must verify), signed by the root key, which must be the root certificate's.
+        A dry run makes every check and lints the exact certificate, and signs, records and writes nothing."""
+        with self._operation(Operation.CERTIFY_ISSUING_AUTHORITY, dry_run) as operation:
+            policy, environment, start = self._signing_terms(operation, not_before, out)
             root = self._root_certificate()
             subject_key = issuing_authority_key(public_key_or_csr)
             signer = self._open_signer(root)
             params = policy.issuing_ca_certificate_params(environment, start)
             lint = pre_issuance_check(CertificateType.ISSUING_CA, (policy.policy_oid(environment),), issuer=root)
+            if dry_run:
+                return would_issue(issuing_ca_certificate(params, subject_key, root), lint, policy, out=out)
             certificate = sign_certificate(issuing_ca_certificate(params, subject_key, root), signer, pre_issuance_check=lint)
             record = record_and_release(operation, certificate, policy, out=out)
         return IssuedCertificate(certificate, record, policy.identity, out)
@@ -179,10 +186,28 @@ class RootAuthority:
             return issue_list(operation, root, self._open_signer(root), ListType.ARL, policy, out=out)
 
     # -- life cycle ---------------------------------------------------------------------------------
+    @property
+    def connection(self):
+        """The root's state, opened for writing when first needed (a dry run never opens it so)."""
+        if self._connection is None:
+            self._connection = open_state(self.state)
+        return self._connection
+
+    def _readable(self):
+        """The state for a dry run: opened read-only, unless this object has already opened it for writing."""
+        if self._connection is not None:
+            return self._connection
+        if self._read_connection is None:
+            self._read_connection = open_state(self.state, read_only=True)
+        return self._read_connection
+
     def close(self) -> None:
         self._signer = None
         self._audit = None
-        self.connection.close()
+        for connection in (self._connection, self._read_connection):
+            if connection is not None:
+                connection.close()
+        self._connection = self._read_connection = None
 
     def __enter__(self) -> "RootAuthority":
         return self
@@ -191,8 +216,13 @@ class RootAuthority:
         self.close()
 
     # -- the parts, taken up inside an operation ----------------------------------------------------
-    def _operation(self, name: str) -> AuditedOperation:
-        """One audited operation; with an audit key, its token's anchor is checked before anything is done."""
+    def _operation(self, name: str, dry_run: bool = False) -> AuditedOperation | DryRunOperation:
+        """One audited operation; with an audit key, its token's anchor is checked before anything is done.
+        A dry run's operation checks the anchor too, and records nothing (no entry, no checkpoint)."""
+        if dry_run:
+            if self.audit_key is not None:
+                open_audit_trail(self._readable(), self.audit_key, self._audit_pin)  # checks the anchor; signs nothing
+            return DryRunOperation(self._readable(), name)
         if self._audit is None:
             self._audit = open_audit_trail(self.connection, self.audit_key, self._audit_pin)  # checks the anchor
         else:
@@ -205,18 +235,19 @@ class RootAuthority:
             raise BadInputError("RootAuthority: no policy given: name the Certificate Policy file the root has adopted")
         return policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
 
-    def _adopted_policy(self) -> CertificatePolicy:
-        """The authority's policy, which its state must have adopted (refused, exit 5, otherwise)."""
+    def _adopted_policy(self, connection=None) -> CertificatePolicy:
+        """The authority's policy, which its state (or `connection` to it) must have adopted (refused, exit 5, otherwise)."""
         policy = self._policy = self._load_policy(None)
-        require_adopted(self.connection, policy)
+        require_adopted(connection if connection is not None else self.connection, policy)
         return policy
 
-    def _signing_terms(self, not_before: datetime | str | None, out: Path | None) -> tuple[CertificatePolicy, Environment, datetime]:
+    def _signing_terms(self, operation: AuditedOperation | DryRunOperation, not_before: datetime | str | None,
+                       out: Path | None) -> tuple[CertificatePolicy, Environment, datetime]:
         """What every certificate this root signs needs, checked in the CLI's order before the HSM is opened."""
         if self._environment is None:
             raise BadInputError("RootAuthority: no environment given: test or production")
         environment = self._environment if isinstance(self._environment, Environment) else Environment.parse(self._environment)
-        policy = self._adopted_policy()
+        policy = self._adopted_policy(operation.connection)
         start = start_of_validity(not_before)
         if out is not None:
             refuse_existing(out)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ from smki.store.database import transaction
 from smki.store.reconcile import StateChange, reconcile_issuer
 from smki.store.revocations import last_crl_number, next_crl_number, record_revocation, revoked_entries
 from smki.times import utc_now
+
+log = logging.getLogger(__name__)
 
 # Asked for each custodian: (custodian, purpose) -> passphrase. Never logged, never stored.
 PassphraseSource = Callable[[str, str], str]
@@ -451,6 +454,8 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         refuse_existing(path)
     run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt, vendor_pin)
     run.policy = load_policy(ceremony.policy)
+    log.info("ceremony %s (%s) for %s: outputs checked, policy %s version %s", ceremony.name, ceremony.ceremony_kind.value,
+             ceremony.authority, run.policy.name, run.policy.version)
     connection = open_state(ceremony.state)
     audit = AuditTrail(connection)
     created_token = False
@@ -464,11 +469,13 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         else:
             require_adopted(connection, run.policy)
             pin = _presented_pin(run)
+        log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
         session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
         del pin
         audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
         audit.anchor = _head_anchor(ceremony)
         audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
+        log.info("ceremony %s: audit key and the trail's anchored head checked; %s", ceremony.name, ceremony.ceremony_kind.value)
         if ceremony.ceremony_kind is CeremonyKind.ARL:
             _arl(run, session, connection)
         else:
@@ -476,6 +483,8 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         transcript = _transcript(run)
         transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
         _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
+        log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
+                 len(run.revocations))
         audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
     except BaseException as error:
         token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
@@ -493,6 +502,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         write_new_file(path, data, mode)
     write_new_file(ceremony.transcript, transcript_bytes)
     write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
+    log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
     return transcript
 
 

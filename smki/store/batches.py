@@ -70,13 +70,19 @@ def find_batch(connection: Connection, batch_id: str) -> BatchRow | None:
 
 def register_batch(connection: Connection, batch: BatchRow) -> BatchRow:
     """Record a new batch, or return the recorded one (a resumed run); another issuer's batch is refused."""
-    existing = find_batch(connection, batch.batch_id)
+    existing = recorded_batch(connection, batch.batch_id, batch.issuer_key_id)
     if existing is None:
         connection.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)", (
             batch.batch_id, batch.source, batch.entry_count, batch.issuer_key_id, batch.policy_version, batch.started_at, None))
         return batch
-    if existing.issuer_key_id != batch.issuer_key_id:
-        raise ConflictError(f"batch {batch.batch_id[:16]} was started by issuer {existing.issuer_key_id}, not {batch.issuer_key_id}")
+    return existing
+
+
+def recorded_batch(connection: Connection, batch_id: str, issuer_key_id: str) -> BatchRow | None:
+    """The batch as recorded by an earlier run of this issuer (None: never run); another issuer's is refused (exit 5)."""
+    existing = find_batch(connection, batch_id)
+    if existing is not None and existing.issuer_key_id != issuer_key_id:
+        raise ConflictError(f"batch {batch_id[:16]} was started by issuer {existing.issuer_key_id}, not {issuer_key_id}")
     return existing
 
 

@@ -8,13 +8,18 @@ from smki.errors import BadInputError, ConflictError
 from smki.store.connection import Connection
 
 
-def record_revocation(connection: Connection, issuer_key_id: str, serial_hex: str, revoked_at: datetime, reason: str) -> None:
-    """Mark the certificate revoked (status R) and list it for the issuer's next CRL."""
+def check_revocable(connection: Connection, issuer_key_id: str, serial_hex: str) -> None:
+    """Refuse a certificate the issuer has no record of (exit 3) or has already revoked (exit 5); reads only."""
     status = connection.execute("SELECT status FROM certificates WHERE issuer_key_id = ? AND serial_hex = ?", (issuer_key_id, serial_hex)).fetchone()
     if status is None:
         raise BadInputError(f"no certificate {serial_hex} from issuer {issuer_key_id} in this authority's records")
     if status[0] == "R":
         raise ConflictError(f"certificate {serial_hex} is already revoked")
+
+
+def record_revocation(connection: Connection, issuer_key_id: str, serial_hex: str, revoked_at: datetime, reason: str) -> None:
+    """Mark the certificate revoked (status R) and list it for the issuer's next CRL."""
+    check_revocable(connection, issuer_key_id, serial_hex)
     connection.execute("UPDATE certificates SET status = 'R' WHERE issuer_key_id = ? AND serial_hex = ?", (issuer_key_id, serial_hex))
     connection.execute("INSERT INTO revocations VALUES (?, ?, ?, ?)", (issuer_key_id, serial_hex, revoked_at.isoformat(), reason))
 
