@@ -35,7 +35,7 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
 from smki.identifiers import CertificateType, DeviceType, EUI64, KeyUsage, ListType, RemotePartyRole
-from smki.operations.audited import AuditedOperation, DryRunOperation, open_audit_trail, open_state
+from smki.operations.audited import ActorState, AuditedOperation, DryRunOperation, open_audit_trail
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release, would_issue
@@ -128,8 +128,7 @@ class IssuingAuthority:
         self._certificate, self._key, self._pin = certificate, key, PinSource.hidden(pin)
         self._policy_given, self._environment_given = policy, environment
         self._audit_key, self._audit_pin = audit_key, PinSource.hidden(audit_pin)
-        self._connection = None  # writable, opened by the first state-changing method
-        self._read_connection = None
+        self._state = ActorState(state)  # opened by the first method that needs it
         self._audit = None
         self._signer = None
         self._policy: CertificatePolicy | None = None
@@ -142,25 +141,17 @@ class IssuingAuthority:
         self.close()
 
     def close(self) -> None:
-        for connection in (self._connection, self._read_connection):
-            if connection is not None:
-                connection.close()
-        self._connection = self._read_connection = self._audit = self._signer = None
+        self._state.close()
+        self._audit = self._signer = None
 
     # -- the parts, opened when first needed -----------------------------------------------------
     def _writable(self, create: bool = False):
         """The state, opened for writing; only adopting a policy starts a new one (every other operation
         needs an adopted policy, so a state that is not there yet is a mistyped one: refused, not made)."""
-        if self._connection is None:
-            self._connection = open_state(self.state, create=create)
-        return self._connection
+        return self._state.writable(create=create)
 
     def _readable(self):
-        if self._connection is not None:
-            return self._connection
-        if self._read_connection is None:
-            self._read_connection = open_state(self.state, read_only=True)
-        return self._read_connection
+        return self._state.readable()
 
     def _operation(self, name: str, *, creates_state: bool = False, dry_run: bool = False,
                    **subject: Any) -> AuditedOperation | DryRunOperation:

@@ -37,6 +37,34 @@ def open_state(state: Path | str, *, read_only: bool = False, any_schema: bool =
     return open_database(state_database(state), create=create)
 
 
+
+class ActorState:
+    """An actor's state database, opened when first needed: for writing by an operation, read-only by a dry
+    run (which reads the writable connection instead once this actor has opened one: the same state)."""
+
+    def __init__(self, state: Path | str) -> None:
+        self.path = state
+        self._writable = None
+        self._read_only = None
+
+    def writable(self, *, create: bool = True):
+        if self._writable is None:
+            self._writable = open_state(self.path, create=create)
+        return self._writable
+
+    def readable(self):
+        if self._writable is not None:
+            return self._writable
+        if self._read_only is None:
+            self._read_only = open_state(self.path, read_only=True)
+        return self._read_only
+
+    def close(self) -> None:
+        for connection in (self._writable, self._read_only):
+            if connection is not None:
+                connection.close()
+        self._writable = self._read_only = None
+
 def open_audit_trail(connection, audit_key: KeyRef | None = None, pin: PinSource | str | None = None) -> AuditTrail:
     """The database's audit trail, with the HSM audit key attached when one is named.
 

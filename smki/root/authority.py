@@ -23,7 +23,7 @@ from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource, SourceKind
 from smki.hsm.signer import Pkcs11Signer, open_signer, require_key_of, signer_for
 from smki.identifiers import CertificateType, ListType
-from smki.operations.audited import AuditedOperation, DryRunOperation, open_audit_trail, open_state
+from smki.operations.audited import ActorState, AuditedOperation, DryRunOperation, open_audit_trail
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release, would_issue
@@ -80,8 +80,7 @@ class RootAuthority:
         self.state, self.actor, self.key = state, actor, key
         self.audit_key, self._audit_pin, self._pin = audit_key, PinSource.hidden(audit_pin), PinSource.hidden(pin)
         self._certificate, self._policy, self._environment = certificate, policy, environment
-        self._connection = None  # writable, opened on first use
-        self._read_connection = None  # a dry run's, read-only
+        self._state = ActorState(state)
         self._audit: AuditTrail | None = None
         self._signer: Pkcs11Signer | None = None
 
@@ -189,25 +188,16 @@ class RootAuthority:
     @property
     def connection(self):
         """The root's state, opened for writing when first needed (a dry run never opens it so)."""
-        if self._connection is None:
-            self._connection = open_state(self.state)
-        return self._connection
+        return self._state.writable()
 
     def _readable(self):
-        """The state for a dry run: opened read-only, unless this object has already opened it for writing."""
-        if self._connection is not None:
-            return self._connection
-        if self._read_connection is None:
-            self._read_connection = open_state(self.state, read_only=True)
-        return self._read_connection
+        """The state for a dry run: read-only, unless this object has already opened it for writing."""
+        return self._state.readable()
 
     def close(self) -> None:
         self._signer = None
         self._audit = None
-        for connection in (self._connection, self._read_connection):
-            if connection is not None:
-                connection.close()
-        self._connection = self._read_connection = None
+        self._state.close()
 
     def __enter__(self) -> "RootAuthority":
         return self
