@@ -137,6 +137,12 @@ def test_ambiguous_key_label(run_smki, hsm_token):
                    EXIT_HSM, "2 public keys match label 'dup-cli', id a1", "ambiguous")
     one_line_error(run_smki("hsm", "pubkey", "--key-uri", f"pkcs11:token={hsm_token.label};object=dup-cli"),
                    EXIT_BAD_INPUT, "no CKA_ID")
+    # A listing shows what the token holds, both twins included, with each one's own attributes.
+    listed = run_smki("hsm", "list", "--token", hsm_token.label, *PIN, "--json")
+    assert listed.returncode == 0, listed.stderr
+    twins = [key for key in json.loads(listed.stdout)["keys"] if key["label"] == "dup-cli"]
+    assert sorted(key["class"] for key in twins) == ["private", "private", "public", "public"]
+    assert len({key["subject_key_identifier"] for key in twins if key["class"] == "public"}) == 2
 
 
 def test_pin_never_accepted_on_the_command_line(run_smki, hsm_token, tmp_path):

@@ -10,7 +10,7 @@ from smki.cli.configured import ConfiguredGroup
 from smki.cli.common import (audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option, token_serial_option)
 from smki.files import write_new_file
-from smki.hsm.keys import find_key_pair, find_public_key, list_keys, public_key_of, read_attributes
+from smki.hsm.keys import find_public_key, list_keys, public_key_of, read_attributes
 from smki.hsm.session import get_token, load_module, open_session, token_serial_of
 from smki.hsm.softhsm import write_softhsm_conf
 from smki.profiles.keyids import key_identifier
@@ -81,15 +81,12 @@ def list_command(module_path: str, token_label: str | None, token_serial: str | 
     get_token(module_path, token_label, token_serial or "")  # a clear error for an unknown label before login
     session = open_session(module_path, token_label, pin, serial=token_serial or "")
     keys = []
-    for label, key_id, object_class in list_keys(session):
-        entry = {"label": label, "id": key_id.hex(), "class": object_class}
-        if object_class == "private":
-            _, private_object = find_key_pair(session, label, key_id)
-            entry["attributes"] = read_attributes(private_object).as_json()
-        elif object_class == "public":
-            public_object, _ = find_key_pair(session, label, key_id) if pin else (None, None)
-            if public_object is not None:
-                entry["subject_key_identifier"] = key_identifier(public_key_of(public_object)).hex().upper()
+    for key in list_keys(session):
+        entry = {"label": key.label, "id": key.key_id.hex(), "class": key.object_class}
+        if key.object_class == "private":
+            entry["attributes"] = read_attributes(key.handle).as_json()
+        elif key.object_class == "public":
+            entry["subject_key_identifier"] = key_identifier(public_key_of(key.handle)).hex().upper()
         keys.append(entry)
     emit(as_json, {"token": token_label, "keys": keys}, _keys_text)
 

@@ -8,7 +8,8 @@ object class + label + id, never by label alone across classes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11x
@@ -204,10 +205,21 @@ def destroy_token_objects(session: pkcs11.Session) -> int:
     return len(objects)
 
 
-def list_keys(session: pkcs11.Session) -> list[tuple[str, bytes, str]]:
-    """(label, id, class) of every key object the session can see."""
+@dataclass(frozen=True)
+class ListedKey:
+    """One key object on a token, as `smki hsm list` shows it: the object itself is kept, so that two
+    objects with the same label and id (which a lookup refuses as ambiguous) are both listed."""
+
+    label: str
+    key_id: bytes
+    object_class: str  # "private", "public" or "secret"
+    handle: Any = field(compare=False, repr=False)
+
+
+def list_keys(session: pkcs11.Session) -> list[ListedKey]:
+    """Every key object the session can see, by label, id and class."""
     rows = []
     for object_class, name in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.PUBLIC_KEY, "public"), (ObjectClass.SECRET_KEY, "secret")):
         for obj in _objects(session, object_class, None, None):
-            rows.append((obj.label, bytes(obj[Attribute.ID]), name))
-    return sorted(rows)
+            rows.append(ListedKey(obj.label, bytes(obj[Attribute.ID]), name, obj))
+    return sorted(rows, key=lambda key: (key.label, key.key_id, key.object_class))
