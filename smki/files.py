@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import logging
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -35,6 +38,8 @@ from typing import Any, BinaryIO
 import yaml
 
 from smki.errors import BadInputError, ConflictError
+
+log = logging.getLogger(__name__)
 
 KIB, MIB = 1024, 1024 * 1024
 # Largest file accepted, by kind. Each is far above any genuine file of its kind and far
@@ -363,6 +368,26 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` atomically, never over an existing file."""
     with atomic_file(path, WriteMode.NEW, mode=mode) as stream:
         stream.write(data)
+
+
+@contextmanager
+def interrupts_held(what: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back while the block runs: for the step from committing a result to writing
+    its outputs, which must not stop half-way (a root ceremony recorded as done whose custodian shares,
+    the only way back to its token's PIN, were never all written). A Ctrl-C that comes meanwhile is
+    reported as a warning once the block is done; the command then ends as it would have (its exit code
+    says whether it succeeded). Outside the main thread, where signals cannot be handled, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            log.warning("Ctrl-C came while %s: held back until that was done", what)
 
 
 def replace_file(path: Path, data: bytes, mode: int = 0o644, *, temporary_suffix: str = _TEMPORARY_SUFFIX,

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +49,7 @@ from smki.identifiers import CertificateType, ListType, PolicyKind
 from smki.operations.lists import signed_list
 from smki.operations.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
-from smki.files import refuse_existing, write_new_file
+from smki.files import interrupts_held, refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.anchor import TokenHeadAnchor
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
@@ -459,49 +460,52 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
     connection = open_state(ceremony.state)
     audit = AuditTrail(connection)
     created_token = False
-    try:
-        if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
-            if (adopted(connection, run.policy.hierarchy) or {}).get("sha256") != run.policy.sha256:
-                adopt(connection, run.policy, run.operator, audit)
-            require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
-            pin = _new_root_token(run)
-            created_token = True
-        else:
-            require_adopted(connection, run.policy)
-            pin = _presented_pin(run)
-        log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
-        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
-        del pin
-        audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
-        audit.anchor = _head_anchor(ceremony)
-        audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
-        log.info("ceremony %s: audit key and the trail's anchored head checked; %s", ceremony.name, ceremony.ceremony_kind.value)
-        if ceremony.ceremony_kind is CeremonyKind.ARL:
-            _arl(run, session, connection)
-        else:
-            _CEREMONIES[ceremony.ceremony_kind](run, session)
-        transcript = _transcript(run)
-        transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
-        _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
-        log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
-                 len(run.revocations))
-        audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
-    except BaseException as error:
-        token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
-        if isinstance(error, SmkiError):
-            _record_refusal(run, connection, audit, error, signed=not created_token)
-        close_all()
-        if token_is_new:
-            delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
-        elif run.taken_over is not None:
-            _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
-        raise
-    finally:
-        close_all()
-    for path, data, _, mode in run.outputs:
-        write_new_file(path, data, mode)
-    write_new_file(ceremony.transcript, transcript_bytes)
-    write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
+    with ExitStack() as held:
+        try:
+            if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
+                if (adopted(connection, run.policy.hierarchy) or {}).get("sha256") != run.policy.sha256:
+                    adopt(connection, run.policy, run.operator, audit)
+                require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
+                pin = _new_root_token(run)
+                created_token = True
+            else:
+                require_adopted(connection, run.policy)
+                pin = _presented_pin(run)
+            log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
+            session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
+            del pin
+            audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
+            audit.anchor = _head_anchor(ceremony)
+            audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
+            log.info("ceremony %s: audit key and the trail's anchored head checked; %s", ceremony.name, ceremony.ceremony_kind.value)
+            if ceremony.ceremony_kind is CeremonyKind.ARL:
+                _arl(run, session, connection)
+            else:
+                _CEREMONIES[ceremony.ceremony_kind](run, session)
+            transcript = _transcript(run)
+            transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
+            # From the commit on, the ceremony is finished, not abandoned: its shares are the only way back to the token's PIN.
+            held.enter_context(interrupts_held(f"ceremony {ceremony.name} was recording its results and writing its outputs"))
+            _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
+            log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
+                     len(run.revocations))
+            audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
+        except BaseException as error:
+            token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
+            if isinstance(error, SmkiError):
+                _record_refusal(run, connection, audit, error, signed=not created_token)
+            close_all()
+            if token_is_new:
+                delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
+            elif run.taken_over is not None:
+                _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
+            raise
+        finally:
+            close_all()
+        for path, data, _, mode in run.outputs:
+            write_new_file(path, data, mode)
+        write_new_file(ceremony.transcript, transcript_bytes)
+        write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
     log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
     return transcript
 
