@@ -1,0 +1,102 @@
+"""Issue 14 under a hostile review: what the review found, each pinned by a test that failed before its fix.
+
+- `smki config show` repeated a PIN typed into a key URI (`--key-uri pkcs11:...?pin-value=...`) that the
+  command itself refuses;
+- `smki hsm init-token` created tokens no command could name again (a label of blanks, blanks at an end,
+  control characters), and called an empty label an HSM problem (exit 4) rather than bad input;
+- a Ctrl-C after a root-key ceremony committed its results, before its shares were written, deleted the
+  new token and left a state that records a root key nobody can use.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import smki as run_cli
+from test_ceremony import PASSPHRASES, SOURCES, workspace
+
+SECRET = "S3cr3t-9931"  # a PIN typed where it must never be: no output may repeat it
+VENDOR = {"VENDOR_PIN": "vendor-pin-1234", "VENDOR_SO_PIN": "vendor-so-5678"}
+
+
+def smki(*args, check=True, env=None):
+    return run_cli(*args, check=check, env={**PASSPHRASES, **VENDOR, **(env or {})})
+
+
+def one_line(result, code: int) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(lines) == 1 and "Traceback" not in result.stderr, (result.returncode, result.stderr)
+    return lines[0]
+
+
+# -- a PIN in a key URI is never shown ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--key-uri", "--audit-key-uri"])
+def test_config_show_never_repeats_a_pin_written_into_a_key_uri(tmp_path, option):
+    uri = f"pkcs11:token=T;object=k;id=%01?pin-value={SECRET}"
+    for as_json in ([], ["--json"]):
+        shown = smki("config", "show", *as_json, "ca", "issue-org", option, uri)
+        assert SECRET not in shown.stdout + shown.stderr
+        assert "refused" in shown.stdout
+    refused = smki("ca", "issue-org", option, uri, "--state", str(tmp_path / "s"), "--policy", "builtin:organisation",
+                   "--environment", "test", "--issuer-cert", str(tmp_path / "c.pem"), "--requester", "supplier",
+                   "--out", str(tmp_path / "o.pem"), str(tmp_path / "r.csr"), check=False)
+    assert "pin-value" in one_line(refused, 3) and SECRET not in refused.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_audit_verify_checks_its_anchor_key_uri_with_the_command_line():
+    refused = smki("audit", "verify", "--db", "none.db", "--public-key", "none.pem", "--anchor-key-uri",
+                   f"pkcs11:token=T;object=k?pin-value={SECRET}", check=False)
+    assert "pin-value" in one_line(refused, 3) and SECRET not in refused.stderr
+
+
+# -- a new token's label is one PKCS#11 can keep and give back -------------------------------------------------------
+
+
+def labels() -> list[str]:
+    return [token["label"] for token in json.loads(smki("hsm", "list", "--json").stdout)["tokens"]]
+
+
+@pytest.mark.parametrize("label", ["", " ", "   ", "T-PADDED ", " T-LEADING", "T-\tTAB", "T-\x1b[31mRED"])
+def test_init_token_refuses_a_label_no_command_could_name_again(label):
+    before = labels()
+    refused = smki("hsm", "init-token", "--label", label, "--so-pin-source", "env:VENDOR_SO_PIN", "--pin-source", "env:VENDOR_PIN",
+                   check=False)
+    assert "token label" in one_line(refused, 3)
+    assert labels() == before, "no token was created"
+
+
+# -- Ctrl-C once a root-key ceremony has committed ---------------------------------------------------------------------
+
+# The real `smki`, interrupted (SIGINT to itself, as a terminal's Ctrl-C) the moment the ceremony's records are committed.
+INTERRUPTED_AT_COMMIT = """
+import os, signal, sys
+import smki.root.ceremony as ceremony
+from smki.cli.main import main
+committed = ceremony._record
+def record_then_interrupt(*args, **kwargs):
+    committed(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+ceremony._record = record_then_interrupt
+sys.argv[0] = "smki"
+main()
+"""
+
+
+def test_ctrl_c_after_a_root_ceremony_commits_finishes_it_outputs_and_token_included(tmp_path, hsm_token):
+    work = workspace(tmp_path, "IC")
+    ceremony = work / "ceremonies" / "root-dca.yaml"
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_AT_COMMIT, "ceremony", "run", str(ceremony), *SOURCES, "--json"],
+                            capture_output=True, text=True, env={**os.environ, **PASSPHRASES}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Ctrl-C came while ceremony" in result.stderr and "held back" in result.stderr
+    shares = sorted(path.name for path in (work / "shares" / "root-dca").iterdir())
+    assert shares == [f"{name}.share.json" for name in ("alice", "bob", "carol", "dave", "erin")]
+    assert (work / "out" / "root-dca.pem").exists() and (work / "transcripts" / "root-dca-key.txt").exists()
+    assert json.loads(result.stdout)["authority"] == "root-dca"
+    assert "T-ROOT-DCA-IC" in labels(), "the committed ceremony's token is kept"
