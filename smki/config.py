@@ -26,7 +26,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from urllib.parse import urlsplit
 
 from smki.errors import BadInputError
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text
@@ -34,7 +33,7 @@ from smki.hsm.pins import SOURCE_FORMS, PinSource
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
 from smki.shipped import builtin_policy
-from smki.store.postgres import is_database_url
+from smki.store.postgres import has_password, is_database_url
 
 CONFIG_ENV = "SMKI_CONFIG"
 PIN_SOURCE_KEY = "pin_source"
@@ -206,7 +205,7 @@ def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
         database = data["database"]
         if not is_database_url(database):
             yield reader.place(Setting.DATABASE, ("database",), database)
-        elif _has_password(database):
+        elif has_password(database):
             raise reader.error(("database",), "a password is never written in a configuration file: give the URL without it "
                                               "(PostgreSQL reads it from PGPASSWORD or ~/.pgpass)")
         else:
@@ -262,13 +261,6 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
                               f"say where it comes from with {PIN_SOURCE_KEY}: {SOURCE_FORMS}")
         else:
             _refuse_secrets(path, value, lines, place)
-
-
-def _has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:  # a malformed URL: the store refuses it, in its own words, when the command opens it
-        return False
 
 
 def _is_source(text: str) -> bool:

@@ -100,3 +100,21 @@ def test_ctrl_c_after_a_root_ceremony_commits_finishes_it_outputs_and_token_incl
     assert (work / "out" / "root-dca.pem").exists() and (work / "transcripts" / "root-dca-key.txt").exists()
     assert json.loads(result.stdout)["authority"] == "root-dca"
     assert "T-ROOT-DCA-IC" in labels(), "the committed ceremony's token is kept"
+
+
+# -- a database password is never written in a configuration file, nor shown ------------------------------------------
+
+
+@pytest.mark.parametrize("url", [f"postgresql://db.example/smki?password={SECRET}", f"postgresql://db.example/smki?user=ca&sslpassword={SECRET}",
+                                 f"postgres://ca:{SECRET}@db.example/smki"])
+def test_a_database_password_in_a_configuration_file_is_refused_at_its_line(tmp_path, url):
+    config = tmp_path / "librarian.yaml"
+    config.write_text(f'kind: librarian\ndefaults:\n  actor: librarian\ndatabase: "{url}"\n')
+    refused = smki("config", "show", "--config", str(config), check=False)
+    assert one_line(refused, 3).startswith(f"smki: error: {config}:4: database: a password is never written") and SECRET not in refused.stderr
+
+
+def test_config_show_never_repeats_a_database_password_given_on_the_command_line():
+    for as_json in ([], ["--json"]):
+        shown = smki("config", "show", *as_json, "librarian", "lodge", "--db", f"postgresql://ca:{SECRET}@db.example/smki?password={SECRET}")
+        assert SECRET not in shown.stdout + shown.stderr and "postgresql://ca:***@db.example/smki?password=***" in shown.stdout
