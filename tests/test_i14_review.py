@@ -118,3 +118,16 @@ def test_config_show_never_repeats_a_database_password_given_on_the_command_line
     for as_json in ([], ["--json"]):
         shown = smki("config", "show", *as_json, "librarian", "lodge", "--db", f"postgresql://ca:{SECRET}@db.example/smki?password={SECRET}")
         assert SECRET not in shown.stdout + shown.stderr and "postgresql://ca:***@db.example/smki?password=***" in shown.stdout
+
+
+# -- $SMKI_CONFIG is read by the commands that take a setting from it ------------------------------------------------
+
+
+def test_a_missing_smki_config_does_not_stop_the_commands_that_use_none_of_it(tmp_path):
+    env = {"SMKI_CONFIG": str(tmp_path / "missing.yaml")}
+    template = smki("config", "template", "issuing-oca", env=env)  # the way to write the missing file
+    assert template.stdout.startswith("# smki configuration")
+    smki("ceremony", "examples", str(tmp_path / "examples"), env=env)
+    smki("policy", "check", "builtin:device", env=env)
+    for used in (["ca", "list"], ["config", "show"], ["hsm", "list"]):
+        assert "missing.yaml:0: (file): configuration file not found" in one_line(smki(*used, check=False, env=env), 3)

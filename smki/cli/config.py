@@ -25,7 +25,8 @@ def config_group() -> None:
     """
 
 
-@config_group.command("show", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@config_group.command("show", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+                      reads_configuration=True)
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
