@@ -5,7 +5,11 @@
 - `smki hsm init-token` created tokens no command could name again (a label of blanks, blanks at an end,
   control characters), and called an empty label an HSM problem (exit 4) rather than bad input;
 - a Ctrl-C after a root-key ceremony committed its results, before its shares were written, deleted the
-  new token and left a state that records a root key nobody can use.
+  new token and left a state that records a root key nobody can use;
+- a take-over ceremony refused for a wrong vendor PIN (or a token not empty) had already written the root's
+  state: its database, the policy adopted, and the refusal;
+- a database password in a URL's query was taken from a configuration file, and `config show` printed it;
+- a missing $SMKI_CONFIG stopped even the commands that use nothing of it (`config template` among them).
 """
 
 import json
@@ -17,6 +21,7 @@ import pytest
 
 from conftest import smki as run_cli
 from test_ceremony import PASSPHRASES, SOURCES, workspace
+from test_token_takeover import logs_in, take_over, vendor_token
 
 SECRET = "S3cr3t-9931"  # a PIN typed where it must never be: no output may repeat it
 VENDOR = {"VENDOR_PIN": "vendor-pin-1234", "VENDOR_SO_PIN": "vendor-so-5678"}
@@ -131,3 +136,23 @@ def test_a_missing_smki_config_does_not_stop_the_commands_that_use_none_of_it(tm
     smki("policy", "check", "builtin:device", env=env)
     for used in (["ca", "list"], ["config", "show"], ["hsm", "list"]):
         assert "missing.yaml:0: (file): configuration file not found" in one_line(smki(*used, check=False, env=env), 3)
+
+
+# -- a take-over refused for its vendor PIN, or for a token not empty, writes nothing ---------------------------------
+
+
+@pytest.mark.parametrize("case", ["wrong PIN", "PIN unset", "not empty"])
+def test_a_refused_take_over_writes_nothing_not_even_the_state(tmp_path, hsm_token, case):
+    work = workspace(tmp_path, "RW")
+    label = f"T-RW-{case.split()[0].upper()}-{case.split()[1].upper()}"
+    vendor_token(label)
+    if case == "not empty":
+        smki("hsm", "keygen", "--token", label, "--key-label", "left-over", "--key-id", "09", "--pin-source", "env:VENDOR_PIN",
+             "--state", str(tmp_path / "keygen-state"))
+    source = {"wrong PIN": "env:WRONG", "PIN unset": "env:UNSET_VENDOR_PIN", "not empty": "env:VENDOR_PIN"}[case]
+    refused = smki("ceremony", "run", str(take_over(work, "root-dca", label)), *SOURCES, "--vendor-pin-source", source, check=False,
+                   env={"WRONG": SECRET})
+    one_line(refused, {"wrong PIN": 4, "PIN unset": 3, "not empty": 5}[case])
+    assert SECRET not in refused.stderr
+    assert sorted(path.name for path in work.iterdir()) == ["ceremonies"], "no state, shares, outputs or transcripts"
+    assert logs_in(label, VENDOR["VENDOR_PIN"]) == ("2" if case == "not empty" else "0"), "the token is as the vendor left it"

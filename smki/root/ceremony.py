@@ -17,7 +17,8 @@ A root-key ceremony's token comes to be in one of two ways (the file's `hsm.setu
   custodians have chosen their passphrases replaces it with C_SetPIN by a user PIN derived from the
   new secret. The SO PIN stays the vendor's (the token's security officer keeps it: smki never
   learns it), which is also the token's last resort: an SO can always set a new user PIN (C_InitPIN).
-  A wrong vendor PIN is refused before anything changes. A ceremony that fails after C_SetPIN gives
+  A wrong vendor PIN, or a token not empty, is refused before anything is written (the root's state
+  included) or changed. A ceremony that fails after C_SetPIN gives
   the token back as it found it: every object it made destroyed, the vendor's PIN set again; if even
   that fails, the message says what state the token is in.
 """
@@ -88,12 +89,21 @@ class _TakenOver:
     new_pin: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class _VendorLogin:
+    """A take-over's first step, taken before anything is written (the root's state included): the PIN the
+    vendor set, proved by logging in with it, and the token found empty."""
+
+    pin: str = field(repr=False)
+    session: object = field(repr=False)
+
+
 @dataclass
 class _Run:
     ceremony: Ceremony
     operator: str
     passphrase: PassphraseSource
-    vendor_pin: PinSource | None = None  # take-over only: where the PIN the vendor set comes from
+    vendor_login: _VendorLogin | None = None  # take-over only
     taken_over: _TakenOver | None = None  # set once C_SetPIN has replaced the vendor's PIN
     started: datetime = field(default_factory=utc_now)
     custodians_present: list[str] = field(default_factory=list)
@@ -149,13 +159,7 @@ def _split_new_secret(run: _Run, threshold: int, custodians: int) -> bytes:
 def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
     """An empty token the vendor initialised: its user PIN replaced (C_SetPIN) by one derived from the new secret."""
     hsm = run.ceremony.hsm
-    source = run.vendor_pin or PinSource(SourceKind.PROMPT, option="--vendor-pin-source")
-    vendor_pin = source.read(f"the user PIN the vendor set on token {hsm.token}")
-    session = open_session(hsm.module, hsm.token, vendor_pin, rw=True, serial=hsm.serial)  # a wrong PIN is refused here
-    held = token_object_count(session)
-    if held:
-        raise ConflictError(f"token {hsm.token!r} holds {held} object(s): a root key goes into an empty token "
-                            "(clear or initialise it with the vendor's tool); nothing changed")
+    vendor_pin, session = run.vendor_login.pin, run.vendor_login.session
     secret = _split_new_secret(run, threshold, custodians)  # the passphrases first: a custodian who stops here changes nothing
     new_pin = activation.TokenPins.from_secret(secret).user_pin
     try:
@@ -167,6 +171,20 @@ def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
     run.facts["token"] = {"setup": TokenSetup.TAKE_OVER.value, "user_pin": "replaced (C_SetPIN) by one derived from the custodians' secret",
                           "so_pin": "unchanged: the vendor's, held by the token's security officer (smki never learns it)"}
     return new_pin
+
+
+def _vendor_login(ceremony: Ceremony, source: PinSource | None) -> _VendorLogin:
+    """Log in with the PIN the vendor set (a wrong one is refused here) and find the token empty; or refuse, nothing changed."""
+    hsm = ceremony.hsm
+    source = source or PinSource(SourceKind.PROMPT, option="--vendor-pin-source")
+    vendor_pin = source.read(f"the user PIN the vendor set on token {hsm.token}")
+    session = open_session(hsm.module, hsm.token, vendor_pin, rw=True, serial=hsm.serial)
+    held = token_object_count(session)
+    if held:
+        close_all()
+        raise ConflictError(f"token {hsm.token!r} holds {held} object(s): a root key goes into an empty token "
+                            "(clear or initialise it with the vendor's tool); nothing changed")
+    return _VendorLogin(vendor_pin, session)
 
 
 def _give_back(run: _Run, error: BaseException) -> None:
@@ -453,11 +471,18 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
                             f"{ceremony.path} does not")
     for path in ceremony.outputs():
         refuse_existing(path)
-    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt, vendor_pin)
+    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt)
     run.policy = load_policy(ceremony.policy)
+    if ceremony.hsm.setup is TokenSetup.TAKE_OVER:
+        # Before the root's state is made: a wrong vendor PIN, or a token already in use, leaves nothing written at all.
+        run.vendor_login = _vendor_login(ceremony, vendor_pin)
     log.info("ceremony %s (%s) for %s: outputs checked, policy %s version %s", ceremony.name, ceremony.ceremony_kind.value,
              ceremony.authority, run.policy.name, run.policy.version)
-    connection = open_state(ceremony.state)
+    try:
+        connection = open_state(ceremony.state)
+    except BaseException:
+        close_all()  # a take-over's vendor login ends with the ceremony
+        raise
     audit = AuditTrail(connection)
     created_token = False
     with ExitStack() as held:
