@@ -9,6 +9,7 @@
 - a take-over ceremony refused for a wrong vendor PIN (or a token not empty) had already written the root's
   state: its database, the policy adopted, and the refusal;
 - a database password in a URL's query was taken from a configuration file, and `config show` printed it;
+- `hsm init-token --json` gave an empty serial for a SoftHSM token (softhsm2-util), the one it names it by;
 - a missing $SMKI_CONFIG stopped even the commands that use nothing of it (`config template` among them).
 """
 
@@ -156,3 +157,10 @@ def test_a_refused_take_over_writes_nothing_not_even_the_state(tmp_path, hsm_tok
     assert SECRET not in refused.stderr
     assert sorted(path.name for path in work.iterdir()) == ["ceremonies"], "no state, shares, outputs or transcripts"
     assert logs_in(label, VENDOR["VENDOR_PIN"]) == ("2" if case == "not empty" else "0"), "the token is as the vendor left it"
+
+
+def test_init_token_reports_the_serial_of_a_softhsm_token_too():
+    made = json.loads(smki("hsm", "init-token", "--label", "T-RW-SERIAL", "--so-pin-source", "env:VENDOR_SO_PIN", "--pin-source",
+                           "env:VENDOR_PIN", "--json").stdout)
+    listed = next(t for t in json.loads(smki("hsm", "list", "--json").stdout)["tokens"] if t["label"] == "T-RW-SERIAL")
+    assert made["method"] == "softhsm2-util" and made["serial"] and made["serial"] == listed["serial"]
