@@ -240,8 +240,8 @@ def _audit_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
 
 
 def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
-    """Before the schema (whose messages repeat values): refuse a secret written in the file, and a
-    pin_source that is no source; neither message repeats the value."""
+    """Before the schema (whose messages repeat values): refuse a secret written in the file, a
+    pin_source that is no source, and a value with a control character; no message repeats the value."""
     if isinstance(data, list):
         for index, item in enumerate(data):
             _refuse_secrets(path, item, lines, where + (index,))
@@ -252,6 +252,10 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
         place = where + (key,)
         field = ".".join(str(part) for part in place)
         line = lines.get(place, 1)
+        if isinstance(value, str) and not value.isprintable():
+            # No setting holds one; a NUL in a path would reach the system as a crash (exit 70), a terminal
+            # control sequence would reach `config show`'s screen. Not repeated: the value may be anything.
+            raise ConfigError(f"{path}:{line}: {field}: holds a control character (a setting is printable text)")
         if key == PIN_SOURCE_KEY:
             if not isinstance(value, str) or not _is_source(value):
                 raise ConfigError(f"{path}:{line}: {field}: not a secret source: give {SOURCE_FORMS} "

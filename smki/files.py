@@ -4,7 +4,8 @@ Every file smki reads goes through `read_input`, with the limit for its kind: th
 checked before anything is read, a device, FIFO or directory is refused (a share file that is
 a symlink to /dev/zero would otherwise be read forever), and at most limit+1 bytes are read
 (a file that grows after the check is still refused). YAML goes through `read_yaml`, the one
-YAML loader: duplicate keys refused, alias expansion and nesting bounded.
+YAML loader: duplicate keys, keys that are lists or mappings and NUL characters refused, alias
+expansion and nesting bounded.
 
 A ceremony or issuance output that already exists is a sign of a repeated or confused
 run; it is refused rather than replaced (WriteMode.NEW). A published file is replaced by a
@@ -29,6 +30,7 @@ import signal
 import stat
 import tempfile
 import threading
+import collections.abc
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -144,10 +146,18 @@ class _StrictLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: a key no file of smki's has, and Python cannot hold
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node):
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and "\x00" in value:  # written as "\0" or "\x00": no smki file holds one, and a path with one crashes the system call
+            raise yaml.constructor.ConstructorError(None, None, "a value holds a NUL character", node.start_mark)
+        return value
 
 
 def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> YamlDocument:

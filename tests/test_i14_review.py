@@ -10,6 +10,9 @@
   state: its database, the policy adopted, and the refusal;
 - a database password in a URL's query was taken from a configuration file, and `config show` printed it;
 - `hsm init-token --json` gave an empty serial for a SoftHSM token (softhsm2-util), the one it names it by;
+- a YAML key that is a list or mapping (`? [a, b]`), and a NUL written as "\\0" in a value (a path), were
+  internal errors (exit 70) in configuration, ceremony and policy files; a configuration value with a
+  terminal control sequence was taken and printed by `config show`;
 - a missing $SMKI_CONFIG stopped even the commands that use nothing of it (`config template` among them).
 """
 
@@ -164,3 +167,35 @@ def test_init_token_reports_the_serial_of_a_softhsm_token_too():
                            "env:VENDOR_PIN", "--json").stdout)
     listed = next(t for t in json.loads(smki("hsm", "list", "--json").stdout)["tokens"] if t["label"] == "T-RW-SERIAL")
     assert made["method"] == "softhsm2-util" and made["serial"] and made["serial"] == listed["serial"]
+
+
+# -- YAML a hostile file can hold: one line at its FILE:LINE, exit 3 ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("hsm:\n  ? [a, b]\n  : 1\n", 2, "(yaml): a key must be a plain value"),
+    ("hsm:\n  ? {pin: 1}\n  : 1\n", 2, "(yaml): a key must be a plain value"),
+    ('kind: issuing-oca\nstate: "st\\0ate"\n', 2, "(yaml): a value holds a NUL character"),
+    ('kind: issuing-oca\nissuer_certificate: "a\\x00b"\n', 2, "(yaml): a value holds a NUL character"),
+    ('kind: issuing-oca\nauthority: "oca\\e[2J"\n', 2, "authority: holds a control character"),
+    ('state: s\ndefaults:\n  actor: "x"\nhsm:\n  token: "T\\x07"\n', 5, "hsm.token: holds a control character"),
+])
+def test_a_configuration_file_with_hostile_yaml_is_one_line_at_its_line(tmp_path, text, line, fragment):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    for args in (["config", "show", "--config", str(config)], ["ca", "list", "--config", str(config)]):
+        assert one_line(smki(*args, check=False), 3).startswith(f"smki: error: {config}:{line}: {fragment}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c.yaml"]
+
+
+@pytest.mark.parametrize("field", ["state", "transcript", "policy"])
+def test_a_nul_in_a_ceremony_files_path_is_bad_input_not_a_crash(tmp_path, field):
+    work = workspace(tmp_path, "NUL")
+    ceremony = work / "ceremonies" / "root-dca.yaml"
+    text = ceremony.read_text()
+    lines = text.splitlines()
+    number = next(i for i, row in enumerate(lines, 1) if row.startswith(f"{field}:"))
+    lines[number - 1] = f'{field}: "../a\\0b"'
+    ceremony.write_text("\n".join(lines) + "\n")
+    assert one_line(smki("ceremony", "check", str(ceremony), check=False), 3).startswith(
+        f"smki: error: {ceremony}:{number}: (yaml): a value holds a NUL character")
