@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from smki.errors import BadInputError
-from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text
+from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text, token_serial_text
 from smki.hsm.pins import SOURCE_FORMS, PinSource
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
@@ -185,7 +185,8 @@ def _hsm_values(reader: _Reader, hsm: dict) -> Iterator[ConfiguredValue]:
     if "token" in hsm:
         yield reader.value(Setting.TOKEN, ("hsm", "token"), reader.checked(("hsm", "token"), token_label_text, hsm["token"]))
     if "token_serial" in hsm:
-        yield reader.value(Setting.TOKEN_SERIAL, ("hsm", "token_serial"), hsm["token_serial"])
+        yield reader.value(Setting.TOKEN_SERIAL, ("hsm", "token_serial"),
+                           reader.checked(("hsm", "token_serial"), token_serial_text, hsm["token_serial"]))
     if "key" in hsm:
         key = hsm["key"]
         reader.checked(("hsm", "key", "id"), parse_key_id, key["id"])

@@ -179,6 +179,7 @@ def test_init_token_reports_the_serial_of_a_softhsm_token_too():
     ('kind: issuing-oca\nissuer_certificate: "a\\x00b"\n', 2, "(yaml): a value holds a NUL character"),
     ('kind: issuing-oca\nauthority: "oca\\e[2J"\n', 2, "authority: holds a control character"),
     ('state: s\ndefaults:\n  actor: "x"\nhsm:\n  token: "T\\x07"\n', 5, "hsm.token: holds a control character"),
+    ("hsm:\n  token: T\n  token_serial: 0123456789abcdef0\n", 3, "hsm.token_serial: the token serial number is longer than 16"),
 ])
 def test_a_configuration_file_with_hostile_yaml_is_one_line_at_its_line(tmp_path, text, line, fragment):
     config = tmp_path / "c.yaml"
