@@ -23,7 +23,10 @@ import sys
 
 import pytest
 
+import csr_factory as f
 from conftest import smki as run_cli
+from smki.testing import Hierarchy, TestPKI
+from test_batch_issuance import START, issuing_options
 from test_ceremony import PASSPHRASES, SOURCES, workspace
 from test_token_takeover import logs_in, take_over, vendor_token
 
@@ -200,3 +203,37 @@ def test_a_nul_in_a_ceremony_files_path_is_bad_input_not_a_crash(tmp_path, field
     ceremony.write_text("\n".join(lines) + "\n")
     assert one_line(smki("ceremony", "check", str(ceremony), check=False), 3).startswith(
         f"smki: error: {ceremony}:{number}: (yaml): a value holds a NUL character")
+
+
+# -- Ctrl-C between a certificate's record and its file ---------------------------------------------------------------
+
+INTERRUPTED_AT_RECORD = """
+import os, signal, sys
+import smki.operations.release as release
+from smki.cli.main import main
+recorded = release.insert_certificate
+def insert_then_interrupt(*args, **kwargs):
+    recorded(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+release.insert_certificate = insert_then_interrupt
+sys.argv[0] = "smki"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory, hsm_token):
+    with TestPKI.create(tmp_path_factory.mktemp("review-pki"), token=hsm_token, not_before=START) as made:
+        yield made
+
+
+def test_ctrl_c_once_a_certificate_is_recorded_still_writes_it(pki, tmp_path):
+    (tmp_path / "org.csr").write_bytes(f.organisation_csr(eui64="90B3D51F3001C0DE"))
+    out = tmp_path / "org.pem"
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_AT_RECORD, "ca", "issue-org", *issuing_options(pki, Hierarchy.ORGANISATION),
+                             "--environment", "test", "--requester", "supplier", "--not-before", "2026-02-01", "--out", str(out), "--json",
+                             str(tmp_path / "org.csr")], capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert result.returncode == 0 and "Ctrl-C came while certificate" in result.stderr, result.stderr
+    issued = json.loads(result.stdout)
+    shown = json.loads(smki("ca", "show", "--state", str(pki.state("issuing-oca")), issued["serial"], "--json").stdout)[0]
+    assert out.exists() and shown["certificate_type"] == "organisation", "what is on record is what was written"
