@@ -6,6 +6,9 @@
   control characters), and called an empty label an HSM problem (exit 4) rather than bad input;
 - a Ctrl-C after a root-key ceremony committed its results, before its shares were written, deleted the
   new token and left a state that records a root key nobody can use;
+- a root ceremony whose audit head could not be anchored in the token, after its results were committed,
+  deleted the token (or gave a taken-over one back) and wrote no shares: the state records a root key
+  that no longer exists;
 - a take-over ceremony refused for a wrong vendor PIN (or a token not empty) had already written the root's
   state: its database, the policy adopted, and the refusal;
 - a database password in a URL's query was taken from a configuration file, and `config show` printed it;
@@ -237,3 +240,35 @@ def test_ctrl_c_once_a_certificate_is_recorded_still_writes_it(pki, tmp_path):
     issued = json.loads(result.stdout)
     shown = json.loads(smki("ca", "show", "--state", str(pki.state("issuing-oca")), issued["serial"], "--json").stdout)[0]
     assert out.exists() and shown["certificate_type"] == "organisation", "what is on record is what was written"
+
+
+# -- a failure after a ceremony is on record does not undo it ------------------------------------------------------------
+
+ANCHOR_FAILS = """
+import sys
+import smki.hsm.anchor as anchor
+from smki.errors import HsmError
+from smki.cli.main import main
+def refused(*args, **kwargs):
+    raise HsmError("the token refused the anchor object (simulated)")
+anchor.TokenHeadAnchor.store = refused
+sys.argv[0] = "smki"
+main()
+"""
+
+
+def test_a_root_ceremony_whose_anchor_fails_after_the_commit_keeps_its_token_and_writes_its_shares(tmp_path, hsm_token):
+    work = workspace(tmp_path, "AF")
+    result = subprocess.run([sys.executable, "-c", ANCHOR_FAILS, "ceremony", "run", str(work / "ceremonies" / "root-dca.yaml"), *SOURCES],
+                            capture_output=True, text=True, env={**os.environ, **PASSPHRASES}, timeout=600)
+    line = one_line(result, 4)
+    assert "the ceremony is recorded and its outputs written" in line and "simulated" in line
+    assert len(list((work / "shares" / "root-dca").iterdir())) == 5 and (work / "out" / "root-dca.pem").exists()
+    assert (work / "transcripts" / "root-dca-key.json").exists()
+    assert "T-ROOT-DCA-AF" in labels(), "the token holding the recorded root key is kept"
+    # The record stands: the trail verifies, and ends with the ceremony's success, not a refusal after it.
+    verified = json.loads(smki("audit", "verify", "--db", str(work / "state" / "root-dca" / "smki.db"), "--json").stdout)
+    assert verified["ok"] is True and verified["entries"] == 2 and verified["last_signed_seq"] == 2
+    smki("audit", "export", "--db", str(work / "state" / "root-dca" / "smki.db"), "--out", str(tmp_path / "trail.json"))
+    entries = json.loads((tmp_path / "trail.json").read_text())["entries"]
+    assert [(e["operation"], e["outcome"]) for e in entries] == [("policy.adopt", "success"), ("ceremony.root-key", "success")]

@@ -514,7 +514,7 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
             _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
             log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
                      len(run.revocations))
-            audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
+            anchor_failed = _anchor_committed(audit)
         except BaseException as error:
             token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
             if isinstance(error, SmkiError):
@@ -532,7 +532,22 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
         write_new_file(ceremony.transcript, transcript_bytes)
         write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
     log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
+    if anchor_failed is not None:
+        raise anchor_failed
     return transcript
+
+
+def _anchor_committed(audit: AuditTrail) -> HsmError | None:
+    """The committed head anchored in the token (before close_all logs out); its failure, if it fails.
+
+    The ceremony is on record by now: a failure here must not undo it (delete the token, give it back, or
+    lose the shares), so it is returned, reported once the outputs are written. The trail stays good: a
+    later run finds the anchor behind the head, as after any run whose anchoring failed."""
+    try:
+        audit.anchor_checkpointed()
+    except SmkiError as exc:
+        return HsmError(f"the ceremony is recorded and its outputs written, but its audit head could not be anchored in the token: {exc}")
+    return None
 
 
 def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:
