@@ -395,7 +395,7 @@ def interrupts_held(what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: one not set from Python
         if caught:
             log.warning("Ctrl-C came while %s: held back until that was done", what)
 
