@@ -9,6 +9,8 @@
 - a root ceremony whose audit head could not be anchored in the token, after its results were committed,
   deleted the token (or gave a taken-over one back) and wrote no shares: the state records a root key
   that no longer exists;
+- a second Ctrl-C while a failed take-over ceremony gave its token back stopped that half-way: the
+  token kept the ceremony's keys and a PIN nobody holds;
 - a take-over ceremony refused for a wrong vendor PIN (or a token not empty) had already written the root's
   state: its database, the policy adopted, and the refusal;
 - a database password in a URL's query was taken from a configuration file, and `config show` printed it;
@@ -272,3 +274,34 @@ def test_a_root_ceremony_whose_anchor_fails_after_the_commit_keeps_its_token_and
     smki("audit", "export", "--db", str(work / "state" / "root-dca" / "smki.db"), "--out", str(tmp_path / "trail.json"))
     entries = json.loads((tmp_path / "trail.json").read_text())["entries"]
     assert [(e["operation"], e["outcome"]) for e in entries] == [("policy.adopt", "success"), ("ceremony.root-key", "success")]
+
+
+# -- a second Ctrl-C while a failed ceremony is undone ------------------------------------------------------------------
+
+INTERRUPTED_WHILE_GIVING_BACK = """
+import os, signal, sys
+import smki.root.ceremony as ceremony
+from smki.cli.main import main
+destroy = ceremony.destroy_token_objects
+def interrupt_then_destroy(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # the operator presses Ctrl-C again, while the token is given back
+    return destroy(*args, **kwargs)
+ceremony.destroy_token_objects = interrupt_then_destroy
+sys.argv[0] = "smki"
+main()
+"""
+
+
+def test_a_second_ctrl_c_does_not_stop_a_taken_over_token_being_given_back(tmp_path, hsm_token):
+    work = workspace(tmp_path, "GB")
+    label = "T-RW-GIVE-BACK"
+    vendor_token(label)
+    ceremony = take_over(work, "root-dca", label)
+    # Refused by the policy once the root key exists, after C_SetPIN: the token must be given back.
+    ceremony.write_text(ceremony.read_text().replace('  not_before: "2026-01-01"', '  not_before: "2026-01-01"\n  not_after: "2099-01-01"'))
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_GIVING_BACK, "ceremony", "run", str(ceremony), *SOURCES,
+                             "--vendor-pin-source", "env:VENDOR_PIN"], capture_output=True, text=True,
+                            env={**os.environ, **PASSPHRASES, **VENDOR}, timeout=600)
+    assert result.returncode == 1 and "6.3.2 validity" in result.stderr and "held back" in result.stderr, result.stderr
+    assert logs_in(label, VENDOR["VENDOR_PIN"]) == "0", "the vendor's PIN is back and the ceremony's keys are gone"
+    assert not (work / "shares").exists() and not (work / "out").exists()

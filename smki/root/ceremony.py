@@ -517,13 +517,15 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
             anchor_failed = _anchor_committed(audit)
         except BaseException as error:
             token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
-            if isinstance(error, SmkiError):
-                _record_refusal(run, connection, audit, error, signed=not created_token)
-            close_all()
-            if token_is_new:
-                delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
-            elif run.taken_over is not None:
-                _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
+            # Undone whole: a second Ctrl-C (operators press it again) must not stop the undoing half-way.
+            with interrupts_held(f"ceremony {ceremony.name} was being undone"):
+                if isinstance(error, SmkiError):
+                    _record_refusal(run, connection, audit, error, signed=not created_token)
+                close_all()
+                if token_is_new:
+                    delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
+                elif run.taken_over is not None:
+                    _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
             raise
         finally:
             close_all()
