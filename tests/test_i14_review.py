@@ -305,3 +305,12 @@ def test_a_second_ctrl_c_does_not_stop_a_taken_over_token_being_given_back(tmp_p
     assert result.returncode == 1 and "6.3.2 validity" in result.stderr and "held back" in result.stderr, result.stderr
     assert logs_in(label, VENDOR["VENDOR_PIN"]) == "0", "the vendor's PIN is back and the ceremony's keys are gone"
     assert not (work / "shares").exists() and not (work / "out").exists()
+
+
+def test_keygen_takes_a_builtin_policy_as_every_policy_option_does(tmp_path, hsm_token):
+    refused = smki("hsm", "keygen", "--token", hsm_token.label, "--key-label", "never", "--key-id", "7f", "--pin-source", "env:SMKI_TEST_PIN",
+                   "--state", str(tmp_path / "state"), "--policy", "builtin:nope", check=False)
+    assert one_line(refused, 3) == ("smki: error: --policy: unknown built-in policy 'builtin:nope' "
+                                    "(known: builtin:organisation, builtin:device)")
+    assert not (tmp_path / "state").exists()
+    assert "builtin:organisation" in smki("hsm", "keygen", "--help").stdout
