@@ -145,6 +145,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: settings that appear nowhere in the file as written
+                raise yaml.constructor.ConstructorError(None, None, "a merge key (<<) is not taken: write each setting out", key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: a key no file of smki's has, and Python cannot hold
                 raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark)
@@ -186,9 +188,12 @@ def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
         if node is not None:
             _check_expansion(node)
         data = loader.construct_document(node) if node is not None else None
+    except yaml.composer.ComposerError as exc:
+        if exc.problem_mark is not None and "single document" in str(exc.context):  # where the second one begins, not the first
+            raise YamlError(path, exc.problem_mark.line + 1, "(yaml)", "a second YAML document begins here: the file holds one") from None
+        raise _marked_error(path, exc) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
-        raise YamlError(path, mark.line + 1 if mark else 0, "(yaml)", str(exc.problem or exc.context)) from None
+        raise _marked_error(path, exc) from None
     except yaml.YAMLError as exc:
         raise YamlError(path, 0, "(yaml)", str(exc).splitlines()[0]) from None
     except RecursionError:
@@ -197,6 +202,11 @@ def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
         if loader is not None:
             loader.dispose()
     return YamlDocument(raw, node, data)
+
+
+def _marked_error(path: Path | str, exc: yaml.MarkedYAMLError) -> YamlError:
+    mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
+    return YamlError(path, mark.line + 1 if mark else 0, "(yaml)", str(exc.problem or exc.context))
 
 
 def _check_expansion(root) -> None:

@@ -188,6 +188,8 @@ def test_init_token_reports_the_serial_of_a_softhsm_token_too():
     ('kind: issuing-oca\nauthority: "oca\\e[2J"\n', 2, "authority: holds a control character"),
     ('state: s\ndefaults:\n  actor: "x"\nhsm:\n  token: "T\\x07"\n', 5, "hsm.token: holds a control character"),
     ("hsm:\n  token: T\n  token_serial: 0123456789abcdef0\n", 3, "hsm.token_serial: the token serial number is longer than 16"),
+    ("hsm: {token: T}\n---\nhsm: {token: U}\n", 2, "(yaml): a second YAML document begins here: the file holds one"),
+    ("base: &b {token: T}\nhsm:\n  <<: *b\n", 3, "(yaml): a merge key (<<) is not taken: write each setting out"),
 ])
 def test_a_configuration_file_with_hostile_yaml_is_one_line_at_its_line(tmp_path, text, line, fragment):
     config = tmp_path / "c.yaml"
