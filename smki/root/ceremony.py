@@ -516,27 +516,38 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
                      len(run.revocations))
             anchor_failed = _anchor_committed(audit)
         except BaseException as error:
-            token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
-            # Undone whole: a second Ctrl-C (operators press it again) must not stop the undoing half-way.
-            with interrupts_held(f"ceremony {ceremony.name} was being undone"):
-                if isinstance(error, SmkiError):
-                    _record_refusal(run, connection, audit, error, signed=not created_token)
-                close_all()
-                if token_is_new:
-                    delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
-                elif run.taken_over is not None:
-                    _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
+            _undo(run, connection, audit, error, created_token)
             raise
         finally:
             close_all()
-        for path, data, _, mode in run.outputs:
-            write_new_file(path, data, mode)
-        write_new_file(ceremony.transcript, transcript_bytes)
-        write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
+        _write_outputs(run, transcript, transcript_bytes)
     log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
     if anchor_failed is not None:
         raise anchor_failed
     return transcript
+
+
+def _undo(run: _Run, connection, audit: AuditTrail, error: BaseException, created_token: bool) -> None:
+    """A failed ceremony: its refusal recorded, and the token it made deleted or the token it took over given back.
+
+    Undone whole: a second Ctrl-C (operators press it again) must not stop the undoing half-way."""
+    ceremony = run.ceremony
+    with interrupts_held(f"ceremony {ceremony.name} was being undone"):
+        if isinstance(error, SmkiError):
+            _record_refusal(run, connection, audit, error, signed=not created_token)
+        close_all()
+        if created_token and ceremony.hsm.setup is TokenSetup.CREATE:
+            delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
+        elif run.taken_over is not None:
+            _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
+
+
+def _write_outputs(run: _Run, transcript: dict, transcript_bytes: bytes) -> None:
+    """The recorded ceremony's outputs (shares, certificates, ...) and its transcript, each never over a file."""
+    for path, data, _, mode in run.outputs:
+        write_new_file(path, data, mode)
+    write_new_file(run.ceremony.transcript, transcript_bytes)
+    write_new_file(run.ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
 
 
 def _anchor_committed(audit: AuditTrail) -> HsmError | None:
