@@ -127,7 +127,8 @@ class KeyUri(click.ParamType):
     name = "URI"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        parse_pkcs11_uri(value)  # its refusals name the problem, never the URI
+        if value:  # an empty one stands for none given, as it always has
+            parse_pkcs11_uri(value)  # its refusals name the problem, never the URI
         return value
 
 
