@@ -26,15 +26,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from urllib.parse import urlsplit
 
 from smki.errors import BadInputError
-from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text
+from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text, token_serial_text
 from smki.hsm.pins import SOURCE_FORMS, PinSource
 from smki.policy import Environment
 from smki.policy.loading import read_validated_yaml
 from smki.shipped import builtin_policy
-from smki.store.postgres import is_database_url
+from smki.store.postgres import has_password, is_database_url
 
 CONFIG_ENV = "SMKI_CONFIG"
 PIN_SOURCE_KEY = "pin_source"
@@ -186,7 +185,8 @@ def _hsm_values(reader: _Reader, hsm: dict) -> Iterator[ConfiguredValue]:
     if "token" in hsm:
         yield reader.value(Setting.TOKEN, ("hsm", "token"), reader.checked(("hsm", "token"), token_label_text, hsm["token"]))
     if "token_serial" in hsm:
-        yield reader.value(Setting.TOKEN_SERIAL, ("hsm", "token_serial"), hsm["token_serial"])
+        yield reader.value(Setting.TOKEN_SERIAL, ("hsm", "token_serial"),
+                           reader.checked(("hsm", "token_serial"), token_serial_text, hsm["token_serial"]))
     if "key" in hsm:
         key = hsm["key"]
         reader.checked(("hsm", "key", "id"), parse_key_id, key["id"])
@@ -206,7 +206,7 @@ def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
         database = data["database"]
         if not is_database_url(database):
             yield reader.place(Setting.DATABASE, ("database",), database)
-        elif _has_password(database):
+        elif has_password(database):
             raise reader.error(("database",), "a password is never written in a configuration file: give the URL without it "
                                               "(PostgreSQL reads it from PGPASSWORD or ~/.pgpass)")
         else:
@@ -241,8 +241,8 @@ def _audit_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
 
 
 def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
-    """Before the schema (whose messages repeat values): refuse a secret written in the file, and a
-    pin_source that is no source; neither message repeats the value."""
+    """Before the schema (whose messages repeat values): refuse a secret written in the file, a
+    pin_source that is no source, and a value with a control character; no message repeats the value."""
     if isinstance(data, list):
         for index, item in enumerate(data):
             _refuse_secrets(path, item, lines, where + (index,))
@@ -253,6 +253,10 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
         place = where + (key,)
         field = ".".join(str(part) for part in place)
         line = lines.get(place, 1)
+        if isinstance(value, str) and not value.isprintable():
+            # No setting holds one; a NUL in a path would reach the system as a crash (exit 70), a terminal
+            # control sequence would reach `config show`'s screen. Not repeated: the value may be anything.
+            raise ConfigError(f"{path}:{line}: {field}: holds a control character (a setting is printable text)")
         if key == PIN_SOURCE_KEY:
             if not isinstance(value, str) or not _is_source(value):
                 raise ConfigError(f"{path}:{line}: {field}: not a secret source: give {SOURCE_FORMS} "
@@ -262,13 +266,6 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
                               f"say where it comes from with {PIN_SOURCE_KEY}: {SOURCE_FORMS}")
         else:
             _refuse_secrets(path, value, lines, place)
-
-
-def _has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:  # a malformed URL: the store refuses it, in its own words, when the command opens it
-        return False
 
 
 def _is_source(text: str) -> bool:

@@ -4,7 +4,8 @@ Every file smki reads goes through `read_input`, with the limit for its kind: th
 checked before anything is read, a device, FIFO or directory is refused (a share file that is
 a symlink to /dev/zero would otherwise be read forever), and at most limit+1 bytes are read
 (a file that grows after the check is still refused). YAML goes through `read_yaml`, the one
-YAML loader: duplicate keys refused, alias expansion and nesting bounded.
+YAML loader: duplicate keys, keys that are lists or mappings and NUL characters refused, alias
+expansion and nesting bounded.
 
 A ceremony or issuance output that already exists is a sign of a repeated or confused
 run; it is refused rather than replaced (WriteMode.NEW). A published file is replaced by a
@@ -22,10 +23,14 @@ from __future__ import annotations
 
 import enum
 import fcntl
+import logging
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
+import collections.abc
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -35,6 +40,8 @@ from typing import Any, BinaryIO
 import yaml
 
 from smki.errors import BadInputError, ConflictError
+
+log = logging.getLogger(__name__)
 
 KIB, MIB = 1024, 1024 * 1024
 # Largest file accepted, by kind. Each is far above any genuine file of its kind and far
@@ -138,11 +145,21 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: settings that appear nowhere in the file as written
+                raise yaml.constructor.ConstructorError(None, None, "a merge key (<<) is not taken: write each setting out", key_node.start_mark)
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):  # `? [a, b]`: a key no file of smki's has, and Python cannot hold
+                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice (first on line {seen[key]})", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node):
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and "\x00" in value:  # written as "\0" or "\x00": no smki file holds one, and a path with one crashes the system call
+            raise yaml.constructor.ConstructorError(None, None, "a value holds a NUL character", node.start_mark)
+        return value
 
 
 def read_yaml(path: Path, what: str = "YAML", limit: int = MAX_YAML_BYTES) -> YamlDocument:
@@ -171,9 +188,12 @@ def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
         if node is not None:
             _check_expansion(node)
         data = loader.construct_document(node) if node is not None else None
+    except yaml.composer.ComposerError as exc:
+        if exc.problem_mark is not None and "single document" in str(exc.context):  # where the second one begins, not the first
+            raise YamlError(path, exc.problem_mark.line + 1, "(yaml)", "a second YAML document begins here: the file holds one") from None
+        raise _marked_error(path, exc) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
-        raise YamlError(path, mark.line + 1 if mark else 0, "(yaml)", str(exc.problem or exc.context)) from None
+        raise _marked_error(path, exc) from None
     except yaml.YAMLError as exc:
         raise YamlError(path, 0, "(yaml)", str(exc).splitlines()[0]) from None
     except RecursionError:
@@ -182,6 +202,11 @@ def parse_yaml(raw: bytes, path: Path | str) -> YamlDocument:
         if loader is not None:
             loader.dispose()
     return YamlDocument(raw, node, data)
+
+
+def _marked_error(path: Path | str, exc: yaml.MarkedYAMLError) -> YamlError:
+    mark = exc.context_mark or exc.problem_mark  # where the broken construct starts reads best
+    return YamlError(path, mark.line + 1 if mark else 0, "(yaml)", str(exc.problem or exc.context))
 
 
 def _check_expansion(root) -> None:
@@ -363,6 +388,26 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` atomically, never over an existing file."""
     with atomic_file(path, WriteMode.NEW, mode=mode) as stream:
         stream.write(data)
+
+
+@contextmanager
+def interrupts_held(what: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back while the block runs: for the step from committing a result to writing
+    its outputs, which must not stop half-way (a root ceremony recorded as done whose custodian shares,
+    the only way back to its token's PIN, were never all written). A Ctrl-C that comes meanwhile is
+    reported as a warning once the block is done; the command then ends as it would have (its exit code
+    says whether it succeeded). Outside the main thread, where signals cannot be handled, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)  # None: one not set from Python
+        if caught:
+            log.warning("Ctrl-C came while %s: held back until that was done", what)
 
 
 def replace_file(path: Path, data: bytes, mode: int = 0o644, *, temporary_suffix: str = _TEMPORARY_SUFFIX,

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from smki.audit.verify import ChainHead, export_trail, load_export, rows_from_database, verify_trail
 from smki.cli.configured import ConfiguredGroup
-from smki.cli.common import DATABASE, SECRET_SOURCE, emit, json_option, key_ref_from_options
+from smki.cli.common import DATABASE, KEY_URI, SECRET_SOURCE, emit, json_option, key_ref_from_options
 from smki.errors import BadInputError, RefusedError
 from smki.files import MAX_PUBLIC_KEY_BYTES, read_input, read_text_input, write_new_file
 from smki.hsm.config import default_module_path
@@ -61,7 +61,7 @@ def _stored_key(connection: Connection) -> ec.EllipticCurvePublicKey | None:
               help="A head recorded earlier (printed by an earlier verify): the trail must still hold it. Repeatable.")
 @click.option("--since-export", "since_exports", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="An earlier export of this trail: the trail must still hold its last entry. Repeatable.")
-@click.option("--anchor-key-uri", help="pkcs11: URI of the trail's audit key: the head its token anchors must still be in the "
+@click.option("--anchor-key-uri", type=KEY_URI, help="pkcs11: URI of the trail's audit key: the head its token anchors must still be in the "
                                        "trail (needs the token's PIN, from --pin-source).")
 @click.option("--pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
               help="With --anchor-key-uri: where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")

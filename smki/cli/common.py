@@ -118,7 +118,22 @@ class PolicyReference(click.ParamType):
         return click.Path(dir_okay=False, path_type=Path).convert(value, param, ctx) if kind is None else builtin_name(kind)
 
 
+class KeyUri(click.ParamType):
+    """A pkcs11: URI option (--key-uri, --audit-key-uri, --anchor-key-uri): checked with the command line, kept as text.
+
+    Checked here, not only when the command opens the key, so that a URI the command would refuse (one
+    carrying pin-value=, say) is never repeated by anything that shows the parsed options (`smki config show`)."""
+
+    name = "URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value:  # an empty one stands for none given, as it always has
+            parse_pkcs11_uri(value)  # its refusals name the problem, never the URI
+        return value
+
+
 SECRET_SOURCE = SecretSource()
+KEY_URI = KeyUri()
 ACTOR = ActorName()
 SERIAL = SerialNumber()
 CUSTODIAN_SECRET_SOURCE = CustodianSecretSource()
@@ -151,7 +166,7 @@ def token_serial_option(func: Callable) -> Callable:
 def key_options(func: Callable) -> Callable:
     """--token/--key-label/--key-id or --key-uri: where a CA key is."""
     for option in reversed([
-        click.option("--key-uri", help="RFC 7512 URI of the key, e.g. pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01 "
+        click.option("--key-uri", type=KEY_URI, help="RFC 7512 URI of the key, e.g. pkcs11:token=SMKI-ROOT-OCA;object=root-oca;id=%01 "
                      "(serial=... picks one of several tokens with that label; module-path=... overrides --module)"),
         click.option("--token", "token_label", help="Label of the token holding the key."),
         token_serial_option,
@@ -178,7 +193,7 @@ def audit_options(func: Callable) -> Callable:
     """--actor, and the audit key (--audit-key-uri, --pin-source) that signs the run's checkpoint."""
     func = click.option("--pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
                         help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt (never argv).")(func)
-    func = click.option("--audit-key-uri", help="pkcs11: URI of the audit key; when given, the run ends with a signed checkpoint.")(func)
+    func = click.option("--audit-key-uri", type=KEY_URI, help="pkcs11: URI of the audit key; when given, the run ends with a signed checkpoint.")(func)
     return click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                         help="Who is acting, as recorded in the audit trail.")(func)
 
@@ -198,7 +213,7 @@ def state_option(func: Callable) -> Callable:
                      help="The authority's state directory: its database (issued certificates, audit trail) lives here."),
         click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
                      help="Who is acting, as recorded in the audit trail."),
-        click.option("--audit-key-uri", help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
+        click.option("--audit-key-uri", type=KEY_URI, help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
         click.option("--audit-pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
                      help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt."),
     ]):

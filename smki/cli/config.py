@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from smki.cli.common import emit, json_option
+from smki.cli.common import DatabaseTarget, emit, json_option
 from smki.cli.configured import ConfiguredGroup, loaded_configuration, setting_for
 from smki.config import CONFIG_ENV, AuthorityKind
 from smki.hsm.pins import PinSource, SourceKind
+from smki.store.postgres import is_database_url, redact
 
 COMMAND_LINE = "command line"
 DEFAULT = "default"
@@ -24,7 +25,8 @@ def config_group() -> None:
     """
 
 
-@config_group.command("show", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@config_group.command("show", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+                      reads_configuration=True)
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -72,7 +74,7 @@ def _show_command(ctx: click.Context, words: list[str], as_json: bool) -> None:
         value = target.params.get(param.name)
         if value is None and source is ParameterSource.COMMANDLINE:
             value = "(refused: see the command's own error)"
-        rows.append({"option": _option_text(param), "value": _shown(value), "source": where, "setting": str(setting) if setting else None,
+        rows.append({"option": _option_text(param), "value": _shown(value, param), "source": where, "setting": str(setting) if setting else None,
                      **({"missing": True} if param.required and value in (None, ()) else {})})
     configuration = loaded.configuration if loaded else None
     data = {"command": "smki " + " ".join(path), "config": str(configuration.path) if configuration else None,
@@ -120,8 +122,11 @@ def _source_text(source: ParameterSource | None, param: click.Parameter) -> str:
     return DEFAULT
 
 
-def _shown(value):
-    """A value as it prints: a secret source as its form (env:NAME, fd:N, prompt: never a secret), paths as text."""
+def _shown(value, param: click.Parameter | None = None):
+    """A value as it prints: a secret source as its form (env:NAME, fd:N, prompt: never a secret), a database
+    URL without its password, paths as text."""
+    if param is not None and isinstance(param.type, DatabaseTarget) and is_database_url(value):
+        return redact(value)
     if isinstance(value, PinSource):
         kind = SourceKind(value.kind)
         return {SourceKind.PROMPT: "prompt", SourceKind.VALUE: "(a value given)"}.get(kind, f"{kind.value}:{value.where}")

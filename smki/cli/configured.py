@@ -97,13 +97,18 @@ def config_option() -> click.Option:
 class ConfiguredCommand(click.Command):
     """A command that takes --config: the file's settings become its option defaults."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, reads_configuration: bool | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.params.append(config_option())
+        # Whether $SMKI_CONFIG is read: by a command that takes a setting from it (or says it reads one, as
+        # `config show` does). The others (`config template`, `ceremony examples`, ...) would use nothing of
+        # it, and must not be refused because the variable names a file that is missing or wrong.
+        self.reads_configuration = reads_configuration if reads_configuration is not None else \
+            any(setting_for(self, param) is not None for param in self.params)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         given = self._given_on_command_line(ctx, args)
-        loaded = _load(ctx, given.get(CONFIG_PARAM))
+        loaded = _load(ctx, given.get(CONFIG_PARAM), from_environment=self.reads_configuration)
         if loaded is not None:
             ctx.default_map = {**(ctx.default_map or {}), **defaults_for(self, loaded.configuration, set(given))}
         try:
@@ -150,14 +155,14 @@ class ConfiguredGroup(click.Group):
     command_class = ConfiguredCommand
 
 
-def _load(ctx: click.Context, named: str | None) -> LoadedConfiguration | None:
+def _load(ctx: click.Context, named: str | None, from_environment: bool = True) -> LoadedConfiguration | None:
     """The configuration this command runs with: its --config, else one named by an enclosing command
-    (`smki config show --config FILE COMMAND`), else $SMKI_CONFIG; loaded once, kept in ctx.meta."""
+    (`smki config show --config FILE COMMAND`), else $SMKI_CONFIG (when `from_environment`); loaded once, kept in ctx.meta."""
     if named:
         loaded = LoadedConfiguration(load_configuration(named), "--config")
     elif loaded_configuration(ctx) is not None:
         return loaded_configuration(ctx)
-    elif os.environ.get(CONFIG_ENV):
+    elif from_environment and os.environ.get(CONFIG_ENV):
         loaded = LoadedConfiguration(load_configuration(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}")
     else:
         return None

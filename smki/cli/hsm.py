@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smki.cli.configured import ConfiguredGroup
-from smki.cli.common import (audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
+from smki.cli.common import (POLICY, POLICY_HELP, audit_key_ref, emit, json_option, key_options, key_ref_from_options, module_option,
                              pin_source_option, state_option, token_serial_option)
 from smki.files import write_new_file
 from smki.hsm.keys import find_public_key, list_keys, public_key_of, read_attributes
@@ -109,9 +109,9 @@ def _keys_text(data: dict) -> str:
 @key_options
 @pin_source_option()
 @state_option
-@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--policy", "policy_file", type=POLICY,
               help="A Certificate Policy whose key_attributes the key must read back with (default: smki's own requirement: "
-              "sensitive, never extractable, generated in the token, sign-only).")
+              f"sensitive, never extractable, generated in the token, sign-only): {POLICY_HELP}.")
 @json_option
 def keygen_command(module_path, key_uri, token_label, token_serial, key_label, key_id, pin_source, state_dir, actor, audit_key_uri,
                    audit_pin_source, policy_file, as_json) -> None:

@@ -55,6 +55,18 @@ def token_label_text(label: str) -> str:
     return pkcs11_text(label, "the token label", TOKEN_LABEL_MAX_BYTES)
 
 
+def new_token_label(label: str) -> str:
+    """The label for a token being created: `token_label_text`, and what PKCS#11 can keep and give back.
+
+    CK_TOKEN_INFO.label is blank-padded, so blanks at either end do not survive (modules strip them when
+    reading it back: a label of blanks reads back empty and no command could name the token again), and a
+    control character would travel into every message and audit entry that names the token."""
+    token_label_text(label)
+    if not label.strip() or label != label.strip() or not label.isprintable():
+        raise BadInputError("the token label must be 1 to 32 bytes of printable UTF-8 text, with no blanks at either end")
+    return label
+
+
 def token_serial_text(serial: str) -> str:
     """A token serial number ('' for none): at most 16 printable ASCII characters, as PKCS#11 reports it."""
     pkcs11_text(serial, "the token serial number", TOKEN_SERIAL_MAX_BYTES)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from smki.errors import ConflictError, HsmError
 from smki.hsm.child_env import child_environment
-from smki.hsm.config import token_label_text
+from smki.hsm.config import new_token_label, token_label_text
 from smki.hsm.store_lock import SOFTHSM, token_store_lock
 from smki.shipped import softhsm_template
 
@@ -77,9 +77,7 @@ def _answer_prompts(argv: list[str], answers: list[str]) -> tuple[int, str]:
 
 def init_token(label: str, so_pin: str, user_pin: str) -> None:
     """Initialise a free SoftHSM slot as token `label` with the given SO and user PINs."""
-    token_label_text(label)  # UTF-8, no NUL, at most 32 bytes; the value is not repeated
-    if not label:
-        raise HsmError("the token label is empty (give 1 to 32 bytes of UTF-8)")
+    new_token_label(label)  # printable UTF-8, at most 32 bytes, no blanks at either end; the value is not repeated
     for name, pin in (("SO PIN", so_pin), ("user PIN", user_pin)):
         if len(pin) not in PIN_LENGTH:
             raise HsmError(f"{name} must be 4 to 255 characters")

@@ -19,8 +19,8 @@ import pkcs11.exceptions as p11x
 from pkcs11.constants import TokenFlag
 
 from smki.errors import ConflictError, HsmError
-from smki.hsm.config import TOKEN_LABEL_MAX_BYTES, token_label_text
-from smki.hsm.session import load_module, module_is_softhsm, token_serial_of
+from smki.hsm.config import TOKEN_LABEL_MAX_BYTES, new_token_label
+from smki.hsm.session import get_token, load_module, module_is_softhsm, reload_module, token_serial_of
 from smki.hsm.softhsm import PIN_LENGTH, init_token as softhsm_init_token
 from smki.hsm.store_lock import token_store_lock
 
@@ -49,15 +49,15 @@ class _FunctionList(ctypes.Structure):
 def create_token(module_path: str, label: str, so_pin: str, user_pin: str, slot: int | None = None) -> CreatedToken:
     """A new token labelled `label` with these PINs: softhsm2-util for SoftHSM, else C_InitToken + C_InitPIN
     on the module's one uninitialised token (or on `slot`)."""
-    token_label_text(label)
-    if not label:
-        raise HsmError("the token label is empty (give 1 to 32 bytes of UTF-8)")
+    new_token_label(label)
     for name, pin in (("SO PIN", so_pin), ("user PIN", user_pin)):
         if len(pin) not in PIN_LENGTH:
             raise HsmError(f"{name} must be 4 to 255 characters")
     if module_is_softhsm(module_path) and slot is None:
         softhsm_init_token(label, so_pin, user_pin)
-        return CreatedToken(label, module_path, "softhsm2-util")
+        reload_module(module_path)  # SoftHSM reads its tokens at C_Initialize: the new one is seen only after it
+        # Its serial, as for a token made through C_InitToken: what --token-serial and serial= name it by.
+        return CreatedToken(label, module_path, "softhsm2-util", serial=token_serial_of(get_token(module_path, label)))
     return _pkcs11_init_token(module_path, label, so_pin, user_pin, slot)
 
 

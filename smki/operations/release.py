@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from smki.files import write_new_file
+from smki.files import interrupts_held, write_new_file
 from smki.operations.audited import AuditedOperation
 from smki.operations.records import record_for
 from smki.operations.results import IssuedCertificate
@@ -33,12 +33,14 @@ def record_and_release(operation: AuditedOperation, certificate: x509.Certificat
                               "issuer_key_id": record.issuer_key_id})
     if out is not None:
         operation.subject["file"] = str(out)
-    with transaction(operation.connection):
-        insert_certificate(operation.connection, record)
-        operation.audit.append(operation.success_entry(StateChange().issue(record.issuer_key_id, record.serial_hex).details(),
-                                                       policy=policy.identity))
-    if out is not None:
-        write_new_file(out, certificate.public_bytes(Encoding.PEM))
+    # Recorded means released: a Ctrl-C between the commit and the file would leave a certificate on record that nobody has.
+    with interrupts_held(f"certificate {record.serial_hex} was being recorded and written"):
+        with transaction(operation.connection):
+            insert_certificate(operation.connection, record)
+            operation.audit.append(operation.success_entry(StateChange().issue(record.issuer_key_id, record.serial_hex).details(),
+                                                           policy=policy.identity))
+        if out is not None:
+            write_new_file(out, certificate.public_bytes(Encoding.PEM))
     return record
 
 

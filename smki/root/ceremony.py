@@ -17,7 +17,8 @@ A root-key ceremony's token comes to be in one of two ways (the file's `hsm.setu
   custodians have chosen their passphrases replaces it with C_SetPIN by a user PIN derived from the
   new secret. The SO PIN stays the vendor's (the token's security officer keeps it: smki never
   learns it), which is also the token's last resort: an SO can always set a new user PIN (C_InitPIN).
-  A wrong vendor PIN is refused before anything changes. A ceremony that fails after C_SetPIN gives
+  A wrong vendor PIN, or a token not empty, is refused before anything is written (the root's state
+  included) or changed. A ceremony that fails after C_SetPIN gives
   the token back as it found it: every object it made destroyed, the vendor's PIN set again; if even
   that fails, the message says what state the token is in.
 """
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +50,7 @@ from smki.identifiers import CertificateType, ListType, PolicyKind
 from smki.operations.lists import signed_list
 from smki.operations.records import record_for
 from smki.errors import BadInputError, ConflictError, HsmError, RefusedError, SmkiError
-from smki.files import refuse_existing, write_new_file
+from smki.files import interrupts_held, refuse_existing, write_new_file
 from smki.hsm import activation
 from smki.hsm.anchor import TokenHeadAnchor
 from smki.hsm.contingency import export_wrapping_key, find_wrapping_key, generate_contingency_keys, unwrap_public_key, wrap_public_key
@@ -87,12 +89,21 @@ class _TakenOver:
     new_pin: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class _VendorLogin:
+    """A take-over's first step, taken before anything is written (the root's state included): the PIN the
+    vendor set, proved by logging in with it, and the token found empty."""
+
+    pin: str = field(repr=False)
+    session: object = field(repr=False)
+
+
 @dataclass
 class _Run:
     ceremony: Ceremony
     operator: str
     passphrase: PassphraseSource
-    vendor_pin: PinSource | None = None  # take-over only: where the PIN the vendor set comes from
+    vendor_login: _VendorLogin | None = None  # take-over only
     taken_over: _TakenOver | None = None  # set once C_SetPIN has replaced the vendor's PIN
     started: datetime = field(default_factory=utc_now)
     custodians_present: list[str] = field(default_factory=list)
@@ -148,13 +159,7 @@ def _split_new_secret(run: _Run, threshold: int, custodians: int) -> bytes:
 def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
     """An empty token the vendor initialised: its user PIN replaced (C_SetPIN) by one derived from the new secret."""
     hsm = run.ceremony.hsm
-    source = run.vendor_pin or PinSource(SourceKind.PROMPT, option="--vendor-pin-source")
-    vendor_pin = source.read(f"the user PIN the vendor set on token {hsm.token}")
-    session = open_session(hsm.module, hsm.token, vendor_pin, rw=True, serial=hsm.serial)  # a wrong PIN is refused here
-    held = token_object_count(session)
-    if held:
-        raise ConflictError(f"token {hsm.token!r} holds {held} object(s): a root key goes into an empty token "
-                            "(clear or initialise it with the vendor's tool); nothing changed")
+    vendor_pin, session = run.vendor_login.pin, run.vendor_login.session
     secret = _split_new_secret(run, threshold, custodians)  # the passphrases first: a custodian who stops here changes nothing
     new_pin = activation.TokenPins.from_secret(secret).user_pin
     try:
@@ -166,6 +171,20 @@ def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
     run.facts["token"] = {"setup": TokenSetup.TAKE_OVER.value, "user_pin": "replaced (C_SetPIN) by one derived from the custodians' secret",
                           "so_pin": "unchanged: the vendor's, held by the token's security officer (smki never learns it)"}
     return new_pin
+
+
+def _vendor_login(ceremony: Ceremony, source: PinSource | None) -> _VendorLogin:
+    """Log in with the PIN the vendor set (a wrong one is refused here) and find the token empty; or refuse, nothing changed."""
+    hsm = ceremony.hsm
+    source = source or PinSource(SourceKind.PROMPT, option="--vendor-pin-source")
+    vendor_pin = source.read(f"the user PIN the vendor set on token {hsm.token}")
+    session = open_session(hsm.module, hsm.token, vendor_pin, rw=True, serial=hsm.serial)
+    held = token_object_count(session)
+    if held:
+        close_all()
+        raise ConflictError(f"token {hsm.token!r} holds {held} object(s): a root key goes into an empty token "
+                            "(clear or initialise it with the vendor's tool); nothing changed")
+    return _VendorLogin(vendor_pin, session)
 
 
 def _give_back(run: _Run, error: BaseException) -> None:
@@ -452,58 +471,96 @@ def run_ceremony(ceremony: Ceremony, *, operator: str | None = None, passphrase:
                             f"{ceremony.path} does not")
     for path in ceremony.outputs():
         refuse_existing(path)
-    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt, vendor_pin)
+    run = _Run(ceremony, operator or os.environ.get("USER") or getpass.getuser(), passphrase or _prompt)
     run.policy = load_policy(ceremony.policy)
+    if ceremony.hsm.setup is TokenSetup.TAKE_OVER:
+        # Before the root's state is made: a wrong vendor PIN, or a token already in use, leaves nothing written at all.
+        run.vendor_login = _vendor_login(ceremony, vendor_pin)
     log.info("ceremony %s (%s) for %s: outputs checked, policy %s version %s", ceremony.name, ceremony.ceremony_kind.value,
              ceremony.authority, run.policy.name, run.policy.version)
-    connection = open_state(ceremony.state)
+    try:
+        connection = open_state(ceremony.state)
+    except BaseException:
+        close_all()  # a take-over's vendor login ends with the ceremony
+        raise
     audit = AuditTrail(connection)
     created_token = False
-    try:
-        if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
-            if (adopted(connection, run.policy.hierarchy) or {}).get("sha256") != run.policy.sha256:
-                adopt(connection, run.policy, run.operator, audit)
-            require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
-            pin = _new_root_token(run)
-            created_token = True
-        else:
-            require_adopted(connection, run.policy)
-            pin = _presented_pin(run)
-        log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
-        session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
-        del pin
-        audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
-        audit.anchor = _head_anchor(ceremony)
-        audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
-        log.info("ceremony %s: audit key and the trail's anchored head checked; %s", ceremony.name, ceremony.ceremony_kind.value)
-        if ceremony.ceremony_kind is CeremonyKind.ARL:
-            _arl(run, session, connection)
-        else:
-            _CEREMONIES[ceremony.ceremony_kind](run, session)
-        transcript = _transcript(run)
-        transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
-        _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
-        log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
-                 len(run.revocations))
-        audit.anchor_checkpointed()  # committed: the token may now anchor the new head (before close_all logs out)
-    except BaseException as error:
-        token_is_new = created_token and ceremony.hsm.setup is TokenSetup.CREATE
+    with ExitStack() as held:
+        try:
+            if ceremony.ceremony_kind is CeremonyKind.ROOT_KEY:
+                if (adopted(connection, run.policy.hierarchy) or {}).get("sha256") != run.policy.sha256:
+                    adopt(connection, run.policy, run.operator, audit)
+                require_adopted(connection, run.policy)  # an edited adoption row is not taken for the audited adoption
+                pin = _new_root_token(run)
+                created_token = True
+            else:
+                require_adopted(connection, run.policy)
+                pin = _presented_pin(run)
+            log.info("ceremony %s: custodians %s; logging in to token %r", ceremony.name, ", ".join(run.custodians_present), ceremony.hsm.token)
+            session = open_session(ceremony.hsm.module, ceremony.hsm.token, pin, rw=ceremony.ceremony_kind.writes_keys, serial=ceremony.hsm.serial)
+            del pin
+            audit.signer = _audit_signer(run, session)  # from here on, a refusal is signed too
+            audit.anchor = _head_anchor(ceremony)
+            audit.check_anchor()  # every ceremony builds on the root's state: refuse a trail cut back behind its anchor
+            log.info("ceremony %s: audit key and the trail's anchored head checked; %s", ceremony.name, ceremony.ceremony_kind.value)
+            if ceremony.ceremony_kind is CeremonyKind.ARL:
+                _arl(run, session, connection)
+            else:
+                _CEREMONIES[ceremony.ceremony_kind](run, session)
+            transcript = _transcript(run)
+            transcript_bytes = json.dumps(transcript, indent=2).encode() + b"\n"
+            # From the commit on, the ceremony is finished, not abandoned: its shares are the only way back to the token's PIN.
+            held.enter_context(interrupts_held(f"ceremony {ceremony.name} was recording its results and writing its outputs"))
+            _record(run, connection, audit, hashlib.sha256(transcript_bytes).hexdigest())
+            log.info("ceremony %s: %d certificate(s), %d revocation(s) recorded; checkpoint signed", ceremony.name, len(run.records),
+                     len(run.revocations))
+            anchor_failed = _anchor_committed(audit)
+        except BaseException as error:
+            _undo(run, connection, audit, error, created_token)
+            raise
+        finally:
+            close_all()
+        _write_outputs(run, transcript, transcript_bytes)
+    log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
+    if anchor_failed is not None:
+        raise anchor_failed
+    return transcript
+
+
+def _undo(run: _Run, connection, audit: AuditTrail, error: BaseException, created_token: bool) -> None:
+    """A failed ceremony: its refusal recorded, and the token it made deleted or the token it took over given back.
+
+    Undone whole: a second Ctrl-C (operators press it again) must not stop the undoing half-way."""
+    ceremony = run.ceremony
+    with interrupts_held(f"ceremony {ceremony.name} was being undone"):
         if isinstance(error, SmkiError):
             _record_refusal(run, connection, audit, error, signed=not created_token)
         close_all()
-        if token_is_new:
+        if created_token and ceremony.hsm.setup is TokenSetup.CREATE:
             delete_token(ceremony.hsm.token)  # a root ceremony that failed leaves no orphan token behind
         elif run.taken_over is not None:
             _give_back(run, error)  # nor a token with keys nobody asked for and a PIN nobody holds
-        raise
-    finally:
-        close_all()
+
+
+def _write_outputs(run: _Run, transcript: dict, transcript_bytes: bytes) -> None:
+    """The recorded ceremony's outputs (shares, certificates, ...) and its transcript, each never over a file."""
     for path, data, _, mode in run.outputs:
         write_new_file(path, data, mode)
-    write_new_file(ceremony.transcript, transcript_bytes)
-    write_new_file(ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
-    log.info("ceremony %s: wrote %d output(s) and the transcript %s", ceremony.name, len(run.outputs), ceremony.transcript)
-    return transcript
+    write_new_file(run.ceremony.transcript, transcript_bytes)
+    write_new_file(run.ceremony.transcript.with_suffix(".txt"), _transcript_text(transcript).encode())
+
+
+def _anchor_committed(audit: AuditTrail) -> HsmError | None:
+    """The committed head anchored in the token (before close_all logs out); its failure, if it fails.
+
+    The ceremony is on record by now: a failure here must not undo it (delete the token, give it back, or
+    lose the shares), so it is returned, reported once the outputs are written. The trail stays good: a
+    later run finds the anchor behind the head, as after any run whose anchoring failed."""
+    try:
+        audit.anchor_checkpointed()
+    except SmkiError as exc:
+        return HsmError(f"the ceremony is recorded and its outputs written, but its audit head could not be anchored in the token: {exc}")
+    return None
 
 
 def _record(run: _Run, connection, audit: AuditTrail, transcript_sha256: str) -> None:

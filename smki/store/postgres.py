@@ -43,10 +43,23 @@ def is_database_url(target: object) -> bool:
     return isinstance(target, str) and target.lower().startswith(URL_SCHEMES)
 
 
+# A password in a URL's query (libpq takes password= and sslpassword= there as well as in the user info).
+_QUERY_PASSWORD = re.compile(r"(?i)(^|&)((?:ssl)?password=)[^&]*")
+
+
+def has_password(url: str) -> bool:
+    """Whether the URL carries a password: in its user info, or in its query (password=, sslpassword=)."""
+    try:
+        parts = urlsplit(url)
+        return parts.password is not None or _QUERY_PASSWORD.search(parts.query) is not None
+    except ValueError:  # a malformed URL: the store refuses it, in its own words, when a command opens it
+        return False
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
