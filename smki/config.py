@@ -119,6 +119,7 @@ class Configuration:
     kind: AuthorityKind | None
     authority: str | None
     values: Mapping[Setting, ConfiguredValue]
+    kind_line: int = 1
 
     def get(self, setting: Setting) -> ConfiguredValue | None:
         return self.values.get(setting)
@@ -138,7 +139,7 @@ def load_configuration(path: Path | str) -> Configuration:
     values = [*_hsm_values(reader, data.get("hsm", {})), *_authority_values(reader, data), *_audit_values(reader, data),
               *(reader.value(Setting(f"defaults.{name}"), ("defaults", name), value) for name, value in data.get("defaults", {}).items())]
     return Configuration(path, AuthorityKind(data["kind"]) if "kind" in data else None, data.get("authority"),
-                         MappingProxyType({value.setting: value for value in values}))
+                         MappingProxyType({value.setting: value for value in values}), reader.line(("kind",)))
 
 
 class _Reader:

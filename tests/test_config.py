@@ -96,7 +96,9 @@ def test_a_key_uri_on_the_command_line_replaces_the_files_token_and_key(oca_conf
 def test_pin_source_is_mapped_by_what_it_means(oca_config, tmp_path):
     """--pin-source is the signing key's PIN where a command names a signing key, the audit key's on the Librarian's
     commands and `audit verify`, and nothing the file gives on `hsm init-token` (the new token's user PIN)."""
-    assert options_of(show("--config", str(oca_config), "librarian", "lodge", "x.pem"))["--pin-source"]["value"] == "fd:5"
+    # (a file without `kind`, which every group takes: the Librarian's commands refuse an issuing-oca file)
+    kindless = write(tmp_path / "kindless.yaml", oca_config.read_text().replace("kind: issuing-oca\n", ""))
+    assert options_of(show("--config", str(kindless), "librarian", "lodge", "x.pem"))["--pin-source"]["value"] == "fd:5"
     assert options_of(show("--config", str(oca_config), "audit", "verify"))["--pin-source"]["value"] == "fd:5"
     init = options_of(show("--config", str(oca_config), "hsm", "init-token", "--label", "NEW"))
     assert init["--pin-source"]["value"] == "prompt" and init["--pin-source"]["source"] == "default"
@@ -265,3 +267,18 @@ issuer_certificate: {os.path.relpath(pki.certificate_file("issuing-oca"), tmp_pa
     wrong = smki("ca", "issue-org", "--config", str(config), "--key-uri", pki.key("issuing-dca").uri, "--requester", "supplier",
                  "--not-before", "2026-02-01", "--out", str(tmp_path / "org2.pem"), str(tmp_path / "org2.csr"), check=False)
     assert wrong.returncode != 0 and not (tmp_path / "org2.pem").exists(), wrong.stderr
+
+
+def test_a_file_for_another_authority_is_refused_by_the_commands_it_is_not_for(tmp_path):
+    librarian = write(tmp_path / "librarian.yaml", "# the Librarian's\nkind: librarian\ndatabase: repository.db\n")
+    for command in (["ca", "issue-org", "--requester", "supplier", "x.csr"], ["cert", "device", "--help"]):
+        refused(smki(*command, "--config", str(librarian), check=False),
+                f"{librarian}:2: kind: this librarian configuration is not for `smki {command[0]}` commands")
+    assert not (tmp_path / "repository.db").exists()
+    # `config show` says so too; the Librarian's own commands, and groups that serve every kind, take it.
+    refused(smki("config", "show", "--config", str(librarian), "ca", "list", check=False), f"{librarian}:2: kind:")
+    smki("librarian", "find", "--config", str(librarian), "--help")
+    oca = write(tmp_path / "oca.yaml", "kind: issuing-oca\nstate: state\n")
+    refused(smki("librarian", "find", "--config", str(oca), check=False),
+            f"{oca}:1: kind: this issuing-oca configuration is not for `smki librarian` commands (they take librarian)")
+    smki("hsm", "list", "--config", str(oca))

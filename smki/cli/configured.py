@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from smki.config import CONFIG_ENV, Configuration, ConfigError, Setting, load_configuration
+from smki.config import CONFIG_ENV, AuthorityKind, Configuration, ConfigError, Setting, load_configuration
 from smki.errors import BadInputError
 
 CONFIG_PARAM = "config_file"
@@ -51,6 +51,12 @@ AUDIT_KEY_PARAMS = ("audit_key_uri", "anchor_key_uri")
 _KEY_PARTS = (Setting.TOKEN, Setting.TOKEN_SERIAL, Setting.KEY_LABEL, Setting.KEY_ID)
 _REPLACED_BY = {"key_uri": _KEY_PARTS, "token_label": (Setting.KEY_URI,), "token_serial": (Setting.KEY_URI,),
                 "key_label": (Setting.KEY_URI,), "key_id": (Setting.KEY_URI,)}
+
+# The kinds of configuration file each command group serves. Another authority's file is refused, not
+# half-used: a Librarian's file given to `ca issue-org` would sign the Issuing OCA's checkpoint with the
+# Librarian's audit key. Groups not named here (hsm, policy, audit, lint) serve every kind.
+_ISSUING_KINDS = frozenset({AuthorityKind.ISSUING_OCA, AuthorityKind.ISSUING_DCA})
+GROUP_KINDS = {"ca": _ISSUING_KINDS, "cert": _ISSUING_KINDS, "librarian": frozenset({AuthorityKind.LIBRARIAN})}
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class ConfiguredCommand(click.Command):
         given = self._given_on_command_line(ctx, args)
         loaded = _load(ctx, given.get(CONFIG_PARAM), from_environment=self.reads_configuration)
         if loaded is not None:
+            _refuse_another_kind(ctx, loaded.configuration)
             ctx.default_map = {**(ctx.default_map or {}), **defaults_for(self, loaded.configuration, set(given))}
         try:
             return super().parse_args(ctx, args)
@@ -147,6 +154,17 @@ class ConfiguredCommand(click.Command):
         except click.UsageError:
             return {}
         return opts
+
+
+def _refuse_another_kind(ctx: click.Context, configuration: Configuration) -> None:
+    """A file whose `kind` is not one the command's group serves: FILE:LINE: kind, exit 3 (a file without `kind` is not checked)."""
+    words = ctx.command_path.split()  # `smki ca issue-org`, or `smki config show ca issue-org`: the group is the word before the command
+    group = words[-2] if len(words) >= 2 else ""
+    served = GROUP_KINDS.get(group)
+    if configuration.kind is None or served is None or configuration.kind in served:
+        return
+    raise ConfigError(f"{configuration.path}:{configuration.kind_line}: kind: this {configuration.kind} configuration is not for "
+                      f"`smki {group}` commands (they take {' or '.join(sorted(served))})")
 
 
 class ConfiguredGroup(click.Group):
