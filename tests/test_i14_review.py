@@ -90,19 +90,26 @@ def test_init_token_refuses_a_label_no_command_could_name_again(label):
 
 # -- Ctrl-C once a root-key ceremony has committed ---------------------------------------------------------------------
 
-# The real `smki`, interrupted (SIGINT to itself, as a terminal's Ctrl-C) the moment the ceremony's records are committed.
-INTERRUPTED_AT_COMMIT = """
+def interrupted_after(module: str, function: str) -> str:
+    """A script running the real `smki`, interrupted (SIGINT to itself, as a terminal's Ctrl-C) the moment
+    `module.function` returns."""
+    return f"""
 import os, signal, sys
-import smki.root.ceremony as ceremony
+import {module} as patched
 from smki.cli.main import main
-committed = ceremony._record
-def record_then_interrupt(*args, **kwargs):
-    committed(*args, **kwargs)
+original = patched.{function}
+def then_interrupt(*args, **kwargs):
+    result = original(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGINT)
-ceremony._record = record_then_interrupt
+    return result
+patched.{function} = then_interrupt
 sys.argv[0] = "smki"
 main()
 """
+
+
+# The moment the ceremony's records are committed.
+INTERRUPTED_AT_COMMIT = interrupted_after("smki.root.ceremony", "_record")
 
 
 def test_ctrl_c_after_a_root_ceremony_commits_finishes_it_outputs_and_token_included(tmp_path, hsm_token):
@@ -214,18 +221,7 @@ def test_a_nul_in_a_ceremony_files_path_is_bad_input_not_a_crash(tmp_path, field
 
 # -- Ctrl-C between a certificate's record and its file ---------------------------------------------------------------
 
-INTERRUPTED_AT_RECORD = """
-import os, signal, sys
-import smki.operations.release as release
-from smki.cli.main import main
-recorded = release.insert_certificate
-def insert_then_interrupt(*args, **kwargs):
-    recorded(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGINT)
-release.insert_certificate = insert_then_interrupt
-sys.argv[0] = "smki"
-main()
-"""
+INTERRUPTED_AT_RECORD = interrupted_after("smki.operations.release", "insert_certificate")
 
 
 @pytest.fixture(scope="module")
