@@ -114,6 +114,10 @@ def test_a_ceremony_file_naming_an_unknown_builtin_policy_is_refused_at_its_line
     line_number = next(n for n, line in enumerate(ceremony.read_text().splitlines(), start=1) if line.startswith("policy:"))
     line = one_line_error(run_smki("ceremony", "check", str(ceremony), cwd=tmp_path), EXIT_BAD_INPUT)
     assert line.startswith(f"smki: error: {ceremony}:{line_number}: policy: unknown built-in policy 'builtin:oca'") and KNOWN in line
+    # A policy file that is not there is refused at the same line, with the path it was looked for at.
+    ceremony.write_text(ceremony.read_text().replace("policy: builtin:oca", "policy: ../policies/none.yaml"))
+    line = one_line_error(run_smki("ceremony", "check", str(ceremony), cwd=tmp_path), EXIT_BAD_INPUT)
+    assert line == f"smki: error: {ceremony}:{line_number}: policy: {tmp_path.parent.resolve() / 'policies' / 'none.yaml'}: no such file"
 
 
 def test_softhsm_conf_is_written_from_the_shipped_template(run_smki, tmp_path):

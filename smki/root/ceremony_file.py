@@ -143,11 +143,17 @@ def _date(text: str, path: Path, field: str) -> datetime:
 
 def _policy(reference: str, path: Path, lines: dict, here) -> Path | str:
     """The ceremony's policy: `builtin:NAME` as it stands, a file relative to the ceremony file."""
+    where = f"{path}:{_line(lines, ('policy',))}: policy"
     try:
         kind = builtin_policy(reference)
     except BadInputError as exc:
-        raise CeremonyFileError(f"{path}:{_line(lines, ('policy',))}: policy: {exc}") from None
-    return here(reference) if kind is None else reference
+        raise CeremonyFileError(f"{where}: {exc}") from None
+    if kind is not None:
+        return reference
+    policy_file = here(reference)
+    if not policy_file.is_file():  # said here, at its line, not later by the policy loader without one
+        raise CeremonyFileError(f"{where}: {policy_file}: {'not a file' if policy_file.exists() else 'no such file'}")
+    return policy_file
 
 
 def load_ceremony(path: Path) -> Ceremony:
