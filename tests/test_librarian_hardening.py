@@ -201,7 +201,11 @@ def service(tmp_path_factory, pki):
     (directory / "published" / "crl").mkdir(parents=True)
     (directory / "published" / "crl" / f"{Pki.ski(pki.issuing)}.crl").write_bytes(b"\x30\x00issuing-list")
     server = make_server(RepositoryService(lambda: open_database(directory / "repo.db"), {API_KEY}, directory / "published"),
-                         timeout=TIMEOUT, max_connections=MAX_CONNECTIONS)
+                         timeout=TIMEOUT, max_connections=MAX_CONNECTIONS,
+                         # Every test here is one client, 127.0.0.1: the default per-client bound (a quarter) let a test's
+                         # requests be refused 503 while the server still closed the previous test's connections (seen
+                         # under load). The bounds are tested on `small_service` and in test_cli_hardening.py.
+                         max_connections_per_client=MAX_CONNECTIONS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address
     server.shutdown()
