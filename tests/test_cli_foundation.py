@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -205,3 +206,28 @@ def test_an_operation_with_an_audit_key_ends_with_a_signed_checkpoint(run_smki, 
     (tmp_path / "audit.pub").write_bytes(audit_signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     report = json.loads(run_smki("audit", "verify", "--db", str(state / "smki.db"), "--public-key", str(tmp_path / "audit.pub"), "--json").stdout)
     assert report["ok"] and report["checkpoints"] == 1 and report["last_signed_seq"] == report["entries"] == 2  # adoption + issuance
+
+
+# The `smki` command ends with os._exit once a command has returned (smki.cli.main.run): what a normal exit does
+# that matters must still happen.
+FAST_EXIT = """
+import atexit, sys
+marker = sys.argv.pop(1)
+atexit.register(lambda: open(marker, "w").write("exit handlers ran"))
+sys.argv[0] = "smki"
+from smki.cli.main import run
+run()
+"""
+
+
+def test_the_command_runs_exit_handlers_flushes_its_output_and_keeps_its_status(tmp_path):
+    marker = tmp_path / "marker"
+    helped = subprocess.run([sys.executable, "-c", FAST_EXIT, str(marker), "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and marker.read_text() == "exit handlers ran"
+    assert helped.stdout.rstrip().endswith(subprocess.run([sys.executable, "-m", "smki.cli.main", "--help"], capture_output=True,
+                                                           text=True, timeout=60).stdout.rstrip().splitlines()[-1])
+    marker.unlink()
+    refused = subprocess.run([sys.executable, "-c", FAST_EXIT, str(marker), "hsm", "list", "--module", "/nonexistent/libpkcs11.so"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == EXIT_HSM and refused.stderr.startswith("smki: error: cannot load PKCS#11 module") and marker.exists()
+
