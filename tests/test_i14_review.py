@@ -29,18 +29,12 @@ import sys
 import pytest
 
 import csr_factory as f
-from conftest import smki as run_cli
 from smki.testing import Hierarchy, TestPKI
 from test_batch_issuance import START, issuing_options
 from test_ceremony import PASSPHRASES, SOURCES, workspace
-from test_token_takeover import logs_in, take_over, vendor_token
+from test_token_takeover import VENDOR, failing_take_over, logs_in, smki, take_over, vendor_token
 
 SECRET = "S3cr3t-9931"  # a PIN typed where it must never be: no output may repeat it
-VENDOR = {"VENDOR_PIN": "vendor-pin-1234", "VENDOR_SO_PIN": "vendor-so-5678"}
-
-
-def smki(*args, check=True, env=None):
-    return run_cli(*args, check=check, env={**PASSPHRASES, **VENDOR, **(env or {})})
 
 
 def one_line(result, code: int) -> str:
@@ -293,10 +287,7 @@ main()
 def test_a_second_ctrl_c_does_not_stop_a_taken_over_token_being_given_back(tmp_path, hsm_token):
     work = workspace(tmp_path, "GB")
     label = "T-RW-GIVE-BACK"
-    vendor_token(label)
-    ceremony = take_over(work, "root-dca", label)
-    # Refused by the policy once the root key exists, after C_SetPIN: the token must be given back.
-    ceremony.write_text(ceremony.read_text().replace('  not_before: "2026-01-01"', '  not_before: "2026-01-01"\n  not_after: "2099-01-01"'))
+    ceremony = failing_take_over(work, label)  # refused after C_SetPIN: the token must be given back
     result = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_GIVING_BACK, "ceremony", "run", str(ceremony), *SOURCES,
                              "--vendor-pin-source", "env:VENDOR_PIN"], capture_output=True, text=True,
                             env={**os.environ, **PASSPHRASES, **VENDOR}, timeout=600)

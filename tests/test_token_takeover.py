@@ -35,6 +35,15 @@ def take_over(work: Path, root: str, label: str) -> Path:
     return ceremony
 
 
+def failing_take_over(work: Path, label: str) -> Path:
+    """A take-over of a new vendor token whose ceremony the policy refuses only once the root key exists, long
+    after C_SetPIN (a validity beyond the policy's): the token must be given back."""
+    vendor_token(label)
+    ceremony = take_over(work, "root-dca", label)
+    ceremony.write_text(ceremony.read_text().replace('  not_before: "2026-01-01"', '  not_before: "2026-01-01"\n  not_after: "2099-01-01"'))
+    return ceremony
+
+
 def logs_in(label: str, pin: str) -> bool:
     """Whether the token accepts `pin` (asked from a fresh process, so this one's login state does not matter)."""
     probe = ("import os, sys, pkcs11\nfrom smki.hsm.config import default_module_path\n"
@@ -93,10 +102,7 @@ def test_a_token_that_is_not_empty_is_refused(tmp_path, hsm_token):
 def test_a_ceremony_failing_after_the_pin_change_gives_the_token_back(tmp_path, hsm_token):
     work = workspace(tmp_path, "TF")
     label = "T-VENDOR-FAIL"
-    vendor_token(label)
-    ceremony = take_over(work, "root-dca", label)
-    # Refused by the policy only once the root key exists, long after C_SetPIN: validity beyond the policy's.
-    ceremony.write_text(ceremony.read_text().replace('  not_before: "2026-01-01"', '  not_before: "2026-01-01"\n  not_after: "2099-01-01"'))
+    ceremony = failing_take_over(work, label)
     refused = smki("ceremony", "run", str(ceremony), *SOURCES, "--vendor-pin-source", "env:VENDOR_PIN", check=False)
     assert refused.returncode == 1 and "6.3.2 validity" in refused.stderr, refused.stderr
     assert not (work / "shares").exists() and not (work / "out").exists()
