@@ -11,7 +11,7 @@ from smki.cli.common import (POLICY, POLICY_HELP, audit_key_ref, emit, json_opti
                              pin_source_option, state_option, token_serial_option)
 from smki.files import write_new_file
 from smki.hsm.keys import find_public_key, list_keys, public_key_of, read_attributes
-from smki.hsm.session import get_token, load_module, open_session, token_serial_of
+from smki.hsm.session import load_module, open_session, token_serial_of
 from smki.hsm.softhsm import write_softhsm_conf
 from smki.profiles.keyids import key_identifier
 
@@ -78,7 +78,6 @@ def list_command(module_path: str, token_label: str | None, token_serial: str | 
              lambda d: "\n".join(f"{t['label']}\tserial {t['serial']}\t{t['manufacturer']} {t['model']}" for t in d["tokens"]) or "no tokens")
         return
     pin = pin_source.read(f"user PIN for token {token_label}") if pin_source else None
-    get_token(module_path, token_label, token_serial or "")  # a clear error for an unknown label before login
     session = open_session(module_path, token_label, pin, serial=token_serial or "")
     keys = []
     for key in list_keys(session):

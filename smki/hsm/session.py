@@ -43,8 +43,9 @@ _configurations: dict[str, str | None] = {}
 # Sessions and logins are kept per token: (module, token label, the token's own serial number), whether
 # the caller named the serial or not, so one token reached with and without --token-serial is one login.
 _sessions: dict[tuple[str, str, str], "_OpenSession"] = {}
-_logins: dict[tuple[str, str, str], "_PinDigest"] = {}
-_serials: dict[tuple[str, str, str], str] = {}  # (module, label, serial as given, maybe "") -> the token's serial  # the PIN each logged-in token accepted, as a digest
+_logins: dict[tuple[str, str, str], "_PinDigest"] = {}  # the PIN each logged-in token accepted, as a digest
+# (module, label, serial as given, maybe "") -> the token found for it, looked up once per process (until close_all)
+_tokens: dict[tuple[str, str, str], pkcs11.Token] = {}
 _opened: list[pkcs11.Session] = []  # every session opened, for close_all (a replaced one may hold the login)
 _lock = threading.Lock()  # guards the caches only; a session is used from one thread
 
@@ -160,7 +161,8 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     (see the module's docstring); the PIN itself is never kept here.
     """
     token_label_text(token_label)
-    key = _token_key(module_path, token_label, serial)
+    token = _known_token(module_path, token_label, serial)
+    key = (module_path, token_label, token_serial_of(token))
     with _lock:
         cached = _sessions.get(key)
         login = _logins.get(key)
@@ -169,7 +171,7 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     if cached is not None and (pin is None or cached.logged_in) and (cached.rw or not rw):
         return cached.session
     with token_store_lock(module_path):  # C_Login rewrites the token's flags in SoftHSM's store
-        session = _open_logged_in(get_token(module_path, token_label, serial), token_label, pin, rw, pin_checked=login is not None)
+        session = _open_logged_in(token, token_label, pin, rw, pin_checked=login is not None)
     log.debug("opened a %s session on token %r%s", "read-write" if rw else "read-only", token_label, " (logged in)" if pin is not None else "")
     with _lock:
         _opened.append(session)
@@ -179,23 +181,23 @@ def open_session(module_path: str, token_label: str, pin: str | None, *, rw: boo
     return session
 
 
-def _token_key(module_path: str, token_label: str, serial: str) -> tuple[str, str, str]:
-    """The cache key of the token the caller names: its label and its own serial (looked up once per process)."""
+def _known_token(module_path: str, token_label: str, serial: str) -> pkcs11.Token:
+    """The token the caller names, found once per process: its own serial keys the sessions and logins."""
     given = (module_path, token_label, serial)
     with _lock:
-        known = _serials.get(given)
-    if known is None:
-        known = token_serial_of(get_token(module_path, token_label, serial))
+        token = _tokens.get(given)
+    if token is None:
+        token = get_token(module_path, token_label, serial)
         with _lock:
-            _serials[given] = known
-    return (module_path, token_label, known)
+            _tokens[given] = token
+    return token
 
 
 def is_logged_in(module_path: str, token_label: str, serial: str = "") -> bool:
     """Whether this process has logged in to the token with a PIN (objects it keeps private are then visible)."""
     with _lock:
-        known = _serials.get((module_path, token_label, serial))
-        return known is not None and (module_path, token_label, known) in _logins
+        token = _tokens.get((module_path, token_label, serial))
+        return token is not None and (module_path, token_label, token_serial_of(token)) in _logins
 
 
 def _open_logged_in(token: pkcs11.Token, token_label: str, pin: str | None, rw: bool, pin_checked: bool) -> pkcs11.Session:
@@ -225,7 +227,7 @@ def close_all() -> None:
         sessions = list(_opened)  # the cached ones, and any a cache entry replaced
         _opened.clear()
         _sessions.clear()
-        _serials.clear()  # a token may be deleted and another made under its label (a failed root ceremony)
+        _tokens.clear()  # a token may be deleted and another made under its label (a failed root ceremony)
         _logins.clear()  # closing a logged-in session logs the process out: the next PIN goes to the token
     for session in sessions:
         try:

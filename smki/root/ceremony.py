@@ -167,6 +167,7 @@ def _take_over_token(run: _Run, threshold: int, custodians: int) -> str:
     except p11x.PKCS11Error as exc:
         raise HsmError(f"token {hsm.token!r} refused the new user PIN (C_SetPIN: {type(exc).__name__}); its PIN is unchanged") from None
     run.taken_over = _TakenOver(vendor_pin, new_pin)
+    run.vendor_login = None  # its session is closed next, and its PIN now kept once, for giving the token back
     close_all()  # logs out: the ceremony logs in again with the new PIN, which proves the token took it
     run.facts["token"] = {"setup": TokenSetup.TAKE_OVER.value, "user_pin": "replaced (C_SetPIN) by one derived from the custodians' secret",
                           "so_pin": "unchanged: the vendor's, held by the token's security officer (smki never learns it)"}
@@ -191,8 +192,7 @@ def _give_back(run: _Run, error: BaseException) -> None:
     """A taken-over token after a failed ceremony: its objects destroyed and the vendor's PIN set again.
 
     Raises HsmError saying what state the token is in when that cannot be done."""
-    hsm, taken = run.ceremony.hsm, run.taken_over
-    close_all()
+    hsm, taken = run.ceremony.hsm, run.taken_over  # (its only caller, _undo, has closed the ceremony's sessions)
     try:
         session = open_session(hsm.module, hsm.token, taken.new_pin, rw=True, serial=hsm.serial)
         destroy_token_objects(session)
