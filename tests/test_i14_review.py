@@ -138,6 +138,23 @@ def test_config_show_never_repeats_a_database_password_given_on_the_command_line
         assert SECRET not in shown.stdout + shown.stderr and "postgresql://ca:***@db.example/smki?password=***" in shown.stdout
 
 
+
+def test_a_malformed_database_url_never_repeats_its_password_nor_crashes(tmp_path):
+    """urlsplit cannot parse an unclosed [ in the host: the password check, `config show` and the connection's
+    error (libpq quotes the URL it was given) must still hold the password back, and nothing may crash (exit 70)."""
+    malformed = f"postgresql://ca:{SECRET}@[db/smki"
+    config = tmp_path / "librarian.yaml"
+    config.write_text(f'kind: librarian\ndatabase: "{malformed}"\n')
+    refused = smki("config", "show", "--config", str(config), check=False)
+    assert one_line(refused, 3).startswith(f"smki: error: {config}:2: database: a password is never written") and SECRET not in refused.stderr
+    for command in (["config", "show", "librarian", "find", "--db", malformed], ["librarian", "find", "--db", malformed]):
+        result = smki(*command, check=False)
+        assert result.returncode in (0, 3) and "Traceback" not in result.stderr and SECRET not in result.stdout + result.stderr, result.stderr
+    without_password = tmp_path / "no-password.yaml"
+    without_password.write_text('kind: librarian\ndatabase: "postgresql://ca@[db/smki"\n')
+    shown = smki("config", "show", "--config", str(without_password))
+    assert "postgresql://(a malformed URL, not shown)" in shown.stdout
+
 # -- $SMKI_CONFIG is read by the commands that take a setting from it ------------------------------------------------
 
 

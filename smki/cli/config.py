@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from smki.cli.common import DatabaseTarget, emit, json_option
 from smki.cli.configured import ConfiguredGroup, loaded_configuration, setting_for
-from smki.config import CONFIG_ENV, AuthorityKind
+from smki.config import CONFIG_ENV, AuthorityKind, Setting
 from smki.hsm.pins import PinSource, SourceKind
 from smki.store.postgres import is_database_url, redact
 
@@ -45,7 +45,8 @@ def show_command(ctx: click.Context, command: tuple[str, ...], as_json: bool) ->
         raise click.UsageError(f"no configuration file: give --config FILE or set ${CONFIG_ENV} (or name a COMMAND)")
     configuration = loaded.configuration
     data = {"config": str(configuration.path), "named_by": loaded.origin, "kind": configuration.kind, "authority": configuration.authority,
-            "settings": [{"setting": str(value.setting), "value": value.value, "source": configuration.where(value.setting)}
+            "settings": [{"setting": str(value.setting), "source": configuration.where(value.setting),
+                          "value": redact(value.value) if value.setting is Setting.DATABASE and is_database_url(value.value) else value.value}
                          for value in configuration.values.values()]}
     emit(as_json, data, _settings_text)
 

@@ -51,14 +51,21 @@ def has_password(url: str) -> bool:
     """Whether the URL carries a password: in its user info, or in its query (password=, sslpassword=)."""
     try:
         parts = urlsplit(url)
-        return parts.password is not None or _QUERY_PASSWORD.search(parts.query) is not None
-    except ValueError:  # a malformed URL: the store refuses it, in its own words, when a command opens it
-        return False
+    except ValueError:  # malformed (an unclosed [ in the host): judged by its text, so that no password slips through
+        return _TEXT_PASSWORD.search(url) is not None or _QUERY_PASSWORD.search(url.partition("?")[2]) is not None
+    return parts.password is not None or _QUERY_PASSWORD.search(parts.query) is not None
+
+
+# user:password@ in a URL's text, for one urlsplit cannot parse.
+_TEXT_PASSWORD = re.compile(r"://[^/?#@]*:[^/?#@]*@")
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
+    """The URL without its password, for messages (a malformed one is not shown at all: it could not be cleaned)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url.partition('://')[0][:16]}://(a malformed URL, not shown)"
     query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
     netloc = parts.netloc
     if parts.password is not None:
@@ -320,7 +327,9 @@ def connect(url: str, *, create: bool, migrate: Callable[[Any], int]) -> Postgre
     try:
         raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory)
     except psycopg.Error as exc:
-        raise BadInputError(f"{redact(url)}: cannot connect to PostgreSQL ({str(exc).strip().splitlines()[0]})") from None
+        # libpq's message may quote the URL it was given, password and all: only the redacted form is repeated.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(url, redact(url))
+        raise BadInputError(f"{redact(url)}: cannot connect to PostgreSQL ({reason})") from None
     except ValueError as exc:  # psycopg refuses a malformed URL before connecting
         raise BadInputError(f"{redact(url)}: not a PostgreSQL URL ({exc})") from None
     try:
