@@ -6,14 +6,13 @@ wheel in site-packages, an editable checkout), never through a path relative to 
 
 Wherever a policy file is taken (`--policy`, `smki policy check|show|diff|adopt`, a ceremony file's
 `policy:`, smki.testing), `builtin:organisation` and `builtin:device` name the shipped policies. The
-name is a reference, not a path: a file called `builtin:device` is reached by an absolute path.
+name is a reference, not a path: a file called `builtin:device` is reached as `./builtin:device` (or a Path).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -61,15 +60,12 @@ def builtin_policy(reference: object) -> PolicyKind | None:
     """The shipped policy `reference` names (`builtin:organisation`), or None when it names a file.
 
     An unknown `builtin:` name is refused here, in one line listing the known ones (exit 3)."""
-    if not isinstance(reference, (str, os.PathLike)):
-        return None
-    text = os.fspath(reference)
-    if not isinstance(text, str) or not text.startswith(BUILTIN_PREFIX):
-        return None
+    if not isinstance(reference, str) or not reference.startswith(BUILTIN_PREFIX):
+        return None  # a Path is always a file: Path("./builtin:device") has lost the "./" that said so
     try:
-        return PolicyKind(text.removeprefix(BUILTIN_PREFIX))
+        return PolicyKind(reference.removeprefix(BUILTIN_PREFIX))
     except ValueError:
-        raise BadInputError(f"unknown built-in policy {text!r} (known: {', '.join(BUILTIN_POLICIES)})") from None
+        raise BadInputError(f"unknown built-in policy {reference!r} (known: {', '.join(BUILTIN_POLICIES)})") from None
 
 
 def builtin_policy_bytes(kind: PolicyKind) -> bytes:

@@ -61,6 +61,15 @@ def test_an_unknown_builtin_policy_is_one_line_naming_the_known_ones(run_smki, t
     assert not (tmp_path / "state").exists(), "refused before any state is made"
 
 
+
+def test_a_file_called_builtin_is_reached_as_a_relative_path(run_smki, tmp_path):
+    """`./builtin:device` names a file, though click's Path and pathlib drop the "./" that says so."""
+    local = (DATA / "policies" / "device.yaml").read_text().replace("name: SMKI Device Certificate Policy", "name: A Local Device Policy")
+    (tmp_path / "builtin:device").write_text(local)
+    shown = run_smki("policy", "show", "./builtin:device", "--environment", "test", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("A Local Device Policy"), shown.stdout + shown.stderr
+    assert run_smki("policy", "show", "builtin:device", "--environment", "test", cwd=tmp_path).stdout.startswith("SMKI Device Certificate Policy")
+
 def test_a_builtin_policy_is_adopted_by_the_digest_of_the_shipped_file(run_smki, tmp_path):
     state = tmp_path / "state"
     adopted = json.loads(run_smki("policy", "adopt", "builtin:organisation", "--state", str(state), "--json", cwd=tmp_path).stdout)

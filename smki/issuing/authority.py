@@ -174,7 +174,7 @@ class IssuingAuthority:
             if self._policy_given is None:
                 raise self._missing("Certificate Policy", "policy")
             given = self._policy_given
-            self._policy = given if isinstance(given, CertificatePolicy) else load_policy(Path(given))
+            self._policy = given if isinstance(given, CertificatePolicy) else load_policy(given)
         return self._policy
 
     def _adopted_policy(self, operation: AuditedOperation) -> CertificatePolicy:
@@ -255,7 +255,7 @@ class IssuingAuthority:
         """Adopt a policy (a file, or `builtin:NAME` for one smki ships): from now on this state issues and revokes only under it."""
         with self._operation(Operation.ADOPT_POLICY, creates_state=True) as operation:
             file = policy.path if isinstance(policy, CertificatePolicy) else policy
-            policy = policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
+            policy = policy if isinstance(policy, CertificatePolicy) else load_policy(policy)
             operation.subject = {"kind": policy.hierarchy, "file": str(file)}
             previous = adopt(operation.connection, policy, self.actor, operation.audit)
         return {**policy.identity, "kind": policy.hierarchy, "replaces": previous and {k: previous[k] for k in ("version", "sha256")}}

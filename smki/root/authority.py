@@ -223,7 +223,7 @@ class RootAuthority:
         policy = self._policy if policy is None else policy
         if policy is None:
             raise BadInputError("RootAuthority: no policy given: name the Certificate Policy file the root has adopted")
-        return policy if isinstance(policy, CertificatePolicy) else load_policy(Path(policy))
+        return policy if isinstance(policy, CertificatePolicy) else load_policy(policy)
 
     def _adopted_policy(self, connection=None) -> CertificatePolicy:
         """The authority's policy, which its state (or `connection` to it) must have adopted (refused, exit 5, otherwise)."""
