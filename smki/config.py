@@ -31,7 +31,7 @@ from smki.errors import BadInputError
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri, token_label_text, token_serial_text
 from smki.hsm.pins import SOURCE_FORMS, PinSource
 from smki.policy import Environment
-from smki.policy.loading import read_validated_yaml
+from smki.policy.loading import line_of, read_validated_yaml
 from smki.shipped import builtin_policy
 from smki.store.postgres import has_password, is_database_url
 
@@ -149,9 +149,7 @@ class _Reader:
         self.path, self.lines, self.base = path, lines, path.resolve().parent
 
     def line(self, where: tuple) -> int:
-        while where not in self.lines and where:
-            where = where[:-1]
-        return self.lines.get(where, 1)
+        return line_of(self.lines, where)
 
     def error(self, where: tuple, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}:{self.line(where)}: {'.'.join(where)}: {problem}")

@@ -396,8 +396,9 @@ class IssuingAuthority:
                 return BatchResult(run, totals, response, status, dry_run=True)
             pin = self._pin_value()
             require_key_of(self._signing_key(pin), issuer, self._key_name())
-            log.info("batch %s: starting %d worker process(es)", batch, workers or os.cpu_count() or 1)
-            with BatchWorkers(key, pin, template, workers or os.cpu_count() or 1, verify_one_in) as batch_workers:  # they start while the batch is read
+            worker_count = workers or os.cpu_count() or 1
+            log.info("batch %s: starting %d worker process(es)", batch, worker_count)
+            with BatchWorkers(key, pin, template, worker_count, verify_one_in) as batch_workers:  # they start while the batch is read
                 checked_batch = open_batch(batch, policy.batch_limit)
                 operation.subject["batch_id"] = checked_batch.batch_id
                 plan, report = planned(checked_batch)

@@ -45,14 +45,11 @@ def _field(path) -> str:
     return ".".join(str(part) for part in path) or "(document)"
 
 
-def _line(lines: dict, path: tuple) -> int:
+def line_of(lines: dict, path: tuple) -> int:
+    """The line of the value at `path` in a file's line map, or of its nearest enclosing one (1 for the document)."""
     while path not in lines and path:
         path = path[:-1]
     return lines.get(path, 1)
-
-
-def schema() -> dict:
-    return policy_schema()
 
 
 def policy_reference(reference: Path | str) -> Path | str:
@@ -64,7 +61,7 @@ def policy_reference(reference: Path | str) -> Path | str:
 def read_policy_document(path: Path | str) -> tuple[dict, dict, bytes]:
     """(data, line map, file bytes) of a policy file (or `builtin:NAME`) that is valid YAML and valid under the schema."""
     kind = builtin_policy(path)
-    return read_validated_yaml(path, schema(), PolicyError, "a policy is a mapping of RFC 3647 sections",
+    return read_validated_yaml(path, policy_schema(), PolicyError, "a policy is a mapping of RFC 3647 sections",
                                raw=None if kind is None else builtin_policy_bytes(kind))
 
 
@@ -89,7 +86,7 @@ def read_validated_yaml(path: Path | str, document_schema: dict, error: type[Bad
     import jsonschema  # here, not at the top: a command that never reads a policy or ceremony file does not pay for it
 
     validator = jsonschema.Draft202012Validator(document_schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: (_line(lines, tuple(e.absolute_path)), list(e.absolute_path)))
+    errors = sorted(validator.iter_errors(data), key=lambda e: (line_of(lines, tuple(e.absolute_path)), list(e.absolute_path)))
     if errors:
         raise error(_describe(path, lines, _deepest(errors[0])))
     return data, lines, raw
@@ -109,13 +106,13 @@ def _describe(path: Path, lines: dict, error: "jsonschema.ValidationError") -> s
         unknown = sorted(key for key in error.instance if key not in allowed)
         if unknown:
             where = where + (unknown[0],)
-            return f"{path}:{_line(lines, where)}: {_field(where)}: unknown key (allowed: {', '.join(sorted(allowed))})"
+            return f"{path}:{line_of(lines, where)}: {_field(where)}: unknown key (allowed: {', '.join(sorted(allowed))})"
     if "propertyNames" in list(error.absolute_schema_path):  # a key that is not an allowed name
         where = where + (error.instance,)
-        return f"{path}:{_line(lines, where)}: {_field(where)}: not an allowed name ({error.message})"
+        return f"{path}:{line_of(lines, where)}: {_field(where)}: not an allowed name ({error.message})"
     if error.validator == "pattern" and "[0-2]" in str(error.validator_value):
-        return f"{path}:{_line(lines, where)}: {_field(where)}: {error.instance!r} is not a well-formed OID"
-    return f"{path}:{_line(lines, where)}: {_field(where)}: {error.message}"
+        return f"{path}:{line_of(lines, where)}: {_field(where)}: {error.instance!r} is not a well-formed OID"
+    return f"{path}:{line_of(lines, where)}: {_field(where)}: {error.message}"
 
 
 def sha256_of(raw: bytes) -> str:

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from smki.errors import BadInputError, RefusedError
 from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, PolicyKind, RemotePartyRole
-from smki.policy.loading import PolicyError, _field, _line, policy_reference, read_policy_document, sha256_of
+from smki.policy.loading import PolicyError, _field, line_of, policy_reference, read_policy_document, sha256_of
 from smki.profiles import (DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
                            RootCertificateParams, Validity, ca_name)
 from smki.profiles.crl import REASON_CODES
@@ -252,7 +252,7 @@ class CertificatePolicy:
 def _cross_field_rules(path: Path | str, document: dict, lines: dict) -> None:
     """Rules a schema cannot state: thresholds within custodians, a leaf inside its issuer."""
     def fail(where: tuple, message: str) -> None:
-        raise PolicyError(f"{path}:{_line(lines, where)}: {_field(where)}: {message}")
+        raise PolicyError(f"{path}:{line_of(lines, where)}: {_field(where)}: {message}")
 
     for level in ("root", "issuing"):
         custody = document["key_management"]["custody"][level]

@@ -19,7 +19,7 @@ from pathlib import Path
 from smki.errors import BadInputError
 from smki.hsm.config import default_module_path
 from smki.policy import Environment
-from smki.policy.loading import _line, read_validated_yaml
+from smki.policy.loading import line_of, read_validated_yaml
 from smki.shipped import builtin_policy, ceremony_schema
 from smki.times import parse_utc
 
@@ -143,7 +143,7 @@ def _date(text: str, path: Path, field: str) -> datetime:
 
 def _policy(reference: str, path: Path, lines: dict, here) -> Path | str:
     """The ceremony's policy: `builtin:NAME` as it stands, a file relative to the ceremony file."""
-    where = f"{path}:{_line(lines, ('policy',))}: policy"
+    where = f"{path}:{line_of(lines, ('policy',))}: policy"
     try:
         kind = builtin_policy(reference)
     except BadInputError as exc:
@@ -161,7 +161,7 @@ def load_ceremony(path: Path) -> Ceremony:
     data, lines, raw = read_validated_yaml(path, ceremony_schema(), CeremonyFileError,
                                            "a ceremony file is a mapping with a `ceremony` type", what="ceremony")
     if "setup" in data["hsm"] and data["ceremony"] != CeremonyKind.ROOT_KEY:
-        raise CeremonyFileError(f"{path}:{_line(lines, ('hsm', 'setup'))}: hsm.setup: only a root-key ceremony sets up its token "
+        raise CeremonyFileError(f"{path}:{line_of(lines, ('hsm', 'setup'))}: hsm.setup: only a root-key ceremony sets up its token "
                                 f"(this is a {data['ceremony']} ceremony)")
     base = path.resolve().parent
     here = lambda relative: (base / relative).resolve() if relative else None  # noqa: E731
