@@ -44,7 +44,7 @@ from smki.profiles.serials import new_serial_numbers, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
 from smki.requests.outcomes import Outcome
-from smki.store.batches import (BatchRow, EntryOutcome, answered_names, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
+from smki.store.batches import (BatchRow, EntryOutcome, answered_names, answered_statuses, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
                                 known_subject_keys, record_outcomes, recorded_batch, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
 from smki.store.database import transaction
@@ -371,9 +371,7 @@ def check_batch(connection, actor: str, plan: BatchPlan, template: DeviceCertifi
     recorded_batch(connection, batch_id, issuer_key_id)  # refused as register_batch refuses it: another issuer's batch
     answered = answered_names(connection, batch_id)
     summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
-    totals: dict[str, int] = {}
-    for outcome, _ in batch_outcomes(connection, batch_id) if answered else ():
-        totals[outcome.status] = totals.get(outcome.status, 0) + 1
+    totals = answered_statuses(connection, batch_id)  # the earlier runs' answers, counted, not read
     run = _Run(connection, None, actor, plan, issuer_key_id, usages, summary, progress, answer=lambda outcome, der: None)
     for chunk in _chunks(plan.batch.names, answered, plan.chunk_size):
         jobs, _ = run.decide(check_requests(plan.batch.source, batch_id, chunk))

@@ -94,6 +94,12 @@ def answered_names(connection: Connection, batch_id: str) -> set[str]:
     return {row[0] for row in connection.execute("SELECT name FROM batch_entries WHERE batch_id = ?", (batch_id,))}
 
 
+def answered_statuses(connection: Connection, batch_id: str) -> dict[str, int]:
+    """How many of the batch's requests were answered with each status (without reading their certificates)."""
+    return {row[0]: row[1] for row in connection.execute(
+        "SELECT status, COUNT(*) FROM batch_entries WHERE batch_id = ? GROUP BY status", (batch_id,))}
+
+
 def record_outcomes(connection: Connection, batch_id: str, outcomes: Iterable[EntryOutcome]) -> None:
     connection.executemany("INSERT INTO batch_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
         (batch_id, o.name, o.status, o.code, o.detail, o.device_id, o.serial_hex, o.request_sha256) for o in outcomes])
