@@ -158,10 +158,7 @@ class IssuingAuthority:
         """One audited operation on the state (the audit key's anchor checked when the trail is first opened);
         or its dry run, on the state opened read-only, recording nothing."""
         if dry_run:
-            log.info("dry run of %s: every check, nothing signed, recorded or written", name)
-            if self._audit_key is not None:  # the trail's anchored head is checked as a real run checks it; nothing is signed
-                open_audit_trail(self._readable(), self._audit_key, self._audit_pin)
-            return DryRunOperation(self._readable(), name, subject)
+            return self._state.dry_run(name, self._audit_key, self._audit_pin, subject)
         if self._audit is None:
             self._audit = open_audit_trail(self._writable(create=creates_state), self._audit_key, self._audit_pin)
         return AuditedOperation(self._audit, self.actor, name, subject)

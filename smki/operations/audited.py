@@ -6,6 +6,7 @@ Success is recorded by the operation itself, in the same transaction as the stat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from smki.errors import SmkiError
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.store.database import transaction
+
+log = logging.getLogger(__name__)
 
 STATE_DATABASE = "smki.db"
 
@@ -58,6 +61,14 @@ class ActorState:
         if self._read_only is None:
             self._read_only = open_state(self.path, read_only=True)
         return self._read_only
+
+    def dry_run(self, operation: str, audit_key: KeyRef | None, audit_pin, subject: dict[str, Any] | None = None) -> "DryRunOperation":
+        """A dry run of `operation` on the state read-only: with an audit key, the trail's anchored head is
+        checked as a real run checks it (nothing is signed); nothing is recorded."""
+        log.info("dry run of %s: every check, nothing signed, recorded or written", operation)
+        if audit_key is not None:
+            open_audit_trail(self.readable(), audit_key, audit_pin)
+        return DryRunOperation(self.readable(), operation, subject)
 
     def close(self) -> None:
         for connection in (self._writable, self._read_only):

@@ -190,10 +190,6 @@ class RootAuthority:
         """The root's state, opened for writing when first needed (a dry run never opens it so)."""
         return self._state.writable()
 
-    def _readable(self):
-        """The state for a dry run: read-only, unless this object has already opened it for writing."""
-        return self._state.readable()
-
     def close(self) -> None:
         self._signer = None
         self._audit = None
@@ -210,9 +206,7 @@ class RootAuthority:
         """One audited operation; with an audit key, its token's anchor is checked before anything is done.
         A dry run's operation checks the anchor too, and records nothing (no entry, no checkpoint)."""
         if dry_run:
-            if self.audit_key is not None:
-                open_audit_trail(self._readable(), self.audit_key, self._audit_pin)  # checks the anchor; signs nothing
-            return DryRunOperation(self._readable(), name)
+            return self._state.dry_run(name, self.audit_key, self._audit_pin)
         if self._audit is None:
             self._audit = open_audit_trail(self.connection, self.audit_key, self._audit_pin)  # checks the anchor
         else:
