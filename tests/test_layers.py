@@ -6,8 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "smki"
 # Lowest first. Shared leaves (errors, identifiers, files) sit at the bottom.
 # The three actors share one layer and never import each other; the front ends share the top one.
-ACTORS = ("root", "issuing", "librarian")
-FRONT_ENDS = ("cli", "testing")
+ACTORS = ("root", "issuing", "librarian", "register")
+FRONT_ENDS = ("cli", "web", "testing")
 LAYERS = [("errors", "lazy"), "identifiers", ("files", "times", "shipped"), "store", "audit", "hsm", "profiles", "requests", "policy", "config", "operations", ACTORS, FRONT_ENDS]
 
 

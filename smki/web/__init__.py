@@ -1,0 +1,14 @@
+"""`smki serve`: the SMKI's online interfaces on one aiohttp service (a front end, like smki.cli).
+
+- settings: the service's configuration file (kind: service).
+- server: worker processes, TLS (1.2+), mutual TLS, graceful stop.
+- app: the aiohttp application: middlewares (the caller from its client certificate, the access log,
+  metrics, errors as answers and never tracebacks), /health, /metrics.
+- repository: the SMKI Repository web service (the Librarian's answers).
+- messages: the CSR web services' XML (SEC Appendix M, Appendices B and E), checked against the
+  schemas in smki/data/schemas.
+- adhoc, organisation, batches: the Ad Hoc and Batched Device CSR web services and Organisation CSR
+  submission (the Issuing Authorities' answers).
+
+A handler parses its input, calls one actor method and renders the result; it holds no check of its own.
+"""
