@@ -139,6 +139,7 @@ class Code(enum.Enum):
     INVALID_XML = ("FM:AA1", "Invalid XML in request")
     TOO_MANY_CSRS = ("FM:AA2", "Number of submitted CSRs exceeds maximum volume")
     UNKNOWN_BATCH = ("FM:AA3", "Unknown BatchId")
+    BODY_TOO_LARGE = ("FM:AA4", "The request body is over the limit")
     # WF: workflow rules. WF:BB1 and WF:BB2 are Appendix C and D's; the others are smki's.
     BATCH_STATE_UNREADABLE = ("WF:BB1", "The batch state could not be read")
     BATCH_NOT_ACCEPTED = ("WF:BB2", "The batch was not accepted")
@@ -151,6 +152,7 @@ class Code(enum.Enum):
     # CA: the CA. CA:0001 is the batch's own code for a fault of ours on one request.
     CA_FAILURE = (Outcome.CA_ERROR.code, "An internal error prevented issuance; resubmitting may succeed")
     DEVICE_CAP = ("CA:CA2", "The device has reached its Device Certificate cap")
+    ANOMALY = ("CA:CA3", "Issuing would be anomalous; the Registration Authority must act first")
     # CR: a CSR the web services' XML carried but that is no PKCS#10 at all (the batch files' FM:0001/FM:0002,
     # which in the web services would read as an XML error)
     CSR_NOT_DECODABLE = ("CR:CR1", "The CSR is not a DER PKCS#10 request")
