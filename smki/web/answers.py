@@ -26,7 +26,7 @@ from smki.register import Interface
 from smki.requests.outcomes import Outcome, RequestRejected
 from smki.web import context
 from smki.web.context import CALLER, Caller
-from smki.web.messages import (CONTENT_TYPE, AdhocStatus, Code, CsrStatus, ErrorCode, MessageRefused, csr_error, one_line)
+from smki.web.messages import CONTENT_TYPE, AdhocStatus, Code, CsrStatus, ErrorCode, MessageRefused, csr_error, one_line
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,7 @@ def refusal_answer(exc: BaseException) -> tuple[AdhocStatus, ErrorCode]:
         return status, code.error(str(exc))
     if isinstance(exc, RoleRefused):
         return AdhocStatus.WORKFLOW_ERROR, Code.ROLE_NOT_HELD.error(str(exc))
-    if isinstance(exc, ConflictError):  # the store holds the key already: Appendix A's own example
-        return AdhocStatus.CSR_ERROR, ErrorCode(Outcome.DUPLICATE.code, "Request for duplicate certificate not permitted")
-    if isinstance(exc, (HsmError, StoreError)):
+    if isinstance(exc, (HsmError, StoreError, ConflictError)):  # the HSM, the store, a state another writer changed
         log.error("CA error answered: %s", one_line(str(exc)))
         return AdhocStatus.CA_ERROR, Code.CA_FAILURE.error()
     if isinstance(exc, RefusedError):  # lint or verification of the to-be-signed certificate: anomalous issuance
