@@ -282,7 +282,7 @@ def _base64_text(text: str | None, what: str, request_id: str | None) -> bytes:
 
 
 def _schema_detail(error_log) -> str:
-    entry = error_log.last_error if hasattr(error_log, "last_error") else None
+    entry = error_log.last_error
     return one_line(f"line {entry.line}: {entry.message}", 160) if entry is not None else "it does not match the schema"
 
 
@@ -319,8 +319,10 @@ def parse_adhoc_request(body: bytes) -> AdhocRequest:
     request_id = _readable_id(root, ADHOC_ID_LENGTH)
     if request_id is None:
         raise _invalid(f"{ADHOC_REQUEST} has no ID of 1-{ADHOC_ID_LENGTH} characters")
+    # first the raw text, which says what is wrong with a CSR more plainly than the schema (and the schema's
+    # base64Binary collapses white space, so only the raw text shows it)
     csr = root.find("CertificateSigningRequest")
-    der = _base64_text(csr.text if csr is not None else None, "CertificateSigningRequest", request_id) if csr is not None else None
+    der = _base64_text(csr.text, "CertificateSigningRequest", request_id) if csr is not None else None
     checker = schema(Schema.ADHOC)
     if not checker.validate(tree):
         raise _invalid(_schema_detail(checker.error_log), request_id)
