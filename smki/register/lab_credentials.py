@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from smki.errors import BadInputError
+from smki.errors import BadInputError, ConflictError
 from smki.files import output_directory, refuse_existing, write_new_file
 from smki.identifiers import EUI64, RemotePartyRole
 from smki.register.model import Interface
@@ -101,8 +101,11 @@ def lab_eui64(role: RemotePartyRole, operator: bool = False) -> EUI64:
 
 def make_lab_credentials(directory: Path | str, *, roles: Iterable[RemotePartyRole | str] = DEFAULT_ROLES,
                          hosts: Iterable[str] = (), operator: bool = True, organisation: str = LAB_ORGANISATION,
-                         now: datetime | None = None) -> LabCredentials:
-    """Make and write the lab's credentials into `directory` (created if missing); see the module's description."""
+                         now: datetime | None = None, register=None) -> LabCredentials:
+    """Make and write the lab's credentials into `directory` (created if missing); see the module's description.
+
+    With `register` (a SubscriberRegister), also register each client by its certificate's fingerprint, under
+    its system's name; a name the register already holds is refused (exit 5) before anything is made."""
     directory = output_directory(directory, "lab credentials directory")
     parsed_roles = tuple(dict.fromkeys(r if isinstance(r, RemotePartyRole) else RemotePartyRole.parse(r) for r in roles))
     names = _server_names(hosts)
@@ -114,6 +117,8 @@ def make_lab_credentials(directory: Path | str, *, roles: Iterable[RemotePartyRo
              *(f"client-{_file_part(name)}{suffix}" for name, *_ in parties for suffix in (".pem", ".key.pem"))]
     for file in files:  # everything checked before anything is made: a refusal writes nothing
         refuse_existing(directory / file)
+    if register is not None:
+        _refuse_registered(register, [name for name, *_ in parties])
 
     start = (now or datetime.now(timezone.utc)).replace(microsecond=0) - timedelta(minutes=5)  # a little clock skew
     ca = _ca(start)
@@ -140,7 +145,17 @@ def make_lab_credentials(directory: Path | str, *, roles: Iterable[RemotePartyRo
         for path in written:  # all or nothing
             path.unlink(missing_ok=True)
         raise
+    if register is not None:
+        for client in credentials.clients:
+            register.add(client.name, client.eui64, [client.role], client.interfaces, certificate=client.certificate)
     return credentials
+
+
+def _refuse_registered(register, names: list[str]) -> None:
+    taken = [name for name in names if register.find(name) is not None]
+    if taken:
+        raise ConflictError(f"the register already holds {', '.join(taken)}: register these lab credentials in another "
+                            "register, or register them by hand under other names (`smki subscribers add`)")
 
 
 def _write(path: Path, data: bytes, mode: int, written: list[Path]) -> None:
@@ -224,8 +239,3 @@ def _pem(certificate: x509.Certificate) -> bytes:
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
-
-def register_lab_clients(register, credentials: LabCredentials) -> list:
-    """Register each lab client in `register` (a SubscriberRegister) by its certificate's fingerprint."""
-    return [register.add(client.name, client.eui64, [client.role], client.interfaces, certificate=client.certificate)
-            for client in credentials.clients]

@@ -300,6 +300,13 @@ class SubscriberRegister:
         certificates = store.certificates_of(connection)
         return [_registered(row, certificates.get(row.name, [])) for row in store.list_subscribers(connection)]
 
+    def find(self, name: str) -> RegisteredSubscriber | None:
+        """The subscriber named `name`, removed ones included; None when the register has none (a database
+        not made yet is made, empty)."""
+        connection = self._open(create=True)
+        row = store.find_subscriber(connection, _name(name))
+        return None if row is None else _registered(row, store.certificates_of(connection, [name]).get(name, []))
+
     def _registered(self, name: str) -> RegisteredSubscriber:
         connection = self._open()
         row = store.find_subscriber(connection, name)
