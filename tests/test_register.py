@@ -267,7 +267,7 @@ def test_audit_requests_appends_many_entries_in_one_transaction(database_target,
 def test_request_entries_check_their_values():
     for kwargs, message in [(dict(interface="teleport"), "unknown interface"), (dict(status="two words"), "status"),
                             (dict(operation=""), "operation"), (dict(code="FM:AA1\nforged"), "code"),
-                            (dict(fingerprint="zz"), "64 hex digits")]:
+                            (dict(fingerprint="zz"), "64 hex digits"), (dict(subscriber="two words"), "subscriber name")]:
         with pytest.raises(BadInputError, match=message):
             RequestEntry(**{**dict(interface="portal", operation="submit", status="SUCCESS", outcome="success"), **kwargs})
     with pytest.raises(ValueError):

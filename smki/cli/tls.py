@@ -45,8 +45,8 @@ def lab_credentials_command(directory, hosts, roles, operator, organisation, reg
     --register, each client is also registered (audited) under its system's name.
     """
     register = open_register(config_file, database, actor, audit_key_uri, pin_source) if register_them else None
-    if register is None and (config_file or database):
-        raise click.UsageError("--config and --database name the register for --register; give --register too")
+    if register is None and (config_file or database or audit_key_uri):
+        raise click.UsageError("--config, --database and --audit-key-uri are for --register; give --register too")
     try:
         credentials = make_lab_credentials(directory, roles=roles, hosts=hosts, operator=operator, organisation=organisation,
                                            register=register)

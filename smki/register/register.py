@@ -13,7 +13,8 @@ entry and nothing else, and with an audit key the run ends with a signed checkpo
 `identify` is on every request's path, so it keeps what it read about a certificate for
 IDENTITY_CACHE_SECONDS in the process (one dictionary lookup on a hit): a suspension or removal made
 elsewhere (another process, `smki subscribers suspend`) takes effect in every worker within that time,
-which is under 5 s. Validity is checked against the presented certificate on every call, never cached.
+which is under 5 s. The presented certificate's validity is checked against the time on every call (its dates
+are cached with the rest, by fingerprint: they belong to the certificate's bytes).
 
 The register trusts the TLS layer to have verified the client certificate's chain to the configured
 client CA: it matches certificates, it does not validate chains. A certificate registered by fingerprint
@@ -58,6 +59,7 @@ IDENTITY_CACHE_SECONDS = 2.0  # how long a worker trusts what it read; a change 
 _CACHE_LIMIT = 10_000  # certificates remembered per process; the cache starts afresh when full
 REQUEST_OPERATION = "service.request"  # the audit operation of every request entry
 MAX_CLIENT_ID = 256  # the longest client reference the CSR services accept (SubmitCSRBatch's ID)
+MAX_ADDRESS = 64  # an IPv6 address with its port, and room to spare
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")  # an operation or status of a request entry
@@ -168,8 +170,12 @@ class RequestEntry:
                 raise BadInputError(f"a request entry's {name} is a word of letters, digits and ._:/- (at most 64)")
         if self.code is not None and not _CODE.fullmatch(self.code):
             raise BadInputError("a request entry's code is at most 16 letters, digits and :._-")
+        if self.subscriber is not None:
+            _name(self.subscriber)
         if self.fingerprint is not None:
             object.__setattr__(self, "fingerprint", parse_fingerprint(self.fingerprint))
+        if self.address is not None:
+            object.__setattr__(self, "address", str(self.address)[:MAX_ADDRESS])
         if self.client_id is not None:
             object.__setattr__(self, "client_id", str(self.client_id)[:MAX_CLIENT_ID])
 
@@ -183,10 +189,13 @@ class RequestEntry:
 
 @dataclass(frozen=True)
 class _Identity:
-    """What the register holds for one certificate, as read (cached per process)."""
+    """What the register holds for one certificate, as read, and the certificate's validity (cached per process,
+    by fingerprint: a hit needs neither the database nor a parse of the certificate)."""
 
     subscriber: Subscriber | None  # None: not registered
     match: Match | None
+    not_before: datetime
+    not_after: datetime
 
 
 class SubscriberRegister:
@@ -322,9 +331,8 @@ class SubscriberRegister:
         removed or not granted the interface. The message names the certificate only by its fingerprint."""
         interface = _interface(interface)
         fingerprint = certificate_fingerprint(certificate_der)
-        certificate = _presented(certificate_der, fingerprint)
-        _refuse_outside_validity(certificate, fingerprint, now or datetime.now(timezone.utc))
-        identity = self._cached(fingerprint) or self._read_identity(certificate, fingerprint)
+        identity = self._cached(fingerprint) or self._read_identity(_presented(certificate_der, fingerprint), fingerprint)
+        _refuse_outside_validity(identity, fingerprint, now or datetime.now(timezone.utc))
         subscriber = identity.subscriber
         if subscriber is None:
             raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: not registered to any subscriber",
@@ -348,8 +356,9 @@ class SubscriberRegister:
     def _read_identity(self, certificate: x509.Certificate, fingerprint: str) -> _Identity:
         keys = (_fingerprint_key(fingerprint), _issuer_and_key(certificate))
         found = store.subscriber_for_keys(self._open(create=True), keys)
-        identity = _Identity(None, None) if found is None else \
-            _Identity(_subscriber(found[0]), Match.FINGERPRINT if found[1] == keys[0] else Match.ISSUER_AND_KEY)
+        validity = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
+        identity = _Identity(None, None, *validity) if found is None else \
+            _Identity(_subscriber(found[0]), Match.FINGERPRINT if found[1] == keys[0] else Match.ISSUER_AND_KEY, *validity)
         with self._lock:
             if len(self._identities) >= _CACHE_LIMIT:
                 self._identities.clear()
@@ -461,13 +470,13 @@ def _presented(der: bytes, fingerprint: str) -> x509.Certificate:
                                 RefusalReason.UNREADABLE) from None
 
 
-def _refuse_outside_validity(certificate: x509.Certificate, fingerprint: str, now: datetime) -> None:
-    if now < certificate.not_valid_before_utc:
-        raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: not valid before "
-                                f"{certificate.not_valid_before_utc.isoformat()}", RefusalReason.NOT_YET_VALID)
-    if now > certificate.not_valid_after_utc:
-        raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: expired on "
-                                f"{certificate.not_valid_after_utc.isoformat()}", RefusalReason.EXPIRED)
+def _refuse_outside_validity(identity: _Identity, fingerprint: str, now: datetime) -> None:
+    if now < identity.not_before:
+        raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: not valid before {identity.not_before.isoformat()}",
+                                RefusalReason.NOT_YET_VALID)
+    if now > identity.not_after:
+        raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: expired on {identity.not_after.isoformat()}",
+                                RefusalReason.EXPIRED)
 
 
 def _not_an_entry(value: object) -> RequestEntry:
