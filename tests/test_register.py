@@ -204,7 +204,12 @@ def test_fingerprint_matches_one_certificate_and_issuer_and_key_matches_its_rene
     added = register.add("renewable", EUI, ["supplier"], ["portal"], certificate=first, match=Match.ISSUER_AND_KEY)
     assert added.certificates[0].match is Match.ISSUER_AND_KEY and added.certificates[0].issuer == "CN=Test Transport CA"
 
-    assert refusal(register, ca.issue(pinned_key), Interface.PORTAL).reason is RefusalReason.UNKNOWN  # same key, new certificate
+    pinned_renewal = ca.issue(pinned_key)
+    assert refusal(register, pinned_renewal, Interface.PORTAL).reason is RefusalReason.UNKNOWN  # same key, new certificate
+    assert len(register.add_certificate("pinned", certificate=pinned_renewal).certificates) == 2  # registered by hand
+    assert register.identify(pinned_renewal, Interface.PORTAL).name == "pinned"
+    with pytest.raises(ConflictError, match="already registered to subscriber 'pinned'"):
+        register.add_certificate("renewable", certificate=pinned_renewal)
     renewal = ca.issue(renewed_key, cn="renewed")
     assert sha256(renewal) != sha256(first)
     assert register.identify(renewal, Interface.PORTAL).name == "renewable"
@@ -215,6 +220,12 @@ def test_fingerprint_matches_one_certificate_and_issuer_and_key_matches_its_rene
     fingerprint_only = ca.issue()
     register.add("by-fingerprint", EUI, ["other"], ["portal"], fingerprint=":".join(re.findall("..", sha256(fingerprint_only).upper())))
     assert register.identify(fingerprint_only, Interface.PORTAL).name == "by-fingerprint"
+    register.remove("by-fingerprint")
+    with pytest.raises(ConflictError, match="removed: it takes no new certificate"):
+        register.add_certificate("by-fingerprint", certificate=ca.issue())
+    with pytest.raises(BadInputError, match="no subscriber named"):
+        register.add_certificate("nobody", fingerprint="ab" * 32)
+    assert [r["operation"] for r in audit_rows(database_target) if r["outcome"] == "success"].count("subscriber.certificate.add") == 1
 
 
 def test_a_change_made_elsewhere_takes_effect_within_5_seconds_and_ones_own_at_once(tmp_path, ca):
@@ -323,6 +334,9 @@ def test_subscribers_cli_exit_codes_and_json(tmp_path, ca, run_smki):
     assert code("list", "--database", str(tmp_path / "missing.db"))[0] == 3
     assert not (tmp_path / "missing.db").exists()
     assert code("suspend", *database, "nobody")[0] == 3
+    renewal = ca.issue()
+    assert code("add-certificate", *database, "acme", "--fingerprint", sha256(renewal), "--json")[0] == 0
+    assert code("add-certificate", *database, "acme", "--fingerprint", sha256(renewal))[0] == 5
     assert code("suspend", *config, "acme", "--json")[0] == 0
     assert code("suspend", *database, "acme")[0] == 5
     assert code("resume", *database, "acme")[0] == 0
@@ -334,7 +348,7 @@ def test_subscribers_cli_exit_codes_and_json(tmp_path, ca, run_smki):
     assert "--match" in help_text and "issuer-and-key" in help_text and "--interface" in help_text
     rows = audit_rows(tmp_path / "state" / "service.db")
     assert [r["operation"] for r in rows if r["outcome"] == "success"] == [
-        "subscriber.add", "subscriber.suspend", "subscriber.resume", "subscriber.remove"]
+        "subscriber.add", "subscriber.certificate.add", "subscriber.suspend", "subscriber.resume", "subscriber.remove"]
     assert {r["actor"] for r in rows[:1]} == {"alice"}
 
 

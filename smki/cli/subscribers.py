@@ -87,6 +87,24 @@ def add_command(config_file, database, name, eui64, roles, interfaces, certifica
     emit(as_json, registered.summary(), lambda s: f"registered {_line(s)}")
 
 
+@subscribers_group.command("add-certificate")
+@register_options
+@click.argument("name")
+@click.option("--certificate", type=click.Path(dir_okay=False, path_type=Path), help="The client certificate (PEM or DER).")
+@click.option("--fingerprint", help="Instead of --certificate: its SHA-256 fingerprint (64 hex digits, colons allowed).")
+@click.option("--match", type=click.Choice([m.value for m in Match]), default=Match.FINGERPRINT.value, show_default=True,
+              help="As for `add`.")
+@audit_options
+@json_option
+def add_certificate_command(config_file, database, name, certificate, fingerprint, match, actor, audit_key_uri, pin_source,
+                            as_json) -> None:
+    """Register another client certificate for subscriber NAME (a renewal registered by fingerprint; audited).
+    Its earlier certificates stay registered: suspend or remove the subscriber to refuse them."""
+    with open_register(config_file, database, actor, audit_key_uri, pin_source) as register:
+        registered = register.add_certificate(name, certificate=certificate, fingerprint=fingerprint, match=match)
+    emit(as_json, registered.summary(), lambda s: f"registered another certificate: {_line(s)}")
+
+
 @subscribers_group.command("list")
 @register_options
 @json_option

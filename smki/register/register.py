@@ -268,6 +268,31 @@ class SubscriberRegister:
         log.info("registered subscriber %s (%s)", subscriber.name, client.match.value)
         return RegisteredSubscriber(subscriber, (ClientCertificate(client.match, client.fingerprint, client.issuer, now),), now, now)
 
+    def add_certificate(self, name: str, *, certificate: CertificateInput | None = None, fingerprint: str | None = None,
+                        match: Match | str = Match.FINGERPRINT) -> RegisteredSubscriber:
+        """Register another client certificate for a subscriber (a renewal registered by fingerprint, a second system's
+        certificate), as `add` registers the first. Refused: an unknown name (exit 3), a removed subscriber or a
+        certificate registered already (ConflictError, exit 5)."""
+        audit = self._audit()
+        with AuditedOperation(audit, self.actor, "subscriber.certificate.add") as operation:
+            name = _name(name)
+            operation.subject["subscriber"] = name
+            client, match_key = _client_certificate(certificate, fingerprint, Match.parse(match))
+            operation.subject.update(match=client.match.value, fingerprint=client.fingerprint)
+            with transaction(audit.connection):
+                row = store.find_subscriber(audit.connection, name)
+                if row is None:
+                    raise BadInputError(f"no subscriber named {name!r} in the register")
+                if row.status == SubscriberStatus.REMOVED:
+                    raise ConflictError(f"subscriber {name!r} was removed: it takes no new certificate")
+                _refuse_registered(audit.connection, None, match_key)
+                store.insert_certificate(audit.connection, store.CertificateRow(match_key, name, client.match.value,
+                                                                                client.fingerprint, client.issuer, _now()))
+                audit.append(operation.success_entry())
+        self._forget()
+        log.info("registered another client certificate for subscriber %s (%s)", name, client.match.value)
+        return self._registered(name)
+
     def suspend(self, name: str) -> RegisteredSubscriber:
         """Refuse the subscriber's requests until `resume`: from active only (ConflictError otherwise)."""
         return self._change_status(name, "subscriber.suspend", SubscriberStatus.SUSPENDED, (SubscriberStatus.ACTIVE,))
@@ -452,8 +477,9 @@ def _client_certificate(certificate: CertificateInput | None, fingerprint: str |
     return ClientCertificate(match, digest, parsed.issuer.rfc4514_string(), ""), key
 
 
-def _refuse_registered(connection, name: str, match_key: str) -> None:
-    existing = store.find_subscriber(connection, name)
+def _refuse_registered(connection, name: str | None, match_key: str) -> None:
+    """A new subscriber's name (when given) and a new certificate's match key must both be free."""
+    existing = None if name is None else store.find_subscriber(connection, name)
     if existing is not None:
         raise ConflictError(f"a subscriber named {name!r} is already in the register ({existing.status}); "
                             "names are never reused, so that the audit trail names one party")

@@ -79,6 +79,10 @@ def registered_to(connection: Connection, match_key: str) -> str | None:
 def insert_subscriber(connection: Connection, subscriber: SubscriberRow, certificate: CertificateRow) -> None:
     connection.execute("INSERT INTO subscribers VALUES (?, ?, ?, ?, ?, ?, ?)",
                        tuple(getattr(subscriber, column) for column in _SUBSCRIBER_COLUMNS))
+    insert_certificate(connection, certificate)
+
+
+def insert_certificate(connection: Connection, certificate: CertificateRow) -> None:
     connection.execute("INSERT INTO subscriber_certificates VALUES (?, ?, ?, ?, ?, ?)",
                        tuple(getattr(certificate, column) for column in _CERTIFICATE_COLUMNS))
 
