@@ -210,6 +210,13 @@ def test_fingerprint_matches_one_certificate_and_issuer_and_key_matches_its_rene
     assert register.identify(pinned_renewal, Interface.PORTAL).name == "pinned"
     with pytest.raises(ConflictError, match="already registered to subscriber 'pinned'"):
         register.add_certificate("renewable", certificate=pinned_renewal)
+    register.remove_certificate("pinned", sha256(pinned_renewal).upper())  # e.g. its key was compromised
+    assert refusal(register, pinned_renewal, Interface.PORTAL).reason is RefusalReason.UNKNOWN
+    with pytest.raises(BadInputError, match="has no client certificate with fingerprint"):
+        register.remove_certificate("pinned", sha256(pinned_renewal))
+    register.remove_certificate("renewable", sha256(first))  # an issuer-and-key entry, by the certificate it was made from
+    assert refusal(register, renewal := ca.issue(renewed_key), Interface.PORTAL).reason is RefusalReason.UNKNOWN
+    register.add_certificate("renewable", certificate=renewal, match="issuer-and-key")
     renewal = ca.issue(renewed_key, cn="renewed")
     assert sha256(renewal) != sha256(first)
     assert register.identify(renewal, Interface.PORTAL).name == "renewable"
@@ -225,7 +232,7 @@ def test_fingerprint_matches_one_certificate_and_issuer_and_key_matches_its_rene
         register.add_certificate("by-fingerprint", certificate=ca.issue())
     with pytest.raises(BadInputError, match="no subscriber named"):
         register.add_certificate("nobody", fingerprint="ab" * 32)
-    assert [r["operation"] for r in audit_rows(database_target) if r["outcome"] == "success"].count("subscriber.certificate.add") == 1
+    assert [r["operation"] for r in audit_rows(database_target) if r["outcome"] == "success"].count("subscriber.certificate.add") == 2
 
 
 def test_a_change_made_elsewhere_takes_effect_within_5_seconds_and_ones_own_at_once(tmp_path, ca):
@@ -337,6 +344,8 @@ def test_subscribers_cli_exit_codes_and_json(tmp_path, ca, run_smki):
     renewal = ca.issue()
     assert code("add-certificate", *database, "acme", "--fingerprint", sha256(renewal), "--json")[0] == 0
     assert code("add-certificate", *database, "acme", "--fingerprint", sha256(renewal))[0] == 5
+    assert code("remove-certificate", *database, "acme", "--fingerprint", sha256(renewal), "--json")[0] == 0
+    assert code("remove-certificate", *database, "acme", "--fingerprint", sha256(renewal))[0] == 3
     assert code("suspend", *config, "acme", "--json")[0] == 0
     assert code("suspend", *database, "acme")[0] == 5
     assert code("resume", *database, "acme")[0] == 0
@@ -348,7 +357,8 @@ def test_subscribers_cli_exit_codes_and_json(tmp_path, ca, run_smki):
     assert "--match" in help_text and "issuer-and-key" in help_text and "--interface" in help_text
     rows = audit_rows(tmp_path / "state" / "service.db")
     assert [r["operation"] for r in rows if r["outcome"] == "success"] == [
-        "subscriber.add", "subscriber.certificate.add", "subscriber.suspend", "subscriber.resume", "subscriber.remove"]
+        "subscriber.add", "subscriber.certificate.add", "subscriber.certificate.remove", "subscriber.suspend",
+        "subscriber.resume", "subscriber.remove"]
     assert {r["actor"] for r in rows[:1]} == {"alice"}
 
 

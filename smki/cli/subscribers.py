@@ -105,6 +105,20 @@ def add_certificate_command(config_file, database, name, certificate, fingerprin
     emit(as_json, registered.summary(), lambda s: f"registered another certificate: {_line(s)}")
 
 
+@subscribers_group.command("remove-certificate")
+@register_options
+@click.argument("name")
+@click.option("--fingerprint", required=True, help="The certificate's SHA-256 fingerprint, as `list` shows it.")
+@audit_options
+@json_option
+def remove_certificate_command(config_file, database, name, fingerprint, actor, audit_key_uri, pin_source, as_json) -> None:
+    """Stop accepting one client certificate of subscriber NAME (compromised, retired; audited). Its other
+    certificates still match; refused within 2 seconds in every running worker."""
+    with open_register(config_file, database, actor, audit_key_uri, pin_source) as register:
+        registered = register.remove_certificate(name, fingerprint)
+    emit(as_json, registered.summary(), lambda s: f"certificate no longer registered: {_line(s)}")
+
+
 @subscribers_group.command("list")
 @register_options
 @json_option

@@ -293,6 +293,25 @@ class SubscriberRegister:
         log.info("registered another client certificate for subscriber %s (%s)", name, client.match.value)
         return self._registered(name)
 
+    def remove_certificate(self, name: str, fingerprint: str) -> RegisteredSubscriber:
+        """Stop matching one of a subscriber's client certificates (a compromised or retired one), named by the
+        fingerprint `list` shows for it. Refused: an unknown name or a fingerprint not registered to it (exit 3)."""
+        audit = self._audit()
+        with AuditedOperation(audit, self.actor, "subscriber.certificate.remove") as operation:
+            name = _name(name)
+            operation.subject["subscriber"] = name
+            digest = parse_fingerprint(fingerprint)
+            operation.subject["fingerprint"] = digest
+            with transaction(audit.connection):
+                if store.find_subscriber(audit.connection, name) is None:
+                    raise BadInputError(f"no subscriber named {name!r} in the register")
+                if not store.delete_certificate(audit.connection, name, digest):
+                    raise BadInputError(f"subscriber {name!r} has no client certificate with fingerprint {digest}")
+                audit.append(operation.success_entry())
+        self._forget()
+        log.info("subscriber %s: client certificate %s no longer registered", name, digest)
+        return self._registered(name)
+
     def suspend(self, name: str) -> RegisteredSubscriber:
         """Refuse the subscriber's requests until `resume`: from active only (ConflictError otherwise)."""
         return self._change_status(name, "subscriber.suspend", SubscriberStatus.SUSPENDED, (SubscriberStatus.ACTIVE,))

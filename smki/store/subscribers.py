@@ -87,6 +87,14 @@ def insert_certificate(connection: Connection, certificate: CertificateRow) -> N
                        tuple(getattr(certificate, column) for column in _CERTIFICATE_COLUMNS))
 
 
+def delete_certificate(connection: Connection, name: str, fingerprint: str) -> bool:
+    """Forget the subscriber's certificate(s) registered from the certificate with this fingerprint; False: none was."""
+    found = connection.execute("SELECT match_key FROM subscriber_certificates WHERE name = ? AND fingerprint = ?",
+                               (name, fingerprint)).fetchall()
+    connection.executemany("DELETE FROM subscriber_certificates WHERE match_key = ?", [(row[0],) for row in found])
+    return bool(found)
+
+
 def set_status(connection: Connection, name: str, status: str, changed_at: str) -> None:
     connection.execute("UPDATE subscribers SET status = ?, changed_at = ? WHERE name = ?", (status, changed_at, name))
 
