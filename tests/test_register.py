@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -270,10 +271,28 @@ def test_audit_requests_appends_many_entries_in_one_transaction(database_target,
     entries.append(RequestEntry("adhoc-device", "submit", "403", "refused", fingerprint=sha256(der)))
     assert register.audit_requests(entries) == 302
     assert register.audit_requests([]) == 0
-    with pytest.raises(BadInputError, match="takes RequestEntry values"):
+    with pytest.raises(BadInputError, match="takes request entries, not dict"):
         register.audit_requests([entries[0], {"interface": "portal"}])
+
+    @dataclass(frozen=True)
+    class WebRecord:  # the shape of smki.web's own request audit records
+        at: str
+        interface: str
+        operation: str
+        subscriber: str | None
+        fingerprint: str | None
+        address: str
+        outcome: str
+        status: str
+        code: str | None = None
+        client_id: str | None = None
+
+    assert register.audit_requests([WebRecord("2026-12-02T15:00:00.000+00:00", "adhoc-device", "/1.0/AdHocDeviceCSR", "acme",
+                                              sha256(der), "::1", "answered", "CSR_ERROR", "CR:CC1", "r-9")]) == 1
     rows = audit_rows(database_target)
-    assert len(rows) == 302 and {r["operation"] for r in rows} == {"service.request"}
+    assert len(rows) == 303 and {r["operation"] for r in rows} == {"service.request"}
+    assert (rows[302]["time"], rows[302]["outcome"], json.loads(rows[302]["details"])) == (
+        "2026-12-02T15:00:00.000+00:00", "success", {"status": "CSR_ERROR", "code": "CR:CC1", "address": "::1"})
     assert json.loads(rows[0]["subject"]) == {"interface": "adhoc-device", "operation": "submit", "subscriber": "acme",
                                               "fingerprint": sha256(der), "client_id": "req-0"}
     assert json.loads(rows[0]["details"]) == {"status": "SUCCESS", "code": None, "address": "127.0.0.1"}
