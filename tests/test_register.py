@@ -31,7 +31,7 @@ from smki.audit import verify_trail
 from smki.audit.verify import rows_from_database
 from smki.errors import BadInputError, ConflictError
 from smki.register import (Interface, Match, RefusalReason, RequestEntry, RequestOutcome, SubscriberRefused,
-                           SubscriberRegister, SubscriberStatus, refuse_unless_acts_for)
+                           SubscriberRegister, SubscriberStatus)
 from smki.register.lab_credentials import make_lab_credentials
 from smki.store import open_database
 from smki.store.audit_log import entries_and_checkpoints
@@ -189,11 +189,6 @@ def test_identify_refuses_each_reason(database_target, ca):
     assert refusal(register, expired).reason is RefusalReason.EXPIRED  # registered, but past its validity now
     with pytest.raises(BadInputError, match="unknown interface"):
         register.identify(active, "teleport")
-
-    refuse_unless_acts_for(found, "supplier")
-    with pytest.raises(SubscriberRefused, match="does not hold the networkOperator role") as caught:
-        refuse_unless_acts_for(found, "networkOperator")
-    assert caught.value.reason is RefusalReason.ROLE
 
 
 def test_fingerprint_matches_one_certificate_and_issuer_and_key_matches_its_renewals(database_target, ca):

@@ -446,15 +446,6 @@ class SubscriberRegister:
         return len(entries)
 
 
-def refuse_unless_acts_for(subscriber: Subscriber, role: RemotePartyRole | str) -> None:
-    """SubscriberRefused (RefusalReason.ROLE) when `subscriber` asks to act for a role its entry does not hold.
-    Which role may have which certificate stays the policy's eligibility, checked by the Issuing Authority."""
-    role = role if isinstance(role, RemotePartyRole) else RemotePartyRole.parse(role)
-    if not subscriber.acts_for(role):
-        raise SubscriberRefused(f"subscriber {subscriber.name!r} does not hold the {role.camel_name} role "
-                                f"(it holds {', '.join(r.camel_name for r in subscriber.roles)})", RefusalReason.ROLE)
-
-
 # ---- values, checked where they enter -----------------------------------------------------------
 
 def _now() -> str:
