@@ -36,6 +36,7 @@ COMMANDS = {
     "cert": "smki.cli.cert:cert_group",
     "ca": "smki.cli.ca:ca_group",
     "librarian": "smki.cli.librarian:librarian_group",
+    "serve": "smki.cli.serve:serve_command",
     "audit": "smki.cli.audit:audit_group",
     "lint": "smki.cli.lint:lint_command",
     "verify": "smki.cli.lint:verify_command",
