@@ -35,6 +35,9 @@ from smki.web.tls import PeerCertificate, peer_certificate
 log = logging.getLogger("smki.web")
 
 ROUTE_MODULES = ("smki.web.repository", "smki.web.adhoc", "smki.web.organisation", "smki.web.batches")
+# The authority each interface's handlers call: an interface whose authority the service does not host is not served (404).
+HOSTED_BY = {"smki.web.repository": "librarian", "smki.web.adhoc": "issuing_dca", "smki.web.organisation": "issuing_oca",
+             "smki.web.batches": "issuing_dca"}
 REPOSITORY_ONLY = ("smki.web.repository",)
 BATCH_PREFIX = "/1.0/PortalCSRBatch/"  # the batch service takes large bodies (limits.max_body_bytes)
 SETTINGS = web.AppKey("smki.settings", ServiceSettings)
@@ -77,6 +80,11 @@ def make_app(services: Services, settings: ServiceSettings, *, route_modules: It
     return app
 
 
+def hosted_routes(settings: ServiceSettings) -> tuple[str, ...]:
+    """The route modules of the interfaces whose authority `settings` names."""
+    return tuple(name for name in ROUTE_MODULES if getattr(settings, HOSTED_BY[name]) is not None)
+
+
 def _optional_module(name: str):
     try:
         return importlib.import_module(name)
@@ -91,7 +99,7 @@ async def _start_audit_flush(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
-    """At shutdown (in-flight requests answered): the last audit entries written, then the actor thread stopped."""
+    """At shutdown (in-flight requests answered): the last audit entries written, the actors closed, the actor thread stopped."""
     task = app.get(_FLUSH_TASK)
     if task is not None:
         task.cancel()
@@ -103,6 +111,9 @@ async def _stop(app: web.Application) -> None:
         await app[AUDIT].flush(app[EXECUTOR])
     except Exception as exc:  # noqa: BLE001 - logged: the rest of the shutdown still runs
         log.error("request audit not written at shutdown: %s: %s", type(exc).__name__, exc)
+    close = getattr(app[SERVICES], "close", None)
+    if close is not None:  # the actors' sessions closed on the thread that opened them
+        await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], close)
     app[EXECUTOR].shutdown(wait=True)
 
 

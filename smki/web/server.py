@@ -35,7 +35,7 @@ from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, BadInputError, 
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri
 from smki.hsm.pins import PinSource
 from smki.web import access_log, metrics
-from smki.web.app import REPOSITORY_ONLY, make_app
+from smki.web.app import REPOSITORY_ONLY, hosted_routes, make_app
 from smki.web.settings import Limits, RepositorySettings, ServiceSettings, load_service_settings
 from smki.web.tls import server_context
 from smki.web.transport import GuardedRunner
@@ -329,8 +329,8 @@ def worker_main(spec: WorkerSpec, index: int, events) -> None:
         services = WorkerServices(settings, spec.secrets)
         tls_key = spec.secrets.get(SecretName.TLS_KEY)
         context = server_context(settings.tls, tls_key.read() if tls_key else None) if settings.tls and not settings.tls.proxy else None
-        asyncio.run(_serve_worker(make_app(services, settings), settings, context, lambda: events.put(("ready", index, os.getpid()))))
-        services.close()
+        app = make_app(services, settings, route_modules=hosted_routes(settings))
+        asyncio.run(_serve_worker(app, settings, context, lambda: events.put(("ready", index, os.getpid()))))
     except SmkiError as exc:
         events.put(("failed", index, str(exc), exc.exit_code))
         sys.exit(exc.exit_code)

@@ -149,6 +149,9 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
                                          "repository, limits, access_log)", what="configuration",
                                          before_schema=lambda data, lines: refuse_secrets(path, data, lines))
     reader = _Reader(path, lines)
+    librarian = _authority(reader, data, "librarian", AuthorityKind.LIBRARIAN)
+    if librarian is not None and "api_key_source" not in data.get("repository", {}):
+        raise reader.error(("librarian",), "the repository web service needs repository.api_key_source (env:NAME, fd:N or prompt)")
     listen = data.get("listen", {})
     return ServiceSettings(
         path=path, address=listen.get("address", "127.0.0.1"), port=listen.get("port", DEFAULT_PORT),
@@ -156,7 +159,7 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
         database=_database(reader, data["database"]) if "database" in data else None,
         issuing_oca=_authority(reader, data, "issuing_oca", AuthorityKind.ISSUING_OCA),
         issuing_dca=_authority(reader, data, "issuing_dca", AuthorityKind.ISSUING_DCA),
-        librarian=_authority(reader, data, "librarian", AuthorityKind.LIBRARIAN),
+        librarian=librarian,
         repository=_repository(reader, data.get("repository", {})), limits=_limits(reader, data.get("limits", {})),
         access_log=_access_log(reader, data["access_log"]) if "access_log" in data else None,
         build=data.get("build", smki.__version__))
