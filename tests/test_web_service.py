@@ -263,6 +263,16 @@ def test_idle_tls_connections_after_their_handshake_are_held_while_others_are_se
             connection.close()
 
 
+def test_the_workers_hold_no_secret_in_their_environment_or_command_line(service):
+    workers = service.children()
+    assert len(workers) == 2
+    for pid in workers:
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        assert API_KEY.encode() not in environment and b"TEST_REPOSITORY_KEY" not in environment
+        assert API_KEY.encode() not in _cmdline(pid)
+        assert b"PROMETHEUS_MULTIPROC_DIR" in environment  # what a worker does need
+
+
 def test_a_killed_worker_is_restarted(service):
     workers = service.children()
     assert len(workers) == 2

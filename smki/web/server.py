@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from aiohttp import web
 
 from smki.config import Configuration, Setting
 from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, BadInputError, ConflictError, HsmError, SmkiError
+from smki.hsm.child_env import children_get_allowed_environment
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri
 from smki.hsm.pins import PinSource
 from smki.web import access_log, metrics
@@ -362,6 +364,8 @@ class ServiceProcesses:
         self.settings = settings
         self._stop = threading.Event()
         self._context = multiprocessing.get_context("spawn")
+        with children_get_allowed_environment():
+            resource_tracker.ensure_running()  # started now (the queue needs it), it never sees the operator's secrets
         self._events = self._context.Queue()
         self._workers: dict[int, multiprocessing.process.BaseProcess] = {}
 
@@ -388,7 +392,8 @@ class ServiceProcesses:
 
     def _spawn(self, index: int) -> None:
         process = self._context.Process(target=worker_main, args=(self._spec, index, self._events), name=f"smki-worker-{index}")
-        process.start()
+        with children_get_allowed_environment(also=worker_environment_names()):
+            process.start()  # the secrets travel in the spawn pipe; the environment holds none of them
         self._workers[index] = process
 
     def _await_ready(self, waiting: set[int]) -> None:
@@ -447,6 +452,12 @@ class ServiceProcesses:
         metrics_dir = getattr(self, "_metrics_dir", None)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_environment_names() -> set[str]:
+    """What a worker needs beyond any smki child's environment (smki.hsm.child_env): the metrics directory,
+    and PostgreSQL's client variables (PGPASSWORD, PGSSLMODE, ...), since a worker opens its store itself."""
+    return {metrics.MULTIPROCESS_ENV} | {name for name in os.environ if name.startswith("PG")}
 
 
 def _failure(message: str, exit_code: int) -> SmkiError:
