@@ -113,6 +113,11 @@ class _Signing:
     not_before: datetime
 
 
+def _device_type(device_type: DeviceType | str | None) -> DeviceType | None:
+    """A device type given, checked; None: each request's hwType decides."""
+    return None if device_type is None else parsed(DeviceType, device_type)
+
+
 class IssuingAuthority:
     """An Issuing OCA or Issuing DCA (or, for its ARL, a root) with its state, key and adopted policy.
 
@@ -277,25 +282,23 @@ class IssuingAuthority:
             return self._sign(operation, signing, CertificateType.ORGANISATION,
                               lambda: organisation_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
 
-    def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str,
+    def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str | None = None,
                      not_before: datetime | str | None = None, out: Path | None = None, source: str | None = None,
                      dry_run: bool = False) -> IssuedCertificate:
         """One Device Certificate from one PKCS#10 request. An ad hoc request replaces: the device must
         already hold a certificate from this authority (policy 4.2) and stays under the per-device cap;
-        the request's hwType must be the device type's (7.1)."""
+        the request's hwType must be the device type's (7.1), or, with no device type (None), any device
+        type's whose key usages allow the request's."""
         with self._operation(Operation.ISSUE_DEVICE, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
             operation.subject = {"request": source, "device_id": request.device_id.hex}
-            device_type = parsed(DeviceType, device_type)
-            expected_hw_type = signing.policy.hw_type_oid(signing.environment, device_type)
-            if request.hw_type_oid != expected_hw_type:
-                raise PolicyRefusal("7.1 device types", f"the request's hwType {request.hw_type_oid} is not the {device_type.name} hwType {expected_hw_type}")
             params = signing.policy.device_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), device_id=request.device_id,
-                device_type=device_type, key_usage=request.key_usage, not_before=signing.not_before,
-                existing_certificates=self._device_certificates(operation, request.device_id), single_request=True)
+                device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
+                existing_certificates=self._device_certificates(operation, request.device_id), single_request=True,
+                hw_type_oid=request.hw_type_oid)
             issuer = self._issuer()
             return self._sign(operation, signing, CertificateType.DEVICE,
                               lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
@@ -349,7 +352,7 @@ class IssuingAuthority:
         return read_public_key(Path(public_key)) if isinstance(public_key, (str, Path)) else public_key
 
     # -- a batch ---------------------------------------------------------------------------------
-    def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str,
+    def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str | None = None,
                     not_before: datetime | str | None = None, workers: int | None = None, chunk_size: int = 1000,
                     verify_one_in: int = 1, progress: BatchProgress | None = None, dry_run: bool = False) -> BatchResult:
         """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
@@ -375,7 +378,7 @@ class IssuingAuthority:
             issuer = self._issuer()
             key = self._key_ref()
             environment, checked_requester = self._environment(), parsed(RemotePartyRole, requester)
-            checked_type = parsed(DeviceType, device_type)
+            checked_type = _device_type(device_type)
             start = start_of_validity(not_before)
             template = batch_template(issuer, policy, environment, start)
             issuer_key_id = describe(issuer).subject_key_id.hex().upper()
