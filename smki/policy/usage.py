@@ -155,6 +155,10 @@ class UsageRules:
         local = self._local(now)
         return next((seconds for window, seconds in self.adhoc_interval if window.contains(local)), 0.0)
 
+    def counts_adhoc(self, channel: Channel) -> bool:
+        """Does any rule count this channel's ad hoc requests? (The web service's not, when its interval is 0 all day.)"""
+        return channel is Channel.PORTAL or any(seconds > 0 for _, seconds in self.adhoc_interval)
+
     def check_adhoc(self, submitter: Submitter, now: datetime, last_at: datetime | None, last_24h: int) -> None:
         """An ad hoc CSR at `now`, after the submitter's previous one at `last_at` and its `last_24h` count (through its channel)."""
         if submitter.channel is Channel.WEB_SERVICE:
