@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from smki.cli.cert import issuing_authority
-from smki.cli.common import DATABASE, POLICY, POLICY_HELP, emit, json_option, key_options, module_option, pin_source_option, state_options
+from smki.cli.common import STATE, POLICY, POLICY_HELP, emit, json_option, key_options, module_option, pin_source_option, state_options
 from smki.cli.configured import ConfiguredGroup
 from smki.store.batch_queue import BatchStatus
 
@@ -19,7 +19,7 @@ STATUSES = click.Choice([status.value for status in BatchStatus], case_sensitive
 BATCH_NUMBER = click.IntRange(1, 2**62)
 
 
-_state = state_options(DATABASE, "The Issuing DCA's state: a state directory, or its database's postgresql:// URL.")
+_state = state_options(STATE, "The Issuing DCA's state: a state directory, or its database's postgresql:// URL.")
 
 
 @click.group("batches", cls=ConfiguredGroup)
@@ -97,12 +97,14 @@ def reject_command(batch, reason, as_json, **options):
 @click.option("--issuer-cert", required=True, type=click.Path(path_type=Path), help="The Issuing DCA's certificate.")
 @click.option("--workers", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
               help="Worker processes per batch, each with its own HSM session.")
+@click.option("--chunk-size", type=click.IntRange(1, 5000), default=1000, show_default=True,
+              help="Requests per worker task; a transaction records five tasks.")
 @click.option("--once", is_flag=True, help="Process what can be processed now, then stop (default: keep polling until SIGTERM or Ctrl-C).")
 @click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=60, show_default=True,
               help="How long a claimed batch stays this process's without a renewal; another process takes over a batch whose lease ran out.")
 @click.option("--poll-seconds", type=click.FloatRange(0.1, 3600), default=5, show_default=True, help="How often to look for work when there is none.")
 @json_option
-def process_command(workers, once, lease_seconds, poll_seconds, as_json, **options):
+def process_command(workers, chunk_size, once, lease_seconds, poll_seconds, as_json, **options):
     """Process the approved batches, one at a time, as `smki serve` does in the background: several processes
     (on several hosts, sharing a PostgreSQL store) share the work; each batch is processed once."""
     stopping = []
@@ -114,7 +116,7 @@ def process_command(workers, once, lease_seconds, poll_seconds, as_json, **optio
     try:
         with issuing_authority(options) as authority:
             moved = authority.process_batches(stop=lambda: bool(stopping), once=once, lease_seconds=lease_seconds,
-                                              poll_seconds=poll_seconds, workers=workers)
+                                              poll_seconds=poll_seconds, workers=workers, chunk_size=chunk_size)
     finally:
         signal.signal(signal.SIGTERM, previous)
     emit(as_json, {"batches_moved": moved}, lambda d: f"{d['batches_moved']} batch step(s) processed")

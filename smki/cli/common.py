@@ -37,6 +37,24 @@ class DatabaseTarget(click.ParamType):
 DATABASE = DatabaseTarget()
 
 
+class StateTarget(DatabaseTarget):
+    """A --state value: an authority's state directory (a Path), or its database's PostgreSQL URL (kept as str)."""
+
+    name = "DIR|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from smki.store.postgres import is_database_url
+
+        if isinstance(value, Path) or not is_database_url(value):
+            if not str(value).strip():
+                self.fail("an empty name is no state directory", param, ctx)
+            return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+        return value
+
+
+STATE = StateTarget()
+
+
 def _option_name(param: click.Parameter | None) -> str:
     return max(param.opts, key=len) if param is not None and param.opts else "the secret source"
 

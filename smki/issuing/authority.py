@@ -562,7 +562,7 @@ class IssuingAuthority:
         return purged
 
     def process_batches(self, worker: str | None = None, *, stop: Callable[[], bool] = lambda: False, once: bool = False,
-                        lease_seconds: float = 60.0, poll_seconds: float = 5.0, workers: int | None = None) -> int:
+                        lease_seconds: float = 60.0, poll_seconds: float = 5.0, workers: int | None = None, chunk_size: int = 1000) -> int:
         """Process queued batches, one at a time, until `stop()` is true (or, with `once`, until none can be taken now).
 
         Each batch is claimed with a lease this process renews while it works; a batch whose lease ran out (its
@@ -570,7 +570,7 @@ class IssuingAuthority:
         processing window batches are parsed and PAUSED. Returns how many batches this call moved on."""
         from smki.issuing.batch_processor import BatchProcessor
 
-        processor = BatchProcessor(self, worker or worker_name(), lease_seconds, workers)
+        processor = BatchProcessor(self, worker or worker_name(), lease_seconds, workers, chunk_size)
         moved = 0
         while not stop():
             if processor.next():

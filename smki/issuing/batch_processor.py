@@ -34,10 +34,11 @@ _OUTSIDE_WINDOW = (BatchStatus.PARSING, BatchStatus.QUEUED, BatchStatus.PROCESSI
 
 
 class BatchProcessor:
-    def __init__(self, authority: IssuingAuthority, owner: str, lease_seconds: float, workers: int | None) -> None:
+    def __init__(self, authority: IssuingAuthority, owner: str, lease_seconds: float, workers: int | None, chunk_size: int = 1000) -> None:
         if lease_seconds <= 0:
             raise ValueError("a lease lasts a positive number of seconds")
         self.authority, self.owner, self.lease, self.workers = authority, owner, timedelta(seconds=lease_seconds), workers
+        self.chunk_size = chunk_size
 
     @property
     def connection(self):
@@ -87,7 +88,8 @@ class BatchProcessor:
                 batch = self._step(Operation.BATCH_PROCESS, batch, BatchStatus.PROCESSING)
             response, status = directory / "response.zip", directory / "status.csv"
             result = self.authority.issue_batch(checked.source, response=response, status=status, requester=batch.requester,
-                                                device_type=None, workers=self.workers, progress=self._renewer(batch.number))
+                                                device_type=None, workers=self.workers, chunk_size=self.chunk_size,
+                                                progress=self._renewer(batch.number))
             self._complete(batch, read_file(response), read_file(status), result.totals)
 
     def _step(self, name: Operation, batch: QueuedBatch, status: BatchStatus, **columns: str | None) -> QueuedBatch:
