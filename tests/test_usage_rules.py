@@ -163,3 +163,28 @@ def test_issue_device_and_issue_batch_without_a_device_type(smki_pki, tmp_path):
     result = smki_pki.issuing_dca.issue_batch(batch, response=tmp_path / "r.zip", status=tmp_path / "s.csv", requester="supplier",
                                               device_type=None, workers=1)
     assert result.totals == {"success": 2, "ineligible": 1}
+
+
+def test_ad_hoc_requests_are_counted_per_subscriber_in_the_store(smki_pki, tmp_path):
+    from test_batch_queue import authority
+
+    dca = authority(smki_pki, tmp_path, "usage_rules:\n  portal_adhoc_daily_cap: 1\n")  # the SEC's 0.8 s / 4 s interval
+    devices = ["00DB1234567890C1", "00DB1234567890C2", "00DB1234567890C3", "00DB1234567890C4"]
+    for device in devices:
+        dca.certify_device(ec.generate_private_key(ec.SECP256R1()).public_key(), device_id=device, device_type="ESME", usage="DS",
+                           requester="supplier")
+
+    def submit(device: str, submitter: Submitter | None):
+        return dca.issue_device(smki_pki.device_csr(device).der, requester="supplier", submitter=submitter)
+
+    submit(devices[0], WEB)
+    with pytest.raises(PolicyRefusal) as refused:  # at once again: within any hour's interval
+        submit(devices[1], WEB)
+    assert UsageRule.of(refused.value).code == "WF:AH1"
+    submit(devices[1], Submitter("another-dsp", Channel.WEB_SERVICE))  # another subscriber counts on its own
+    submit(devices[2], None)  # the operator's CLI path: no usage rule
+    submit(devices[2], PORTAL)  # the portal: no interval, a daily cap of 1 here
+    with pytest.raises(PolicyRefusal) as refused:
+        submit(devices[3], PORTAL)
+    assert UsageRule.of(refused.value) is UsageRule.PORTAL_ADHOC_DAILY_CAP
+    assert len(dca.list(certificate_type="device")) == 4 + 4  # the refused ones issued nothing
