@@ -1,5 +1,6 @@
 """The files smki ships inside the package (smki/data/): the Certificate Policies and their JSON Schema,
-the example ceremony files and theirs, and the SoftHSM configuration template.
+the example ceremony files and theirs, the SoftHSM configuration template, and the XML schemas of the CSR
+web services (SEC Appendix M, Appendices B and E, and smki's own Organisation CSR answer).
 
 They are read through importlib.resources, so they are found wherever the package is installed (a
 wheel in site-packages, an editable checkout), never through a path relative to the source tree.
@@ -54,6 +55,11 @@ def ceremony_schema() -> dict:
 def softhsm_template() -> str:
     """The SoftHSM2 configuration, with @TOKENDIR@ where the token directory goes."""
     return _data("softhsm", "softhsm2.conf.template").read_text(encoding="utf-8")
+
+
+def xml_schema(name: str) -> bytes:
+    """One of the CSR web services' XML schemas (XSD 1.0), by file name: smki.web.messages compiles them."""
+    return _data("schemas", name).read_bytes()
 
 
 def builtin_policy(reference: object) -> PolicyKind | None:
