@@ -492,6 +492,11 @@ class IssuingAuthority:
         log.info("batch %d from %s: %d request(s) queued, %s", number, subscriber.name, entries, status.value)
         return queued
 
+    @property
+    def batch_limit(self) -> int:
+        """The most CSRs one batch may hold under the policy given (4.2 batch_limit): a front end counts against it while parsing."""
+        return self._loaded_policy().batch_limit
+
     def batches(self, *, subscriber: str | None = None, status: BatchStatus | str | None = None, limit: int = 1000) -> list[QueuedBatch]:
         """Queued batches, newest first (read-only); purged ones are not listed."""
         statuses = (BatchStatus(str(status).upper()),) if status is not None else ()
