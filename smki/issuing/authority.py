@@ -120,6 +120,9 @@ class _Signing:
     not_before: datetime
 
 
+AUTO_APPROVED = "policy"  # who decided a batch its policy approves as it is queued (usage_rules.auto_approved_requesters)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and value.isdigit() and len(value) <= 18
 
@@ -484,9 +487,8 @@ class IssuingAuthority:
                                              batched_requests_since(connection, subscriber.name, timestamp(now - DAY)))
                 number = enqueue_batch(connection, client_id=client_id, subscriber=subscriber.name, channel=subscriber.channel.value,
                                        requester=checked_requester.camel_name, entry_count=entries, upload=upload, upload_sha256=digest,
-                                       status=status, submitted_at=timestamp(now))
-                if status is BatchStatus.PARSING:
-                    change_status(connection, number, status, allowed_from=(status,), decided_at=timestamp(now), decided_by="policy")
+                                       status=status, submitted_at=timestamp(now),
+                                       decided_by=AUTO_APPROVED if status is BatchStatus.PARSING else None)
                 operation.audit.append(operation.success_entry({"status": status.value}, policy=policy.identity, batch=number))
                 queued = queued_batch(connection, number)
         log.info("batch %d from %s: %d request(s) queued, %s", number, subscriber.name, entries, status.value)
@@ -502,7 +504,7 @@ class IssuingAuthority:
         statuses = (BatchStatus(str(status).upper()),) if status is not None else ()
         return queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)
 
-    def queued_batch(self, number: int) -> QueuedBatch:
+    def show_batch(self, number: int) -> QueuedBatch:
         """One queued batch (read-only); refused when there is none."""
         found = queued_batch(self._readable(), _batch_number(number))
         if found is None:

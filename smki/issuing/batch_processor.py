@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from smki.errors import SmkiError
 from smki.issuing.queued_batches import LeaseLost, processing_directory, read_file, sha256_hex
 from smki.operations.names import Operation
+from smki.requests.batch import open_batch
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, batch_upload, change_status, claim_batch, queued_batch, release_lease,
                                     renew_lease, store_response, timestamp)
 from smki.store.database import transaction
@@ -73,10 +74,11 @@ class BatchProcessor:
             self._step(Operation.BATCH_PARSE, batch, BatchStatus.TAMPERED, reason="the stored upload no longer matches its SHA-256",
                        finished_at=timestamp(utc_now()))
             return
-        with processing_directory(upload, batch.number) as (directory, checked):
+        with processing_directory(upload, batch.number) as (directory, path, digest):
             if batch.status is BatchStatus.PARSING:
-                batch = self._step(Operation.BATCH_PARSE, batch, BatchStatus.QUEUED, batch_id=checked.batch_id)
-            elif batch.batch_id != checked.batch_id:
+                open_batch(path, self.authority.batch_limit)  # every batch-level check again, on the file processed
+                batch = self._step(Operation.BATCH_PARSE, batch, BatchStatus.QUEUED, batch_id=digest)
+            elif batch.batch_id != digest:
                 self._step(Operation.BATCH_PARSE, batch, BatchStatus.TAMPERED, reason="the batch is no longer the one parsed",
                            finished_at=timestamp(utc_now()))
                 return
@@ -87,7 +89,7 @@ class BatchProcessor:
             if batch.status is not BatchStatus.PROCESSING:
                 batch = self._step(Operation.BATCH_PROCESS, batch, BatchStatus.PROCESSING)
             response, status = directory / "response.zip", directory / "status.csv"
-            result = self.authority.issue_batch(checked.source, response=response, status=status, requester=batch.requester,
+            result = self.authority.issue_batch(path, response=response, status=status, requester=batch.requester,
                                                 device_type=None, workers=self.workers, chunk_size=self.chunk_size,
                                                 progress=self._renewer(batch.number))
             self._complete(batch, read_file(response), read_file(status), result.totals)
