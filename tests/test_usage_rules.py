@@ -188,3 +188,13 @@ def test_ad_hoc_requests_are_counted_per_subscriber_in_the_store(smki_pki, tmp_p
         submit(devices[3], PORTAL)
     assert UsageRule.of(refused.value) is UsageRule.PORTAL_ADHOC_DAILY_CAP
     assert len(dca.list(certificate_type="device")) == 4 + 4  # the refused ones issued nothing
+    import json
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "state" / "smki.db")
+    entries = database.execute("SELECT outcome, subject, details FROM audit_entries WHERE operation = 'certificate.issue.device'").fetchall()
+    database.close()
+    refused = [(json.loads(subject), details) for outcome, subject, details in entries if outcome == "refused"]
+    assert [subject["submitter"] for subject, _ in refused] == [{"name": "supplier-a", "channel": "web-service"},
+                                                                {"name": "supplier-a", "channel": "portal"}]
+    assert "usage_rules.adhoc_interval" in refused[0][1] and "usage_rules.portal_adhoc_daily_cap" in refused[1][1]

@@ -56,7 +56,7 @@ from smki.store import find_certificate, list_certificates
 from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
                                          sha256_hex, upload_of, worker_name)
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
-                                    last_adhoc_submission, open_batch_count, parse_timestamp, purge_adhoc_submissions, purge_finished,
+                                    last_adhoc_submission, open_batch_count, parse_timestamp, parsed_status, purge_adhoc_submissions, purge_finished,
                                     queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
 from smki.store.batches import device_certificate_counts
 from smki.store.certificates import CertificateRecord
@@ -320,7 +320,7 @@ class IssuingAuthority:
             self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_organisation_request(data, source)
-            operation.subject = {"request": source, "entity_id": request.entity_id.hex, "role": request.role.ou}
+            operation.subject.update(request=source, entity_id=request.entity_id.hex, role=request.role.ou)
             params = signing.policy.organisation_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
                 key_usage=request.key_usage, common_name=request.common_name, not_before=signing.not_before)
@@ -341,7 +341,7 @@ class IssuingAuthority:
             self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
-            operation.subject = {"request": source, "device_id": request.device_id.hex}
+            operation.subject.update(request=source, device_id=request.device_id.hex)
             params = signing.policy.device_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), device_id=request.device_id,
                 device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
@@ -501,7 +501,7 @@ class IssuingAuthority:
 
     def batches(self, *, subscriber: str | None = None, status: BatchStatus | str | None = None, limit: int = 1000) -> list[QueuedBatch]:
         """Queued batches, newest first (read-only); purged ones are not listed."""
-        statuses = (BatchStatus(str(status).upper()),) if status is not None else ()
+        statuses = (parsed_status(status),) if status is not None else ()
         return queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)
 
     def show_batch(self, number: int) -> QueuedBatch:

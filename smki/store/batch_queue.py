@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from smki.errors import BadInputError
 from smki.store.connection import Connection, Dialect, dialect_of
 
 
@@ -40,6 +41,13 @@ class BatchStatus(enum.StrEnum):
         """Not yet answered: the one-batch-at-a-time rule counts it."""
         return self in _OPEN
 
+
+
+def parsed_status(text: BatchStatus | str) -> BatchStatus:
+    try:
+        return BatchStatus(str(text).strip().upper())
+    except ValueError:
+        raise BadInputError(f"unknown batch status {str(text)[:32]!r} (one of {', '.join(BatchStatus)})") from None
 
 
 _OPEN = frozenset({BatchStatus.PENDING, BatchStatus.PARSING, BatchStatus.QUEUED, BatchStatus.PROCESSING, BatchStatus.PAUSED})
