@@ -31,10 +31,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -230,7 +232,8 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class ResponseZip:
-    """A COMPLETED batch's response ZIP (`<ID>-response.zip`): Base64 certificates named like the requests, `.crt`."""
+    """A COMPLETED batch's response ZIP (`<ID>-response.zip`): certificates named like the requests, `.crt` (PEM, as
+    `smki ca issue-batch` writes them; bare Base64 is read too)."""
 
     name: str | None
     data: bytes
@@ -238,8 +241,13 @@ class ResponseZip:
     def certificates(self) -> dict[str, bytes]:
         """The certificates (DER) by member name."""
         with zipfile.ZipFile(io.BytesIO(self.data)) as archive:
-            return {name: base64.b64decode(b"".join(archive.read(name).split()), validate=True)
-                    for name in archive.namelist() if name.endswith(".crt")}
+            return {name: _certificate_file_der(archive.read(name)) for name in archive.namelist() if name.endswith(".crt")}
+
+
+def _certificate_file_der(data: bytes) -> bytes:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return base64.b64decode(b"".join(data.split()), validate=True)
 
 
 # -- the client -----------------------------------------------------------------------------------------------------
@@ -472,6 +480,7 @@ class TestService:
         self.pki, self.directory, self.process, self.url = pki, directory, process, url
         self.credentials, self.ca_file, self.api_key = credentials, ca_file, api_key
         self._owns_pki = owns_pki
+        self._temporary: Path | None = None
         self._clients: list[ServiceClient] = []
         self._devices = iter(range(0x00DB5E0000000000 + secrets.randbits(24) * 0x10000, 1 << 64))
 
@@ -485,20 +494,23 @@ class TestService:
         closed with the service. A given `pki` is served under its own policies (make it with
         `policies=lab_policies(...)` for the lab's usage rules). `extra_settings`: more lines for the service file
         (e.g. `limits: {...}`)."""
-        owns_pki = pki is None
+        owns_pki, temporary = pki is None, None
         if pki is None:
-            import tempfile
-            base = Path(tempfile.mkdtemp(prefix="smki-test-service-")) if directory is None else Path(directory)
-            pki = TestPKI.create(base / "pki", token=token, policies=lab_policies(base / "policies"))
-            directory = base
+            temporary = Path(tempfile.mkdtemp(prefix="smki-test-service-")) if directory is None else None
+            directory = Path(directory or temporary).resolve()
+            pki = TestPKI.create(directory / "pki", token=token, policies=lab_policies(directory / "policies"))
         directory = Path(directory) if directory is not None else pki.directory / f"service-{secrets.token_hex(3)}"
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            return cls._launch(pki, directory.resolve(), workers, roles, address, extra_settings, owns_pki)
+            service = cls._launch(pki, directory.resolve(), workers, roles, address, extra_settings, owns_pki)
         except BaseException:
             if owns_pki:
                 pki.close()
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
             raise
+        service._temporary = temporary
+        return service
 
     @classmethod
     def _launch(cls, pki: TestPKI, directory: Path, workers: int, roles, address: str, extra_settings: str, owns_pki: bool) -> "TestService":
@@ -555,7 +567,8 @@ access_log: access.log
 
     def stop(self) -> int:
         """SIGTERM, as an operator stops it (requests in flight answered, the request audit written); the exit status.
-        Once: later calls return the same status. Closes the clients made here, and the PKI made by `start`."""
+        Once: later calls return the same status. Closes the clients made here, and the PKI made by `start` (and
+        removes the temporary directory it made)."""
         for client in self._clients:
             client.close()
         self._clients.clear()
@@ -563,6 +576,9 @@ access_log: access.log
         if self._owns_pki:
             self._owns_pki = False
             self.pki.close()
+        if self._temporary is not None:  # the directory `start` made (not one the caller gave)
+            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = None
         return status
 
     def __enter__(self) -> "TestService":

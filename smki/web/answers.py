@@ -106,6 +106,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused (FM:AA4) as soon as it is longer than `limit`, whatever Content-Length claimed."""
     if request.content_length is not None and request.content_length > limit:
         raise MessageRefused(Code.BODY_TOO_LARGE.error(f"The request body is over {limit} bytes"))
+    already = getattr(request, "_read_bytes", None)  # web-core's framing middleware read it whole (aiohttp caches it)
+    if already is not None:
+        if len(already) > limit:
+            raise MessageRefused(Code.BODY_TOO_LARGE.error(f"The request body is over {limit} bytes"))
+        return already
     chunks, size = [], 0
     while True:
         chunk = await request.content.read(64 * 1024)
@@ -152,7 +157,9 @@ def audit_request(request: web.Request, interface: Interface, operation: str, *,
                  fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else request.remote)
     key = getattr(context, "AUDIT", None)
     recorder = request.app.get(key) if key is not None else None
-    if recorder is not None:
+    if isinstance(recorder, context.AuditBuffer):  # web-core's: it reads the caller from the request itself
+        recorder.record(request, operation=operation, status=status, code=code, client_id=client_id, interface=interface)
+    elif recorder is not None:
         recorder.record(**entry)
     else:
         log.info("request %s %s by %s: %s %s", interface.value, operation, entry["subscriber"], status, code or "")
