@@ -232,7 +232,7 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class ResponseZip:
-    """A COMPLETED batch's response ZIP (`<ID>-response.zip`): certificates named like the requests, `.crt` (PEM, as
+    """A COMPLETED batch's response ZIP (its file name as the service gave it): certificates named like the requests, `.crt` (PEM, as
     `smki ca issue-batch` writes them; bare Base64 is read too)."""
 
     name: str | None
