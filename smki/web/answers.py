@@ -138,7 +138,7 @@ async def run_blocking(request: web.Request, function: Callable[..., Any], *args
     """Run a blocking actor call in the worker's single executor thread (python-pkcs11 is not thread-safe:
     one thread per process touches the HSM). Web-core's context.run_blocking when it exists."""
     shared = getattr(context, "run_blocking", None)
-    if shared is not None:
+    if shared is not None and context.EXECUTOR in request.app:  # a served worker's app (an app of a test may have none)
         return await shared(request, function, *args)
     global _EXECUTOR
     if _EXECUTOR is None:
