@@ -488,12 +488,12 @@ class TestService:
     @classmethod
     def start(cls, pki: TestPKI | None = None, directory: Path | str | None = None, *, workers: int = 1,
               roles: Iterable[RemotePartyRole | str] = DEFAULT_ROLES, address: str = "127.0.0.1", token=None,
-              extra_settings: str = "") -> "TestService":
+              extra_settings: str = "", repository: Path | str | None = None) -> "TestService":
         """Start `smki serve` in `directory` (default: a new directory in the PKI's). Without `pki`, a new TestPKI
         with the lab policies (`lab_policies`) is made (on `token`, default the process's shared test token) and
         closed with the service. A given `pki` is served under its own policies (make it with
         `policies=lab_policies(...)` for the lab's usage rules). `extra_settings`: more lines for the service file
-        (e.g. `limits: {...}`)."""
+        (e.g. `limits: {...}`). `repository`: the Librarian's database to serve (default the PKI's Librarian's)."""
         owns_pki, temporary = pki is None, None
         if pki is None:
             temporary = Path(tempfile.mkdtemp(prefix="smki-test-service-")) if directory is None else None
@@ -502,7 +502,8 @@ class TestService:
         directory = Path(directory) if directory is not None else pki.directory / f"service-{secrets.token_hex(3)}"
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            service = cls._launch(pki, directory.resolve(), workers, roles, address, extra_settings, owns_pki)
+            service = cls._launch(pki, directory.resolve(), workers, roles, address, extra_settings, owns_pki,
+                                  Path(repository) if repository is not None else pki.directory / "repository.db")
         except BaseException:
             if owns_pki:
                 pki.close()
@@ -513,7 +514,8 @@ class TestService:
         return service
 
     @classmethod
-    def _launch(cls, pki: TestPKI, directory: Path, workers: int, roles, address: str, extra_settings: str, owns_pki: bool) -> "TestService":
+    def _launch(cls, pki: TestPKI, directory: Path, workers: int, roles, address: str, extra_settings: str, owns_pki: bool,
+                repository: Path) -> "TestService":
         with SubscriberRegister(directory / "service.db", actor="test-service") as register:
             lab = make_lab_credentials(directory / "tls", roles=roles, register=register)
         credentials = {credential.role: credential for credential in map(ClientCredential.of, lab.clients)}
@@ -521,7 +523,7 @@ class TestService:
         published.mkdir(exist_ok=True)
         for hierarchy in PolicyKind:
             _authority_file(directory / f"{authority_name('issuing', hierarchy)}.yaml", pki, hierarchy)
-        _write(directory / "librarian.yaml", f"kind: librarian\ndatabase: {pki.directory / 'repository.db'}\n")
+        _write(directory / "librarian.yaml", f"kind: librarian\ndatabase: {repository.resolve()}\n")
         settings = _write(directory / "service.yaml", f"""\
 kind: service
 listen: {{address: "{address}", port: 0}}
