@@ -274,7 +274,7 @@ def bench_batch(service, count: int, work: Path) -> None:
     command = [sys.executable, "-m", "smki.cli.main", "ca", "issue-batch", "--key-uri", pki.key("issuing-dca").uri,
                "--pin-source", f"env:{PIN_ENV}", "--state", str(state), "--policy", str(pki.policy_file("device")),
                "--environment", "test", "--issuer-cert", str(pki.certificate_file("issuing-dca")), "--requester", "supplier",
-               "--response", str(work / "cli-response.zip"), "--status", str(work / "cli-status.csv"), "--workers", "2", "--json", str(batch)]
+               "--device-type", "ESME", "--response", str(work / "cli-response.zip"), "--status", str(work / "cli-status.csv"), "--workers", "2", "--json", str(batch)]
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, PIN_ENV: pki.token.pin})
     cli_seconds = time.perf_counter() - began
