@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from smki.identifiers import DeviceType, RemotePartyRole
-from smki.policy import PolicyRefusal
+from smki.identifiers import RemotePartyRole
 from smki.register import Interface
-from smki.requests import parse_device_request
 from smki.web.answers import audit_request, read_body, refusal_answer, requester_role, run_blocking, transaction_id, xml_answer
 from smki.web.context import SERVICES, serves
 from smki.web.messages import ADHOC_BODY_LIMIT, VERSION, AdhocStatus, adhoc_response, parse_adhoc_request
@@ -23,23 +21,9 @@ PATH = f"/{VERSION}/AdHocDeviceCSR"
 OPERATION = "adhoc-submit"
 
 
-def _device_type_of(dca, csr_der: bytes) -> DeviceType:
-    """The device type whose hwType the request carries, under the DCA's policy. Stands in for
-    `issue_device(device_type=None)` (the batches helper's: the request's hwType decides) until it lands;
-    the lead removes this function then. A hwType no device type has is refused by issue_device itself."""
-    hw_type = parse_device_request(csr_der, "request").hw_type_oid
-    policy, environment = dca._loaded_policy(), dca._environment()
-    for device_type in DeviceType:
-        try:
-            if policy.hw_type_oid(environment, device_type) == hw_type:
-                return device_type
-        except PolicyRefusal:  # a type with no hwType in this environment is simply not this one
-            continue
-    return next(iter(DeviceType))
-
-
 def _issue(dca, csr_der: bytes, role: RemotePartyRole):
-    return dca.issue_device(csr_der, requester=role, device_type=_device_type_of(dca, csr_der), source="ad hoc web service")
+    # device_type=None: the request's hwType decides (issue_device parses the request once, for every check)
+    return dca.issue_device(csr_der, requester=role, device_type=None, source="ad hoc web service")
 
 
 @serves(Interface.ADHOC_DEVICE)
