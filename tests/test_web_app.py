@@ -69,7 +69,7 @@ class FakeServices:
 async def adhoc(request: web.Request) -> web.Response:
     caller = request[CALLER]
     await run_blocking(request, lambda: None)
-    request.app[AUDIT].record(request, operation="AdHocDeviceCSR", status="SUCCESS", client_id="req-1")
+    request.app[AUDIT].record_for(request, Interface.ADHOC_DEVICE, operation="AdHocDeviceCSR", status="SUCCESS", client_id="req-1")
     return web.Response(text=f"{caller.subscriber.name} {caller.fingerprint}")
 
 
