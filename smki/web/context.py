@@ -72,9 +72,21 @@ def single_thread_executor() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smki-actor")
 
 
+_PROCESS_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _process_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """For an application not made by smki.web.app.make_app (a handler's own test app): one actor thread per process."""
+    global _PROCESS_EXECUTOR
+    if _PROCESS_EXECUTOR is None:
+        _PROCESS_EXECUTOR = single_thread_executor()
+    return _PROCESS_EXECUTOR
+
+
 async def run_blocking(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` on the worker's single actor thread, awaited without blocking the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], fn, *args)
+    executor = request.app.get(EXECUTOR) or _process_executor()
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 class Outcome(enum.StrEnum):
