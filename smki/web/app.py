@@ -75,6 +75,7 @@ def make_app(services: Services, settings: ServiceSettings, *, route_modules: It
     for route in app.router.routes():
         # aiohttp answers "Expect: 100-continue" before any middleware: the framing check goes first there too.
         route._expect_handler = expect_continue  # noqa: SLF001 - aiohttp takes it only as add_route's argument
+    app.on_startup.append(_open_actors)
     app.on_startup.append(_start_audit_flush)
     app.on_cleanup.append(_stop)
     return app
@@ -92,6 +93,14 @@ def _optional_module(name: str):
         if exc.name == name:
             return None  # that interface is not part of this build yet
         raise
+
+
+async def _open_actors(app: web.Application) -> None:
+    """The services' actors opened before the first request, on the actor thread (the thread that will use their
+    connections and sessions): a store that will not open fails the worker's start, not a request."""
+    open_actors = getattr(app[SERVICES], "open", None)
+    if open_actors is not None:
+        await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], open_actors)
 
 
 async def _start_audit_flush(app: web.Application) -> None:

@@ -276,6 +276,13 @@ class WorkerServices:
             return SubscriberRegister(self.settings.database)
         return self._once("register", open_it)
 
+    def open(self) -> None:
+        """Open what the service hosts that needs no HSM session yet: the repository's store, the register."""
+        if self.settings.librarian is not None:
+            self.repository()
+        if self.settings.database is not None:
+            self.register()
+
     def health(self) -> dict[str, str]:
         """The cheapest checks: the repository's store answers a SELECT; each opened authority is reported open."""
         checks = {}
