@@ -74,3 +74,9 @@ def test_a_secret_or_a_malformed_source_is_never_repeated(tmp_path, text):
 def test_the_template_is_a_service_file():
     text = template(AuthorityKind.SERVICE)
     assert text.startswith("# smki configuration") and "kind: service" in text and "pin" not in text.replace("pin_source", "")
+
+
+def test_behind_a_proxy_one_address_may_take_every_connection(tmp_path):
+    settings = load_service_settings(write(tmp_path, "kind: service\ntls: {proxy: true}\nlimits: {max_connections: 300}\n"))
+    assert settings.tls.proxy and settings.scheme == "http" and settings.tls.trusted == ("127.0.0.1", "::1")
+    assert settings.limits.max_connections_per_client == 300

@@ -4,8 +4,8 @@ Middlewares, outermost first:
 - observe: the access log line (no query string, no header values) and the Prometheus metrics, per route and status;
 - errors: an unexpected exception becomes one logged line and a 500 without detail, never a traceback to a client;
 - framing: the body's framing and size checked before a byte of it is read (411 Transfer-Encoding, 400 a
-  Content-Length that is not one decimal number, 413 over the route's limit), then the body read whole
-  (the request deadline of smki.web.transport runs until then);
+  Content-Length that is not one decimal number, 413 over the route's limit); the handler reads the body
+  (the request deadline of smki.web.transport runs until it is whole);
 - caller: request[CALLER]; for a handler marked @serves(interface), the subscriber the register finds for
   the TLS client certificate, or 403 with one line (audited) before the handler runs.
 
@@ -76,6 +76,7 @@ def make_app(services: Services, settings: ServiceSettings, *, route_modules: It
     for route in app.router.routes():
         # aiohttp answers "Expect: 100-continue" before any middleware: the framing check goes first there too.
         route._expect_handler = expect_continue  # noqa: SLF001 - aiohttp takes it only as add_route's argument
+    app.on_startup.append(_open_actors)
     app.on_startup.append(_start_audit_flush)
     app.on_cleanup.append(_stop)
     return app
@@ -93,6 +94,14 @@ def _optional_module(name: str):
         if exc.name == name:
             return None  # that interface is not part of this build yet
         raise
+
+
+async def _open_actors(app: web.Application) -> None:
+    """The services' actors opened before the first request, on the actor thread (the thread that will use their
+    connections and sessions): a store that will not open fails the worker's start, not a request."""
+    open_actors = getattr(app[SERVICES], "open", None)
+    if open_actors is not None:
+        await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], open_actors)
 
 
 async def _start_audit_flush(app: web.Application) -> None:
@@ -201,21 +210,21 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 @web.middleware
 async def framing(request: web.Request, handler) -> web.StreamResponse:
+    """The framing checked before the handler reads a byte of the body (the handler reads it: the request
+    deadline of smki.web.transport runs until the body is whole)."""
     try:
         check_framing(request)
-        if request.can_read_body:
-            try:
-                body = await request.read()  # cached: the handler's own read() returns it
-            except Exception:  # noqa: BLE001 - aiohttp's payload errors: a malformed body
-                raise Refusal(HTTPStatus.BAD_REQUEST, "malformed request body") from None
-            if len(body) != request.content_length:
-                raise Refusal(HTTPStatus.BAD_REQUEST, "request body shorter than its Content-Length")
     except Refusal as refusal:
         return refusal.response()
-    received = getattr(request.protocol, "request_received", None)
-    if received is not None:
-        received()  # the request is here whole: its deadline ends
     return await handler(request)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, whole: a body that ended before its Content-Length is refused (400, connection closed)."""
+    body = await request.read()
+    if request.content_length is not None and len(body) != request.content_length:
+        raise web.HTTPBadRequest(text="request body shorter than its Content-Length\n", headers={"Connection": "close"})
+    return body
 
 
 @web.middleware
@@ -228,8 +237,8 @@ async def caller(request: web.Request, handler) -> web.StreamResponse:
     try:
         subscriber = await _identify(request, peer, interface)
     except SubscriberRefused as exc:
-        request.app[AUDIT].record(request, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
-                                  outcome=Outcome.REFUSED, interface=interface)
+        request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
+                                      outcome=Outcome.REFUSED)
         log.info("%s %s refused: %s", request.remote, request.path, exc)
         return web.Response(status=HTTPStatus.FORBIDDEN, text=f"refused: {exc}\n")
     request[CALLER] = Caller(subscriber, peer.fingerprint, request.remote or "")

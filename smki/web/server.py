@@ -184,6 +184,30 @@ class WorkerSpec:
     settings_path: Path
     port: int  # the port the parent reserved (the file may say 0)
     secrets: Mapping[SecretName, PinSource]
+    log_level: int = logging.WARNING  # the parent's (smki -v, -q, SMKI_LOG_LEVEL)
+
+
+class OneLineFormatter(logging.Formatter):
+    """`smki serve: worker N: level: message`, and of an exception only its kind: a traceback never reaches the log."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"smki serve: worker {index}: %(levelname)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = f" ({record.exc_info[0].__name__})" if record.exc_info and record.exc_info[0] else ""
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return super().format(record) + kind
+
+
+def configure_worker_logging(index: int, level: int) -> None:
+    """A spawned worker starts with no logging: smki's and aiohttp's records go to stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(index))
+    for name in ("smki", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def read_secrets(settings: ServiceSettings) -> dict[SecretName, PinSource]:
@@ -251,6 +275,13 @@ class WorkerServices:
                 raise BadInputError(f"{self.settings.path}: database: not configured: the subscriber register needs it")
             return SubscriberRegister(self.settings.database)
         return self._once("register", open_it)
+
+    def open(self) -> None:
+        """Open what the service hosts that needs no HSM session yet: the repository's store, the register."""
+        if self.settings.librarian is not None:
+            self.repository()
+        if self.settings.database is not None:
+            self.register()
 
     def health(self) -> dict[str, str]:
         """The cheapest checks: the repository's store answers a SELECT; each opened authority is reported open."""
@@ -326,6 +357,7 @@ def worker_main(spec: WorkerSpec, index: int, events) -> None:
     stops it gracefully (requests in flight answered, the audit buffer flushed)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the workers
     try:
+        configure_worker_logging(index, spec.log_level)
         settings = dataclasses.replace(load_service_settings(spec.settings_path), port=spec.port)
         access_log.configure(settings.access_log)
         services = WorkerServices(settings, spec.secrets)
@@ -383,7 +415,7 @@ class ServiceProcesses:
         self.port = self._reserved.getsockname()[1]
         self._metrics_dir = tempfile.mkdtemp(prefix="smki-metrics-")
         os.environ[metrics.MULTIPROCESS_ENV] = self._metrics_dir  # before any worker starts: each inherits it
-        self._spec = WorkerSpec(self.settings.path, self.port, secrets)
+        self._spec = WorkerSpec(self.settings.path, self.port, secrets, logging.getLogger("smki").getEffectiveLevel())
         for index in range(self.settings.workers):
             self._spawn(index)
         self._await_ready(set(range(self.settings.workers)))

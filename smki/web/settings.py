@@ -160,7 +160,8 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
         issuing_oca=_authority(reader, data, "issuing_oca", AuthorityKind.ISSUING_OCA),
         issuing_dca=_authority(reader, data, "issuing_dca", AuthorityKind.ISSUING_DCA),
         librarian=librarian,
-        repository=_repository(reader, data.get("repository", {})), limits=_limits(reader, data.get("limits", {})),
+        repository=_repository(reader, data.get("repository", {})),
+        limits=_limits(reader, data.get("limits", {}), behind_proxy=bool(data.get("tls", {}).get("proxy"))),
         access_log=_access_log(reader, data["access_log"]) if "access_log" in data else None,
         build=data.get("build", smki.__version__))
 
@@ -227,9 +228,12 @@ def _repository(reader: _Reader, repository: dict) -> RepositorySettings:
         public_crl=repository.get("public_crl", True), public_search=repository.get("public_search", False))
 
 
-def _limits(reader: _Reader, limits: dict) -> Limits:
+def _limits(reader: _Reader, limits: dict, behind_proxy: bool) -> Limits:
     values = {name: limits[name] for name in ("max_body_bytes", "max_other_body_bytes", "max_connections",
                                               "max_connections_per_client", "request_timeout") if name in limits}
+    if behind_proxy and "max_connections_per_client" not in values:
+        # Every connection comes from the proxy's address: a per-address bound would bound the proxy.
+        values["max_connections_per_client"] = values.get("max_connections", Limits.max_connections)
     if "keepalive_timeout" in limits:
         values["request_line_timeout"] = limits["keepalive_timeout"]
     try:
