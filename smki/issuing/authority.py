@@ -48,7 +48,7 @@ from smki.policy.model import CertificatePolicy
 from smki.policy.usage import DAY, Submitter
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
-from smki.times import start_of_validity, utc_now
+from smki.times import precise_now, start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.requests import parse_device_request, parse_organisation_request
@@ -278,7 +278,7 @@ class IssuingAuthority:
         rules, connection = policy.usage_rules, operation.connection
         if not rules.counts_adhoc(submitter.channel):
             return
-        now = utc_now()
+        now = precise_now()
 
         def check() -> None:
             last = last_adhoc_submission(connection, submitter.name, submitter.channel.value)
@@ -480,7 +480,7 @@ class IssuingAuthority:
             entries = count_entries(upload, policy)
             digest = sha256_hex(upload)
             operation.subject.update(entries=entries, upload_sha256=digest, requester=checked_requester.camel_name)
-            rules, connection, now = policy.usage_rules, operation.connection, utc_now()
+            rules, connection, now = policy.usage_rules, operation.connection, precise_now()
             status = BatchStatus.PARSING if rules.auto_approves(subscriber) else BatchStatus.PENDING
             with transaction(connection):
                 rules.check_batch_submission(subscriber, entries, open_batch_count(connection, subscriber.name),
@@ -527,7 +527,7 @@ class IssuingAuthority:
                 current = queued_batch(connection, number)
                 if current is None:
                     raise BadInputError(f"no queued batch {number} in this authority's records")
-                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(utc_now()),
+                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(precise_now()),
                                      decided_by=self.actor, reason=reason):
                     raise ConflictError(f"batch {number} is {current.status.value}, not PENDING: it was decided already")
                 operation.audit.append(operation.success_entry({"status": status.value, **({"reason": reason} if reason else {})},
@@ -557,7 +557,7 @@ class IssuingAuthority:
     def purge_batches(self, now: datetime | None = None) -> list[int]:
         """Drop the uploads and response files of batches answered more than the retention period before `now`
         (and the ad hoc submissions older than a day, which no rule counts any more). Audited; returns the batches purged."""
-        now = now or utc_now()
+        now = now or precise_now()
         with self._operation(Operation.BATCH_PURGE) as operation:
             policy = self._adopted_policy(operation)
             connection = operation.connection
