@@ -48,17 +48,19 @@ from smki.policy.model import CertificatePolicy
 from smki.policy.usage import DAY, Submitter
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
-from smki.times import start_of_validity, utc_now
+from smki.times import precise_now, start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.requests import parse_device_request, parse_organisation_request
+from smki.requests.outcomes import DUPLICATE_REASON, Outcome, RequestRejected
+from smki.profiles.keyids import key_identifier
 from smki.store import find_certificate, list_certificates
 from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
                                          sha256_hex, upload_of, worker_name)
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
                                     last_adhoc_submission, open_batch_count, parse_timestamp, parsed_status, purge_adhoc_submissions, purge_finished,
                                     queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
-from smki.store.batches import device_certificate_counts
+from smki.store.batches import device_certificate_counts, known_subject_keys
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
@@ -278,7 +280,7 @@ class IssuingAuthority:
         rules, connection = policy.usage_rules, operation.connection
         if not rules.counts_adhoc(submitter.channel):
             return
-        now = utc_now()
+        now = precise_now()
 
         def check() -> None:
             last = last_adhoc_submission(connection, submitter.name, submitter.channel.value)
@@ -290,6 +292,12 @@ class IssuingAuthority:
         with transaction(connection):
             check()
             record_adhoc_submission(connection, submitter.name, submitter.channel.value, timestamp(now))
+
+    @staticmethod
+    def _refuse_certified_key(operation: AuditedOperation | DryRunOperation, public_key: ec.EllipticCurvePublicKey) -> None:
+        """A key some recorded certificate already certifies is refused (CR:9999), as a batch refuses it."""
+        if known_subject_keys(operation.connection, [key_identifier(public_key).hex().upper()]):
+            raise RequestRejected(Outcome.DUPLICATE, DUPLICATE_REASON)
 
     def _device_certificates(self, operation: AuditedOperation, device_id: EUI64) -> int:
         """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
@@ -347,6 +355,7 @@ class IssuingAuthority:
                 device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
                 existing_certificates=self._device_certificates(operation, request.device_id), single_request=True,
                 hw_type_oid=request.hw_type_oid)
+            self._refuse_certified_key(operation, request.public_key)
             issuer = self._issuer()
             return self._sign(operation, signing, CertificateType.DEVICE,
                               lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
@@ -480,7 +489,7 @@ class IssuingAuthority:
             entries = count_entries(upload, policy)
             digest = sha256_hex(upload)
             operation.subject.update(entries=entries, upload_sha256=digest, requester=checked_requester.camel_name)
-            rules, connection, now = policy.usage_rules, operation.connection, utc_now()
+            rules, connection, now = policy.usage_rules, operation.connection, precise_now()
             status = BatchStatus.PARSING if rules.auto_approves(subscriber) else BatchStatus.PENDING
             with transaction(connection):
                 rules.check_batch_submission(subscriber, entries, open_batch_count(connection, subscriber.name),
@@ -527,7 +536,7 @@ class IssuingAuthority:
                 current = queued_batch(connection, number)
                 if current is None:
                     raise BadInputError(f"no queued batch {number} in this authority's records")
-                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(utc_now()),
+                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(precise_now()),
                                      decided_by=self.actor, reason=reason):
                     raise ConflictError(f"batch {number} is {current.status.value}, not PENDING: it was decided already")
                 operation.audit.append(operation.success_entry({"status": status.value, **({"reason": reason} if reason else {})},
@@ -557,7 +566,7 @@ class IssuingAuthority:
     def purge_batches(self, now: datetime | None = None) -> list[int]:
         """Drop the uploads and response files of batches answered more than the retention period before `now`
         (and the ad hoc submissions older than a day, which no rule counts any more). Audited; returns the batches purged."""
-        now = now or utc_now()
+        now = now or precise_now()
         with self._operation(Operation.BATCH_PURGE) as operation:
             policy = self._adopted_policy(operation)
             connection = operation.connection

@@ -16,7 +16,6 @@ worker's executor thread, turns a refusal into the documented status and code, a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -27,8 +26,8 @@ from smki.policy import PolicyRefusal
 from smki.policy.usage import Channel, Submitter, UsageRule
 from smki.register import Interface
 from smki.requests.batch import BatchRefused
-from smki.web.answers import RoleRefused, audit_request, read_body, requester_role, run_blocking, xml_answer
-from smki.web.context import CALLER, EXECUTOR, SERVICES, serves
+from smki.web.answers import RoleRefused, audit_request, read_body, requester_role, submitter, xml_answer
+from smki.web.context import CALLER, SERVICES, run_blocking, serves
 from smki.web.messages import (CONTENT_TYPE, VERSION, BatchStatus, Code, CsrResult, CsrStatus, ErrorCode, MessageRefused, batch_result_chunks, csr_error,
                                one_line, parse_batch_request, submit_batch_status)
 
@@ -94,12 +93,6 @@ def csr_result(answer: CsrAnswer) -> CsrResult:
 
 def _results(answer: BatchAnswer) -> Iterator[CsrResult]:
     return (csr_result(each) for each in answer.answers or ())
-
-
-# -- the caller -------------------------------------------------------------------------------------------
-def submitter(request: web.Request, channel: Channel) -> Submitter:
-    subscriber = request[CALLER].subscriber
-    return Submitter(subscriber.name, channel, subscriber.eui64.hex)
 
 
 def _batch_id(request: web.Request) -> str:
@@ -211,9 +204,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(ZIP_PATH, submit_zip)
     app.router.add_get(RESPONSE_ZIP_PATH, response_zip)
     app.router.add_get(STATUS_FILE_PATH, status_file)
-    if EXECUTOR in app:  # a worker of `smki serve` (web-core's app): it moves the queue on in the background
-        app.on_startup.append(_start_queue_processing)
-        app.on_cleanup.append(_stop_queue_processing)
 
 
 # -- the queue's processing, for a worker's background task -----------------------------------------------
@@ -223,34 +213,7 @@ def process_queued_batches(services, *, workers: int | None = None) -> int:
     return services.issuing_dca().process_batches(once=True, workers=workers)
 
 
-QUEUE_POLL_SECONDS = 0.5  # how often an idle worker looks for an approved batch
-_QUEUE_TASK = web.AppKey("smki.batch_queue_task", asyncio.Task)
-
-
-async def _process_queue(app: web.Application) -> None:
-    """Until cancelled: move the queue on, on the worker's actor thread (the one that touches the HSM), then wait
-    QUEUE_POLL_SECONDS when there was nothing to do. Every worker sharing the store does this; a batch's lease
-    makes one of them process it. While it processes a batch, that worker's other actor calls wait."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            moved = await loop.run_in_executor(app[EXECUTOR], process_queued_batches, app[SERVICES])
-        except Exception as exc:  # noqa: BLE001 - logged; the next round tries again (a lease lets another take over)
-            log.error("batch queue: %s: %s", type(exc).__name__, one_line(str(exc)))
-            moved = 0
-        if not moved:
-            await asyncio.sleep(QUEUE_POLL_SECONDS)
-
-
-async def _start_queue_processing(app: web.Application) -> None:
-    app[_QUEUE_TASK] = asyncio.get_running_loop().create_task(_process_queue(app))
-
-
-async def _stop_queue_processing(app: web.Application) -> None:
-    task = app.get(_QUEUE_TASK)
-    if task is not None:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+def purge_expired_batches(services) -> list[int]:
+    """Drop the files of batches answered longer ago than the policy's retention period (blocking, as above; once a day
+    or so from one worker is plenty: a purge by several is harmless, each batch is purged once)."""
+    return services.issuing_dca().purge_batches()
