@@ -59,6 +59,7 @@ PIN_ENV = "SMKI_TEST_SERVICE_PIN"  # the token PIN, as the authorities' files na
 API_KEY_ENV = "SMKI_TEST_SERVICE_API_KEY"  # the repository's API key
 START_TIMEOUT = 180.0  # seconds for `smki serve` to say it listens (each worker opens its actors first)
 STOP_TIMEOUT = 60.0
+BATCH_POLL_SECONDS = 0.2  # how often the service's batch processor looks for an approved batch (a lab wants answers soon)
 VERSION = "1.0"  # the CSR web services' interface version, in their paths and messages
 ADHOC_PATH = f"/{VERSION}/AdHocDeviceCSR"
 ORGANISATION_PATH = f"/{VERSION}/OrganisationCSR"
@@ -534,6 +535,7 @@ issuing_oca: issuing-oca.yaml
 issuing_dca: issuing-dca.yaml
 librarian: librarian.yaml
 repository: {{api_key_source: "env:{API_KEY_ENV}", published: "{published}"}}
+batches: {{processor: true, poll_seconds: {BATCH_POLL_SECONDS}}}
 access_log: access.log
 {extra_settings}""")
         api_key = secrets.token_hex(16)
