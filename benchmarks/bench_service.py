@@ -161,7 +161,8 @@ def client_tls(service, role: str = "supplier") -> loadgen.ClientTls:
     return loadgen.ClientTls(str(service.ca_file), str(credential.certificate), str(credential.key))
 
 
-def report_load(label: str, result: loadgen.LoadResult, unit: str, target_rate: float | None, target_p99: float | None) -> None:
+def report_load(label: str, result: loadgen.LoadResult, unit: str, target_rate: float | None, target_p99: float | None,
+                kind: str = "smki") -> None:
     good = result.requests - result.failures
     rate = good / result.seconds if result.seconds else 0.0
     p50, p99 = result.percentile(0.50), result.percentile(0.99)
@@ -170,7 +171,7 @@ def report_load(label: str, result: loadgen.LoadResult, unit: str, target_rate: 
         targets = (f"  (targets >= {target_rate:,.0f}/s: {verdict(rate >= target_rate)}; p99 < {target_p99:.0f} ms: "
                    f"{verdict(p99 < target_p99)})")
     failures = f"{result.failures} failed (first: {result.first_failure})" if result.failures else "every answer checked good"
-    line("smki" if target_rate else "ceiling", f"{label} {rate:8,.0f} {unit}/s, p50 {p50:5.1f} ms, p99 {p99:6.1f} ms{targets}")
+    line(kind, f"{label} {rate:8,.0f} {unit}/s, p50 {p50:5.1f} ms, p99 {p99:6.1f} ms{targets}")
     line("", f"[{result.requests:,} requests in {result.seconds:.1f} s; {failures}; load {os.getloadavg()[0]:.2f}]")
 
 
@@ -202,7 +203,7 @@ def bench_adhoc(service, count: int, seconds: float, connections: int, client_pr
                 for index, der in enumerate(replacements[:count])]
     result = loadgen.drive(host, port, client_tls(service), requests, connections=connections, seconds=seconds,
                            processes=client_processes, check=adhoc_success, once=True)
-    report_load(f"ad hoc Device CSRs, {connections} connections, 2 workers   ", result, "certificates", 1500, 50)
+    report_load(f"ad hoc Device CSRs, {connections} connections, served     ", result, "certificates", 1500, 50)
     good = (result.requests - result.failures) / result.seconds
     line("", f"ratio to issue_device in process x2: {good / (2 * in_process):.0%}")
 
@@ -241,7 +242,8 @@ def bench_repository(service, store: Path, seconds: float, connections: int, cli
     assert warm.failures == 0, warm.first_failure
     result = loadgen.drive(host, port, client_tls(service), requests, connections=connections, seconds=seconds,
                            processes=client_processes)
-    report_load(f"repository search+retrieve, {connections} connections       ", result, "requests", 5000, 50)
+    report_load(f"repository search+retrieve, {connections:2d} connections       ", result, "requests",
+                5000 if connections == 64 else None, 50 if connections == 64 else None)
 
 
 def repository_ceiling(store: Path, keys: list[tuple[str, str, str]]) -> float:
@@ -314,14 +316,22 @@ def bench_batch(service, count: int, work: Path) -> None:
         submitted = client.submit_batch_xml(body)
         accepted = time.perf_counter() - began
         assert submitted.ok, submitted
-        result = client.wait_for_batch(submitted.batch_id, timeout=1800, interval=0.25)
+        while True:  # wait_for_batch's loop, timed: the last poll is the one that fetches the 50,000 results
+            last_poll = time.perf_counter()
+            result = client.batch_result(submitted.batch_id)
+            if result.finished or last_poll - began > 1800:
+                break
+            time.sleep(0.25)
         service_seconds = time.perf_counter() - began
+        fetched = time.perf_counter() - last_poll
     assert result.status == "COMPLETED", result.status
     succeeded = sum(entry.ok for entry in result.results)
     assert succeeded == entries, f"{succeeded} of {entries} SUCCESS"
     ratio = service_seconds / cli_seconds
     line("smki", f"SubmitCSRBatch -> COMPLETED -> results, {entries:,} CSRs  {service_seconds:6.2f} s = "
-                 f"{entries / service_seconds:7,.0f} certificates/s (submission answered in {accepted:.2f} s)")
+                 f"{entries / service_seconds:7,.0f} certificates/s")
+    line("", f"[submission answered in {accepted:.2f} s; processed by the service's batch processor until the last poll "
+             f"{last_poll - began - accepted:.2f} s; the last poll, the {entries:,} results fetched and parsed, {fetched:.2f} s]")
     line("", f"ratio to the CLI in the same run: {ratio:.2f}x the CLI's time (target within 25 %, <= 1.25x: {verdict(ratio <= 1.25)})")
 
 
@@ -333,8 +343,10 @@ def main() -> None:
     parser.add_argument("--adhoc-seconds", type=float, default=10)
     parser.add_argument("--repository-size", type=int, default=int(os.environ.get("SMKI_BENCH_SERVICE_REPOSITORY_SIZE", "2000000")))
     parser.add_argument("--repository-seconds", type=float, default=10)
+    parser.add_argument("--repository-connections", default="64", help="comma-separated connection counts (the target is at 64)")
     parser.add_argument("--batch", type=int, default=50000)
     parser.add_argument("--client-processes", type=int, default=1, help="load generator processes (the cores are shared)")
+    parser.add_argument("--workers", type=int, default=2, help="smki serve's worker processes")
     parser.add_argument("--skip", default="", help="comma-separated: adhoc, repository, batch, ceiling")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -354,17 +366,18 @@ def main() -> None:
             began = time.perf_counter()
             repository = build_store(args.repository_size)
             line("store", f"{args.repository_size:,} certificates ready ({time.perf_counter() - began:.0f} s)")
-        service = TestService.start(directory=work / "service", token=token, workers=2, repository=repository)
+        service = TestService.start(directory=work / "service", token=token, workers=args.workers, repository=repository)
         try:
-            line("service", f"smki serve, 2 workers, {service.url}, TLS 1.2+ with lab RSA 2048 credentials, client certificates required")
+            line("service", f"smki serve, {args.workers} worker(s), {service.url}, TLS 1.2+ with lab RSA 2048 credentials, client certificates required")
             if "ceiling" not in skip:
                 for connections in (16, 64):
-                    report_load(f"trivial aiohttp handler, same TLS, {connections} connections, 2 workers", 
-                                trivial_ceiling(service, connections, 5, args.client_processes), "requests", None, None)
+                    report_load(f"trivial aiohttp handler, same TLS, {connections} connections, 2 workers",
+                                trivial_ceiling(service, connections, 5, args.client_processes), "requests", None, None, "ceiling")
             if "adhoc" not in skip:
                 bench_adhoc(service, args.adhoc, args.adhoc_seconds, 16, args.client_processes, work)
             if repository is not None:
-                bench_repository(service, repository, args.repository_seconds, 64, args.client_processes)
+                for connections in map(int, args.repository_connections.split(",")):
+                    bench_repository(service, repository, args.repository_seconds, connections, args.client_processes)
             if "batch" not in skip:
                 bench_batch(service, args.batch, work)
         finally:

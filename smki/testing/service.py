@@ -8,7 +8,7 @@
         assert answer.ok and answer.certificate.issuer == service.pki.issuing_oca_certificate.subject
 
 What runs is the operator's command, `smki serve --config FILE` in a child process (its worker processes,
-each with its own HSM session), configured as an operator would configure it: the authorities' config
+each with its own HSM session, and its batch processor), configured as an operator would configure it: the authorities' config
 files, a service file, the subscriber register, the lab TLS credentials of `smki tls lab-credentials`
 (one client certificate per role: supplier, networkOperator, other, and the operator), each registered.
 Its PKI is a `TestPKI` whose Certificate Policies are the shipped ones with the usage rules relaxed for a
@@ -50,6 +50,7 @@ from lxml import etree
 
 from smki.errors import BadInputError
 from smki.identifiers import EUI64, PolicyKind, RemotePartyRole
+from smki.operations.values import parsed
 from smki.register.lab_credentials import DEFAULT_ROLES, OPERATOR, LabClient, make_lab_credentials
 from smki.register.register import SubscriberRegister
 from smki.shipped import builtin_policy_bytes
@@ -324,7 +325,7 @@ class ServiceClient:
         self._context.minimum_version = ssl.TLSVersion.TLSv1_2
         if certificate is not None:
             self._context.load_cert_chain(str(certificate), str(key))
-        self._role = None if role is None else RemotePartyRole.parse(role).camel_name if isinstance(role, str) else role.camel_name
+        self._role = None if role is None else parsed(RemotePartyRole, role).camel_name
         self._connection: http.client.HTTPSConnection | None = None
 
     # -- transport -------------------------------------------------------------------------------------------
@@ -339,7 +340,8 @@ class ServiceClient:
         headers = {"Content-Type": content_type} if body is not None else {}
         if self._role is not None:
             headers[ROLE_HEADER] = self._role
-        for attempt in (1, 2):
+        while True:
+            reused = self._connection is not None
             connection = self._connect()
             try:
                 connection.request(method, path, body=body, headers=headers)
@@ -347,13 +349,12 @@ class ServiceClient:
                 answer = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
-                if attempt == 2:
+                if not reused:  # a fresh connection refused: the service's answer, never resent
                     raise
-                continue
+                continue  # a kept connection the service had closed (its keep-alive timeout): once more, on a new one
             if response.will_close:
                 self.close()
             return response.status, {name.lower(): value for name, value in response.getheaders()}, answer
-        raise AssertionError("unreachable")
 
     def _ok(self, method: str, path: str, body: bytes | None = None, content_type: str = XML) -> tuple[dict[str, str], bytes]:
         status, headers, answer = self.request(method, path, body, content_type)
@@ -647,9 +648,6 @@ access_log: access.log
     def replacement_csr(self, eui64: EUI64 | str | None = None, *, device_type: str = "ESME", usage: str = "DS") -> TestRequest:
         """A Device CSR for a known device (`known_device`): what the ad hoc service takes."""
         return self.pki.device_csr(self.known_device(eui64, device_type=device_type, usage=usage), usage=usage, device_type=device_type)
-
-    def certificate_pem(self, der: bytes) -> bytes:
-        return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
 
 
 def _end(process: subprocess.Popen) -> int:
