@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import ssl
@@ -447,6 +448,11 @@ class ClientCredential:
         return cls(role, client.name, client.eui64, client.certificate, client.key)
 
 
+def _yaml(value: Path | str) -> str:
+    """A path or URI as a YAML scalar (JSON's quoted string is one): any directory name a test gives stays one value."""
+    return json.dumps(str(value))
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -458,10 +464,10 @@ def _authority_file(path: Path, pki: TestPKI, hierarchy: PolicyKind) -> Path:
     key = pki.key(name)
     return _write(path, f"""\
 kind: {name}
-state: {pki.state(name)}
-issuer_certificate: {pki.certificate_file(name)}
-hsm: {{key_uri: "{key.uri}", pin_source: "env:{PIN_ENV}"}}
-policy: "{pki.policy_file(hierarchy)}"
+state: {_yaml(pki.state(name))}
+issuer_certificate: {_yaml(pki.certificate_file(name))}
+hsm: {{key_uri: {_yaml(key.uri)}, pin_source: "env:{PIN_ENV}"}}
+policy: {_yaml(pki.policy_file(hierarchy))}
 environment: {pki.environment.value}
 defaults: {{actor: csr-web-service}}
 """)
@@ -525,17 +531,17 @@ class TestService:
         published.mkdir(exist_ok=True)
         for hierarchy in PolicyKind:
             _authority_file(directory / f"{authority_name('issuing', hierarchy)}.yaml", pki, hierarchy)
-        _write(directory / "librarian.yaml", f"kind: librarian\ndatabase: {repository.resolve()}\n")
+        _write(directory / "librarian.yaml", f"kind: librarian\ndatabase: {_yaml(repository.resolve())}\n")
         settings = _write(directory / "service.yaml", f"""\
 kind: service
-listen: {{address: "{address}", port: 0}}
+listen: {{address: {_yaml(address)}, port: 0}}
 workers: {int(workers)}
 tls: {{certificate: tls/server.pem, key: tls/server.key.pem, client_ca: tls/lab-transport-ca.pem}}
 database: service.db
 issuing_oca: issuing-oca.yaml
 issuing_dca: issuing-dca.yaml
 librarian: librarian.yaml
-repository: {{api_key_source: "env:{API_KEY_ENV}", published: "{published}"}}
+repository: {{api_key_source: "env:{API_KEY_ENV}", published: {_yaml(published)}}}
 batches: {{processor: true, poll_seconds: {BATCH_POLL_SECONDS}}}
 access_log: access.log
 {extra_settings}""")
@@ -551,7 +557,6 @@ access_log: access.log
     @staticmethod
     def _await_url(process: subprocess.Popen, log_file: Path) -> str:
         """The URL `smki serve --json` prints once every worker listens; its log's tail if it ends first."""
-        import selectors
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             ready = selector.select(timeout=START_TIMEOUT)
