@@ -401,7 +401,7 @@ def processor_main(spec: WorkerSpec, index: int, events) -> None:
             if time.monotonic() - last_purge >= PURGE_EVERY:
                 last_purge = time.monotonic()
                 dca.purge_batches()
-            dca.process_batches(stop=stopping.is_set, workers=workers, once=True)
+            dca.process_batches(stop=stopping.is_set, workers=workers, once=True, lease_seconds=settings.batches.lease_seconds)
         except SmkiError as exc:  # one batch's failure (audited by the actor) must not stop the queue: logged, retried at its lease's end
             log.error("batch processor: %s", exc)
         stopping.wait(settings.batches.poll_seconds)
