@@ -75,6 +75,7 @@ class AuthorityKind(enum.StrEnum):
     ISSUING_DCA = "issuing-dca"
     LIBRARIAN = "librarian"
     AUDITOR = "auditor"
+    SERVICE = "service"  # `smki serve`: read by smki.web.settings, never by load_configuration
 
 
 _KEY = {"type": "object", "additionalProperties": False, "required": ["label", "id"],
@@ -134,7 +135,7 @@ def load_configuration(path: Path | str) -> Configuration:
     path = Path(path)
     data, lines, _ = read_validated_yaml(path, SCHEMA, ConfigError, "a configuration file is a mapping of settings "
                                          "(hsm, state, policy, environment, issuer_certificate, audit, defaults)",
-                                         what="configuration", before_schema=lambda data, lines: _refuse_secrets(path, data, lines))
+                                         what="configuration", before_schema=lambda data, lines: refuse_secrets(path, data, lines))
     reader = _Reader(path, lines)
     values = [*_hsm_values(reader, data.get("hsm", {})), *_authority_values(reader, data), *_audit_values(reader, data),
               *(reader.value(Setting(f"defaults.{name}"), ("defaults", name), value) for name, value in data.get("defaults", {}).items())]
@@ -239,12 +240,12 @@ def _audit_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
         yield reader.value(Setting.AUDIT_PIN_SOURCE, ("audit", PIN_SOURCE_KEY), audit[PIN_SOURCE_KEY])
 
 
-def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
-    """Before the schema (whose messages repeat values): refuse a secret written in the file, a
+def refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
+    """(Also the service configuration's, smki.web.settings.) Before the schema (whose messages repeat values): refuse a secret written in the file, a
     pin_source that is no source, and a value with a control character; no message repeats the value."""
     if isinstance(data, list):
         for index, item in enumerate(data):
-            _refuse_secrets(path, item, lines, where + (index,))
+            refuse_secrets(path, item, lines, where + (index,))
         return
     if not isinstance(data, dict):
         return
@@ -264,7 +265,7 @@ def _refuse_secrets(path: Path, data, lines: dict, where: tuple = ()) -> None:
             raise ConfigError(f"{path}:{line}: {field}: a secret is never written in a configuration file; "
                               f"say where it comes from with {PIN_SOURCE_KEY}: {SOURCE_FORMS}")
         else:
-            _refuse_secrets(path, value, lines, place)
+            refuse_secrets(path, value, lines, place)
 
 
 def _is_source(text: str) -> bool:
@@ -320,6 +321,35 @@ audit:                                   # the Librarian's audit key: each run e
   pin_source: env:SMKI_LIBRARIAN_PIN     # never the PIN itself: env:NAME, fd:N or prompt
 defaults:
   actor: librarian
+""",
+    AuthorityKind.SERVICE: """\
+# smki configuration: the online service (`smki serve --config service.yaml`): the Issuing Authorities'
+# CSR web services and the SMKI Repository web service. Relative paths are relative to this file.
+# No secret is ever written here: only where it comes from (env:NAME, fd:N or prompt).
+kind: service
+listen: {address: 0.0.0.0, port: 8443}
+workers: 2                               # worker processes (each with its own HSM sessions)
+tls:                                     # TLS 1.2+ terminated here; the client certificate is checked against client_ca
+  certificate: tls/server.pem
+  key: tls/server.key
+  client_ca: tls/iki-ca.pem              # the IKI CA that issued the parties' transport certificates
+  # key_pin_source: env:SMKI_TLS_KEY_PASSPHRASE   # for an encrypted key
+# tls: {proxy: true, client_certificate_header: X-SSL-Client-Cert, trusted: [127.0.0.1]}   # behind a reverse proxy
+database: state/service.db               # the service's own store (subscriber register, request audit): SQLite or postgresql://HOST/NAME
+issuing_oca: issuing-oca.yaml            # the authorities' own configuration files
+issuing_dca: issuing-dca.yaml
+librarian: librarian.yaml
+repository:
+  api_key_source: env:SMKI_REPOSITORY_API_KEY
+  published: repository-www              # the published directory (`smki librarian publish --dir`)
+  public_crl: true                       # CRL and ARL downloads need no API key
+  public_search: false
+limits:
+  max_body_bytes: 67108864               # the batch service (64 MiB); every other route takes 64 KiB
+  max_connections: 1024                  # per worker
+  request_timeout: 20                    # seconds for a request to arrive whole
+  keepalive_timeout: 5                   # seconds an idle connection is kept
+access_log: stderr                       # or a file; it never holds a query string or an API key
 """,
     AuthorityKind.AUDITOR: """\
 # smki configuration: an auditor checking one authority's trail (`smki audit verify --config auditor.yaml --public-key KEY`).

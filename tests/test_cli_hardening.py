@@ -15,7 +15,6 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -233,11 +232,9 @@ def service(tmp_path):
 
 
 def _serve(service, **options):
-    from smki.librarian.repository_service import make_server
+    from smki.web.server import serve_repository
 
-    server = make_server(service, **options)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_repository(service, **options)
 
 
 def _connect(address, source: str = "127.0.0.1") -> socket.socket:
@@ -263,7 +260,7 @@ def _answer_now(connection: socket.socket) -> bytes:
 def test_idle_sockets_from_one_address_do_not_lock_other_clients_out(service):
     """The reported attack: one address holds every connection it can. By default it gets a quarter
     of the bound; the next connection from it is answered 503 at once; another client is served."""
-    from smki.librarian.repository_service import MAX_CONNECTIONS
+    from smki.web.server import REPOSITORY_MAX_CONNECTIONS as MAX_CONNECTIONS
 
     server = _serve(service)
     address = server.server_address
@@ -283,7 +280,6 @@ def test_idle_sockets_from_one_address_do_not_lock_other_clients_out(service):
         for connection in held:
             connection.close()
         server.shutdown()
-        server.server_close()
 
 
 def test_the_per_client_cap_is_configurable_and_below_the_global_bound(service):
@@ -304,13 +300,12 @@ def test_the_per_client_cap_is_configurable_and_below_the_global_bound(service):
         for connection in held:
             connection.close()
         server.shutdown()
-        server.server_close()
 
 
 def test_a_connection_that_sends_no_request_is_closed_long_before_the_request_timeout(service):
-    from smki.librarian.repository_service import REQUEST_LINE_TIMEOUT, REQUEST_TIMEOUT
+    from smki.web.settings import Limits
 
-    assert REQUEST_LINE_TIMEOUT <= 5 < REQUEST_TIMEOUT
+    assert Limits.request_line_timeout <= 5 < Limits.request_timeout
     server = _serve(service, request_line_timeout=1.0)
     address = server.server_address
     try:
@@ -332,7 +327,6 @@ def test_a_connection_that_sends_no_request_is_closed_long_before_the_request_ti
             connection.close()
     finally:
         server.shutdown()
-        server.server_close()
 
 
 # -- C: reading files with no size bound ----------------------------------------------------------
@@ -358,7 +352,6 @@ def test_published_files_are_read_bounded_and_only_when_regular(service, capfd):
         assert _get(address, "/crl/ABSENT.crl?apikey=k3y") == b"HTTP/1.1 402 Payment Required"
     finally:
         server.shutdown()
-        server.server_close()
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("smki librarian serve: published file refused: ") for line in lines), lines
     assert "not a regular file" in lines[1] + lines[2] and "limit" in lines[0]

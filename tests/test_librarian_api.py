@@ -1,6 +1,6 @@
 """The Certificate Librarian through its library API (smki.librarian.Librarian): every public method,
 the refusals a library caller gets (the same error classes and messages as `smki librarian`), nothing
-half-written after a refusal, and the repository web service started by `Librarian.serve` on loopback.
+half-written after a refusal, and the repository web service (smki.web) over its `web_application` on loopback.
 
 CA keys are SoftHSM keys (tests/conftest.py); the lodging tests run on SQLite and PostgreSQL.
 """
@@ -27,6 +27,7 @@ from smki.librarian.repository_service import RepositoryService
 from smki.profiles import OrganisationCertificateParams, Validity, organisation_certificate, sign_certificate
 from smki.store import open_database
 from smki.store.certificates import RepositoryStatus
+from smki.web.server import serve_repository
 
 pytest_plugins = ["postgres_server"]  # `database_target`: SQLite and PostgreSQL
 
@@ -347,7 +348,7 @@ def test_serve_answers_on_loopback_until_shut_down(tmp_path, pki):
         crl = make_crl(pki.issuing, pki.issuing_signer, 1)
         librarian.lodge_crl(crl)
         librarian.publish(tmp_path / "pub")
-        server = librarian.serve(api_key=API_KEY, published=tmp_path / "pub")
+        server = serve_repository(librarian.web_application(api_key=API_KEY, published=tmp_path / "pub"))
     try:
         assert server.url == f"http://127.0.0.1:{server.address[1]}" and server.address[1] != 0
         assert get(server, f"/certificates/{serial_of(pki.orgs[0])}.cer?apikey={API_KEY}") == (200, pki.orgs[0].public_bytes(Encoding.DER))

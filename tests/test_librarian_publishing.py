@@ -28,7 +28,8 @@ from smki.librarian.crl_lodging import lodge_crl
 from smki.librarian.lodging import lodge_certificate
 from smki.librarian import publishing
 from smki.librarian.publishing import TEMP_SUFFIX, publish_repository
-from smki.librarian.repository_service import RepositoryService, make_server
+from smki.librarian.repository_service import RepositoryService
+from smki.web.server import serve_repository
 from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_REFUSED, ConflictError, RefusedError
 from smki.identifiers import EUI64, KeyUsage, RemotePartyRole
 from smki.profiles import (IssuingCaCertificateParams, OrganisationCertificateParams, RootCertificateParams, Validity, ca_name,
@@ -135,9 +136,7 @@ def status_of(connection, certificate) -> str:
 def served(tmp_path, database_target, repo):
     """The repository web service over the published directory, on loopback."""
     published = tmp_path / "published"
-    server = make_server(RepositoryService(lambda: open_database(database_target), {API_KEY}, published))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_repository(RepositoryService(lambda: open_database(database_target), {API_KEY}, published))
 
     def get(path):
         connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
@@ -149,7 +148,6 @@ def served(tmp_path, database_target, repo):
 
     yield published, get
     server.shutdown()
-    server.server_close()
 
 
 # -- lodging and publishing ------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 import base64
 import http.client
-import threading
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from smki.librarian.repository_service import MAX_BODY_SIZE, RepositoryService, make_server
+from smki.librarian.repository_service import RepositoryService
+from smki.web.server import REPOSITORY_BODY_BYTES as MAX_BODY_SIZE
+from smki.web.server import serve_repository
 from smki.store import CertificateRecord, insert_certificate, open_database, transaction
 
 KEY = "test-api-key-0123"
@@ -32,12 +33,9 @@ def server(tmp_path_factory):
     (directory / "published").mkdir()
     (directory / "published" / "organisation.crl").write_bytes(b"\x30\x00crl")
     service = RepositoryService(lambda: open_database(directory / "repo.db"), {KEY}, directory / "published")
-    http_server = make_server(service)
-    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
-    thread.start()
+    http_server = serve_repository(service)
     yield http_server.server_address
     http_server.shutdown()
-    http_server.server_close()
 
 
 def request(address, method, path, body=b"", api_key=KEY, headers=None):
@@ -78,6 +76,20 @@ def test_retrieve_certificate(server):
     assert answer.findtext("CertificateSubjectName") == "90-B3-D5-1F-30-01-00-00"
     assert base64.b64decode(answer.findtext("CertificateBody")) == bytes.fromhex("3003020101") + ("4A" * 16).encode()
     assert answer.findtext("CertificateRole") == "2" and answer.findtext("CertificateUsage") == "DS"
+    assert [child.tag for child in answer][-1] == "ManufacturingFlag" and answer.findtext("ManufacturingFlag") == "false"
+
+
+def test_the_api_key_as_a_header_and_never_twice(server):
+    body = b"<CertificateSearchRequest><CertificateSubjectAltName>00DB1234567890A0</CertificateSubjectAltName></CertificateSearchRequest>"
+    assert request(server, "POST", "/services/certificatesearch", body, api_key=None, headers={"X-API-Key": KEY})[0] == 200
+    assert request(server, "POST", "/services/certificatesearch", body, api_key=None, headers={"X-API-Key": "wrong"})[0] == 403
+    assert request(server, "POST", "/services/certificatesearch", body, headers={"X-API-Key": KEY})[0] == 400
+
+
+def test_crl_downloads_need_no_key_but_a_wrong_key_is_still_refused(server):
+    assert request(server, "GET", "/crl/organisation.crl", api_key=None)[:3:2] == (200, b"\x30\x00crl")
+    assert request(server, "GET", "/crl/organisation.crl", api_key="wrong")[0] == 403
+    assert request(server, "GET", "/index.json", api_key=None)[0] == 403
 
 
 def test_not_found_is_402(server):

@@ -6,6 +6,7 @@ Each command reads its options, calls one method of smki.librarian.Librarian, an
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -165,16 +166,28 @@ def find_command(database, eui64, serial, ski, role, usage, status, limit, as_js
 def serve_command(database, address, port, api_key_source, published, as_json) -> None:
     """Serve the SMKI Repository web service (XML search and retrieve, plain downloads).
 
-    Prints the address it listens on, then serves until interrupted (Ctrl-C stops it: exit 0, its
-    normal end). With --json, one line on stdout once it listens: {"url": ...} (useful with --port 0).
+    A thin alias of `smki serve` hosting the repository only, in this one process, over plain HTTP:
+    the same service (aiohttp), the same answers. The API key is taken from the X-API-Key header or
+    the apikey query parameter; CRL and ARL downloads need none.
+
+    Prints the address it listens on, then serves until interrupted (Ctrl-C or SIGTERM stops it: exit 0,
+    its normal end). With --json, one line on stdout once it listens: {"url": ...} (useful with --port 0).
     """
-    server = Librarian(database).serve(address, port, api_key=api_key_source, published=published)
+    from smki.web.server import serve_repository
+
+    server = serve_repository(Librarian(database).web_application(api_key=api_key_source, published=published), address, port)
     if as_json:
         click.echo(json.dumps({"url": server.url}))
     click.echo(f"serving the SMKI Repository on {server.url}/services/ (Ctrl-C to stop)", err=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends it as Ctrl-C does: requests in flight answered
     try:
         server.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.shutdown()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""The Certificate Librarian as one object: lodging, publishing, bulk files, search and the repository web service.
+"""The Certificate Librarian as one object: lodging, publishing, bulk files, search and the repository web service's answers.
 
 Every front end (the `smki librarian` commands, the test kit, a user's own code) drives this one
 object, so each check runs wherever the Librarian is used: a value is converted and refused where
@@ -9,7 +9,6 @@ refusal leaves the repository as it was.
         librarian.lodge(root_pem, trust_root=True)
         librarian.lodge_crl(Path("issuing.crl"))
         librarian.publish(Path("published"))
-        server = librarian.serve(api_key="k")      # server.url, server.shutdown()
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +35,7 @@ from smki.librarian.bulk import BulkFile
 from smki.librarian.crl_lodging import CrlLodgement, crl_der_from_file, lodge_crl
 from smki.librarian.lodging import AlreadyLodged, Lodgement, lodge_certificate
 from smki.librarian.publishing import Publication, publish_repository
-from smki.librarian.repository_service import RepositoryService, make_server
+from smki.librarian.repository_service import RepositoryService
 from smki.times import moment
 from smki.operations.values import parsed, repository_status, serial_text
 from smki.operations.audited import one_checkpoint, open_audit_trail
@@ -55,41 +53,6 @@ API_KEY_PURPOSE = "repository API key"
 CertificateInput = x509.Certificate | bytes | Path | str
 CrlInput = x509.CertificateRevocationList | bytes | Path | str
 _Outcome = TypeVar("_Outcome", Lodgement, CrlLodgement)
-
-
-class RunningRepository:
-    """The repository web service, serving on its own thread until `shutdown()`."""
-
-    def __init__(self, server, thread: threading.Thread) -> None:
-        self.server, self._thread = server, thread
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
-        return host, port
-
-    @property
-    def url(self) -> str:
-        """The service's base URL, e.g. http://127.0.0.1:41234 (the search service is at {url}/services/...)."""
-        host, port = self.address
-        return f"http://{host}:{port}"
-
-    def wait(self) -> None:
-        """Block until the server stops (Ctrl-C interrupts the wait in the main thread)."""
-        while self._thread.is_alive():
-            self._thread.join(timeout=1.0)  # a bounded join: signals are handled between waits
-
-    def shutdown(self) -> None:
-        """Stop serving, close the listening socket and wait for the serving thread."""
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> "RunningRepository":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.shutdown()
 
 
 class Librarian:
@@ -258,7 +221,8 @@ class Librarian:
     # -- the repository web service -----------------------------------------------------------------
 
     def web_application(self, *, api_key: str | PinSource | None, published: Path | str | None = None) -> RepositoryService:
-        """The SMKI Repository web service's logic over this repository, with its own connection per thread.
+        """The SMKI Repository web service's logic over this repository, with its own connection per thread
+        (smki.web serves it: `smki serve`, `smki librarian serve`).
 
         The database is opened first (a clear error now rather than on the first request); then the API
         key is read (a PinSource: env:, fd: or prompt). No key is refused (BadInputError).
@@ -268,15 +232,6 @@ class Librarian:
         database = self.database
         return RepositoryService(lambda: open_database(database), set() if key is None else {key},
                                  None if published is None else Path(published))
-
-    def serve(self, address: str = "127.0.0.1", port: int = 0, *, api_key: str | PinSource | None = None,
-              published: Path | str | None = None, **limits) -> RunningRepository:
-        """The repository web service, started on a thread (port 0: a free port); `limits` go to make_server
-        (timeout, max_connections, max_connections_per_client, request_line_timeout)."""
-        server = make_server(self.web_application(api_key=api_key, published=published), address, port, **limits)
-        thread = threading.Thread(target=server.serve_forever, name="smki-repository", daemon=True)
-        thread.start()
-        return RunningRepository(server, thread)
 
 
 # -- values converted where they enter: the same refusals whichever front end passes them ----------

@@ -442,7 +442,10 @@ class TestPKI:
         api_key = api_key or secrets.token_hex(16)
         published = published or self.directory / PUBLISHED  # what lodge_and_publish publishes, before or after this call
         published.mkdir(exist_ok=True)
-        served = ServedRepository(self.librarian.serve("127.0.0.1", 0, api_key=api_key, published=published), api_key)
+        from smki.web.server import serve_repository  # aiohttp only when a test serves
+
+        service = self.librarian.web_application(api_key=api_key, published=published)
+        served = ServedRepository(serve_repository(service, "127.0.0.1", 0), api_key)
         self._servers.append(served)
         return served
 

@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from smki.register import Interface, Subscriber
+
+log = logging.getLogger("smki.web")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,10 +39,12 @@ class Services(Protocol):
     def issuing_dca(self) -> Any: ...  # ... of the Issuing DCA
     def librarian(self) -> Any: ...  # smki.librarian.Librarian
     def register(self) -> Any: ...  # smki.register.SubscriberRegister
+    def repository(self) -> Any: ...  # smki.librarian.repository_service.RepositoryService (the repository web service's answers)
+    def health(self) -> dict[str, str]: ...  # cheap checks of the store and HSM session: {"store": "ok", ...}
 
 
 SERVICES = web.AppKey("smki.services", Services)
-CALLER = "smki.caller"  # request[CALLER]: a Caller
+CALLER = web.RequestKey("smki.caller", Caller)  # request[CALLER]: a Caller
 
 INTERFACE_ATTRIBUTE = "__smki_interface__"
 
@@ -49,3 +59,87 @@ def serves(interface: Interface) -> Callable:
 
 def interface_of(handler: Callable) -> Interface | None:
     return getattr(handler, INTERFACE_ATTRIBUTE, None)
+
+
+# -- the worker's executor and request audit ---------------------------------------------------------------------
+
+EXECUTOR = web.AppKey("smki.executor", concurrent.futures.ThreadPoolExecutor)
+
+
+def single_thread_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The worker's one thread for blocking actor calls: python-pkcs11 (and an SQLite connection) is not
+    thread-safe, so one thread per process touches the HSM and the store."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smki-actor")
+
+
+async def run_blocking(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the worker's single actor thread, awaited without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], fn, *args)
+
+
+class Outcome(enum.StrEnum):
+    """How a request to an interface ended, as its audit entry says."""
+
+    ANSWERED = "answered"  # the interface's answer (its status and code say how it went)
+    REFUSED = "refused"  # the caller was refused before any handler ran (HTTP 403)
+    FAILED = "failed"  # a fault of the service (HTTP 500)
+
+
+@dataclass(frozen=True)
+class RequestAuditEntry:
+    """One request to an online interface, for the register's audit trail: who, what, the outcome.
+    Never a secret: no body, no query string, no API key."""
+
+    at: str  # ISO 8601 UTC, when the answer was given
+    interface: str  # an Interface value
+    operation: str  # e.g. "SubmitCSRBatch", or the route's path
+    subscriber: str | None  # the register's name for the caller, None when it was not identified
+    fingerprint: str | None  # the client certificate's SHA-256 (hex), None without one
+    address: str
+    outcome: Outcome
+    status: str  # the interface's status (SUCCESS, PENDING, ...) or the HTTP status
+    code: str | None = None  # the error code (e.g. "FM:AA1"), None on success
+    client_id: str | None = None  # the request's own ID attribute, when it had one
+
+
+class AuditBuffer:
+    """The worker's request-audit entries, written to the register in one transaction every
+    FLUSH_INTERVAL seconds and at shutdown (`register.audit_requests(entries)`), on the actor thread."""
+
+    FLUSH_INTERVAL = 0.2
+
+    def __init__(self, write: Callable[[list[RequestAuditEntry]], None]) -> None:
+        self._write, self._entries = write, []  # type: ignore[var-annotated]
+
+    def record(self, request: web.Request, *, operation: str, status: str, code: str | None = None,
+               client_id: str | None = None, outcome: Outcome = Outcome.ANSWERED, interface: str | None = None) -> None:
+        """Append the entry for `request`: the caller (request[CALLER]) and the handler's interface are taken from it."""
+        caller = request.get(CALLER)
+        handler_interface = interface_of(request.match_info.handler) if request.match_info.http_exception is None else None
+        self._entries.append(RequestAuditEntry(
+            at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            interface=str(interface or handler_interface or ""), operation=operation,
+            subscriber=caller.subscriber.name if caller and caller.subscriber else None,
+            fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else (request.remote or ""),
+            outcome=outcome, status=status, code=code, client_id=client_id))
+
+    def take(self) -> list[RequestAuditEntry]:
+        entries, self._entries = self._entries, []
+        return entries
+
+    async def flush(self, executor: concurrent.futures.Executor) -> None:
+        entries = self.take()
+        if entries:
+            await asyncio.get_running_loop().run_in_executor(executor, self._write, entries)
+
+    async def run(self, executor: concurrent.futures.Executor) -> None:
+        """Flush every FLUSH_INTERVAL until cancelled (the app's cleanup flushes what is left)."""
+        while True:
+            await asyncio.sleep(self.FLUSH_INTERVAL)
+            try:
+                await self.flush(executor)
+            except Exception as exc:  # noqa: BLE001 - a failed write is logged, the service goes on
+                log.error("request audit not written: %s: %s", type(exc).__name__, exc)
+
+
+AUDIT = web.AppKey("smki.audit", AuditBuffer)

@@ -1,0 +1,46 @@
+"""The access log: one line per answered request, to a file or stderr.
+
+It never holds a secret: the path without its query string (where `apikey` travels), no header
+values (X-API-Key), no body. A line: time, client address, subscriber (or -), method, path, status,
+bytes, milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+
+from smki.web.settings import STDERR
+
+LOGGER = "smki.web.access"
+
+
+def configure(destination: str | None) -> logging.Logger:
+    """The access logger, writing to `destination` (a file, STDERR) or nowhere (None)."""
+    logger = logging.getLogger(LOGGER)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    if destination is None:
+        logger.addHandler(logging.NullHandler())
+        return logger
+    handler = logging.StreamHandler(sys.stderr) if destination == STDERR else logging.FileHandler(destination, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def line(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> str:
+    when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    # The path is printable ASCII by then (aiohttp refuses others); %-escape anything else, so no line can be forged.
+    safe = path.encode("ascii", "backslashreplace").decode().replace("\n", "\\n").replace(" ", "%20")
+    return f"{when} {address} {subscriber or '-'} {method} {safe} {status} {size if size is not None else '-'} {milliseconds:.1f}"
+
+
+def record(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> None:
+    logger = logging.getLogger(LOGGER)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(line(address, subscriber, method, path, status, size, milliseconds))
