@@ -118,7 +118,7 @@ def _argv_reaching_the_secret(path, command, option_under_test, value, tmp: Path
                  "--dir": str(tmp / "published"), "--response": str(tmp / "r.zip"), "--status": str(tmp / "s.csv")}
     arguments = {"csr": str(tmp / "x.csr"), "serial": "01", "files": str(tmp / "x.pem"), "batch": str(tmp / "batch.zip"),
                  "policy_file": str(ORG_POLICY), "ceremony_file": str(REPO / "smki" / "data" / "ceremonies" / "root-oca.yaml"),
-                 "directory": str(tmp / "examples")}
+                 "directory": str(tmp / "examples"), "name": "acme-supplier"}
     argv = list(path)
     for param in command.params:
         if isinstance(param, click.Argument):

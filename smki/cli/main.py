@@ -37,6 +37,8 @@ COMMANDS = {
     "ca": "smki.cli.ca:ca_group",
     "librarian": "smki.cli.librarian:librarian_group",
     "audit": "smki.cli.audit:audit_group",
+    "subscribers": "smki.cli.subscribers:subscribers_group",
+    "tls": "smki.cli.tls:tls_group",
     "lint": "smki.cli.lint:lint_command",
     "verify": "smki.cli.lint:verify_command",
 }

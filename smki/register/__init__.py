@@ -6,6 +6,10 @@ An actor of its own (it never imports the Issuing Authorities or the Librarian):
 and `smki serve` both drive it.
 """
 
-from smki.register.model import Interface, Subscriber, SubscriberRefused, SubscriberStatus
+from smki.register.model import Interface, RefusalReason, Subscriber, SubscriberRefused, SubscriberStatus
+from smki.register.register import (IDENTITY_CACHE_SECONDS, ClientCertificate, Match, RegisteredSubscriber, RequestEntry,
+                                    RequestOutcome, SubscriberRegister, certificate_fingerprint, refuse_unless_acts_for)
 
-__all__ = ["Interface", "Subscriber", "SubscriberRefused", "SubscriberStatus"]
+__all__ = ["IDENTITY_CACHE_SECONDS", "ClientCertificate", "Interface", "Match", "RefusalReason", "RegisteredSubscriber",
+           "RequestEntry", "RequestOutcome", "Subscriber", "SubscriberRefused", "SubscriberRegister", "SubscriberStatus",
+           "certificate_fingerprint", "refuse_unless_acts_for"]

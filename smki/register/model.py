@@ -43,6 +43,24 @@ class Subscriber:
         return role in self.roles
 
 
+class RefusalReason(enum.StrEnum):
+    """Why the register refused a caller: what a request's audit entry and metrics record (the message says more)."""
+
+    UNREADABLE = "unreadable-certificate"  # the bytes presented are no X.509 certificate
+    NOT_YET_VALID = "not-yet-valid"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown-certificate"  # registered neither by fingerprint nor by issuer and key
+    SUSPENDED = "suspended"
+    REMOVED = "removed"
+    INTERFACE = "interface-not-granted"
+    ROLE = "role-not-held"  # acting for a RemotePartyRole its entry does not hold
+
+
 class SubscriberRefused(RefusedError):
     """A caller the register does not authorise: unknown, suspended, removed, or not for this interface.
-    The message names the reason but never more of the certificate than its fingerprint."""
+    The message names the reason but never more of the certificate than its fingerprint; `reason` names it
+    as a value (None when raised without one)."""
+
+    def __init__(self, message: str, reason: RefusalReason | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -213,6 +213,41 @@ _POSTGRESQL_6 = """
     CREATE INDEX certificates_issued_at ON certificates (issued_at)
 """
 
+_SQLITE_8 = """
+        CREATE TABLE subscribers (
+            name       TEXT PRIMARY KEY,         -- the register's key: the party's name for its system
+            eui64      TEXT NOT NULL,            -- 16 hex digits, upper case
+            roles      TEXT NOT NULL,            -- RemotePartyRole OU codes, comma-separated, e.g. 02,03
+            interfaces TEXT NOT NULL,            -- smki.register.Interface values, comma-separated
+            status     TEXT NOT NULL,            -- active, suspended, removed
+            created_at TEXT NOT NULL,
+            changed_at TEXT NOT NULL
+        );
+        CREATE TABLE subscriber_certificates (
+            match_key     TEXT PRIMARY KEY,      -- fingerprint:<SHA-256 of the DER>, or issuer-and-key:<SHA-256 of the issuer DN DER>:<SHA-256 of the SPKI>
+            name          TEXT NOT NULL REFERENCES subscribers (name),
+            match         TEXT NOT NULL,         -- fingerprint, issuer-and-key
+            fingerprint   TEXT NOT NULL,         -- SHA-256 of the certificate registered (or of the one named by fingerprint)
+            issuer        TEXT,                  -- the registered certificate's issuer DN (RFC 4514), when registered from the certificate
+            registered_at TEXT NOT NULL
+        );
+        CREATE INDEX subscriber_certificates_name ON subscriber_certificates (name)
+    """
+
+_POSTGRESQL_8 = """
+    CREATE TABLE subscribers (
+        name TEXT COLLATE "C" PRIMARY KEY, eui64 TEXT COLLATE "C" NOT NULL, roles TEXT COLLATE "C" NOT NULL,
+        interfaces TEXT COLLATE "C" NOT NULL, status TEXT COLLATE "C" NOT NULL, created_at TEXT COLLATE "C" NOT NULL,
+        changed_at TEXT COLLATE "C" NOT NULL
+    );
+    CREATE TABLE subscriber_certificates (
+        match_key TEXT COLLATE "C" PRIMARY KEY, name TEXT COLLATE "C" NOT NULL REFERENCES subscribers (name),
+        match TEXT COLLATE "C" NOT NULL, fingerprint TEXT COLLATE "C" NOT NULL, issuer TEXT COLLATE "C",
+        registered_at TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX subscriber_certificates_name ON subscriber_certificates (name)
+"""
+
 # (version, description, step): a step is DDL per dialect, or a callable run in the migration's
 # transaction (it reads connection.dialect where it differs). Append only: never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
@@ -224,5 +259,6 @@ MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
     (6, "lodged CRLs and ARLs, repository status changes", Ddl(_SQLITE_6, _POSTGRESQL_6)),
     # This one indexes the lists already lodged.
     (7, "serials named by lodged CRLs and ARLs", create_listed_serials),
+    (8, "subscriber register: Authorised Subscribers and their client certificates", Ddl(_SQLITE_8, _POSTGRESQL_8)),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
