@@ -13,6 +13,8 @@ compgen -G "/usr/lib/*/libsoftokn3.so" >/dev/null || compgen -G "/usr/lib/libsof
 command -v certutil     >/dev/null || need_apt+=(libnss3-tools)
 command -v p11-kit      >/dev/null || need_apt+=(p11-kit)
 compgen -G "/usr/lib/*/p11-kit-proxy.so" >/dev/null || compgen -G "/usr/lib/p11-kit-proxy.so" >/dev/null || need_apt+=(p11-kit-modules)
+# The IANA time zones: the policy's usage rules read their windows on Europe/London's clock (zoneinfo).
+[ -e /usr/share/zoneinfo/Europe/London ] || need_apt+=(tzdata)
 # PostgreSQL server binaries: the tests run the store on a throwaway server (tests/postgres_server.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -251,3 +251,8 @@ def adopt_state_command(state_dir, actor, audit_key_uri, audit_pin_source, as_js
     emit(as_json, adopted, lambda d: "\n".join(
         f"adopted issuer {issuer}: {facts['issued']} certificates, {facts['revoked']} revocations, last cRLNumber {facts['crl_number']}"
         for issuer, facts in d.items()) or "nothing to adopt: the state names no issuer")
+
+
+from smki.cli.batches import batches_group  # noqa: E402  (the group's commands import this module's helpers' module)
+
+ca_group.add_command(batches_group)

@@ -37,6 +37,24 @@ class DatabaseTarget(click.ParamType):
 DATABASE = DatabaseTarget()
 
 
+class StateTarget(DatabaseTarget):
+    """A --state value: an authority's state directory (a Path), or its database's PostgreSQL URL (kept as str)."""
+
+    name = "DIR|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        from smki.store.postgres import is_database_url
+
+        if isinstance(value, Path) or not is_database_url(value):
+            if not str(value).strip():
+                self.fail("an empty name is no state directory", param, ctx)
+            return click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+        return value
+
+
+STATE = StateTarget()
+
+
 def _option_name(param: click.Parameter | None) -> str:
     return max(param.opts, key=len) if param is not None and param.opts else "the secret source"
 
@@ -208,17 +226,24 @@ def audit_key_ref(audit_key_uri: str | None, module_path: str | None = None) -> 
 
 def state_option(func: Callable) -> Callable:
     """--state, --actor, and the authority's audit key (--audit-key-uri, --audit-pin-source)."""
-    for option in reversed([
-        click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="The authority's state directory: its database (issued certificates, audit trail) lives here."),
-        click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
-                     help="Who is acting, as recorded in the audit trail."),
-        click.option("--audit-key-uri", type=KEY_URI, help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
-        click.option("--audit-pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
-                     help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt."),
-    ]):
-        func = option(func)
-    return func
+    return state_options()(func)
+
+
+def state_options(state_type: click.ParamType = click.Path(file_okay=False, path_type=Path),
+                  state_help: str = "The authority's state directory: its database (issued certificates, audit trail) lives here."):
+    """state_option, with another kind of --state (a state directory or a postgresql:// URL: DATABASE)."""
+    def decorate(func: Callable) -> Callable:
+        for option in reversed([
+            click.option("--state", "state_dir", required=True, type=state_type, help=state_help),
+            click.option("--actor", type=ACTOR, default=lambda: os.environ.get("USER", "operator"), show_default="$USER",
+                         help="Who is acting, as recorded in the audit trail."),
+            click.option("--audit-key-uri", type=KEY_URI, help="pkcs11: URI of the authority's audit key; the operation ends with a signed checkpoint."),
+            click.option("--audit-pin-source", type=SECRET_SOURCE, default="prompt", show_default=True, metavar="SOURCE",
+                         help="Where to read the audit key token's PIN: env:NAME, fd:N or prompt."),
+        ]):
+            func = option(func)
+        return func
+    return decorate
 
 
 def emit(as_json: bool, data: Any, human: Callable[[Any], str]) -> None:

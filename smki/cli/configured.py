@@ -56,7 +56,8 @@ _REPLACED_BY = {"key_uri": _KEY_PARTS, "token_label": (Setting.KEY_URI,), "token
 # half-used: a Librarian's file given to `ca issue-org` would sign the Issuing OCA's checkpoint with the
 # Librarian's audit key. Groups not named here (hsm, policy, audit, lint) serve every kind.
 _ISSUING_KINDS = frozenset({AuthorityKind.ISSUING_OCA, AuthorityKind.ISSUING_DCA})
-GROUP_KINDS = {"ca": _ISSUING_KINDS, "cert": _ISSUING_KINDS, "librarian": frozenset({AuthorityKind.LIBRARIAN})}
+GROUP_KINDS = {"ca": _ISSUING_KINDS, "cert": _ISSUING_KINDS, "librarian": frozenset({AuthorityKind.LIBRARIAN}),
+               "batches": frozenset({AuthorityKind.ISSUING_DCA})}  # smki ca batches: the Issuing DCA's queue
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from smki.errors import BadInputError
+from smki.errors import BadInputError, ConflictError
 from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, refuse_same_file
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
@@ -44,6 +45,7 @@ from smki.operations.results import IssuedCertificate, IssuedCrl, Revocation
 from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.policy.adoption import adopt, adoption_differences, require_adopted
 from smki.policy.model import CertificatePolicy
+from smki.policy.usage import DAY, Submitter
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
 from smki.times import start_of_validity, utc_now
@@ -51,6 +53,11 @@ from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.requests import parse_device_request, parse_organisation_request
 from smki.store import find_certificate, list_certificates
+from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
+                                         sha256_hex, upload_of, worker_name)
+from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
+                                    last_adhoc_submission, open_batch_count, parse_timestamp, purge_adhoc_submissions, purge_finished,
+                                    queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
 from smki.store.batches import device_certificate_counts
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
@@ -111,6 +118,22 @@ class _Signing:
     environment: Environment
     key: KeyRef
     not_before: datetime
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and value.isdigit() and len(value) <= 18
+
+
+def _batch_number(value, refusal: type[BadInputError] = BadInputError) -> int:
+    """A BatchId: a positive integer (as int or digits)."""
+    if not _is_number(value) or int(value) < 1:
+        raise refusal(f"a BatchId is a positive integer, not {str(value)[:32]!r}")
+    return int(value)
+
+
+def _device_type(device_type: DeviceType | str | None) -> DeviceType | None:
+    """A device type given, checked; None: each request's hwType decides."""
+    return None if device_type is None else parsed(DeviceType, device_type)
 
 
 class IssuingAuthority:
@@ -243,6 +266,28 @@ class IssuingAuthority:
         log.info("issued %s certificate %s%s", certificate_type, record.serial_hex, f", wrote {file}" if file is not None else "")
         return IssuedCertificate(certificate, record, signing.policy.identity, file)
 
+    def _count_adhoc(self, operation: AuditedOperation | DryRunOperation, policy: CertificatePolicy, submitter: Submitter | None) -> None:
+        """The usage rules for one ad hoc request of `submitter`: checked and counted in one write transaction (so
+        that processes sharing the store count together); a refused request is not counted. A dry run only checks."""
+        if submitter is None:
+            return
+        operation.subject["submitter"] = {"name": submitter.name, "channel": submitter.channel.value}
+        rules, connection = policy.usage_rules, operation.connection
+        if not rules.counts_adhoc(submitter.channel):
+            return
+        now = utc_now()
+
+        def check() -> None:
+            last = last_adhoc_submission(connection, submitter.name, submitter.channel.value)
+            recent = adhoc_submissions_since(connection, submitter.name, submitter.channel.value, timestamp(now - DAY))
+            rules.check_adhoc(submitter, now, parse_timestamp(last) if last else None, recent)
+
+        if isinstance(operation, DryRunOperation):
+            return check()
+        with transaction(connection):
+            check()
+            record_adhoc_submission(connection, submitter.name, submitter.channel.value, timestamp(now))
+
     def _device_certificates(self, operation: AuditedOperation, device_id: EUI64) -> int:
         """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
         return device_certificate_counts(operation.connection, [device_id.hex]).get(device_id.hex, 0)
@@ -259,14 +304,17 @@ class IssuingAuthority:
 
     # -- certificates from requests --------------------------------------------------------------
     def issue_organisation(self, csr: bytes | Path, *, requester: RemotePartyRole | str, not_before: datetime | str | None = None,
-                           out: Path | None = None, source: str | None = None, dry_run: bool = False) -> IssuedCertificate:
+                           out: Path | None = None, source: str | None = None, dry_run: bool = False,
+                           submitter: Submitter | None = None) -> IssuedCertificate:
         """One Organisation Certificate from one PKCS#10 request (any SMKI encoding; a Path is read).
 
         The request's proof of possession and fields are checked; its role, EUI-64, optional CN and
         key usage become the certificate's; the requester's eligibility is the policy's (4.1).
+        `submitter`: who submitted it online (the usage rules apply); None from the CLI.
         """
         with self._operation(Operation.ISSUE_ORGANISATION, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
+            self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_organisation_request(data, source)
             operation.subject = {"request": source, "entity_id": request.entity_id.hex, "role": request.role.ou}
@@ -277,25 +325,25 @@ class IssuingAuthority:
             return self._sign(operation, signing, CertificateType.ORGANISATION,
                               lambda: organisation_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
 
-    def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str,
+    def issue_device(self, csr: bytes | Path, *, requester: RemotePartyRole | str, device_type: DeviceType | str | None = None,
                      not_before: datetime | str | None = None, out: Path | None = None, source: str | None = None,
-                     dry_run: bool = False) -> IssuedCertificate:
+                     dry_run: bool = False, submitter: Submitter | None = None) -> IssuedCertificate:
         """One Device Certificate from one PKCS#10 request. An ad hoc request replaces: the device must
         already hold a certificate from this authority (policy 4.2) and stays under the per-device cap;
-        the request's hwType must be the device type's (7.1)."""
+        the request's hwType must be the device type's (7.1), or, with no device type (None), any device
+        type's whose key usages allow the request's. `submitter`: who submitted it online (the usage
+        rules apply: the web service's interval, the portal's daily cap); None from the CLI."""
         with self._operation(Operation.ISSUE_DEVICE, dry_run=dry_run) as operation:
             signing = self._signing(operation, out, not_before)
+            self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
             operation.subject = {"request": source, "device_id": request.device_id.hex}
-            device_type = parsed(DeviceType, device_type)
-            expected_hw_type = signing.policy.hw_type_oid(signing.environment, device_type)
-            if request.hw_type_oid != expected_hw_type:
-                raise PolicyRefusal("7.1 device types", f"the request's hwType {request.hw_type_oid} is not the {device_type.name} hwType {expected_hw_type}")
             params = signing.policy.device_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), device_id=request.device_id,
-                device_type=device_type, key_usage=request.key_usage, not_before=signing.not_before,
-                existing_certificates=self._device_certificates(operation, request.device_id), single_request=True)
+                device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
+                existing_certificates=self._device_certificates(operation, request.device_id), single_request=True,
+                hw_type_oid=request.hw_type_oid)
             issuer = self._issuer()
             return self._sign(operation, signing, CertificateType.DEVICE,
                               lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)
@@ -349,7 +397,7 @@ class IssuingAuthority:
         return read_public_key(Path(public_key)) if isinstance(public_key, (str, Path)) else public_key
 
     # -- a batch ---------------------------------------------------------------------------------
-    def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str,
+    def issue_batch(self, batch: Path, *, response: Path, status: Path, requester: RemotePartyRole | str, device_type: DeviceType | str | None = None,
                     not_before: datetime | str | None = None, workers: int | None = None, chunk_size: int = 1000,
                     verify_one_in: int = 1, progress: BatchProgress | None = None, dry_run: bool = False) -> BatchResult:
         """Device Certificates for a batch: a ZIP (or directory) of up to 50,000 `.csr` files.
@@ -375,7 +423,7 @@ class IssuingAuthority:
             issuer = self._issuer()
             key = self._key_ref()
             environment, checked_requester = self._environment(), parsed(RemotePartyRole, requester)
-            checked_type = parsed(DeviceType, device_type)
+            checked_type = _device_type(device_type)
             start = start_of_validity(not_before)
             template = batch_template(issuer, policy, environment, start)
             issuer_key_id = describe(issuer).subject_key_id.hex().upper()
@@ -406,6 +454,139 @@ class IssuingAuthority:
         log.info("batch %s: wrote %s and %s (%s)", run.batch_id[:16], response, status,
                  ", ".join(f"{name} {count}" for name, count in sorted(totals.items())))
         return BatchResult(run, dict(totals), response, status)
+
+    # -- the batch queue (batches submitted online) ----------------------------------------------
+    def submit_batch(self, batch: bytes | Iterable[tuple[str, bytes]], *, client_id: str, subscriber: Submitter,
+                     requester: RemotePartyRole | str) -> QueuedBatch:
+        """Queue a batch: a ZIP upload (the portal's format), or the (DeviceCSR ID, CSR DER) pairs of a SubmitCSRBatch.
+
+        The batch is checked whole (as `issue_batch` checks a file; more than the policy's batch limit is
+        refused as 4.2 batch_limit), the requester's eligibility, then the usage rules (one batch at a time,
+        the daily cap). It is PENDING until the Registration Authority approves it, or PARSING at once when
+        the policy names the submitter among its auto-approved requesters. Returns the queued batch (its
+        `number` is the BatchId)."""
+        client_id = checked_text(client_id, "a batch's client ID", MAX_CLIENT_ID)
+        if not isinstance(subscriber, Submitter):
+            raise BadInputError("a queued batch's subscriber is a Submitter (its register name and channel)")
+        with self._operation(Operation.BATCH_SUBMIT, client_id=client_id, subscriber=subscriber.name,
+                             channel=subscriber.channel.value) as operation:
+            policy = self._adopted_policy(operation)
+            checked_requester = parsed(RemotePartyRole, requester)
+            policy.device_eligibility(self._environment(), checked_requester)  # a party that may request no Device Certificate
+            upload = upload_of(batch)
+            entries = count_entries(upload, policy)
+            digest = sha256_hex(upload)
+            operation.subject.update(entries=entries, upload_sha256=digest, requester=checked_requester.camel_name)
+            rules, connection, now = policy.usage_rules, operation.connection, utc_now()
+            status = BatchStatus.PARSING if rules.auto_approves(subscriber) else BatchStatus.PENDING
+            with transaction(connection):
+                rules.check_batch_submission(subscriber, entries, open_batch_count(connection, subscriber.name),
+                                             batched_requests_since(connection, subscriber.name, timestamp(now - DAY)))
+                number = enqueue_batch(connection, client_id=client_id, subscriber=subscriber.name, channel=subscriber.channel.value,
+                                       requester=checked_requester.camel_name, entry_count=entries, upload=upload, upload_sha256=digest,
+                                       status=status, submitted_at=timestamp(now))
+                if status is BatchStatus.PARSING:
+                    change_status(connection, number, status, allowed_from=(status,), decided_at=timestamp(now), decided_by="policy")
+                operation.audit.append(operation.success_entry({"status": status.value}, policy=policy.identity, batch=number))
+                queued = queued_batch(connection, number)
+        log.info("batch %d from %s: %d request(s) queued, %s", number, subscriber.name, entries, status.value)
+        return queued
+
+    @property
+    def batch_limit(self) -> int:
+        """The most CSRs one batch may hold under the policy given (4.2 batch_limit): a front end counts against it while parsing."""
+        return self._loaded_policy().batch_limit
+
+    def batches(self, *, subscriber: str | None = None, status: BatchStatus | str | None = None, limit: int = 1000) -> list[QueuedBatch]:
+        """Queued batches, newest first (read-only); purged ones are not listed."""
+        statuses = (BatchStatus(str(status).upper()),) if status is not None else ()
+        return queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)
+
+    def queued_batch(self, number: int) -> QueuedBatch:
+        """One queued batch (read-only); refused when there is none."""
+        found = queued_batch(self._readable(), _batch_number(number))
+        if found is None:
+            raise BadInputError(f"no queued batch {number} in this authority's records")
+        return found
+
+    def approve_batch(self, number: int) -> QueuedBatch:
+        """The Registration Authority approves a PENDING batch: it goes on to be parsed and processed."""
+        return self._decide_batch(Operation.BATCH_APPROVE, _batch_number(number), BatchStatus.PARSING, None)
+
+    def reject_batch(self, number: int, reason: str) -> QueuedBatch:
+        """The Registration Authority rejects a PENDING batch (the reason is kept and audited): it goes no further."""
+        return self._decide_batch(Operation.BATCH_REJECT, _batch_number(number), BatchStatus.REJECTED,
+                                  checked_text(reason, "a rejection's reason", MAX_REASON))
+
+    def _decide_batch(self, name: Operation, number: int, status: BatchStatus, reason: str | None) -> QueuedBatch:
+        with self._operation(name, batch=number) as operation:
+            connection = operation.connection
+            with transaction(connection):
+                current = queued_batch(connection, number)
+                if current is None:
+                    raise BadInputError(f"no queued batch {number} in this authority's records")
+                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(utc_now()),
+                                     decided_by=self.actor, reason=reason):
+                    raise ConflictError(f"batch {number} is {current.status.value}, not PENDING: it was decided already")
+                operation.audit.append(operation.success_entry({"status": status.value, **({"reason": reason} if reason else {})},
+                                                               subscriber=current.subscriber))
+                decided = queued_batch(connection, number)
+        log.info("batch %d: %s by %s", number, status.value, self.actor)
+        return decided
+
+    def batch_result(self, number: int, subscriber: Submitter | str) -> BatchAnswer:
+        """A batch as its subscriber polls it: its status, and when COMPLETED every request's answer.
+        A batch that is not the subscriber's (or none, or purged) is refused as unknown (FM:AA3), and the refusal audited."""
+        name = subscriber.name if isinstance(subscriber, Submitter) else str(subscriber)
+        with self._operation(Operation.BATCH_RESULT, batch=str(number)[:32], subscriber=name) as operation:
+            batch = queued_batch(operation.connection, _batch_number(number, UnknownBatch)) if _is_number(number) else None
+            if batch is None or batch.subscriber != name or batch.purged_at is not None:
+                raise UnknownBatch(f"Unknown BatchId {str(number)[:32]!r} for subscriber {name}")
+            if batch.status is not BatchStatus.COMPLETED:
+                return BatchAnswer(batch)
+            return BatchAnswer(batch, answers_of(operation.connection, batch))
+
+    def batch_files(self, number: int, subscriber: Submitter | str) -> tuple[QueuedBatch, bytes | None, bytes | None]:
+        """A batch's response ZIP and status file (portal format), None until it is COMPLETED; refused as `batch_result` refuses."""
+        answer = self.batch_result(number, subscriber)
+        files = response_files(self._writable(), answer.batch.number) if answer.batch.status is BatchStatus.COMPLETED else None
+        return (answer.batch, *(files or (None, None)))
+
+    def purge_batches(self, now: datetime | None = None) -> list[int]:
+        """Drop the uploads and response files of batches answered more than the retention period before `now`
+        (and the ad hoc submissions older than a day, which no rule counts any more). Audited; returns the batches purged."""
+        now = now or utc_now()
+        with self._operation(Operation.BATCH_PURGE) as operation:
+            policy = self._adopted_policy(operation)
+            connection = operation.connection
+            with transaction(connection):
+                purged = purge_finished(connection, timestamp(now - policy.usage_rules.result_retention), timestamp(now))
+                purge_adhoc_submissions(connection, timestamp(now - DAY))
+                if purged:
+                    operation.audit.append(operation.success_entry({"batches": purged}, policy=policy.identity))
+        return purged
+
+    def process_batches(self, worker: str | None = None, *, stop: Callable[[], bool] = lambda: False, once: bool = False,
+                        lease_seconds: float = 60.0, poll_seconds: float = 5.0, workers: int | None = None, chunk_size: int = 1000) -> int:
+        """Process queued batches, one at a time, until `stop()` is true (or, with `once`, until none can be taken now).
+
+        Each batch is claimed with a lease this process renews while it works; a batch whose lease ran out (its
+        processor died) is taken over, and its run resumed: only what is left is answered. Outside the policy's
+        processing window batches are parsed and PAUSED. Returns how many batches this call moved on."""
+        from smki.issuing.batch_processor import BatchProcessor
+
+        processor = BatchProcessor(self, worker or worker_name(), lease_seconds, workers, chunk_size)
+        moved = 0
+        while not stop():
+            if processor.next():
+                moved += 1
+                continue
+            if once:
+                break
+            deadline = time.monotonic() + poll_seconds
+            while not stop() and time.monotonic() < deadline:
+                time.sleep(min(0.2, poll_seconds))
+        return moved
 
     # -- revocation ------------------------------------------------------------------------------
     def revoke(self, serial: int | str, reason: str, *, dry_run: bool = False) -> Revocation:

@@ -33,10 +33,10 @@ from smki.hsm.child_env import result_of, spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
 from smki.hsm.store_lock import token_store_lock
-from smki.identifiers import EUI64, CertificateType, DeviceType, KeyUsage, RemotePartyRole
+from smki.identifiers import EUI64, CertificateType, DeviceType, RemotePartyRole
 from smki.operations.names import Operation
 from smki.policy import Environment
-from smki.policy.model import CertificatePolicy
+from smki.policy.model import CertificatePolicy, DeviceEligibility
 from smki.profiles import device_certificate, sign_certificate
 from smki.profiles.device_template import DeviceCertificateTemplate, check_against_builder
 from smki.profiles.lint import pre_issuance_check
@@ -64,7 +64,7 @@ class BatchPlan:
     policy: CertificatePolicy
     environment: Environment
     requester: RemotePartyRole
-    device_type: DeviceType
+    device_type: DeviceType | None  # None: each request's hwType decides
     not_before: datetime
     chunk_size: int = 1000  # requests per worker task
     # Signed tasks recorded per transaction: each commit rewrites the index pages it touched, so
@@ -132,15 +132,15 @@ class _Accepted:
     serial: int
 
 
-def prove_template(plan: BatchPlan, template: DeviceCertificateTemplate, usages: tuple[KeyUsage, ...]) -> None:
-    """Lint a draft of each key usage's certificate, and show the template writes exactly that draft."""
+def prove_template(plan: BatchPlan, template: DeviceCertificateTemplate, eligibility: DeviceEligibility) -> None:
+    """Lint a draft of each eligible (hwType, key usage) pair's certificate, and show the template writes exactly that draft."""
     policy_oid = plan.policy.policy_oid(plan.environment)
     lint = pre_issuance_check(CertificateType.DEVICE, (policy_oid,), issuer=plan.issuer)
     throwaway = SoftwareSigner()
-    for usage in usages:
+    for hw_type, usage in ((hw_type, usage) for hw_type, usages in eligibility.usages for usage in sorted(usages, key=lambda u: u.value)):
         params = plan.policy.device_certificate_params(
             plan.environment, requester=plan.requester, device_id=EUI64.parse("0000000000000000"), device_type=plan.device_type,
-            key_usage=usage, not_before=plan.not_before, existing_certificates=0, single_request=False)
+            key_usage=usage, not_before=plan.not_before, existing_certificates=0, single_request=False, hw_type_oid=hw_type)
         subject_key = SoftwareSigner().public_key
         draft = sign_certificate(device_certificate(params, subject_key, plan.issuer), throwaway, pre_issuance_check=lint)
         check_against_builder(template, params, subject_key, plan.issuer, draft)
@@ -150,11 +150,10 @@ class _Run:
     """One run over a batch: decisions, records and progress in this process."""
 
     def __init__(self, connection, audit: AuditTrail, actor: str, plan: BatchPlan, issuer_key_id: str,
-                 usages: tuple[KeyUsage, ...], summary: BatchSummary, progress: Callable[[int], None], answer: Answer) -> None:
+                 eligibility: DeviceEligibility, summary: BatchSummary, progress: Callable[[int], None], answer: Answer) -> None:
         self.connection, self.audit, self.actor, self.plan = connection, audit, actor, plan
         self.issuer_key_id, self.summary, self.progress, self.answer = issuer_key_id, summary, progress, answer
-        self.usages = {usage.value for usage in usages}
-        self.hw_type_oid = plan.policy.hw_type_oid(plan.environment, plan.device_type)
+        self.eligibility = eligibility
         self.validity = Validity(plan.not_before, DEVICE_NOT_AFTER)
         self.device_counts: dict[str, int] = {}
         self.subject_keys_seen: set[str] = set()
@@ -198,10 +197,9 @@ class _Run:
             self.device_counts[device_id] = stored.get(device_id, 0)
 
     def _refusal(self, device_id: str, hw_type: str, usage: str, ski: str, already_certified: set[str]) -> tuple[Outcome, str] | None:
-        if hw_type != self.hw_type_oid:
-            return Outcome.INELIGIBLE, f"hwType {hw_type} is not the {self.plan.device_type.name} hwType {self.hw_type_oid}"
-        if usage not in self.usages:
-            return Outcome.INELIGIBLE, f"a {self.plan.device_type.name} may not hold a {usage} certificate"
+        ineligible = self.eligibility.refusal(hw_type, usage)
+        if ineligible is not None:
+            return Outcome.INELIGIBLE, ineligible
         if ski in self.subject_keys_seen or ski in already_certified:
             return Outcome.DUPLICATE, "Request for duplicate certificate not permitted (the key is already certified)"
         if self.device_counts[device_id] >= self.plan.policy.per_device_cap:
@@ -313,7 +311,7 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
     releases them only after this returns (the last commit makes them all durable).
     """
     started = time.perf_counter()
-    usages = _batch_checks(plan, workers.template)
+    eligibility = _batch_checks(plan, workers.template)
     batch_id = plan.batch.batch_id
     row = BatchRow(batch_id, str(plan.batch.source), len(plan.batch.names), issuer_key_id, plan.policy.version,
                    datetime.now(timezone.utc).isoformat(timespec="seconds"), None)
@@ -323,14 +321,14 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
         resumed = recorded is not row
         audit.append(AuditEntry(actor, Operation.BATCH_RESUME if resumed else Operation.BATCH_START, "success",
                                 {"batch_id": batch_id, "source": str(plan.batch.source), "entries": len(plan.batch.names),
-                                 "answered_before": len(answered), "device_type": plan.device_type.name,
+                                 "answered_before": len(answered), "device_type": plan.device_type.name if plan.device_type else None,
                                  "requester": plan.requester.camel_name}, policy=plan.policy.identity))
     summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
     if answered:
         for outcome, der in batch_outcomes(connection, batch_id):
             answer(outcome, der)
     if len(answered) < len(plan.batch.names):
-        run = _Run(connection, audit, actor, plan, issuer_key_id, usages, summary, progress, answer)
+        run = _Run(connection, audit, actor, plan, issuer_key_id, eligibility, summary, progress, answer)
         with deferred_sync(connection):
             run.run(_chunks(plan.batch.names, answered, plan.chunk_size), workers)
     with transaction(connection):  # synchronous again: this commit makes the whole run durable
@@ -343,17 +341,17 @@ def issue_batch(connection, audit: AuditTrail, actor: str, plan: BatchPlan, work
     return summary
 
 
-def _batch_checks(plan: BatchPlan, template: DeviceCertificateTemplate) -> tuple[KeyUsage, ...]:
+def _batch_checks(plan: BatchPlan, template: DeviceCertificateTemplate) -> DeviceEligibility:
     """The checks of the batch as a whole (its size, the requester and device type, the template, linted): the
-    key usages its requests may have. A fault here refuses the batch before any request is answered."""
+    hwTypes and key usages its requests may have. A fault here refuses the batch before any request is answered."""
     plan.policy.check_batch_size(len(plan.batch.names))
-    usages = plan.policy.device_key_usages(plan.requester, plan.device_type)
+    eligibility = plan.policy.device_eligibility(plan.environment, plan.requester, plan.device_type)
     if plan.chunk_size < 1:
         raise BadInputError("a batch needs a chunk size of at least one")
-    prove_template(plan, template, usages)
+    prove_template(plan, template, eligibility)
     log.info("batch %s: %d request(s) from %s; the certificate template lints clean", plan.batch.batch_id[:16], len(plan.batch.names),
              plan.batch.source)
-    return usages
+    return eligibility
 
 
 def check_batch(connection, actor: str, plan: BatchPlan, template: DeviceCertificateTemplate, issuer_key_id: str,
@@ -366,13 +364,13 @@ def check_batch(connection, actor: str, plan: BatchPlan, template: DeviceCertifi
     from smki.issuing.batch_workers import check_requests
 
     started = time.perf_counter()
-    usages = _batch_checks(plan, template)
+    eligibility = _batch_checks(plan, template)
     batch_id = plan.batch.batch_id
     recorded_batch(connection, batch_id, issuer_key_id)  # refused as register_batch refuses it: another issuer's batch
     answered = answered_names(connection, batch_id)
     summary = BatchSummary(batch_id, len(plan.batch.names), answered_before=len(answered))
     totals = answered_statuses(connection, batch_id)  # the earlier runs' answers, counted, not read
-    run = _Run(connection, None, actor, plan, issuer_key_id, usages, summary, progress, answer=lambda outcome, der: None)
+    run = _Run(connection, None, actor, plan, issuer_key_id, eligibility, summary, progress, answer=lambda outcome, der: None)
     for chunk in _chunks(plan.batch.names, answered, plan.chunk_size):
         jobs, _ = run.decide(check_requests(plan.batch.source, batch_id, chunk))
         run.answered_more(len(jobs))

@@ -38,6 +38,16 @@ class Operation(enum.StrEnum):
     BATCH_START = "batch.start"
     BATCH_RESUME = "batch.resume"
     BATCH_FINISH = "batch.finish"
+    # the batch queue (a batch submitted online)
+    BATCH_SUBMIT = "batch.submit"
+    BATCH_APPROVE = "batch.approve"
+    BATCH_REJECT = "batch.reject"
+    BATCH_PARSE = "batch.parse"  # PARSING -> QUEUED, or TAMPERED
+    BATCH_PAUSE = "batch.pause"
+    BATCH_PROCESS = "batch.process"  # -> PROCESSING
+    BATCH_COMPLETE = "batch.complete"
+    BATCH_RESULT = "batch.result"  # recorded when refused (an unknown or another subscriber's batch)
+    BATCH_PURGE = "batch.purge"
     REJECT = "certificate.reject"
     ISSUE_CRL = "crl.issue"
     ADOPT_STATE = "state.adopt"

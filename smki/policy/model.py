@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from smki.policy.loading import PolicyError, _field, line_of, policy_reference, 
 from smki.profiles import (DEVICE_NOT_AFTER, DeviceCertificateParams, IssuingCaCertificateParams, OrganisationCertificateParams,
                            RootCertificateParams, Validity, ca_name)
 from smki.profiles.crl import REASON_CODES
+from smki.policy.usage import UsageRules
 
 
 class RevocationMethod(enum.StrEnum):
@@ -101,6 +103,29 @@ class CertificatePolicy:
             raise PolicyRefusal("7.1 device types", f"device type {device_type.name} has no hwType OID in {environment.value}")
         return oids[device_type.name]
 
+    def device_eligibility(self, environment: Environment, requester: RemotePartyRole,
+                           device_type: DeviceType | None = None) -> "DeviceEligibility":
+        """The hwType OIDs a device request may carry, each with the key usages it may hold (4.1, 7.1).
+
+        With a device type, its own OID and usages. Without one (`None`: the request's hwType decides),
+        every device type of the policy counts: where several types share one OID (as in the test PKI),
+        a request with that OID may hold any usage one of them allows."""
+        self._require_hierarchy(PolicyKind.DEVICE)
+        if requester.camel_name not in self.document["eligibility"]["requesters"]:
+            raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request Device Certificates")
+        profile = self.document["subscriber_certificates"]["device_types"]
+        types = (device_type,) if device_type is not None else tuple(DeviceType[name] for name in profile if name in DeviceType.__members__)
+        usages: dict[str, frozenset[KeyUsage]] = {}
+        for each in types:
+            allowed = frozenset(self.device_key_usages(requester, each))
+            oid = self.hw_type_oid(environment, each) if device_type is not None else self._hw_type_oids(environment).get(each.name)
+            if oid is not None:
+                usages[oid] = usages.get(oid, frozenset()) | allowed
+        return DeviceEligibility(device_type, tuple(sorted(usages.items())))
+
+    def _hw_type_oids(self, environment: Environment) -> dict[str, str]:
+        return self.document["identification"]["hw_type_oids"][environment.value]
+
     # -- 1.3.1 / 3.1 the CA hierarchy ---------------------------------------------------
     def ca(self, level: str) -> CaProfile:
         section = self.document["ca_hierarchy"][level]
@@ -161,16 +186,23 @@ class CertificatePolicy:
             raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request certificates for role {role.camel_name}")
 
     def device_certificate_params(self, environment: Environment, *, requester: RemotePartyRole, device_id: EUI64,
-                                  device_type: DeviceType, key_usage: KeyUsage, not_before: datetime,
-                                  existing_certificates: int, single_request: bool) -> DeviceCertificateParams:
-        self.check_device_issuance(requester, device_type, key_usage, existing_certificates, single_request)
-        return DeviceCertificateParams(device_id, self.hw_type_oid(environment, device_type), key_usage,
-                                       self.policy_oid(environment), Validity(not_before, DEVICE_NOT_AFTER))
+                                  device_type: DeviceType | None, key_usage: KeyUsage, not_before: datetime,
+                                  existing_certificates: int, single_request: bool, hw_type_oid: str | None = None) -> DeviceCertificateParams:
+        """The profile parameters of one Device Certificate. `hw_type_oid`: the request's hwType, which must be
+        the device type's (7.1); with no device type (None) it decides, and is required."""
+        eligibility = self.device_eligibility(environment, requester, device_type)
+        hw_type = hw_type_oid if hw_type_oid is not None else eligibility.only_hw_type()
+        eligibility.check(hw_type, key_usage)
+        self._check_device_caps(existing_certificates, single_request)
+        return DeviceCertificateParams(device_id, hw_type, key_usage, self.policy_oid(environment), Validity(not_before, DEVICE_NOT_AFTER))
 
     def check_device_issuance(self, requester: RemotePartyRole, device_type: DeviceType, key_usage: KeyUsage,
                               existing_certificates: int, single_request: bool) -> None:
         if key_usage not in self.device_key_usages(requester, device_type):
             raise PolicyRefusal("7.1 device types", f"a {device_type.name} may not hold a {key_usage.value} certificate")
+        self._check_device_caps(existing_certificates, single_request)
+
+    def _check_device_caps(self, existing_certificates: int, single_request: bool) -> None:
         eligibility = self.document["eligibility"]
         if existing_certificates >= eligibility["per_device_cap"]:
             raise PolicyRefusal("4.2 per_device_cap", f"the device already has {existing_certificates} certificates (cap {eligibility['per_device_cap']})")
@@ -201,6 +233,12 @@ class CertificatePolicy:
         limit = self.document["eligibility"]["batch_limit"]
         if entries > limit:
             raise PolicyRefusal("4.2 batch_limit", f"{entries} requests, more than the batch limit of {limit}")
+
+    # -- SEC Appendix N section 3: usage rules ----------------------------------------------
+    @functools.cached_property
+    def usage_rules(self) -> UsageRules:
+        """The policy's usage rules (the SEC's where the policy names none)."""
+        return UsageRules.from_section(self.document.get("usage_rules"))
 
     # -- 4.9 revocation -------------------------------------------------------------------
     def check_revocation(self, certificate_type: CertificateType | str, reason: str) -> RevocationMethod:
@@ -249,6 +287,46 @@ class CertificatePolicy:
             raise PolicyRefusal("1.2 identification", f"{self.path} is the {self.hierarchy} policy, not the {hierarchy} policy")
 
 
+@dataclass(frozen=True)
+class DeviceEligibility:
+    """Which hwType OIDs a device request may carry, and the key usages each may hold (policy 4.1, 7.1)."""
+
+    device_type: DeviceType | None  # None: the request's hwType decides
+    usages: tuple[tuple[str, frozenset[KeyUsage]], ...]  # (hwType OID, key usages), sorted by OID
+
+    @property
+    def hw_types(self) -> tuple[str, ...]:
+        return tuple(oid for oid, _ in self.usages)
+
+    @property
+    def all_usages(self) -> frozenset[KeyUsage]:
+        return frozenset().union(*(usages for _, usages in self.usages))
+
+    def only_hw_type(self) -> str:
+        """The one hwType OID a named device type has (a caller with no request's hwType to give)."""
+        if self.device_type is None or len(self.usages) != 1:
+            raise PolicyRefusal("7.1 device types", "no device type given: the request's hwType is needed")
+        return self.usages[0][0]
+
+    def refusal(self, hw_type_oid: str, key_usage: KeyUsage | str) -> str | None:
+        """Why a request with this hwType and key usage is ineligible, or None when it is eligible."""
+        usage = KeyUsage.parse(key_usage) if isinstance(key_usage, str) else key_usage
+        allowed = dict(self.usages).get(hw_type_oid)
+        what = self.device_type.name if self.device_type is not None else "device"
+        if allowed is None:
+            if self.device_type is not None:
+                return f"the request's hwType {hw_type_oid} is not the {what} hwType {self.usages[0][0]}"
+            return f"the request's hwType {hw_type_oid} is no device type's hwType in this policy"
+        if usage not in allowed:
+            return f"a {what} with hwType {hw_type_oid} may not hold a {usage.value} certificate"
+        return None
+
+    def check(self, hw_type_oid: str, key_usage: KeyUsage) -> None:
+        reason = self.refusal(hw_type_oid, key_usage)
+        if reason is not None:
+            raise PolicyRefusal("7.1 device types", reason)
+
+
 def _cross_field_rules(path: Path | str, document: dict, lines: dict) -> None:
     """Rules a schema cannot state: thresholds within custodians, a leaf inside its issuer."""
     def fail(where: tuple, message: str) -> None:
@@ -268,6 +346,10 @@ def _cross_field_rules(path: Path | str, document: dict, lines: dict) -> None:
     subscriber = document["subscriber_certificates"]
     if "validity" in subscriber and Duration(**subscriber["validity"]).after(start) > issuing:
         fail(("subscriber_certificates", "validity"), "a leaf's validity is longer than its issuer's")
+    try:
+        UsageRules.from_section(document.get("usage_rules"))
+    except BadInputError as exc:
+        fail(("usage_rules", "timezone"), str(exc).removeprefix("usage_rules.timezone: "))
     if document["identification"]["policy_oids"]["test"] == document["identification"]["policy_oids"]["production"]:
         fail(("identification", "policy_oids", "production"), "the production OID must differ from the test OID")
     for pair_path, pair in (((("ca_hierarchy", level, "subject")), document["ca_hierarchy"][level]["subject"]) for level in ("root", "issuing")):

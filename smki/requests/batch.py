@@ -46,6 +46,14 @@ class BatchRefused(BadInputError):
     """A fault of the batch as a whole: nothing in it is issued."""
 
 
+class BatchTooLarge(BatchRefused):
+    """A batch of more entries than the limit (`count` of them)."""
+
+    def __init__(self, message: str, count: int) -> None:
+        self.count = count
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class BatchEntry:
     name: str  # the file name, from which the response's `.crt` name is made
@@ -167,7 +175,7 @@ def _check_count(source: Path, count: int, limit: int) -> None:
     if count == 0:
         raise BatchRefused(f"{source}: the batch is empty")
     if count > limit:
-        raise BatchRefused(f"{source}: {count} entries, more than the batch limit of {limit}")
+        raise BatchTooLarge(f"{source}: {count} entries, more than the batch limit of {limit}", count)
 
 
 def _open_regular(path: Path) -> int:

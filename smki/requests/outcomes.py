@@ -44,6 +44,11 @@ class Outcome(enum.Enum):
     def status(self) -> Status:
         return self.value[1]
 
+    @classmethod
+    def of_code(cls, code: str) -> "Outcome | None":
+        """The outcome a recorded code stands for (None for SUCCESS, or a code no outcome has)."""
+        return next((outcome for outcome in cls if outcome.code == code), None)
+
 
 def describe_exception(exc: BaseException, limit: int = 200) -> str:
     """`Type: message` on one line and of bounded length: foreign libraries' messages run over

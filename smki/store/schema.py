@@ -290,6 +290,55 @@ _POSTGRESQL_10 = """
         created_at TEXT COLLATE "C" NOT NULL, expires_at TEXT COLLATE "C" NOT NULL
     );
     CREATE INDEX portal_sessions_expires ON portal_sessions (expires_at)
+
+_SQLITE_9 = """
+        CREATE TABLE batch_queue (
+            batch_number  INTEGER PRIMARY KEY,   -- the BatchId its subscriber polls with, never reused
+            client_id     TEXT NOT NULL,         -- the submitter's own ID for the batch
+            subscriber    TEXT NOT NULL,         -- the Authorised Subscriber's register name
+            channel       TEXT NOT NULL,         -- web-service, portal
+            requester     TEXT NOT NULL,         -- the RemotePartyRole it requests as
+            entry_count   INTEGER NOT NULL,
+            upload        BLOB,                  -- a ZIP of .csr entries, NULL once purged
+            upload_sha256 TEXT NOT NULL,         -- of the upload as accepted: a mismatch is TAMPERED
+            status        TEXT NOT NULL,         -- BatchStatus: PENDING, REJECTED, PARSING, QUEUED, PROCESSING, PAUSED, COMPLETED, TAMPERED
+            submitted_at  TEXT NOT NULL,
+            decided_at    TEXT,                  -- the Registration Authority's approval or rejection
+            decided_by    TEXT,
+            reason        TEXT,
+            batch_id      TEXT,                  -- the processed file's digest: its answers in batch_entries
+            lease_owner   TEXT,                  -- the processor holding it, until lease_until
+            lease_until   TEXT,
+            finished_at   TEXT,
+            purged_at     TEXT,                  -- its files dropped after the retention period
+            response_zip  BLOB,
+            status_file   BLOB
+        );
+        CREATE INDEX batch_queue_subscriber ON batch_queue (subscriber, submitted_at);
+        CREATE INDEX batch_queue_status ON batch_queue (status, batch_number);
+        CREATE TABLE adhoc_submissions (
+            subscriber    TEXT NOT NULL,
+            channel       TEXT NOT NULL,
+            submitted_at  TEXT NOT NULL
+        );
+        CREATE INDEX adhoc_submissions_subscriber ON adhoc_submissions (subscriber, channel, submitted_at)
+    """
+
+_POSTGRESQL_9 = """
+    CREATE TABLE batch_queue (
+        batch_number BIGINT PRIMARY KEY, client_id TEXT COLLATE "C" NOT NULL, subscriber TEXT COLLATE "C" NOT NULL,
+        channel TEXT COLLATE "C" NOT NULL, requester TEXT COLLATE "C" NOT NULL, entry_count BIGINT NOT NULL, upload BYTEA,
+        upload_sha256 TEXT COLLATE "C" NOT NULL, status TEXT COLLATE "C" NOT NULL, submitted_at TEXT COLLATE "C" NOT NULL,
+        decided_at TEXT COLLATE "C", decided_by TEXT COLLATE "C", reason TEXT COLLATE "C", batch_id TEXT COLLATE "C",
+        lease_owner TEXT COLLATE "C", lease_until TEXT COLLATE "C", finished_at TEXT COLLATE "C", purged_at TEXT COLLATE "C",
+        response_zip BYTEA, status_file BYTEA
+    );
+    CREATE INDEX batch_queue_subscriber ON batch_queue (subscriber, submitted_at);
+    CREATE INDEX batch_queue_status ON batch_queue (status, batch_number);
+    CREATE TABLE adhoc_submissions (
+        subscriber TEXT COLLATE "C" NOT NULL, channel TEXT COLLATE "C" NOT NULL, submitted_at TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX adhoc_submissions_subscriber ON adhoc_submissions (subscriber, channel, submitted_at)
 """
 
 # (version, description, step): a step is DDL per dialect, or a callable run in the migration's
@@ -304,7 +353,7 @@ MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
     # This one indexes the lists already lodged.
     (7, "serials named by lodged CRLs and ARLs", create_listed_serials),
     (8, "subscriber register: Authorised Subscribers and their client certificates", Ddl(_SQLITE_8, _POSTGRESQL_8)),
-    # 9: the batch queue (branch i15-batches)
+    (9, "the batch queue and the ad hoc submissions the usage rules count", Ddl(_SQLITE_9, _POSTGRESQL_9)),
     (10, "SMKI Portal password accounts, login failures and sessions", Ddl(_SQLITE_10, _POSTGRESQL_10)),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
