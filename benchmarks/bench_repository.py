@@ -11,7 +11,7 @@ template (the same bytes for every device row, and for every organisation row), 
 are real but the DER does not match the row's serial.
 (a) search by EUI-64 (search_certificates, the service's query, and list_certificates) and by
     serial (find_certificate): p50/p99/max over random keys, 10 % of them absent. Target p99 < 2 ms.
-(b) the web service (make_server) on loopback over the same store, driven by wrk (keep-alive
+(b) the web service (smki.web's serve_repository, one process) on loopback over the same store, driven by wrk (keep-alive
     connections, a Lua script posting search-and-retrieve pairs) or, without wrk, by processes
     using http.client. Target >= 1,000 requests/s.
 """
@@ -27,7 +27,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -290,13 +289,11 @@ def _lua_string(data: bytes) -> str:
 
 
 def _serve(path: Path):
-    from smki.librarian.repository_service import RepositoryService, make_server
+    from smki.librarian.repository_service import RepositoryService
+    from smki.web.server import serve_repository
 
     service = RepositoryService(lambda: open_database(path), {API_KEY})
-    server = make_server(service, max_connections_per_client=256)  # every benchmark connection comes from loopback
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server
+    return serve_repository(service, max_connections_per_client=256)  # every benchmark connection comes from loopback
 
 
 def _client_worker(address, pairs, seconds, queue, go) -> None:
@@ -317,16 +314,6 @@ def _client_worker(address, pairs, seconds, queue, go) -> None:
             done += 1
             bad += response.status != 200
     queue.put((done, bad))
-
-
-def _quiet_on_hang_up(server) -> None:
-    """wrk resets its connections when it stops: no traceback per connection for that."""
-    default = server.handle_error
-
-    def handle_error(request, client_address) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            default(request, client_address)
-    server.handle_error = handle_error
 
 
 def _wrk(wrk: str, script: Path, address: tuple, connections: int, threads: int, seconds: float) -> None:
@@ -370,7 +357,6 @@ def bench_service(path: Path, seconds: float, connection_counts: list[int], thre
     pairs = [(search_body(e, t), retrieve_body(s)) for e, t, s in sample_keys(connection, 5000, seed=17)]
     connection.close()
     server = _serve(path)
-    _quiet_on_hang_up(server)
     address = server.server_address[:2]
     try:
         import http.client
@@ -381,7 +367,7 @@ def bench_service(path: Path, seconds: float, connection_counts: list[int], thre
             assert answer.status == 200 and b"<ResponseCode>200</ResponseCode>" in answer.read(), answer.status
         check.close()
         wrk = shutil.which("wrk")
-        print("         the service in this process (ThreadingHTTPServer, HTTP/1.1 keep-alive) over the store; each client "
+        print("         the service in this process (aiohttp, one event loop and one actor thread, HTTP/1.1 keep-alive) over the store; each client "
               "connection alternates search and retrieve for 5,000 random existing (EUI-64, serial) pairs")
         with tempfile.TemporaryDirectory() as directory:
             script = Path(directory) / "pairs.lua"
@@ -393,7 +379,6 @@ def bench_service(path: Path, seconds: float, connection_counts: list[int], thre
                     _python_clients(address, pairs, connections, seconds)
     finally:
         server.shutdown()
-        server.server_close()
 
 
 def main() -> None:

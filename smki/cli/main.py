@@ -36,6 +36,7 @@ COMMANDS = {
     "cert": "smki.cli.cert:cert_group",
     "ca": "smki.cli.ca:ca_group",
     "librarian": "smki.cli.librarian:librarian_group",
+    "serve": "smki.cli.serve:serve_command",
     "audit": "smki.cli.audit:audit_group",
     "subscribers": "smki.cli.subscribers:subscribers_group",
     "tls": "smki.cli.tls:tls_group",

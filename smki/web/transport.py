@@ -79,6 +79,7 @@ class GuardedHandler(RequestHandler):
         self._host: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._last_payload = None
+        self._shutting_down = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -106,6 +107,20 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if (self._close or self._force_close) and self._shutting_down and self._last_payload is not None \
+                and not self._last_payload.is_eof():
+            # Shutting down (aiohttp's close() and shutdown() drop what arrives next): a request whose headers are
+            # here is in flight, and its body is still taken, so that it is answered before the worker stops.
+            flags = self._close, self._force_close
+            self._close = self._force_close = False
+            try:
+                self._receive(data)
+            finally:
+                self._close, self._force_close = flags
+            return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         if data and self._deadline is None and not self._force_close:
             # A request's first byte: the whole request (line, headers, body) now has request_timeout.
             self._deadline = self._loop.call_later(self._limits.request_timeout, self._deadline_passed)
@@ -117,6 +132,10 @@ class GuardedHandler(RequestHandler):
             # The newest request's body, while it may still be awaited (a request leaves this queue before its
             # handler runs, so neither the queue nor aiohttp's current request always holds it).
             self._last_payload = self._messages[-1][1]
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        self._shutting_down = True
+        await super().shutdown(timeout)
 
     def eof_received(self) -> bool | None:
         """The client closed its side: a body still awaited never comes, and the request is answered 400 on the
@@ -166,6 +185,11 @@ class GuardedServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        for handler in self._connections:
+            handler._shutting_down = True  # noqa: SLF001 - its own class's flag
+        super().pre_shutdown()
 
 
 class GuardedRunner(web.AppRunner):

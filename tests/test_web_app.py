@@ -1,0 +1,192 @@
+"""The application's caller middleware and request audit, in process: a handler marked @serves is reached only
+by a subscriber the register identifies from its TLS client certificate (or a trusted proxy's header); every
+refusal is audited; the audit buffer reaches the register in batches and at shutdown."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from smki.identifiers import EUI64, RemotePartyRole
+from smki.register import Interface, Subscriber, SubscriberRefused
+from smki.web.app import make_app
+from smki.web.context import AUDIT, CALLER, Outcome, run_blocking, serves
+from smki.web.server import RunningService
+from smki.web.settings import Limits, ServiceSettings, TlsSettings
+from smki.web.tls import server_context
+from test_web_service import make_credentials
+
+
+class FakeRegister:
+    """Knows one certificate (by SHA-256); keeps the audit entries it is given, batch by batch."""
+
+    def __init__(self, known_der: bytes) -> None:
+        self.known = hashlib.sha256(known_der).hexdigest()
+        self.batches: list[list] = []
+        self.threads: set[str] = set()
+
+    def identify(self, der: bytes, interface: Interface) -> Subscriber:
+        self.threads.add(threading.current_thread().name)
+        if hashlib.sha256(der).hexdigest() != self.known:
+            raise SubscriberRefused("unknown client certificate")
+        return Subscriber("supplier-adhoc", EUI64.parse("90B3D51F30010000"), (RemotePartyRole.SUPPLIER,),
+                          frozenset({Interface.ADHOC_DEVICE}))
+
+    def audit_requests(self, entries) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(entries))
+
+    @property
+    def entries(self) -> list:
+        return [entry for batch in self.batches for entry in batch]
+
+
+class FakeServices:
+    build = "test-build"
+
+    def __init__(self, register: FakeRegister) -> None:
+        self._register = register
+
+    def register(self) -> FakeRegister:
+        return self._register
+
+    def health(self) -> dict[str, str]:
+        return {"store": "ok"}
+
+
+@serves(Interface.ADHOC_DEVICE)
+async def adhoc(request: web.Request) -> web.Response:
+    caller = request[CALLER]
+    await run_blocking(request, lambda: None)
+    request.app[AUDIT].record(request, operation="AdHocDeviceCSR", status="SUCCESS", client_id="req-1")
+    return web.Response(text=f"{caller.subscriber.name} {caller.fingerprint}")
+
+
+async def anyone(request: web.Request) -> web.Response:
+    return web.Response(text=str(request[CALLER].subscriber))
+
+
+def _serve(tls: TlsSettings, register: FakeRegister, context: ssl.SSLContext | None, flush_interval: float | None = None) -> RunningService:
+    settings = ServiceSettings(path=None, tls=tls, limits=Limits())
+    app = make_app(FakeServices(register), settings, route_modules=())
+    if flush_interval is not None:
+        app[AUDIT].FLUSH_INTERVAL = flush_interval
+    app.router.add_post("/1.0/AdHocDeviceCSR", adhoc)
+    app.router.add_get("/open", anyone)
+    return RunningService(app, settings.limits, "127.0.0.1", 0, context).start()
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    paths = make_credentials(directory / "ours")
+    other = make_credentials(directory / "other")  # another CA, and a client certificate it issued
+    paths["other_client"], paths["other_client_key"] = other["client"], other["client_key"]
+    return paths
+
+
+def _der(path: Path) -> bytes:
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+
+
+@pytest.fixture
+def tls_service(credentials):
+    register = FakeRegister(_der(credentials["client"]))
+    tls = TlsSettings(certificate=credentials["server"], key=credentials["server_key"], client_ca=credentials["ca"])
+    service = _serve(tls, register, server_context(tls))
+    yield service, register
+    service.shutdown()
+
+
+def _post(service: RunningService, credentials, *, client: str | None = "client") -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(credentials["ca"]))
+    if client:
+        context.load_cert_chain(str(credentials[client]), str(credentials[f"{client}_key"]))
+    connection = http.client.HTTPSConnection(*service.address, context=context, timeout=10)
+    try:
+        connection.request("POST", "/1.0/AdHocDeviceCSR", b"<x/>", {"Content-Type": "application/xml"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def _wait_for(condition, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_known_client_certificate_reaches_the_handler_and_its_audit_entry_is_flushed(tls_service, credentials):
+    service, register = tls_service
+    status, text = _post(service, credentials)
+    assert status == 200 and text == f"supplier-adhoc {hashlib.sha256(_der(credentials['client'])).hexdigest()}"
+    _wait_for(lambda: register.entries)
+    [entry] = register.entries
+    assert (entry.interface, entry.operation, entry.subscriber, entry.status, entry.client_id, entry.outcome) == (
+        "adhoc-device", "AdHocDeviceCSR", "supplier-adhoc", "SUCCESS", "req-1", Outcome.ANSWERED)
+    assert register.threads == {next(iter(register.threads))} and next(iter(register.threads)).startswith("smki-actor")
+
+
+def test_no_client_certificate_is_refused_403_in_one_line_and_audited(tls_service, credentials):
+    service, register = tls_service
+    status, text = _post(service, credentials, client=None)
+    assert status == 403 and text.count("\n") == 1 and "client certificate" in text
+    _wait_for(lambda: register.entries)
+    [entry] = register.entries
+    assert (entry.outcome, entry.interface, entry.subscriber, entry.fingerprint) == (Outcome.REFUSED, "adhoc-device", None, None)
+
+
+def test_an_unknown_certificate_is_refused_and_one_from_another_ca_fails_the_handshake(tls_service, credentials):
+    service, register = tls_service
+    register.known = "0" * 64
+    status, text = _post(service, credentials)
+    assert status == 403 and "unknown client certificate" in text
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        _post(service, credentials, client="other_client")
+
+
+def test_an_open_route_needs_no_certificate(tls_service, credentials):
+    service, _ = tls_service
+    context = ssl.create_default_context(cafile=str(credentials["ca"]))
+    connection = http.client.HTTPSConnection(*service.address, context=context, timeout=10)
+    connection.request("GET", "/open")
+    assert connection.getresponse().read() == b"None"
+    connection.request("GET", "/health")
+    assert connection.getresponse().status == 200
+
+
+def test_behind_a_proxy_the_header_is_believed_only_from_a_trusted_address(credentials):
+    register = FakeRegister(_der(credentials["client"]))
+    service = _serve(TlsSettings(proxy=True, trusted=("127.0.0.1",)), register, None)
+    header = quote(credentials["client"].read_text())
+    try:
+        for source, expected in (("127.0.0.1", 200), ("127.0.0.2", 403)):
+            with socket.create_connection(service.address, timeout=10, source_address=(source, 0)) as connection:
+                connection.sendall(f"POST /1.0/AdHocDeviceCSR HTTP/1.1\r\nHost: x\r\nX-SSL-Client-Cert: {header}\r\n"
+                                   f"Content-Length: 4\r\nConnection: close\r\n\r\n<x/>".encode())
+                assert int(connection.recv(65536).split(b" ", 2)[1]) == expected, source
+    finally:
+        service.shutdown()
+
+
+def test_entries_left_in_the_buffer_are_written_at_shutdown(credentials):
+    register = FakeRegister(_der(credentials["client"]))
+    tls = TlsSettings(certificate=credentials["server"], key=credentials["server_key"], client_ca=credentials["ca"])
+    service = _serve(tls, register, server_context(tls), flush_interval=3600)  # no periodic flush: only the shutdown's
+    _post(service, credentials)
+    _post(service, credentials, client=None)
+    assert register.batches == []
+    service.shutdown()
+    assert [len(batch) for batch in register.batches] == [2]
