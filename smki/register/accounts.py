@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from smki.audit.trail import AuditTrail
+from smki.audit.verify import VerificationReport, rows_from_database, verify_trail
 from smki.errors import BadInputError, ConflictError, RefusedError
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
@@ -217,6 +218,14 @@ class PortalAccounts:
     def find(self, username: str) -> Account | None:
         row = store.find_account(self._open(), checked_username(username))
         return None if row is None else _account(row)
+
+    def audit_overview(self, limit: int = 50) -> tuple[list[dict], VerificationReport]:
+        """The service store's audit trail (the register's changes, the requests, the portal's logins): its last
+        `limit` entries, newest first, and the whole chain verified (with the audit key's checkpoints, when one is set)."""
+        entries, checkpoints = rows_from_database(self._open())
+        signer = self._audit().signer
+        report = verify_trail(entries, checkpoints, signer.public_key() if signer is not None else None)
+        return list(reversed(entries[-limit:])), report
 
     # -- logging in, and the sessions --------------------------------------------------------------
 

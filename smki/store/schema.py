@@ -290,6 +290,7 @@ _POSTGRESQL_10 = """
         created_at TEXT COLLATE "C" NOT NULL, expires_at TEXT COLLATE "C" NOT NULL
     );
     CREATE INDEX portal_sessions_expires ON portal_sessions (expires_at)
+"""
 
 _SQLITE_9 = """
         CREATE TABLE batch_queue (
