@@ -8,6 +8,7 @@ through the CSR web services' one table (smki.web.answers.refusal_answer): the p
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 from collections import Counter
 from http import HTTPStatus
 
@@ -24,7 +25,7 @@ from smki.web.context import SERVICES, Outcome, run_blocking
 from smki.web.messages import AdhocStatus
 from smki.web.portal.certificates import shown
 from smki.web.portal.rendering import download, page
-from smki.web.portal.visitors import (CSRF_FIELD, check_csrf, LOGIN_COOKIE, PREFIX, SESSION_COOKIE, PageError, Visitor, accounts, audit,
+from smki.web.portal.visitors import (check_csrf, context, LOGIN_COOKIE, PREFIX, SESSION_COOKIE, PageError, Visitor, accounts, audit,
                                       clear_session_cookie, new_login_token, portal_page, read_form, see_other, set_login_cookie,
                                       set_session_cookie)
 
@@ -46,11 +47,6 @@ def refused(exc: BaseException) -> PageError:
     """The page for an actor's refusal: the same Status and ErrorCode the CSR web services would answer."""
     status, error = refusal_answer(exc)
     return PageError(_HTTP_STATUS[status], _TITLES[status], f"{error.code}: {error.text}", code=error.code)
-
-
-def context(visitor: Visitor | None, **values) -> dict:
-    """What every page's layout reads: who is logged in, and the CSRF token its forms carry."""
-    return {"visitor": visitor, "csrf_token": visitor.csrf_token if visitor else "", "csrf_field": CSRF_FIELD, **values}
 
 
 # -- logging in and out -------------------------------------------------------------------------------------------
@@ -79,7 +75,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
             raise LoginRefused("wrong user name or password")
-        session, token = await run_blocking(request, accounts(request).login, username, password, request.remote or "")
+        session, token = await run_blocking(request, lambda: accounts(request).login(username, password, address=request.remote or ""))
     except LoginRefused as exc:
         audit(request, "portal-login", HTTPStatus.UNAUTHORIZED, code="login", outcome=Outcome.REFUSED)
         return login_page(message=str(exc), username=str(username)[:64], status=HTTPStatus.UNAUTHORIZED)
@@ -241,7 +237,9 @@ _PATH_PARTS = re.compile(r"[/\\]|^\.\.?$|\.\.")
 
 def checked_filename(name: str | None) -> str:
     """A client's file name, shown back (escaped) but never used as a path: refused when it has path parts."""
-    name = name or "(unnamed)"
+    # Percent-escapes decoded first (aiohttp's client escapes a name so; browsers escape " and newlines): an escaped
+    # slash is still a path part.
+    name = unquote(name or "(unnamed)")
     if _PATH_PARTS.search(name) or not name.isprintable() or len(name) > 255:
         raise PageError(HTTPStatus.BAD_REQUEST, "File name refused", f"The file name {name[:255]!r} has path parts or "
                         "characters a file name may not have: upload the file under its own plain name.", code="FM:AA1")

@@ -16,9 +16,8 @@ from cryptography import x509
 from smki.errors import BadInputError
 from smki.web.context import SERVICES, run_blocking
 from smki.web.portal.certificates import shown
-from smki.web.portal.pages import context
 from smki.web.portal.rendering import download, page
-from smki.web.portal.visitors import PREFIX, PageError, Visitor, portal_page
+from smki.web.portal.visitors import PREFIX, PageError, Visitor, context, portal_page
 from smki.web.repository import ACCESS, API_KEY_HEADER, RepositoryAccess
 
 REPOSITORY = f"{PREFIX}/repository"
@@ -42,11 +41,11 @@ def _access(request: web.Request) -> RepositoryAccess:
     return request.app.get(ACCESS) or RepositoryAccess()
 
 
-def _refuse_unless_allowed(request: web.Request, visitor: Visitor | None, public: bool) -> None:
+async def _refuse_unless_allowed(request: web.Request, visitor: Visitor | None, public: bool) -> None:
     if public or visitor is not None:
         return
     key = request.headers.get(API_KEY_HEADER)
-    if key is not None and request.app[SERVICES].repository().authorised(key):
+    if key is not None and await run_blocking(request, lambda: request.app[SERVICES].repository().authorised(key)):
         return
     raise PageError(HTTPStatus.UNAUTHORIZED, "Log in to search the repository",
                     "This repository is not public: log in to the portal (or send the repository's API key in the "
@@ -55,7 +54,7 @@ def _refuse_unless_allowed(request: web.Request, visitor: Visitor | None, public
 
 @portal_page("portal-repository-search", public=True)
 async def search(request: web.Request, visitor: Visitor | None, form) -> web.Response:
-    _refuse_unless_allowed(request, visitor, _access(request).public_search)
+    await _refuse_unless_allowed(request, visitor, _access(request).public_search)
     query = {name: request.query.get(name, "").strip()[:64] for name in SEARCH_FIELDS}
     filters = {name: value for name, value in query.items() if value}
     records = None
@@ -70,7 +69,7 @@ async def search(request: web.Request, visitor: Visitor | None, form) -> web.Res
 
 @portal_page("portal-repository-certificate", public=True)
 async def certificate(request: web.Request, visitor: Visitor | None, form) -> web.Response:
-    _refuse_unless_allowed(request, visitor, _access(request).public_search)
+    await _refuse_unless_allowed(request, visitor, _access(request).public_search)
     record = await _record(request)
     chain = await _issuer_chain(request, record)
     return page("certificate.html", **context(visitor, record=record, certificate=shown(record.der), chain=chain))
@@ -78,7 +77,7 @@ async def certificate(request: web.Request, visitor: Visitor | None, form) -> we
 
 @portal_page("portal-repository-download", public=True)
 async def certificate_file(request: web.Request, visitor: Visitor | None, form) -> web.Response:
-    _refuse_unless_allowed(request, visitor, _access(request).public_search)
+    await _refuse_unless_allowed(request, visitor, _access(request).public_search)
     record = await _record(request)
     if request.match_info["format"] == "pem":
         return download(shown(record.der).pem.encode(), "application/x-pem-file", f"{record.serial_hex}.pem")
@@ -87,14 +86,14 @@ async def certificate_file(request: web.Request, visitor: Visitor | None, form) 
 
 @portal_page("portal-repository-crls", public=True)
 async def crls(request: web.Request, visitor: Visitor | None, form) -> web.Response:
-    _refuse_unless_allowed(request, visitor, _access(request).public_crl)
+    await _refuse_unless_allowed(request, visitor, _access(request).public_crl)
     lodged = await run_blocking(request, request.app[SERVICES].librarian().current_crls)
     return page("crls.html", **context(visitor, crls=[_shown_crl(crl) for crl in lodged]))
 
 
 @portal_page("portal-repository-crl-download", public=True)
 async def crl_file(request: web.Request, visitor: Visitor | None, form) -> web.Response:
-    _refuse_unless_allowed(request, visitor, _access(request).public_crl)
+    await _refuse_unless_allowed(request, visitor, _access(request).public_crl)
     wanted = request.match_info["issuer"].upper()
     lodged = await run_blocking(request, request.app[SERVICES].librarian().current_crls)
     found = next((crl for crl in lodged if crl.issuer_key_id == wanted), None)

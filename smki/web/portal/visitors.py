@@ -17,7 +17,9 @@ a page with its HTTP status, records the request audit entry of every POST and e
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import io
 import hmac
 import logging
 import secrets
@@ -27,7 +29,10 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from aiohttp import BodyPartReader, MultipartReader
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.streams import StreamReader
+from multidict import MultiDict, MultiDictProxy
 
 from smki.register import Interface, Subscriber, SubscriberRefused
 from smki.register.accounts import PortalAccounts, Session, SessionExpired, SessionKind
@@ -41,7 +46,22 @@ PREFIX = "/portal"
 SESSION_COOKIE = "__Host-smki-portal"
 LOGIN_COOKIE = "__Host-smki-login"
 CSRF_FIELD = "csrf"
-ACCOUNTS = web.AppKey("smki.portal.accounts", object)  # the worker's PortalAccounts, opened on the actor thread
+MAX_FORM_FIELDS = 16  # the largest portal form has six
+
+
+class WorkerAccounts:
+    """The worker's PortalAccounts, made when first used (on the actor thread) in the service's store: the register's database."""
+
+    def __init__(self, accounts: PortalAccounts | None = None) -> None:
+        self._accounts = accounts
+
+    def of(self, register) -> PortalAccounts:
+        if self._accounts is None:
+            self._accounts = PortalAccounts(register.database, actor="portal")
+        return self._accounts
+
+
+ACCOUNTS = web.AppKey("smki.portal.accounts", WorkerAccounts)
 
 
 class PageError(Exception):
@@ -74,11 +94,7 @@ class Visitor:
 
 def accounts(request: web.Request) -> PortalAccounts:
     """The worker's PortalAccounts, in the service's store (the register's database). Actor thread only."""
-    app = request.app
-    if ACCOUNTS not in app:
-        register = app[SERVICES].register()
-        app[ACCOUNTS] = PortalAccounts(register.database, actor="portal")
-    return app[ACCOUNTS]
+    return request.app[ACCOUNTS].of(request.app[SERVICES].register())
 
 
 async def find_visitor(request: web.Request, interface: Interface) -> Visitor:
@@ -128,11 +144,36 @@ def check_csrf(form: MultiDictProxy, expected: str | None) -> None:
 
 
 async def read_form(request: web.Request) -> MultiDictProxy:
+    """The POSTed form. The framing middleware has read the body already (its size checked before a byte of it was
+    taken), so a multipart form is parsed from that copy; a urlencoded one aiohttp parses from it itself."""
     try:
-        return await request.post()
+        if request.content_type != "multipart/form-data":
+            return await request.post()
+        return await _multipart_form(request)
+    except PageError:
+        raise
     except Exception:  # noqa: BLE001 - aiohttp's multipart errors: the form is malformed, whatever the detail
         raise PageError(HTTPStatus.BAD_REQUEST, "Form not readable", "The form could not be read: it is not a well-formed "
                         "HTML form submission.") from None
+
+
+async def _multipart_form(request: web.Request) -> MultiDictProxy:
+    loop = asyncio.get_running_loop()
+    stream = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    stream.feed_data(await request.read())
+    stream.feed_eof()
+    reader = MultipartReader(request.headers, stream)
+    fields: MultiDict = MultiDict()
+    while (part := await reader.next()) is not None:
+        if len(fields) >= MAX_FORM_FIELDS or not isinstance(part, BodyPartReader) or not part.name:
+            raise PageError(HTTPStatus.BAD_REQUEST, "Form not readable", "The form has parts a portal form does not have.")
+        data = await part.read()
+        if part.filename is not None:
+            fields.add(part.name, web.FileField(part.name, part.filename, io.BytesIO(data),
+                                                part.headers.get("Content-Type", "application/octet-stream"), part.headers))
+        else:
+            fields.add(part.name, data.decode(part.get_charset(default="utf-8"), "replace"))
+    return MultiDictProxy(fields)
 
 
 def see_other(location: str) -> web.Response:
@@ -163,9 +204,13 @@ def audit(request: web.Request, operation: str, status: HTTPStatus | int, *, cod
                               outcome=outcome, interface=interface)
 
 
+def context(visitor: Visitor | None, **values) -> dict:
+    """What every page's layout reads: who is logged in, and the CSRF token its forms carry."""
+    return {"visitor": visitor, "csrf_token": visitor.csrf_token if visitor else "", "csrf_field": CSRF_FIELD, **values}
+
+
 def error_page(request: web.Request, visitor: Visitor | None, error: PageError) -> web.Response:
-    return page("error.html", status=error.status, title=error.title, message=error.message, login=error.login,
-                visitor=visitor, csrf_token=visitor.csrf_token if visitor else "")
+    return page("error.html", status=error.status, **context(visitor, title=error.title, message=error.message, login=error.login))
 
 
 Handler = Callable[[web.Request, Any, Any], Awaitable[web.StreamResponse]]
