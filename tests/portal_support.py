@@ -113,3 +113,20 @@ def batch_zip(pki: TestPKI, count: int, first_serial: int) -> bytes:
             request = pki.device_csr(eui64, device_type="ESME")
             archive.writestr(f"device-{index:04}.csr", base64.b64encode(request.der))
     return stream.getvalue()
+
+
+class World:
+    """A portal's world: the test PKI, the service's store with the lab's subscribers, and two password accounts
+    (jo for lab-supplier, nora for lab-networkOperator)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pki = portal_pki(directory)
+        self.database = directory / "service.db"
+        self.credentials = lab(directory / "lab", self.database)
+        self.clients = {client.name: client for client in self.credentials.clients}
+        add_account(self.database, "jo", "lab-supplier")
+        add_account(self.database, "nora", "lab-networkOperator")
+
+    def issued(self) -> int:
+        return len(self.pki.issuing_oca.list()) + len(self.pki.issuing_dca.list())

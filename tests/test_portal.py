@@ -19,27 +19,13 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 
-from portal_support import API_KEY, PASSWORD, PortalServices, add_account, batch_zip, lab, portal_pki
+from portal_support import API_KEY, PASSWORD, PortalServices, World, add_account, batch_zip, lab
 from smki.register.accounts import AccountLocked, LoginRefused, PortalAccounts, SessionExpired
 from smki.web.app import make_app
 from smki.web.portal.visitors import ACCOUNTS, LOGIN_COOKIE, SESSION_COOKIE, WorkerAccounts
 from smki.web.settings import RepositorySettings, ServiceSettings, TlsSettings
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-class World:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.pki = portal_pki(directory)
-        self.database = directory / "service.db"
-        self.credentials = lab(directory / "lab", self.database)
-        self.clients = {client.name: client for client in self.credentials.clients}
-        add_account(self.database, "jo", "lab-supplier")
-        add_account(self.database, "nora", "lab-networkOperator")
-
-    def issued(self) -> int:
-        return len(self.pki.issuing_oca.list()) + len(self.pki.issuing_dca.list())
 
 
 @pytest.fixture(scope="module")

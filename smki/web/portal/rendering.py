@@ -9,12 +9,29 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from smki.store.certificates import RepositoryStatus
+
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("smki.web.portal", "templates"),
     autoescape=True,  # every template, whatever its name: no markup from a value ever reaches the page
     undefined=jinja2.StrictUndefined,  # a value a template names and the handler did not give is a bug, not a blank
     trim_blocks=True, lstrip_blocks=True,
 )
+
+STATUS_NAMES = {RepositoryStatus.PENDING: "Pending", RepositoryStatus.IN_USE: "In Use", RepositoryStatus.NOT_IN_USE: "Not In Use",
+                RepositoryStatus.EXPIRED: "Expired", RepositoryStatus.REVOKED: "Revoked"}
+
+
+def repository_status(code: str) -> str:
+    """A repository status code (P, I, N, E, R) as people read it."""
+    try:
+        return f"{STATUS_NAMES[RepositoryStatus(code)]} ({code})"
+    except ValueError:
+        return str(code)
+
+
+TEMPLATES.filters["repository_status"] = repository_status
+TEMPLATES.globals["repository_statuses"] = tuple((status.value, name) for status, name in STATUS_NAMES.items())
 
 # Every page: no script, style or form target but the portal's own; never framed; nothing sniffed or cached.
 SECURITY_HEADERS = {
