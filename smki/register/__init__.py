@@ -8,8 +8,8 @@ and `smki serve` both drive it.
 
 from smki.register.model import Interface, RefusalReason, Subscriber, SubscriberRefused, SubscriberStatus
 from smki.register.register import (IDENTITY_CACHE_SECONDS, ClientCertificate, Match, RegisteredSubscriber, RequestEntry,
-                                    RequestOutcome, SubscriberRegister, certificate_fingerprint, refuse_unless_acts_for)
+                                    RequestOutcome, SubscriberRegister, certificate_fingerprint)
 
 __all__ = ["IDENTITY_CACHE_SECONDS", "ClientCertificate", "Interface", "Match", "RefusalReason", "RegisteredSubscriber",
            "RequestEntry", "RequestOutcome", "Subscriber", "SubscriberRefused", "SubscriberRegister", "SubscriberStatus",
-           "certificate_fingerprint", "refuse_unless_acts_for"]
+           "certificate_fingerprint"]

@@ -53,7 +53,6 @@ class RefusalReason(enum.StrEnum):
     SUSPENDED = "suspended"
     REMOVED = "removed"
     INTERFACE = "interface-not-granted"
-    ROLE = "role-not-held"  # acting for a RemotePartyRole its entry does not hold
 
 
 class SubscriberRefused(RefusedError):

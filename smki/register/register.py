@@ -59,10 +59,11 @@ IDENTITY_CACHE_SECONDS = 2.0  # how long a worker trusts what it read; a change 
 _CACHE_LIMIT = 10_000  # certificates remembered per process; the cache starts afresh when full
 REQUEST_OPERATION = "service.request"  # the audit operation of every request entry
 MAX_CLIENT_ID = 256  # the longest client reference the CSR services accept (SubmitCSRBatch's ID)
+_ANSWERED = "answered"  # smki.web's outcome of a request its handler answered
 MAX_ADDRESS = 64  # an IPv6 address with its port, and room to spare
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")  # an operation or status of a request entry
+_WORD = re.compile(r"[A-Za-z0-9/][A-Za-z0-9._:/-]{0,127}")  # a request entry's operation (a name or a route's path) or status
 _CODE = re.compile(r"[A-Za-z0-9:._-]{1,16}")
 
 CertificateInput = x509.Certificate | bytes | Path | str
@@ -167,7 +168,7 @@ class RequestEntry:
         object.__setattr__(self, "outcome", RequestOutcome(self.outcome))
         for name, pattern in (("operation", _WORD), ("status", _WORD)):
             if not isinstance(getattr(self, name), str) or not pattern.fullmatch(getattr(self, name)):
-                raise BadInputError(f"a request entry's {name} is a word of letters, digits and ._:/- (at most 64)")
+                raise BadInputError(f"a request entry's {name} is a word of letters, digits and ._:/- (at most 128)")
         if self.code is not None and not _CODE.fullmatch(self.code):
             raise BadInputError("a request entry's code is at most 16 letters, digits and :._-")
         if self.subscriber is not None:
@@ -178,6 +179,22 @@ class RequestEntry:
             object.__setattr__(self, "address", str(self.address)[:MAX_ADDRESS])
         if self.client_id is not None:
             object.__setattr__(self, "client_id", str(self.client_id)[:MAX_CLIENT_ID])
+
+    @classmethod
+    def of(cls, record: object) -> "RequestEntry":
+        """A RequestEntry from a record with the same fields (smki.web's request audit entries: `at` for `time`, and
+        its outcome `answered`, which is the trail's success: the answer's status and code say how it went)."""
+        if isinstance(record, RequestEntry):
+            return record
+        try:
+            values = {name: getattr(record, name) for name in ("interface", "operation", "status", "outcome")}
+        except AttributeError:
+            raise BadInputError(f"audit_requests takes request entries, not {type(record).__name__}") from None
+        outcome = str(values["outcome"])
+        values["outcome"] = RequestOutcome.SUCCESS if outcome == _ANSWERED else outcome
+        optional = {name: getattr(record, name, None) for name in ("subscriber", "fingerprint", "client_id", "code", "address")}
+        when = getattr(record, "time", None) or getattr(record, "at", None)
+        return cls(**values, **optional, **({"time": str(when)} if when else {}))
 
     def audit_entry(self) -> AuditEntry:
         subject = {"interface": self.interface.value, "operation": self.operation, "subscriber": self.subscriber,
@@ -419,7 +436,7 @@ class SubscriberRegister:
 
         With an audit key, the trail signs a checkpoint every `checkpoint_every` entries as always, and its
         head is anchored once that has committed."""
-        entries = [entry if isinstance(entry, RequestEntry) else _not_an_entry(entry) for entry in entries]
+        entries = [RequestEntry.of(entry) for entry in entries]
         if not entries:
             return 0
         audit = self._audit(create=True)
@@ -427,15 +444,6 @@ class SubscriberRegister:
             audit.append(*(entry.audit_entry() for entry in entries))
         audit.anchor_checkpointed()
         return len(entries)
-
-
-def refuse_unless_acts_for(subscriber: Subscriber, role: RemotePartyRole | str) -> None:
-    """SubscriberRefused (RefusalReason.ROLE) when `subscriber` asks to act for a role its entry does not hold.
-    Which role may have which certificate stays the policy's eligibility, checked by the Issuing Authority."""
-    role = role if isinstance(role, RemotePartyRole) else RemotePartyRole.parse(role)
-    if not subscriber.acts_for(role):
-        raise SubscriberRefused(f"subscriber {subscriber.name!r} does not hold the {role.camel_name} role "
-                                f"(it holds {', '.join(r.camel_name for r in subscriber.roles)})", RefusalReason.ROLE)
 
 
 # ---- values, checked where they enter -----------------------------------------------------------
@@ -522,10 +530,6 @@ def _refuse_outside_validity(identity: _Identity, fingerprint: str, now: datetim
     if now > identity.not_after:
         raise SubscriberRefused(f"client certificate SHA-256 {fingerprint}: expired on {identity.not_after.isoformat()}",
                                 RefusalReason.EXPIRED)
-
-
-def _not_an_entry(value: object) -> RequestEntry:
-    raise BadInputError(f"audit_requests takes RequestEntry values, not {type(value).__name__}")
 
 
 # ---- rows <-> values ---------------------------------------------------------------------------
