@@ -5,6 +5,7 @@ refusal is audited; the audit buffer reaches the register in batches and at shut
 from __future__ import annotations
 
 import hashlib
+import os
 import http.client
 import socket
 import ssl
@@ -69,7 +70,7 @@ class FakeServices:
 async def adhoc(request: web.Request) -> web.Response:
     caller = request[CALLER]
     await run_blocking(request, lambda: None)
-    request.app[AUDIT].record(request, operation="AdHocDeviceCSR", status="SUCCESS", client_id="req-1")
+    request.app[AUDIT].record_for(request, Interface.ADHOC_DEVICE, operation="AdHocDeviceCSR", status="SUCCESS", client_id="req-1")
     return web.Response(text=f"{caller.subscriber.name} {caller.fingerprint}")
 
 
@@ -190,3 +191,39 @@ def test_entries_left_in_the_buffer_are_written_at_shutdown(credentials):
     assert register.batches == []
     service.shutdown()
     assert [len(batch) for batch in register.batches] == [2]
+
+
+# -- a worker's actors, opened from the authorities' configuration files --------------------------------------------
+
+def test_worker_services_open_the_issuing_dca_its_configuration_file_describes(smki_pki, tmp_path):
+    """The service's issuing_dca file (as `smki ca` takes it) opens an Issuing Authority that issues with the DCA key;
+    the PIN is read once, from its source, by read_secrets."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from smki.web.server import SecretName, WorkerServices, read_secrets
+    from smki.web.settings import load_service_settings
+
+    (tmp_path / "issuing-dca.yaml").write_text(f"""\
+kind: issuing-dca
+hsm:
+  key_uri: "{smki_pki.key('issuing-dca').uri}"
+  pin_source: env:SMKI_TEST_PIN
+state: {smki_pki.state('issuing-dca')}
+policy: "{smki_pki.policy_file('device')}"
+environment: test
+issuer_certificate: {smki_pki.certificate_file('issuing-dca')}
+""")
+    (tmp_path / "service.yaml").write_text("kind: service\nissuing_dca: issuing-dca.yaml\n")
+    settings = load_service_settings(tmp_path / "service.yaml")
+    secrets = read_secrets(settings)
+    assert set(secrets) == {SecretName.DCA_PIN} and "SMKI_TEST_PIN" not in repr(secrets) and os.environ["SMKI_TEST_PIN"] not in repr(secrets)
+    services = WorkerServices(settings, secrets)
+    try:
+        smki_pki.device_certificate("00DB1234567890C1")  # an ad hoc request replaces: the device has a certificate already
+        issued = services.issuing_dca().issue_device(smki_pki.device_csr("00DB1234567890C1").der, requester="supplier", device_type="ESME")
+        assert services.issuing_dca() is services.issuing_dca()  # opened once per worker
+    finally:
+        services.close()
+    dca = smki_pki.issuing_dca_certificate
+    dca.public_key().verify(issued.certificate.signature, issued.certificate.tbs_certificate_bytes, ec.ECDSA(issued.certificate.signature_hash_algorithm))
+    assert issued.certificate.issuer == dca.subject

@@ -48,10 +48,12 @@ access_log: stderr
     ("kind: service\ntls: {key: a}\n", 2, "certificate"),
     ("kind: service\nlibrarian: other.yaml\n", 2, "not librarian"),
     ("kind: service\nsurprise: 1\n", 2, "surprise"),
+    ("kind: service\nlibrarian: lib.yaml\n", 2, "api_key_source"),
     ("kind: service\ndatabase: postgresql://u:pw@db/smki\n", 2, "password"),
 ])
 def test_refusals_name_the_file_line_and_field(tmp_path, text, line, fragment):
     (tmp_path / "other.yaml").write_text("kind: issuing-oca\n")
+    (tmp_path / "lib.yaml").write_text("kind: librarian\ndatabase: repo.db\n")
     with pytest.raises(ConfigError) as refused:
         load_service_settings(write(tmp_path, text))
     assert str(refused.value).startswith(f"{tmp_path / 'service.yaml'}:{line}:") and fragment in str(refused.value), str(refused.value)
@@ -72,3 +74,9 @@ def test_a_secret_or_a_malformed_source_is_never_repeated(tmp_path, text):
 def test_the_template_is_a_service_file():
     text = template(AuthorityKind.SERVICE)
     assert text.startswith("# smki configuration") and "kind: service" in text and "pin" not in text.replace("pin_source", "")
+
+
+def test_behind_a_proxy_one_address_may_take_every_connection(tmp_path):
+    settings = load_service_settings(write(tmp_path, "kind: service\ntls: {proxy: true}\nlimits: {max_connections: 300}\n"))
+    assert settings.tls.proxy and settings.scheme == "http" and settings.tls.trusted == ("127.0.0.1", "::1")
+    assert settings.limits.max_connections_per_client == 300

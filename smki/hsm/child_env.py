@@ -17,7 +17,7 @@ import multiprocessing.context
 import multiprocessing.pool
 import os
 import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 
@@ -32,22 +32,22 @@ ALLOWED_NAMES = frozenset({
 ALLOWED_PREFIXES = ("LC_",)  # the locale categories
 
 
-def child_environment(environment: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The variables of `environment` (default: this process's) that a child may have."""
+def child_environment(environment: Mapping[str, str] | None = None, also: Iterable[str] = ()) -> dict[str, str]:
+    """The variables of `environment` (default: this process's) that a child may have (and those named in `also`)."""
     environment = os.environ if environment is None else environment
-    extra = {name.strip() for name in environment.get(EXTRA_NAMES_ENV, "").split(",") if name.strip()}
+    extra = {name.strip() for name in environment.get(EXTRA_NAMES_ENV, "").split(",") if name.strip()} | set(also)
     return {name: value for name, value in environment.items()
             if name in ALLOWED_NAMES or name in extra or name.startswith(ALLOWED_PREFIXES)}
 
 
 @contextmanager
-def children_get_allowed_environment() -> Iterator[None]:
-    """For the block, this process's environment is `child_environment()`, then it is restored.
+def children_get_allowed_environment(also: Iterable[str] = ()) -> Iterator[None]:
+    """For the block, this process's environment is `child_environment(also=also)`, then it is restored.
 
     multiprocessing starts its children (workers, the resource tracker) with the process's own
     environment and takes no other; `os.environ` changes reach the C environment they inherit."""
     saved = dict(os.environ)
-    for name in set(saved) - set(child_environment(saved)):
+    for name in set(saved) - set(child_environment(saved, also)):
         del os.environ[name]
     try:
         yield

@@ -4,8 +4,8 @@ Middlewares, outermost first:
 - observe: the access log line (no query string, no header values) and the Prometheus metrics, per route and status;
 - errors: an unexpected exception becomes one logged line and a 500 without detail, never a traceback to a client;
 - framing: the body's framing and size checked before a byte of it is read (411 Transfer-Encoding, 400 a
-  Content-Length that is not one decimal number, 413 over the route's limit), then the body read whole
-  (the request deadline of smki.web.transport runs until then);
+  Content-Length that is not one decimal number, 413 over the route's limit); the handler reads the body
+  (the request deadline of smki.web.transport runs until it is whole);
 - caller: request[CALLER]; for a handler marked @serves(interface), the subscriber the register finds for
   the TLS client certificate, or 403 with one line (audited) before the handler runs.
 
@@ -35,6 +35,10 @@ from smki.web.tls import PeerCertificate, peer_certificate
 log = logging.getLogger("smki.web")
 
 ROUTE_MODULES = ("smki.web.repository", "smki.web.adhoc", "smki.web.organisation", "smki.web.batches", "smki.web.portal")
+# The authority each interface's handlers call: an interface whose authority the service does not host is not served (404).
+# The portal needs the service's own store (its accounts and sessions, beside the register).
+HOSTED_BY = {"smki.web.repository": "librarian", "smki.web.adhoc": "issuing_dca", "smki.web.organisation": "issuing_oca",
+             "smki.web.batches": "issuing_dca", "smki.web.portal": "database"}
 REPOSITORY_ONLY = ("smki.web.repository",)
 BATCH_PREFIX = "/1.0/PortalCSRBatch/"  # the batch service takes large bodies (limits.max_body_bytes)
 PORTAL_PREFIX = "/portal/"  # and so do the portal's uploads (a batch ZIP), each form bounding its own fields
@@ -73,9 +77,15 @@ def make_app(services: Services, settings: ServiceSettings, *, route_modules: It
     for route in app.router.routes():
         # aiohttp answers "Expect: 100-continue" before any middleware: the framing check goes first there too.
         route._expect_handler = expect_continue  # noqa: SLF001 - aiohttp takes it only as add_route's argument
+    app.on_startup.append(_open_actors)
     app.on_startup.append(_start_audit_flush)
     app.on_cleanup.append(_stop)
     return app
+
+
+def hosted_routes(settings: ServiceSettings) -> tuple[str, ...]:
+    """The route modules of the interfaces whose authority `settings` names."""
+    return tuple(name for name in ROUTE_MODULES if getattr(settings, HOSTED_BY[name]) is not None)
 
 
 def _optional_module(name: str):
@@ -87,12 +97,20 @@ def _optional_module(name: str):
         raise
 
 
+async def _open_actors(app: web.Application) -> None:
+    """The services' actors opened before the first request, on the actor thread (the thread that will use their
+    connections and sessions): a store that will not open fails the worker's start, not a request."""
+    open_actors = getattr(app[SERVICES], "open", None)
+    if open_actors is not None:
+        await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], open_actors)
+
+
 async def _start_audit_flush(app: web.Application) -> None:
     app[_FLUSH_TASK] = asyncio.get_running_loop().create_task(app[AUDIT].run(app[EXECUTOR]))
 
 
 async def _stop(app: web.Application) -> None:
-    """At shutdown (in-flight requests answered): the last audit entries written, then the actor thread stopped."""
+    """At shutdown (in-flight requests answered): the last audit entries written, the actors closed, the actor thread stopped."""
     task = app.get(_FLUSH_TASK)
     if task is not None:
         task.cancel()
@@ -104,6 +122,9 @@ async def _stop(app: web.Application) -> None:
         await app[AUDIT].flush(app[EXECUTOR])
     except Exception as exc:  # noqa: BLE001 - logged: the rest of the shutdown still runs
         log.error("request audit not written at shutdown: %s: %s", type(exc).__name__, exc)
+    close = getattr(app[SERVICES], "close", None)
+    if close is not None:  # the actors' sessions closed on the thread that opened them
+        await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], close)
     app[EXECUTOR].shutdown(wait=True)
 
 
@@ -180,21 +201,21 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 @web.middleware
 async def framing(request: web.Request, handler) -> web.StreamResponse:
+    """The framing checked before the handler reads a byte of the body (the handler reads it: the request
+    deadline of smki.web.transport runs until the body is whole)."""
     try:
         check_framing(request)
-        if request.can_read_body:
-            try:
-                body = await request.read()  # cached: the handler's own read() returns it
-            except Exception:  # noqa: BLE001 - aiohttp's payload errors: a malformed body
-                raise Refusal(HTTPStatus.BAD_REQUEST, "malformed request body") from None
-            if len(body) != request.content_length:
-                raise Refusal(HTTPStatus.BAD_REQUEST, "request body shorter than its Content-Length")
     except Refusal as refusal:
         return refusal.response()
-    received = getattr(request.protocol, "request_received", None)
-    if received is not None:
-        received()  # the request is here whole: its deadline ends
     return await handler(request)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, whole: a body that ended before its Content-Length is refused (400, connection closed)."""
+    body = await request.read()
+    if request.content_length is not None and len(body) != request.content_length:
+        raise web.HTTPBadRequest(text="request body shorter than its Content-Length\n", headers={"Connection": "close"})
+    return body
 
 
 @web.middleware
@@ -207,8 +228,8 @@ async def caller(request: web.Request, handler) -> web.StreamResponse:
     try:
         subscriber = await _identify(request, peer, interface)
     except SubscriberRefused as exc:
-        request.app[AUDIT].record(request, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
-                                  outcome=Outcome.REFUSED, interface=interface)
+        request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
+                                      outcome=Outcome.REFUSED)
         log.info("%s %s refused: %s", request.remote, request.path, exc)
         return web.Response(status=HTTPStatus.FORBIDDEN, text=f"refused: {exc}\n")
     request[CALLER] = Caller(subscriber, peer.fingerprint, request.remote or "")

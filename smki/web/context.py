@@ -72,9 +72,21 @@ def single_thread_executor() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smki-actor")
 
 
+_PROCESS_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _process_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """For an application not made by smki.web.app.make_app (a handler's own test app): one actor thread per process."""
+    global _PROCESS_EXECUTOR
+    if _PROCESS_EXECUTOR is None:
+        _PROCESS_EXECUTOR = single_thread_executor()
+    return _PROCESS_EXECUTOR
+
+
 async def run_blocking(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` on the worker's single actor thread, awaited without blocking the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], fn, *args)
+    executor = request.app.get(EXECUTOR) or _process_executor()
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 class Outcome(enum.StrEnum):
@@ -111,17 +123,22 @@ class AuditBuffer:
     def __init__(self, write: Callable[[list[RequestAuditEntry]], None]) -> None:
         self._write, self._entries = write, []  # type: ignore[var-annotated]
 
-    def record(self, request: web.Request, *, operation: str, status: str, code: str | None = None,
-               client_id: str | None = None, outcome: Outcome = Outcome.ANSWERED, interface: str | None = None) -> None:
-        """Append the entry for `request`: the caller (request[CALLER]) and the handler's interface are taken from it."""
-        caller = request.get(CALLER)
-        handler_interface = interface_of(request.match_info.handler) if request.match_info.http_exception is None else None
+    def record(self, *, interface: Interface | str, operation: str, status: str, code: str | None = None,
+               client_id: str | None = None, subscriber: str | None = None, fingerprint: str | None = None,
+               address: str | None = None, outcome: Outcome = Outcome.ANSWERED) -> None:
+        """Append one entry (smki.web.answers.audit_request passes these fields as they are)."""
         self._entries.append(RequestAuditEntry(
-            at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            interface=str(interface or handler_interface or ""), operation=operation,
-            subscriber=caller.subscriber.name if caller and caller.subscriber else None,
-            fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else (request.remote or ""),
-            outcome=outcome, status=status, code=code, client_id=client_id))
+            at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), interface=str(Interface(interface)),
+            operation=operation, subscriber=subscriber, fingerprint=fingerprint, address=address or "", outcome=outcome,
+            status=status, code=code, client_id=client_id))
+
+    def record_for(self, request: web.Request, interface: Interface, *, operation: str, status: str, code: str | None = None,
+                   client_id: str | None = None, outcome: Outcome = Outcome.ANSWERED) -> None:
+        """Append the entry for `request`: who sent it taken from request[CALLER]."""
+        caller = request.get(CALLER)
+        self.record(interface=interface, operation=operation, status=status, code=code, client_id=client_id, outcome=outcome,
+                    subscriber=caller.subscriber.name if caller and caller.subscriber else None,
+                    fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else request.remote)
 
     def take(self) -> list[RequestAuditEntry]:
         entries, self._entries = self._entries, []

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from smki.librarian.repository_service import RepositoryService, ServiceError, error_response, to_xml_bytes
+from smki.web.app import read_body
 from smki.web.context import SERVICES, run_blocking
 
 API_KEY_HEADER = "X-API-Key"
@@ -90,7 +91,7 @@ async def _xml_service(request: web.Request, method: str, answer_tag: str) -> we
     reference = uuid.uuid4().hex
     try:
         _authorise(request, public=_access(request).public_search)
-        body = await request.read()  # already read, within its limits, by the framing middleware
+        body = await read_body(request)  # its length checked by the framing middleware before a byte was read
         element = await run_blocking(request, getattr(_service(request), method), body, reference)
         return web.Response(body=to_xml_bytes(element), content_type=XML)
     except ServiceError as error:

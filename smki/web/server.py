@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from aiohttp import web
 
 from smki.config import Configuration, Setting
 from smki.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_HSM, BadInputError, ConflictError, HsmError, SmkiError
+from smki.hsm.child_env import children_get_allowed_environment
 from smki.hsm.config import KeyRef, parse_key_id, parse_pkcs11_uri
 from smki.hsm.pins import PinSource
 from smki.web import access_log, metrics
-from smki.web.app import REPOSITORY_ONLY, make_app
+from smki.web.app import REPOSITORY_ONLY, hosted_routes, make_app
 from smki.web.settings import Limits, RepositorySettings, ServiceSettings, load_service_settings
 from smki.web.tls import server_context
 from smki.web.transport import GuardedRunner
@@ -182,6 +184,30 @@ class WorkerSpec:
     settings_path: Path
     port: int  # the port the parent reserved (the file may say 0)
     secrets: Mapping[SecretName, PinSource]
+    log_level: int = logging.WARNING  # the parent's (smki -v, -q, SMKI_LOG_LEVEL)
+
+
+class OneLineFormatter(logging.Formatter):
+    """`smki serve: worker N: level: message`, and of an exception only its kind: a traceback never reaches the log."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"smki serve: worker {index}: %(levelname)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = f" ({record.exc_info[0].__name__})" if record.exc_info and record.exc_info[0] else ""
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return super().format(record) + kind
+
+
+def configure_worker_logging(index: int, level: int) -> None:
+    """A spawned worker starts with no logging: smki's and aiohttp's records go to stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(index))
+    for name in ("smki", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def read_secrets(settings: ServiceSettings) -> dict[SecretName, PinSource]:
@@ -249,6 +275,13 @@ class WorkerServices:
                 raise BadInputError(f"{self.settings.path}: database: not configured: the subscriber register needs it")
             return SubscriberRegister(self.settings.database)
         return self._once("register", open_it)
+
+    def open(self) -> None:
+        """Open what the service hosts that needs no HSM session yet: the repository's store, the register."""
+        if self.settings.librarian is not None:
+            self.repository()
+        if self.settings.database is not None:
+            self.register()
 
     def health(self) -> dict[str, str]:
         """The cheapest checks: the repository's store answers a SELECT; each opened authority is reported open."""
@@ -324,13 +357,14 @@ def worker_main(spec: WorkerSpec, index: int, events) -> None:
     stops it gracefully (requests in flight answered, the audit buffer flushed)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops the workers
     try:
+        configure_worker_logging(index, spec.log_level)
         settings = dataclasses.replace(load_service_settings(spec.settings_path), port=spec.port)
         access_log.configure(settings.access_log)
         services = WorkerServices(settings, spec.secrets)
         tls_key = spec.secrets.get(SecretName.TLS_KEY)
         context = server_context(settings.tls, tls_key.read() if tls_key else None) if settings.tls and not settings.tls.proxy else None
-        asyncio.run(_serve_worker(make_app(services, settings), settings, context, lambda: events.put(("ready", index, os.getpid()))))
-        services.close()
+        app = make_app(services, settings, route_modules=hosted_routes(settings))
+        asyncio.run(_serve_worker(app, settings, context, lambda: events.put(("ready", index, os.getpid()))))
     except SmkiError as exc:
         events.put(("failed", index, str(exc), exc.exit_code))
         sys.exit(exc.exit_code)
@@ -362,6 +396,8 @@ class ServiceProcesses:
         self.settings = settings
         self._stop = threading.Event()
         self._context = multiprocessing.get_context("spawn")
+        with children_get_allowed_environment():
+            resource_tracker.ensure_running()  # started now (the queue needs it), it never sees the operator's secrets
         self._events = self._context.Queue()
         self._workers: dict[int, multiprocessing.process.BaseProcess] = {}
 
@@ -379,7 +415,7 @@ class ServiceProcesses:
         self.port = self._reserved.getsockname()[1]
         self._metrics_dir = tempfile.mkdtemp(prefix="smki-metrics-")
         os.environ[metrics.MULTIPROCESS_ENV] = self._metrics_dir  # before any worker starts: each inherits it
-        self._spec = WorkerSpec(self.settings.path, self.port, secrets)
+        self._spec = WorkerSpec(self.settings.path, self.port, secrets, logging.getLogger("smki").getEffectiveLevel())
         for index in range(self.settings.workers):
             self._spawn(index)
         self._await_ready(set(range(self.settings.workers)))
@@ -388,7 +424,8 @@ class ServiceProcesses:
 
     def _spawn(self, index: int) -> None:
         process = self._context.Process(target=worker_main, args=(self._spec, index, self._events), name=f"smki-worker-{index}")
-        process.start()
+        with children_get_allowed_environment(also=worker_environment_names()):
+            process.start()  # the secrets travel in the spawn pipe; the environment holds none of them
         self._workers[index] = process
 
     def _await_ready(self, waiting: set[int]) -> None:
@@ -447,6 +484,12 @@ class ServiceProcesses:
         metrics_dir = getattr(self, "_metrics_dir", None)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_environment_names() -> set[str]:
+    """What a worker needs beyond any smki child's environment (smki.hsm.child_env): the metrics directory,
+    and PostgreSQL's client variables (PGPASSWORD, PGSSLMODE, ...), since a worker opens its store itself."""
+    return {metrics.MULTIPROCESS_ENV} | {name for name in os.environ if name.startswith("PG")}
 
 
 def _failure(message: str, exit_code: int) -> SmkiError:

@@ -149,6 +149,9 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
                                          "repository, limits, access_log)", what="configuration",
                                          before_schema=lambda data, lines: refuse_secrets(path, data, lines))
     reader = _Reader(path, lines)
+    librarian = _authority(reader, data, "librarian", AuthorityKind.LIBRARIAN)
+    if librarian is not None and "api_key_source" not in data.get("repository", {}):
+        raise reader.error(("librarian",), "the repository web service needs repository.api_key_source (env:NAME, fd:N or prompt)")
     listen = data.get("listen", {})
     return ServiceSettings(
         path=path, address=listen.get("address", "127.0.0.1"), port=listen.get("port", DEFAULT_PORT),
@@ -156,8 +159,9 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
         database=_database(reader, data["database"]) if "database" in data else None,
         issuing_oca=_authority(reader, data, "issuing_oca", AuthorityKind.ISSUING_OCA),
         issuing_dca=_authority(reader, data, "issuing_dca", AuthorityKind.ISSUING_DCA),
-        librarian=_authority(reader, data, "librarian", AuthorityKind.LIBRARIAN),
-        repository=_repository(reader, data.get("repository", {})), limits=_limits(reader, data.get("limits", {})),
+        librarian=librarian,
+        repository=_repository(reader, data.get("repository", {})),
+        limits=_limits(reader, data.get("limits", {}), behind_proxy=bool(data.get("tls", {}).get("proxy"))),
         access_log=_access_log(reader, data["access_log"]) if "access_log" in data else None,
         build=data.get("build", smki.__version__))
 
@@ -224,9 +228,12 @@ def _repository(reader: _Reader, repository: dict) -> RepositorySettings:
         public_crl=repository.get("public_crl", True), public_search=repository.get("public_search", False))
 
 
-def _limits(reader: _Reader, limits: dict) -> Limits:
+def _limits(reader: _Reader, limits: dict, behind_proxy: bool) -> Limits:
     values = {name: limits[name] for name in ("max_body_bytes", "max_other_body_bytes", "max_connections",
                                               "max_connections_per_client", "request_timeout") if name in limits}
+    if behind_proxy and "max_connections_per_client" not in values:
+        # Every connection comes from the proxy's address: a per-address bound would bound the proxy.
+        values["max_connections_per_client"] = values.get("max_connections", Limits.max_connections)
     if "keepalive_timeout" in limits:
         values["request_line_timeout"] = limits["keepalive_timeout"]
     try:

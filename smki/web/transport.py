@@ -127,11 +127,17 @@ class GuardedHandler(RequestHandler):
             # aiohttp's keep-alive timer would close a connection whose request is under way but not yet whole:
             # from the first byte, the request deadline rules (aiohttp re-arms its timer after the answer).
             self._next_keepalive_close_time = self._loop.time() + self._limits.request_timeout + 1
+        queued = len(self._messages)
         super().data_received(data)
-        if self._messages:
+        for _, payload in list(self._messages)[queued:]:
             # The newest request's body, while it may still be awaited (a request leaves this queue before its
             # handler runs, so neither the queue nor aiohttp's current request always holds it).
-            self._last_payload = self._messages[-1][1]
+            self._last_payload = payload
+            payload.on_eof(self._request_received)  # its body is here whole (at once for a request without one)
+
+    def _request_received(self) -> None:
+        """A request has arrived whole: its deadline ends (the handler's own time is not the client's)."""
+        self._cancel_deadline()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         self._shutting_down = True
@@ -145,10 +151,6 @@ class GuardedHandler(RequestHandler):
             return None
         payload.feed_eof()  # the body ends here: the framing middleware finds it shorter than its Content-Length
         return True
-
-    def request_received(self) -> None:
-        """The current request has arrived whole (the framing middleware read its body)."""
-        self._cancel_deadline()
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
