@@ -31,6 +31,11 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+def precise_now() -> datetime:
+    """Now, to the microsecond (rates, intervals and leases: whole seconds would blur them by up to a second)."""
+    return datetime.now(timezone.utc)
+
+
 def utc_midnight(moment: datetime) -> datetime:
     """The start of the UTC day of `moment` (test PKI validities start at 00:00:00Z)."""
     return moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

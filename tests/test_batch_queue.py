@@ -384,3 +384,41 @@ def _wait_for(condition, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+
+def test_a_processor_whose_lease_was_taken_stops_and_the_run_is_resumed(smki_pki, tmp_path, monkeypatch, caplog):
+    """A processor finds at its next renewal that another holds the batch (its lease ran out while it was slow):
+    it stops at once and records nothing more; whoever holds the batch next resumes the run and answers the rest."""
+    from smki.issuing.batch_processor import BatchProcessor
+
+    rules = 'usage_rules:\n  batch_window: always\n  auto_approved_requesters: ["*"]\n'
+    dca = authority(smki_pki, tmp_path, rules, batch_limit=1000)
+    queued = dca.submit_batch(requests(smki_pki, 100), client_id="taken", subscriber=ALICE, requester="supplier")
+    original, stolen = BatchProcessor._renewer, []
+
+    def renewer_whose_lease_is_taken(self, number):
+        renew = original(self, number)
+
+        def progress(answered: int, total: int) -> None:
+            if not stolen and _answered(dca, number) >= 20:  # another processor claims it, as if this one's lease had run out
+                self.connection.execute("UPDATE batch_queue SET lease_owner = 'thief' WHERE batch_number = ?", (number,))
+                stolen.append(number)
+            renew(answered, total)
+        return progress
+
+    monkeypatch.setattr(BatchProcessor, "_renewer", renewer_whose_lease_is_taken)
+    with caplog.at_level("INFO", logger="smki.issuing.batch_processor"):
+        dca.process_batches(worker="slow", once=True, lease_seconds=0.01, workers=1, chunk_size=10)
+    assert stolen and "another processor holds it" in caplog.text
+    # The new holder's lease (the thief's: the slow one's last, 10 ms) runs out in turn: whoever claims the batch next
+    # (the slow one's own loop, if the lease ran out before it looked again; else this taker) resumes the run.
+    time.sleep(0.05)
+    dca.process_batches(worker="taker", once=True, workers=1)
+    answer = dca.batch_result(queued.number, ALICE)
+    assert answer.batch.status is BatchStatus.COMPLETED and len(answer.answers) == 100
+    assert {a.status for a in answer.answers} == {"success"}
+    serials = [record.serial_hex for record in dca.list(certificate_type="device")]
+    assert len(serials) == 100 == len(set(serials))
+    operations = audit_operations(tmp_path / "state")
+    assert ("batch.resume", "success") in operations and ("certificate.issue.device.batch", "refused") in operations

@@ -168,7 +168,8 @@ def test_issue_device_and_issue_batch_without_a_device_type(smki_pki, tmp_path):
 def test_ad_hoc_requests_are_counted_per_subscriber_in_the_store(smki_pki, tmp_path):
     from test_batch_queue import authority
 
-    dca = authority(smki_pki, tmp_path, "usage_rules:\n  portal_adhoc_daily_cap: 1\n")  # the SEC's 0.8 s / 4 s interval
+    # An hour between a subscriber's web service requests, all day (a second's interval could pass on a loaded machine).
+    dca = authority(smki_pki, tmp_path, 'usage_rules:\n  portal_adhoc_daily_cap: 1\n  adhoc_interval: [{start: "00:00", end: "00:00", seconds: 3600}]\n')
     devices = ["00DB1234567890C1", "00DB1234567890C2", "00DB1234567890C3", "00DB1234567890C4"]
     for device in devices:
         dca.certify_device(ec.generate_private_key(ec.SECP256R1()).public_key(), device_id=device, device_type="ESME", usage="DS",
@@ -178,7 +179,7 @@ def test_ad_hoc_requests_are_counted_per_subscriber_in_the_store(smki_pki, tmp_p
         return dca.issue_device(smki_pki.device_csr(device).der, requester="supplier", submitter=submitter)
 
     submit(devices[0], WEB)
-    with pytest.raises(PolicyRefusal) as refused:  # at once again: within any hour's interval
+    with pytest.raises(PolicyRefusal) as refused:  # again within the hour
         submit(devices[1], WEB)
     assert UsageRule.of(refused.value).code == "WF:AH1"
     submit(devices[1], Submitter("another-dsp", Channel.WEB_SERVICE))  # another subscriber counts on its own
@@ -188,3 +189,13 @@ def test_ad_hoc_requests_are_counted_per_subscriber_in_the_store(smki_pki, tmp_p
         submit(devices[3], PORTAL)
     assert UsageRule.of(refused.value) is UsageRule.PORTAL_ADHOC_DAILY_CAP
     assert len(dca.list(certificate_type="device")) == 4 + 4  # the refused ones issued nothing
+    import json
+    import sqlite3
+
+    database = sqlite3.connect(tmp_path / "state" / "smki.db")
+    entries = database.execute("SELECT outcome, subject, details FROM audit_entries WHERE operation = 'certificate.issue.device'").fetchall()
+    database.close()
+    refused = [(json.loads(subject), details) for outcome, subject, details in entries if outcome == "refused"]
+    assert [subject["submitter"] for subject, _ in refused] == [{"name": "supplier-a", "channel": "web-service"},
+                                                                {"name": "supplier-a", "channel": "portal"}]
+    assert "usage_rules.adhoc_interval" in refused[0][1] and "usage_rules.portal_adhoc_daily_cap" in refused[1][1]

@@ -60,7 +60,7 @@ def list_command(status, subscriber, limit, as_json, **options):
 def show_command(batch, as_json, **options):
     """One queued batch: who submitted it, its status, the RA's decision."""
     with issuing_authority(options) as authority:
-        found = authority.queued_batch(batch)
+        found = authority.show_batch(batch)
     emit(as_json, found.as_dict(), lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 

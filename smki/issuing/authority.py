@@ -48,7 +48,7 @@ from smki.policy.model import CertificatePolicy
 from smki.policy.usage import DAY, Submitter
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
-from smki.times import start_of_validity, utc_now
+from smki.times import precise_now, start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.requests import parse_device_request, parse_organisation_request
@@ -56,7 +56,7 @@ from smki.store import find_certificate, list_certificates
 from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
                                          sha256_hex, upload_of, worker_name)
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
-                                    last_adhoc_submission, open_batch_count, parse_timestamp, purge_adhoc_submissions, purge_finished,
+                                    last_adhoc_submission, open_batch_count, parse_timestamp, parsed_status, purge_adhoc_submissions, purge_finished,
                                     queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
 from smki.store.batches import device_certificate_counts
 from smki.store.certificates import CertificateRecord
@@ -118,6 +118,9 @@ class _Signing:
     environment: Environment
     key: KeyRef
     not_before: datetime
+
+
+AUTO_APPROVED = "policy"  # who decided a batch its policy approves as it is queued (usage_rules.auto_approved_requesters)
 
 
 def _is_number(value) -> bool:
@@ -275,7 +278,7 @@ class IssuingAuthority:
         rules, connection = policy.usage_rules, operation.connection
         if not rules.counts_adhoc(submitter.channel):
             return
-        now = utc_now()
+        now = precise_now()
 
         def check() -> None:
             last = last_adhoc_submission(connection, submitter.name, submitter.channel.value)
@@ -317,7 +320,7 @@ class IssuingAuthority:
             self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_organisation_request(data, source)
-            operation.subject = {"request": source, "entity_id": request.entity_id.hex, "role": request.role.ou}
+            operation.subject.update(request=source, entity_id=request.entity_id.hex, role=request.role.ou)
             params = signing.policy.organisation_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
                 key_usage=request.key_usage, common_name=request.common_name, not_before=signing.not_before)
@@ -338,7 +341,7 @@ class IssuingAuthority:
             self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)
             request = parse_device_request(data, source)
-            operation.subject = {"request": source, "device_id": request.device_id.hex}
+            operation.subject.update(request=source, device_id=request.device_id.hex)
             params = signing.policy.device_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), device_id=request.device_id,
                 device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
@@ -477,16 +480,15 @@ class IssuingAuthority:
             entries = count_entries(upload, policy)
             digest = sha256_hex(upload)
             operation.subject.update(entries=entries, upload_sha256=digest, requester=checked_requester.camel_name)
-            rules, connection, now = policy.usage_rules, operation.connection, utc_now()
+            rules, connection, now = policy.usage_rules, operation.connection, precise_now()
             status = BatchStatus.PARSING if rules.auto_approves(subscriber) else BatchStatus.PENDING
             with transaction(connection):
                 rules.check_batch_submission(subscriber, entries, open_batch_count(connection, subscriber.name),
                                              batched_requests_since(connection, subscriber.name, timestamp(now - DAY)))
                 number = enqueue_batch(connection, client_id=client_id, subscriber=subscriber.name, channel=subscriber.channel.value,
                                        requester=checked_requester.camel_name, entry_count=entries, upload=upload, upload_sha256=digest,
-                                       status=status, submitted_at=timestamp(now))
-                if status is BatchStatus.PARSING:
-                    change_status(connection, number, status, allowed_from=(status,), decided_at=timestamp(now), decided_by="policy")
+                                       status=status, submitted_at=timestamp(now),
+                                       decided_by=AUTO_APPROVED if status is BatchStatus.PARSING else None)
                 operation.audit.append(operation.success_entry({"status": status.value}, policy=policy.identity, batch=number))
                 queued = queued_batch(connection, number)
         log.info("batch %d from %s: %d request(s) queued, %s", number, subscriber.name, entries, status.value)
@@ -499,10 +501,10 @@ class IssuingAuthority:
 
     def batches(self, *, subscriber: str | None = None, status: BatchStatus | str | None = None, limit: int = 1000) -> list[QueuedBatch]:
         """Queued batches, newest first (read-only); purged ones are not listed."""
-        statuses = (BatchStatus(str(status).upper()),) if status is not None else ()
+        statuses = (parsed_status(status),) if status is not None else ()
         return queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)
 
-    def queued_batch(self, number: int) -> QueuedBatch:
+    def show_batch(self, number: int) -> QueuedBatch:
         """One queued batch (read-only); refused when there is none."""
         found = queued_batch(self._readable(), _batch_number(number))
         if found is None:
@@ -525,7 +527,7 @@ class IssuingAuthority:
                 current = queued_batch(connection, number)
                 if current is None:
                     raise BadInputError(f"no queued batch {number} in this authority's records")
-                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(utc_now()),
+                if not change_status(connection, number, status, allowed_from=(BatchStatus.PENDING,), decided_at=timestamp(precise_now()),
                                      decided_by=self.actor, reason=reason):
                     raise ConflictError(f"batch {number} is {current.status.value}, not PENDING: it was decided already")
                 operation.audit.append(operation.success_entry({"status": status.value, **({"reason": reason} if reason else {})},
@@ -555,7 +557,7 @@ class IssuingAuthority:
     def purge_batches(self, now: datetime | None = None) -> list[int]:
         """Drop the uploads and response files of batches answered more than the retention period before `now`
         (and the ad hoc submissions older than a day, which no rule counts any more). Audited; returns the batches purged."""
-        now = now or utc_now()
+        now = now or precise_now()
         with self._operation(Operation.BATCH_PURGE) as operation:
             policy = self._adopted_policy(operation)
             connection = operation.connection

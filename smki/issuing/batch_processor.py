@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from smki.errors import SmkiError
 from smki.issuing.queued_batches import LeaseLost, processing_directory, read_file, sha256_hex
 from smki.operations.names import Operation
+from smki.requests.batch import open_batch
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, batch_upload, change_status, claim_batch, queued_batch, release_lease,
                                     renew_lease, store_response, timestamp)
 from smki.store.database import transaction
-from smki.times import utc_now
+from smki.times import precise_now
 
 if TYPE_CHECKING:
     from smki.issuing.authority import IssuingAuthority
@@ -47,7 +48,7 @@ class BatchProcessor:
     def next(self) -> bool:
         """Claim one batch and move it on; False when there was none to claim."""
         rules = self.authority._loaded_policy().usage_rules
-        now = utc_now()
+        now = precise_now()
         in_window = rules.in_batch_window(now)
         with transaction(self.connection):
             batch = claim_batch(self.connection, self.owner, timestamp(now), timestamp(now + self.lease),
@@ -71,14 +72,15 @@ class BatchProcessor:
         upload = batch_upload(self.connection, batch.number)
         if upload is None or sha256_hex(upload) != batch.upload_sha256:
             self._step(Operation.BATCH_PARSE, batch, BatchStatus.TAMPERED, reason="the stored upload no longer matches its SHA-256",
-                       finished_at=timestamp(utc_now()))
+                       finished_at=timestamp(precise_now()))
             return
-        with processing_directory(upload, batch.number) as (directory, checked):
+        with processing_directory(upload, batch.number) as (directory, path, digest):
             if batch.status is BatchStatus.PARSING:
-                batch = self._step(Operation.BATCH_PARSE, batch, BatchStatus.QUEUED, batch_id=checked.batch_id)
-            elif batch.batch_id != checked.batch_id:
+                open_batch(path, self.authority.batch_limit)  # every batch-level check again, on the file processed
+                batch = self._step(Operation.BATCH_PARSE, batch, BatchStatus.QUEUED, batch_id=digest)
+            elif batch.batch_id != digest:
                 self._step(Operation.BATCH_PARSE, batch, BatchStatus.TAMPERED, reason="the batch is no longer the one parsed",
-                           finished_at=timestamp(utc_now()))
+                           finished_at=timestamp(precise_now()))
                 return
             if not in_window:
                 if batch.status is not BatchStatus.PAUSED:
@@ -87,7 +89,7 @@ class BatchProcessor:
             if batch.status is not BatchStatus.PROCESSING:
                 batch = self._step(Operation.BATCH_PROCESS, batch, BatchStatus.PROCESSING)
             response, status = directory / "response.zip", directory / "status.csv"
-            result = self.authority.issue_batch(checked.source, response=response, status=status, requester=batch.requester,
+            result = self.authority.issue_batch(path, response=response, status=status, requester=batch.requester,
                                                 device_type=None, workers=self.workers, chunk_size=self.chunk_size,
                                                 progress=self._renewer(batch.number))
             self._complete(batch, read_file(response), read_file(status), result.totals)
@@ -107,7 +109,7 @@ class BatchProcessor:
     def _complete(self, batch: QueuedBatch, response_zip: bytes, status_file: bytes, totals: dict[str, int]) -> None:
         with self.authority._operation(Operation.BATCH_COMPLETE, batch=batch.number, subscriber=batch.subscriber) as operation:
             with transaction(self.connection):
-                if not store_response(self.connection, batch.number, self.owner, response_zip, status_file, timestamp(utc_now())):
+                if not store_response(self.connection, batch.number, self.owner, response_zip, status_file, timestamp(precise_now())):
                     raise LeaseLost(f"batch {batch.number} is no longer held by {self.owner}: its answers were kept by its new holder")
                 operation.audit.append(operation.success_entry({"status": BatchStatus.COMPLETED.value, "totals": dict(sorted(totals.items())),
                                                                 "response_sha256": sha256_hex(response_zip)}))
@@ -122,7 +124,7 @@ class BatchProcessor:
             if time.monotonic() - renewed[0] < every:
                 return
             with transaction(self.connection):
-                if not renew_lease(self.connection, number, self.owner, timestamp(utc_now() + self.lease)):
+                if not renew_lease(self.connection, number, self.owner, timestamp(precise_now() + self.lease)):
                     raise LeaseLost(f"batch {number}: its lease ran out and another processor holds it now")
             renewed[0] = time.monotonic()
 

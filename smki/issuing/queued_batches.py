@@ -24,7 +24,7 @@ from pathlib import Path
 
 from smki.errors import BadInputError, ConflictError
 from smki.policy.model import CertificatePolicy
-from smki.requests.batch import SUFFIX, Batch, BatchTooLarge, StoredZipWriter, open_batch
+from smki.requests.batch import SUFFIX, BatchTooLarge, StoredZipWriter, open_batch
 from smki.requests.outcomes import Outcome
 from smki.store.batch_queue import QueuedBatch
 from smki.store.batches import batch_outcomes
@@ -88,26 +88,38 @@ def _batch_file(data: bytes) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+_END_OF_DIRECTORY = b"PK\x05\x06"
+_END_LENGTH = 22  # the end-of-central-directory record, its comment length last
+
+
 def processed_file_bytes(upload: bytes, number: int) -> bytes:
-    """The file a queued batch is processed from: the upload, its ZIP comment naming the batch (the same bytes every time)."""
+    """The file a queued batch is processed from: the upload, its ZIP comment naming the batch (the same bytes every
+    time, and never another queued batch's). An upload without a comment (every ZIP made from a SubmitCSRBatch, and
+    most others) gets it appended in place; one with a comment of its own is rewritten by zipfile."""
+    comment = f"smki queued batch {number}".encode()
+    end = upload[-_END_LENGTH:]
+    if len(upload) >= _END_LENGTH and end[:4] == _END_OF_DIRECTORY and end[20:] == b"\x00\x00":
+        return upload[:-2] + len(comment).to_bytes(2, "little") + comment
     stream = io.BytesIO(upload)
     try:
         with zipfile.ZipFile(stream, "a") as archive:
-            archive.comment = f"smki queued batch {number}".encode()
+            archive.comment = comment
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise BadInputError(f"queued batch {number}: its upload is no longer a ZIP ({type(exc).__name__})") from None
     return stream.getvalue()
 
 
 @contextmanager
-def processing_directory(upload: bytes, number: int) -> Iterator[tuple[Path, Batch]]:
-    """The batch's processed file in a private directory (beside room for the response files), checked as a batch."""
+def processing_directory(upload: bytes, number: int) -> Iterator[tuple[Path, Path, str]]:
+    """The batch's processed file in a private directory (with room for the response files), and its SHA-256 (the
+    batch's identity, as `issue_batch` computes it from the file)."""
     directory = Path(tempfile.mkdtemp(prefix=f"smki-batch-{number}-"))
     try:
+        data = processed_file_bytes(upload, number)
         path = directory / f"queued-batch-{number}.zip"
         with open(path, "xb") as stream:
-            stream.write(processed_file_bytes(upload, number))
-        yield directory, open_batch(path, 10**9)
+            stream.write(data)
+        yield directory, path, sha256_hex(data)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

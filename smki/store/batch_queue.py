@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from smki.errors import BadInputError
 from smki.store.connection import Connection, Dialect, dialect_of
 
 
@@ -40,6 +41,13 @@ class BatchStatus(enum.StrEnum):
         """Not yet answered: the one-batch-at-a-time rule counts it."""
         return self in _OPEN
 
+
+
+def parsed_status(text: BatchStatus | str) -> BatchStatus:
+    try:
+        return BatchStatus(str(text).strip().upper())
+    except ValueError:
+        raise BadInputError(f"unknown batch status {str(text)[:32]!r} (one of {', '.join(BatchStatus)})") from None
 
 
 _OPEN = frozenset({BatchStatus.PENDING, BatchStatus.PARSING, BatchStatus.QUEUED, BatchStatus.PROCESSING, BatchStatus.PAUSED})
@@ -98,13 +106,15 @@ def _row(row) -> QueuedBatch:
 
 
 def enqueue_batch(connection: Connection, *, client_id: str, subscriber: str, channel: str, requester: str, entry_count: int,
-                  upload: bytes, upload_sha256: str, status: BatchStatus, submitted_at: str) -> int:
-    """A new queued batch; its number (one more than any before: numbers are never reused, rows never deleted)."""
+                  upload: bytes, upload_sha256: str, status: BatchStatus, submitted_at: str, decided_by: str | None = None) -> int:
+    """A new queued batch (with `decided_by`: approved as it is queued); its number (one more than any before: numbers
+    are never reused, rows never deleted)."""
     number = connection.execute("SELECT COALESCE(MAX(batch_number), 0) + 1 FROM batch_queue").fetchone()[0]
     connection.execute(
         "INSERT INTO batch_queue (batch_number, client_id, subscriber, channel, requester, entry_count, upload, upload_sha256, status, "
-        "submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (number, client_id, subscriber, channel, requester, entry_count, upload, upload_sha256, status.value, submitted_at))
+        "submitted_at, decided_at, decided_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (number, client_id, subscriber, channel, requester, entry_count, upload, upload_sha256, status.value, submitted_at,
+         submitted_at if decided_by else None, decided_by))
     return number
 
 

@@ -217,3 +217,9 @@ def process_queued_batches(services, *, workers: int | None = None) -> int:
     """Move the Issuing DCA's queue on as far as it can go now (blocking: run it in the worker's executor thread, the
     one that touches the HSM): each approved batch claimed by one process among all that share the store."""
     return services.issuing_dca().process_batches(once=True, workers=workers)
+
+
+def purge_expired_batches(services) -> list[int]:
+    """Drop the files of batches answered longer ago than the policy's retention period (blocking, as above; once a day
+    or so from one worker is plenty: a purge by several is harmless, each batch is purged once)."""
+    return services.issuing_dca().purge_batches()
