@@ -372,7 +372,7 @@ def test_a_batch_is_approved_by_the_operator_and_another_subscribers_batch_is_re
     (refused, forged, approved, text, number), services = run_portal(world, scenario)
     assert refused == [404, 404] and forged == 403 and approved == 303
     assert "PARSING" in text or "QUEUED" in text
-    batch = world.pki.issuing_dca.queued_batch(number)
+    batch = world.pki.issuing_dca.show_batch(number)
     assert batch.decided_by == "lab-operator"
 
 

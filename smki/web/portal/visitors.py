@@ -200,8 +200,8 @@ def set_login_cookie(response: web.StreamResponse, token: str) -> None:
 def audit(request: web.Request, operation: str, status: HTTPStatus | int, *, code: str | None = None,
           client_id: str | None = None, outcome: Outcome = Outcome.ANSWERED, interface: Interface = Interface.PORTAL) -> None:
     """The request audit entry of a portal request (web-core's buffer, flushed to the register's trail)."""
-    request.app[AUDIT].record(request, operation=operation, status=str(int(status)), code=code, client_id=client_id,
-                              outcome=outcome, interface=interface)
+    request.app[AUDIT].record_for(request, interface, operation=operation, status=str(int(status)), code=code,
+                                  client_id=client_id, outcome=outcome)
 
 
 def context(visitor: Visitor | None, **values) -> dict:
