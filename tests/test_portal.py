@@ -409,3 +409,95 @@ def test_a_malformed_search_is_a_page_not_a_fault(world):
         return await browser.get("/portal/repository?eui64=%3Cb%3Enot-an-eui%3C%2Fb%3E")
     response, text = run_portal(world, scenario)[0]
     assert response.status == 400 and "<b>not-an-eui" not in text and "&lt;b&gt;" in text
+
+
+def test_an_ad_hoc_device_csr_from_the_form_replaces_a_devices_certificate_and_an_unknown_device_is_refused(world):
+    world.pki.device_certificate("00-DB-12-34-56-78-92-01")  # an ad hoc request replaces: the device has one already
+    known = world.pki.device_csr("00-DB-12-34-56-78-92-01", device_type="ESME").der
+    unknown = world.pki.device_csr("00-DB-12-34-56-78-92-02", device_type="ESME").der
+    before = len(world.pki.issuing_dca.list())
+
+    async def scenario(client, services):
+        browser = Browser(client, world.clients["lab-supplier"].certificate)
+        answers = []
+        for csr in (known, unknown):
+            data = FormData()
+            data.add_field("csrf", await browser.csrf("/portal/adhoc"))
+            data.add_field("csr", csr, filename="meter.csr")
+            answers.append(await browser.post("/portal/adhoc", data))
+        return answers
+    ((issued, issued_text), (refused, refused_text)), services = run_portal(world, scenario)
+    assert issued.status == 200, issued_text
+    assert "HardwareModuleName" in issued_text and "00DB123456789201" in issued_text
+    assert refused.status == 422 and "Unknown device" in refused_text
+    assert len(world.pki.issuing_dca.list()) == before + 1
+    assert [e.status for e in audited(services, "portal-adhoc-submit")] == ["200", "422"]
+
+
+def test_a_subscriber_with_several_roles_names_one_it_holds(world, tmp_path):
+    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-13", role="supplier", usage="DS").der
+    before = world.issued()
+
+    async def scenario(client, services):
+        browser = Browser(client)
+        await browser.login()
+        data = FormData()
+        data.add_field("csrf", await browser.csrf("/portal/organisation"))
+        data.add_field("csr", csr, filename="supplier.csr")
+        data.add_field("role", "networkOperator")  # lab-supplier holds only supplier
+        return await browser.post("/portal/organisation", data)
+    (response, text), _ = run_portal(world, scenario)
+    assert response.status == 403 and "does not hold the role" in text
+    assert world.issued() == before
+
+
+# -- smki portal users ------------------------------------------------------------------------------------------
+
+def smki(*args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "smki.cli.main", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_smki_portal_users_manages_accounts_with_the_password_from_a_secret_source(tmp_path):
+    import json
+    database = tmp_path / "service.db"
+    lab(tmp_path / "lab", database)
+    secret = "a long portal password 4 cli"
+    added = smki("portal", "users", "add", "amy", "--subscriber", "lab-supplier", "--database", str(database),
+                 "--password-source", "env:AMY_PASSWORD", "--actor", "alice", "--json", env={"AMY_PASSWORD": secret})
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["status"] == "active"
+    as_argv = smki("portal", "users", "add", "bob", "--subscriber", "lab-supplier", "--database", str(database),
+                   "--password-source", secret)
+    assert as_argv.returncode == 3 and secret not in as_argv.stderr and len(as_argv.stderr.strip().splitlines()) == 1
+    short = smki("portal", "users", "add", "bob", "--subscriber", "lab-supplier", "--database", str(database),
+                 "--password-source", "env:SHORT", env={"SHORT": "short"})
+    assert short.returncode == 3 and "12" in short.stderr and "short" not in short.stderr.replace("shorter", "")
+    taken = smki("portal", "users", "add", "amy", "--subscriber", "lab-supplier", "--database", str(database),
+                 "--password-source", "env:AMY_PASSWORD", env={"AMY_PASSWORD": secret})
+    assert taken.returncode == 5
+    unknown = smki("portal", "users", "add", "cy", "--subscriber", "nobody", "--database", str(database),
+                   "--password-source", "env:AMY_PASSWORD", env={"AMY_PASSWORD": secret})
+    assert unknown.returncode == 3 and "nobody" in unknown.stderr
+    assert json.loads(smki("portal", "users", "lock", "amy", "--database", str(database), "--json").stdout)["status"] == "locked"
+    with PortalAccounts(database) as accounts:
+        with pytest.raises(AccountLocked):
+            accounts.login("amy", secret)
+    assert smki("portal", "users", "unlock", "amy", "--database", str(database)).returncode == 0
+    with PortalAccounts(database) as accounts:
+        accounts.login("amy", secret)
+    assert smki("portal", "users", "remove", "amy", "--database", str(database)).returncode == 0
+    assert smki("portal", "users", "unlock", "amy", "--database", str(database)).returncode == 5
+    listed = json.loads(smki("portal", "users", "list", "--database", str(database), "--json").stdout)
+    assert [(a["username"], a["status"]) for a in listed] == [("amy", "removed")]
+    assert secret.encode() not in database.read_bytes()
+    from smki.audit.verify import rows_from_database, verify_trail
+    from smki.store.database import open_database
+    entries, checkpoints = rows_from_database(open_database(database))
+    operations = [(e["operation"], e["outcome"]) for e in entries if e["operation"].startswith("portal.")]
+    assert ("portal.user.add", "success") in operations and ("portal.user.add", "refused") in operations
+    assert ("portal.user.lock", "success") in operations and ("portal.login", "refused") in operations
+    assert verify_trail(entries, checkpoints, None).ok

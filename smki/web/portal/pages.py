@@ -19,6 +19,7 @@ from smki.files import MAX_CSR_BYTES
 from smki.identifiers import RemotePartyRole
 from smki.issuing.queued_batches import UnknownBatch
 from smki.policy.usage import Channel, Submitter
+from smki.store.batch_queue import BatchStatus
 from smki.register.accounts import MAX_PASSWORD, LoginRefused
 from smki.web.answers import refusal_answer
 from smki.web.context import SERVICES, Outcome, run_blocking
@@ -32,6 +33,7 @@ from smki.web.portal.visitors import (check_csrf, context, LOGIN_COOKIE, PREFIX,
 MAX_BATCH_UPLOAD = 32 * 1024 * 1024  # a ZIP of 50,000 CSRs is about 25 MB
 MAX_REFERENCE = 64
 _LISTED_BATCHES = 50
+_MAX_COUNTED = 10_000
 _COUNTS = web.AppKey("smki.portal.batch_counts", dict)  # answered batches' counts per outcome: they never change
 
 # An answer's Status as the HTTP status of the page that shows it.
@@ -221,7 +223,9 @@ async def _batch_rows(request: web.Request, visitor: Visitor) -> list[dict]:
     rows = []
     for batch in batches:
         key = (visitor.subscriber.name, batch.number)
-        if batch.status.value == "COMPLETED" and key not in counts:
+        if batch.status is BatchStatus.COMPLETED and key not in counts:
+            if len(counts) >= _MAX_COUNTED:
+                counts.clear()  # a worker's memory is bounded: the counts are read again when next shown
             answer = await _batch_answer(request, visitor, batch.number)
             counts[key] = dict(Counter(a.status for a in answer.answers or ()))
         rows.append({"number": batch.number, "reference": batch.client_id, "status": batch.status.value,
