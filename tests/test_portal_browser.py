@@ -293,3 +293,37 @@ def test_downloading_the_crl(portal, lodged, tmp_path):
     shown = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(path), "-noout", "-crlnumber"],
                            capture_output=True, text=True)
     assert shown.returncode == 0 and f"{number:X}" in shown.stdout.upper().replace("0X", "")
+
+
+# -- accessibility and pages without scripts ---------------------------------------------------------------------------
+
+UNLABELLED = """() => Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+    .filter(control => !(control.labels && control.labels.length) && !control.getAttribute('aria-label'))
+    .map(control => control.name || control.id)"""
+
+
+def test_every_form_control_has_a_label_and_the_portal_works_without_scripts(portal):
+    with portal.context() as context:
+        page = context.new_page()
+        page.goto(f"{portal.url}/portal/login")
+        page.keyboard.press("Tab")  # the first stop is the skip link
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.get_by_label("User name").focus()  # the login form, from the keyboard alone
+        page.keyboard.type("jo")
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        playwright_api.expect(page.locator(".who")).to_contain_text("Signed in as jo")
+        for path in ("/portal/", "/portal/organisation", "/portal/adhoc", "/portal/batches", "/portal/repository",
+                     "/portal/repository/crls"):
+            page.goto(f"{portal.url}{path}")
+            assert page.evaluate(UNLABELLED) == [], path
+            assert page.evaluate("document.documentElement.lang") == "en"
+    with portal.browser.new_context(ignore_https_errors=True, java_script_enabled=False, viewport=VIEWPORT) as context:
+        page = context.new_page()
+        password_login(portal, page, "jo")
+        page.goto(f"{portal.url}/portal/batches")
+        playwright_api.expect(page.locator("h1")).to_have_text("Batches")
+        playwright_api.expect(page.get_by_label("Batch ZIP (one .csr file per request, up to 50,000)")).to_be_visible()
+        page.goto(f"{portal.url}/portal/repository?eui64=00-DB-12-34-56-78-91-01")  # a search is a plain GET form
+        playwright_api.expect(page.locator("h1")).to_have_text("Repository search")
