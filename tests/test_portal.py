@@ -501,3 +501,11 @@ def test_smki_portal_users_manages_accounts_with_the_password_from_a_secret_sour
     assert ("portal.user.add", "success") in operations and ("portal.user.add", "refused") in operations
     assert ("portal.user.lock", "success") in operations and ("portal.login", "refused") in operations
     assert verify_trail(entries, checkpoints, None).ok
+
+
+def test_markup_in_a_user_name_is_shown_escaped_on_the_login_page(world):
+    async def scenario(client, services):
+        return await Browser(client).login('"><script>alert(1)</script>', "whatever it is")
+    response, text = run_portal(world, scenario)[0]
+    assert response.status == 401 and "wrong user name or password" in text
+    assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text

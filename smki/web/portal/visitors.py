@@ -36,6 +36,7 @@ from multidict import MultiDict, MultiDictProxy
 
 from smki.register import Interface, Subscriber, SubscriberRefused
 from smki.register.accounts import PortalAccounts, Session, SessionExpired, SessionKind
+from smki.web.app import SETTINGS
 from smki.web.context import AUDIT, CALLER, SERVICES, Caller, Outcome, run_blocking
 from smki.web.portal.rendering import page
 from smki.web.tls import peer_certificate
@@ -99,7 +100,6 @@ def accounts(request: web.Request) -> PortalAccounts:
 
 async def find_visitor(request: web.Request, interface: Interface) -> Visitor:
     """The visitor of a page of `interface` (PORTAL or OPERATOR); LoginNeeded or PageError otherwise."""
-    from smki.web.app import SETTINGS  # web-core's key: imported here so the portal module loads without the app
     peer = peer_certificate(request, request.app[SETTINGS].tls)
     token = request.cookies.get(SESSION_COOKIE)
     if peer is not None:
