@@ -242,9 +242,12 @@ def test_a_thousand_idle_connections_do_not_stop_another_client_being_served(ser
     try:
         for number in range(1000):  # from four addresses: one address alone is capped per worker
             idle.append(socket.create_connection(("127.0.0.1", service.port), timeout=10, source_address=(f"127.0.0.{10 + number % 4}", 0)))
+        time.sleep(1)  # accepted and held (a burst of 1,000 accepts is not what this measures)
         started = time.monotonic()
         answer = service.get("/health")
-        assert status_of(answer) == 200 and time.monotonic() - started < 2
+        # Answered, and soon: a starved client would wait for the idle ones' timeouts (30 s here). The bound is loose
+        # because this machine is shared (a TLS handshake with RSA 2048 under load).
+        assert status_of(answer) == 200 and time.monotonic() - started < 5
     finally:
         for connection in idle:
             connection.close()
@@ -254,7 +257,7 @@ def test_idle_tls_connections_after_their_handshake_are_held_while_others_are_se
     held = [service.connect(source=f"127.0.0.{20 + number % 4}") for number in range(200)]
     try:
         started = time.monotonic()
-        assert status_of(service.get("/health")) == 200 and time.monotonic() - started < 2
+        assert status_of(service.get("/health")) == 200 and time.monotonic() - started < 5
     finally:
         for connection in held:
             connection.close()
