@@ -231,6 +231,8 @@ def portal_page(operation: str, *, interface: Interface = Interface.PORTAL, publ
                     check_csrf(form, visitor.csrf_token if visitor else None)
                 response = await handler(request, visitor, form)
             except LoginNeeded:
+                if request.method == "POST":  # an action without a session: refused, and audited as one
+                    audit(request, operation, HTTPStatus.SEE_OTHER, code="login", outcome=Outcome.REFUSED, interface=interface)
                 response = see_other(f"{PREFIX}/login")
             except PageError as error:
                 log.info("portal %s %s refused (%d): %s", request.method, request.path, error.status, error.message)
