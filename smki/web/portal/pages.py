@@ -15,6 +15,7 @@ from http import HTTPStatus
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from smki.errors import BadInputError
 from smki.files import MAX_CSR_BYTES
 from smki.identifiers import RemotePartyRole
 from smki.issuing.queued_batches import UnknownBatch
@@ -285,8 +286,11 @@ def role_of(visitor: Visitor, form: MultiDictProxy) -> RemotePartyRole:
             return roles[0]
         raise PageError(HTTPStatus.BAD_REQUEST, "Choose a role", "Your organisation holds several roles: choose the one "
                         "this request is for.", code="WF:AA1")
-    chosen = next((role for role in roles if role.camel_name == named), None)
-    if chosen is None:
+    try:
+        chosen = RemotePartyRole.parse(str(named)[:64])
+    except (BadInputError, ValueError):
+        chosen = None
+    if chosen is None or not visitor.subscriber.acts_for(chosen):  # the register's one check of a role held
         raise PageError(HTTPStatus.FORBIDDEN, "Role not held", f"Your organisation does not hold the role {str(named)[:64]!r}.",
                         code="WF:AA1")
     return chosen
