@@ -30,9 +30,11 @@ def lab_device_policy(directory: Path) -> Path:
     return path
 
 
-def portal_pki(directory: Path) -> TestPKI:
+def portal_pki(directory: Path, token) -> TestPKI:
+    """On the suite's token (`smki_token`): SoftHSM sees only the tokens made before it was loaded, and the suite's
+    other tests log in to that token with its own PIN."""
     directory.mkdir(parents=True, exist_ok=True)
-    return TestPKI.create(directory / "pki", policies={"device": lab_device_policy(directory)})
+    return TestPKI.create(directory / "pki", token=token, policies={"device": lab_device_policy(directory)})
 
 
 class RecordingRegister:
@@ -47,6 +49,9 @@ class RecordingRegister:
 
     def list(self):
         return self._register.list()
+
+    def close(self) -> None:
+        self._register.close()
 
     def audit_requests(self, entries) -> None:
         self.entries.extend(entries)
@@ -90,6 +95,15 @@ class PortalServices:
     def health(self) -> dict:
         return {"store": "ok"}
 
+    def close(self) -> None:
+        """Close the actors opened (their HSM sessions logged out), on the thread that opened them."""
+        for actor in self._opened.values():
+            close = getattr(actor, "close", None)
+            if close is not None:
+                close()
+        self._opened.clear()
+        self.register_object.close()
+
 
 def lab(directory: Path, database: Path):
     """Lab TLS credentials (a supplier, a network operator, the operator), registered in the service's register."""
@@ -119,9 +133,9 @@ class World:
     """A portal's world: the test PKI, the service's store with the lab's subscribers, and two password accounts
     (jo for lab-supplier, nora for lab-networkOperator)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, token) -> None:
         self.directory = directory
-        self.pki = portal_pki(directory)
+        self.pki = portal_pki(directory, token)
         self.database = directory / "service.db"
         self.credentials = lab(directory / "lab", self.database)
         self.clients = {client.name: client for client in self.credentials.clients}

@@ -22,6 +22,7 @@ from cryptography import x509
 from portal_support import API_KEY, PASSWORD, PortalServices, World, add_account, batch_zip, lab
 from smki.register.accounts import AccountLocked, LoginRefused, PortalAccounts, SessionExpired
 from smki.web.app import make_app
+from smki.web.context import EXECUTOR
 from smki.web.portal.visitors import ACCOUNTS, LOGIN_COOKIE, SESSION_COOKIE, WorkerAccounts
 from smki.web.settings import RepositorySettings, ServiceSettings, TlsSettings
 
@@ -29,8 +30,8 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("portal"))
+def world(tmp_path_factory, smki_token):
+    world = World(tmp_path_factory.mktemp("portal"), smki_token)
     yield world
     world.pki.close()
 
@@ -88,8 +89,10 @@ def run_portal(world: World, scenario, *, accounts: PortalAccounts | None = None
         if accounts is not None:
             app[ACCOUNTS] = WorkerAccounts(accounts)
         async with TestClient(TestServer(app, host="127.0.0.1"), cookie_jar=aiohttp.DummyCookieJar()) as client:
-            result = await scenario(client, services)
-        return result
+            try:
+                return await scenario(client, services)
+            finally:
+                await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], services.close)
     return asyncio.run(main()), services
 
 

@@ -82,8 +82,8 @@ def check_rendered(path: Path, width: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def portal(tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("portal-browser"))
+def portal(tmp_path_factory, smki_token):
+    world = World(tmp_path_factory.mktemp("portal-browser"), smki_token)
     credentials = world.credentials
     tls = TlsSettings(certificate=credentials.server_certificate, key=credentials.server_key, client_ca=credentials.ca_certificate)
     settings = ServiceSettings(path=None, tls=tls, repository=RepositorySettings(public_crl=True, public_search=False))
@@ -100,6 +100,7 @@ def portal(tmp_path_factory):
             finally:
                 browser.close()
     finally:
+        app[EXECUTOR].submit(services.close).result(timeout=60)  # the actors' HSM sessions closed on their own thread
         service.shutdown()
         world.pki.close()
 
