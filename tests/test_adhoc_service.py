@@ -285,8 +285,6 @@ def test_a_suspended_subscriber_value_is_not_what_the_handlers_check():
     assert getattr(organisation.submit, context.INTERFACE_ATTRIBUTE) is Interface.ORGANISATION
 
 
-@pytest.mark.xfail(strict=True, reason="IssuingAuthority.issue_device issues a second certificate for a key it already "
-                   "certified, where issue_batch answers CR:9999: the actor's check, not the handler's (reported to the lead)")
 def test_the_same_request_twice_is_issued_once(smki_pki, services, recorder):
     request = smki_pki.device_csr(fresh_device(smki_pki))
     first = answer_of(post(services, recorder, adhoc.PATH, adhoc_request(request.der))[2], m.Schema.ADHOC)

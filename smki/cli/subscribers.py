@@ -11,21 +11,19 @@ import click
 
 from smki.cli.common import DATABASE, audit_key_ref, audit_options, emit, json_option
 from smki.config import ConfigError
-from smki.files import read_yaml
 from smki.register import Interface, Match, SubscriberRegister
-from smki.store.postgres import is_database_url
 
 ALL_INTERFACES = "all"
 
 
 def service_database(config_file: Path) -> Path | str:
-    """The `database:` setting of a service configuration file (kind: service): an SQLite file (relative to the
-    file's directory) or a postgresql:// URL. Read here until smki.web.settings offers it."""
-    data = read_yaml(config_file, "service configuration").data
-    database = data.get("database") if isinstance(data, dict) else None
-    if not isinstance(database, str) or not database.strip():
+    """The `database:` setting of a service configuration file (kind: service), read as `smki serve` reads it."""
+    from smki.web.settings import load_service_settings
+
+    settings = load_service_settings(config_file)
+    if settings.database is None:
         raise ConfigError(f"{config_file}: database: give the service's database (an SQLite file or a postgresql:// URL)")
-    return database if is_database_url(database) else (config_file.resolve().parent / database)
+    return settings.database
 
 
 def register_options(func):

@@ -52,13 +52,15 @@ from smki.times import precise_now, start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
 from smki.requests import parse_device_request, parse_organisation_request
+from smki.requests.outcomes import DUPLICATE_REASON, Outcome, RequestRejected
+from smki.profiles.keyids import key_identifier
 from smki.store import find_certificate, list_certificates
 from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
                                          sha256_hex, upload_of, worker_name)
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
                                     last_adhoc_submission, open_batch_count, parse_timestamp, parsed_status, purge_adhoc_submissions, purge_finished,
                                     queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
-from smki.store.batches import device_certificate_counts
+from smki.store.batches import device_certificate_counts, known_subject_keys
 from smki.store.certificates import CertificateRecord
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
@@ -291,6 +293,12 @@ class IssuingAuthority:
             check()
             record_adhoc_submission(connection, submitter.name, submitter.channel.value, timestamp(now))
 
+    @staticmethod
+    def _refuse_certified_key(operation: AuditedOperation | DryRunOperation, public_key: ec.EllipticCurvePublicKey) -> None:
+        """A key some recorded certificate already certifies is refused (CR:9999), as a batch refuses it."""
+        if known_subject_keys(operation.connection, [key_identifier(public_key).hex().upper()]):
+            raise RequestRejected(Outcome.DUPLICATE, DUPLICATE_REASON)
+
     def _device_certificates(self, operation: AuditedOperation, device_id: EUI64) -> int:
         """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
         return device_certificate_counts(operation.connection, [device_id.hex]).get(device_id.hex, 0)
@@ -347,6 +355,7 @@ class IssuingAuthority:
                 device_type=_device_type(device_type), key_usage=request.key_usage, not_before=signing.not_before,
                 existing_certificates=self._device_certificates(operation, request.device_id), single_request=True,
                 hw_type_oid=request.hw_type_oid)
+            self._refuse_certified_key(operation, request.public_key)
             issuer = self._issuer()
             return self._sign(operation, signing, CertificateType.DEVICE,
                               lambda: device_certificate(params, request.public_key, issuer), issuer, out, request.request_sha256)

@@ -43,7 +43,7 @@ from smki.profiles.lint import pre_issuance_check
 from smki.profiles.serials import new_serial_numbers, serial_hex
 from smki.profiles.validity import DEVICE_NOT_AFTER, Validity
 from smki.requests.batch import Batch
-from smki.requests.outcomes import Outcome
+from smki.requests.outcomes import DUPLICATE_REASON, Outcome
 from smki.store.batches import (BatchRow, EntryOutcome, answered_names, answered_statuses, batch_outcomes, deferred_sync, device_certificate_counts, finish_batch,
                                 known_subject_keys, record_outcomes, recorded_batch, register_batch)
 from smki.store.certificates import CertificateRecord, insert_certificates
@@ -201,7 +201,7 @@ class _Run:
         if ineligible is not None:
             return Outcome.INELIGIBLE, ineligible
         if ski in self.subject_keys_seen or ski in already_certified:
-            return Outcome.DUPLICATE, "Request for duplicate certificate not permitted (the key is already certified)"
+            return Outcome.DUPLICATE, DUPLICATE_REASON
         if self.device_counts[device_id] >= self.plan.policy.per_device_cap:
             return Outcome.INELIGIBLE, f"device {device_id} already has {self.device_counts[device_id]} certificates (cap {self.plan.policy.per_device_cap})"
         return None

@@ -58,6 +58,9 @@ def describe_exception(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+DUPLICATE_REASON = "Request for duplicate certificate not permitted (the key is already certified)"
+
+
 class RequestRejected(BadInputError):
     """A request that cannot be honoured; `str()` is `<code> <reason>`."""
 

@@ -11,35 +11,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from smki.identifiers import DeviceType, RemotePartyRole
-from smki.policy import PolicyRefusal
+from smki.identifiers import RemotePartyRole
+from smki.policy.usage import Channel, Submitter
 from smki.register import Interface
-from smki.requests import parse_device_request
-from smki.web.answers import audit_request, read_body, refusal_answer, requester_role, run_blocking, transaction_id, xml_answer
-from smki.web.context import SERVICES, serves
+from smki.web.answers import (audit_request, read_body, refusal_answer, requester_role, submitter, transaction_id,
+                              xml_answer)
+from smki.web.context import SERVICES, run_blocking, serves
 from smki.web.messages import ADHOC_BODY_LIMIT, VERSION, AdhocStatus, adhoc_response, parse_adhoc_request
 
 PATH = f"/{VERSION}/AdHocDeviceCSR"
 OPERATION = "adhoc-submit"
 
 
-def _device_type_of(dca, csr_der: bytes) -> DeviceType:
-    """The device type whose hwType the request carries, under the DCA's policy. Stands in for
-    `issue_device(device_type=None)` (the batches helper's: the request's hwType decides) until it lands;
-    the lead removes this function then. A hwType no device type has is refused by issue_device itself."""
-    hw_type = parse_device_request(csr_der, "request").hw_type_oid
-    policy, environment = dca._loaded_policy(), dca._environment()
-    for device_type in DeviceType:
-        try:
-            if policy.hw_type_oid(environment, device_type) == hw_type:
-                return device_type
-        except PolicyRefusal:  # a type with no hwType in this environment is simply not this one
-            continue
-    return next(iter(DeviceType))
-
-
-def _issue(dca, csr_der: bytes, role: RemotePartyRole):
-    return dca.issue_device(csr_der, requester=role, device_type=_device_type_of(dca, csr_der), source="ad hoc web service")
+def _issue(dca, csr_der: bytes, role: RemotePartyRole, who: Submitter):
+    # device_type=None: the request's hwType decides; the submitter: the usage rules count the caller's requests.
+    return dca.issue_device(csr_der, requester=role, device_type=None, source="ad hoc web service", submitter=who)
 
 
 @serves(Interface.ADHOC_DEVICE)
@@ -50,7 +36,8 @@ async def submit(request: web.Request) -> web.Response:
         message = parse_adhoc_request(await read_body(request, ADHOC_BODY_LIMIT))
         client_id = message.id
         role = requester_role(request)
-        issued = await run_blocking(request, _issue, services.issuing_dca(), message.csr_der, role)
+        issued = await run_blocking(request, _issue, services.issuing_dca(), message.csr_der, role,
+                                    submitter(request, Channel.WEB_SERVICE))
         status, certificate = AdhocStatus.SUCCESS, issued.der
     except Exception as exc:  # noqa: BLE001 - every refusal is an answer (the table logs what it did not expect)
         status, error = refusal_answer(exc)

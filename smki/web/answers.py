@@ -1,21 +1,14 @@
-"""What the CSR web service handlers share (adhoc, organisation): the one table from a refusal to the answer's
-Status and ErrorCode, the requester's role, the bounded body, the TransactionId, the blocking actor call and
-the request audit entry.
-
-Three of these stand in for web-core's until it lands, each one small function the lead rewires:
-`run_blocking` (context.run_blocking: the worker's single executor thread, since python-pkcs11 is not
-thread-safe), `audit_request` (context.AUDIT: the worker's buffered request audit) and `transaction_id`.
+"""What the CSR web service handlers share (adhoc, organisation, batches): the one table from a refusal to the
+answer's Status and ErrorCode, the requester's role, the submitter the usage rules count, the bounded body, the
+TransactionId and the request audit entry. Actor calls go through smki.web.context.run_blocking (the worker's
+single actor thread: python-pkcs11 is not thread-safe).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +17,7 @@ from smki.identifiers import RemotePartyRole
 from smki.policy import PolicyRefusal
 from smki.register import Interface
 from smki.requests.outcomes import Outcome, RequestRejected
+from smki.policy.usage import Channel, Submitter, UsageRule
 from smki.web import context
 from smki.web.context import CALLER, Caller
 from smki.web.messages import CONTENT_TYPE, AdhocStatus, Code, CsrStatus, ErrorCode, MessageRefused, csr_error, one_line
@@ -43,7 +37,6 @@ _POLICY_RULES: tuple[tuple[str, AdhocStatus, Code], ...] = (
     ("4.2 single_request_requires_existing", AdhocStatus.UNKNOWN_DEVICE, Code.UNKNOWN_DEVICE),
     ("4.2 per_device_cap", AdhocStatus.ISSUANCE_ANOMALY, Code.DEVICE_CAP),
     ("4.1 eligibility", AdhocStatus.WORKFLOW_ERROR, Code.INELIGIBLE),
-    ("usage_rules.", AdhocStatus.WORKFLOW_ERROR, Code.USAGE_LIMIT),  # the batches helper's usage rules (its own WF: codes)
     ("6.3.2 validity", AdhocStatus.CA_ERROR, Code.CA_FAILURE),  # the CA's own validity cannot cover it: ours to fix
 )
 _OTHER_POLICY_RULE = (AdhocStatus.WORKFLOW_ERROR, Code.NOT_PERMITTED)  # 7.1 roles, device types, key usages...
@@ -66,6 +59,9 @@ def refusal_answer(exc: BaseException) -> tuple[AdhocStatus, ErrorCode]:
         status, error = csr_error(exc.outcome, exc.reason)
         return _CSR_STATUS[status], error
     if isinstance(exc, PolicyRefusal):
+        rule = UsageRule.of(exc)
+        if rule is not None:  # a usage rule of SEC Appendix N: its own WF: code (smki.policy.usage), as the batch service answers it
+            return AdhocStatus.WORKFLOW_ERROR, ErrorCode(rule.code, one_line(str(exc)))
         status, code = next(((status, code) for prefix, status, code in _POLICY_RULES if exc.rule.startswith(prefix)),
                             _OTHER_POLICY_RULE)
         return status, code.error(str(exc))
@@ -117,7 +113,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
-# -- stand-ins for web-core's ------------------------------------------------------------------------
+# -- the request's context -----------------------------------------------------------------------------
 def transaction_id() -> int:
     """A TransactionId (xsd:positiveInteger) unique across worker processes and hosts without asking anyone:
     the milliseconds since 1970 above 80 random bits, as a UUIDv7 lays them out. Time-ordered, and two IDs
@@ -126,32 +122,22 @@ def transaction_id() -> int:
     return (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80) | 1
 
 
-_EXECUTOR: ThreadPoolExecutor | None = None
-
-
-async def run_blocking(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:
-    """Run a blocking actor call in the worker's single executor thread (python-pkcs11 is not thread-safe:
-    one thread per process touches the HSM). Web-core's context.run_blocking when it exists."""
-    shared = getattr(context, "run_blocking", None)
-    if shared is not None:
-        return await shared(request, function, *args)
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smki-actor")
-    return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, function, *args)
+def submitter(request: web.Request, channel: Channel) -> Submitter:
+    """Who submits, as the actor's usage rules count it: the caller's register entry and the channel."""
+    subscriber = request[CALLER].subscriber
+    return Submitter(subscriber.name, channel, subscriber.eui64.hex)
 
 
 def audit_request(request: web.Request, interface: Interface, operation: str, *, client_id: str | None,
                   status: str, code: str | None) -> None:
-    """The request's audit entry: who (subscriber, fingerprint, address), what (interface, operation, the
-    client's ID), the outcome (status, code). Through web-core's buffered recorder (context.AUDIT) when the app
-    has one; logged otherwise. Never a CSR's bytes nor anything secret."""
+    """The request's audit entry (the worker's buffered request audit, context.AUDIT): who (subscriber,
+    fingerprint, address), what (interface, operation, the client's ID), the outcome (status, code). Never a
+    CSR's bytes nor anything secret. An app without the buffer (a handler's unit test) logs it instead."""
     caller: Caller | None = request.get(CALLER)
     entry = dict(interface=interface, operation=operation, status=status, code=code, client_id=client_id,
                  subscriber=caller.subscriber.name if caller and caller.subscriber else None,
                  fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else request.remote)
-    key = getattr(context, "AUDIT", None)
-    recorder = request.app.get(key) if key is not None else None
+    recorder = request.app.get(context.AUDIT)
     if recorder is not None:
         recorder.record(**entry)
     else:

@@ -26,8 +26,8 @@ from smki.policy import PolicyRefusal
 from smki.policy.usage import Channel, Submitter, UsageRule
 from smki.register import Interface
 from smki.requests.batch import BatchRefused
-from smki.web.answers import RoleRefused, audit_request, read_body, requester_role, run_blocking, xml_answer
-from smki.web.context import CALLER, SERVICES, serves
+from smki.web.answers import RoleRefused, audit_request, read_body, requester_role, submitter, xml_answer
+from smki.web.context import CALLER, SERVICES, run_blocking, serves
 from smki.web.messages import (CONTENT_TYPE, VERSION, BatchStatus, Code, CsrResult, CsrStatus, ErrorCode, MessageRefused, batch_result_chunks, csr_error,
                                one_line, parse_batch_request, submit_batch_status)
 
@@ -93,12 +93,6 @@ def csr_result(answer: CsrAnswer) -> CsrResult:
 
 def _results(answer: BatchAnswer) -> Iterator[CsrResult]:
     return (csr_result(each) for each in answer.answers or ())
-
-
-# -- the caller -------------------------------------------------------------------------------------------
-def submitter(request: web.Request, channel: Channel) -> Submitter:
-    subscriber = request[CALLER].subscriber
-    return Submitter(subscriber.name, channel, subscriber.eui64.hex)
 
 
 def _batch_id(request: web.Request) -> str:

@@ -145,7 +145,6 @@ class Code(enum.Enum):
     BATCH_NOT_ACCEPTED = ("WF:BB2", "The batch was not accepted")
     ROLE_NOT_HELD = ("WF:WF1", "The subscriber does not hold the role it acts for")
     INELIGIBLE = ("WF:WF2", "The requester is not eligible for this certificate")
-    USAGE_LIMIT = ("WF:WF3", "A usage limit of the interface was exceeded")
     NOT_PERMITTED = ("WF:WF4", "The Certificate Policy does not permit this certificate")
     # UD: replacement requests
     UNKNOWN_DEVICE = ("UD:UD1", "The device has no Device Certificate to replace")

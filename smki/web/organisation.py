@@ -14,8 +14,10 @@ from aiohttp import web
 
 from smki.files import MAX_CSR_BYTES
 from smki.register import Interface
-from smki.web.answers import audit_request, read_body, refusal_answer, requester_role, run_blocking, transaction_id, xml_answer
-from smki.web.context import SERVICES, serves
+from smki.policy.usage import Channel
+from smki.web.answers import (audit_request, read_body, refusal_answer, requester_role, submitter, transaction_id,
+                              xml_answer)
+from smki.web.context import SERVICES, run_blocking, serves
 from smki.web.messages import ADHOC_ID_LENGTH, VERSION, AdhocStatus, Code, MessageRefused, OrganisationStatus, organisation_response
 
 PATH = f"/{VERSION}/OrganisationCSR"
@@ -45,8 +47,9 @@ async def submit(request: web.Request) -> web.Response:
         client_id = _client_id(request)
         body = await read_body(request, MAX_CSR_BYTES)
         role = requester_role(request)
+        who = submitter(request, Channel.WEB_SERVICE)
         issued = await run_blocking(request, lambda: services.issuing_oca().issue_organisation(
-            body, requester=role, source="organisation CSR web service"))
+            body, requester=role, source="organisation CSR web service", submitter=who))
         status, certificate = OrganisationStatus.SUCCESS, issued.der
     except Exception as exc:  # noqa: BLE001 - every refusal is an answer
         adhoc_status, error = refusal_answer(exc)

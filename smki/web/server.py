@@ -373,6 +373,41 @@ def worker_main(spec: WorkerSpec, index: int, events) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+PROCESSOR = -1  # the batch processor's index among the service's processes
+PURGE_EVERY = 3600.0  # seconds between purges of batch results past the policy's retention period
+
+
+def processor_main(spec: WorkerSpec, index: int, events) -> None:
+    """The batch processor (spawned beside the workers when the service hosts the Issuing DCA): claims approved
+    batches from the queue, one at a time, and runs each through the DCA's batch issuance (its own signing
+    processes); purges results past retention. SIGTERM stops it between chunks: a batch it held is resumed by
+    the next processor to take its lease (here after a restart, or on another host sharing the store)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        configure_worker_logging(index, spec.log_level)
+        settings = load_service_settings(spec.settings_path)
+        services = WorkerServices(settings, spec.secrets)
+        dca = services.issuing_dca()
+        events.put(("ready", index, os.getpid()))
+        workers = _value(settings.issuing_dca, Setting.WORKERS)
+    except SmkiError as exc:
+        events.put(("failed", index, str(exc), exc.exit_code))
+        sys.exit(exc.exit_code)
+    last_purge = -PURGE_EVERY
+    while not stopping.is_set():
+        try:
+            if time.monotonic() - last_purge >= PURGE_EVERY:
+                last_purge = time.monotonic()
+                dca.purge_batches()
+            dca.process_batches(stop=stopping.is_set, workers=workers, once=True)
+        except SmkiError as exc:  # one batch's failure (audited by the actor) must not stop the queue: logged, retried at its lease's end
+            log.error("batch processor: %s", exc)
+        stopping.wait(settings.batches.poll_seconds)
+    services.close()
+
+
 async def _serve_worker(app: web.Application, settings: ServiceSettings, context: ssl.SSLContext | None, ready) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -416,14 +451,18 @@ class ServiceProcesses:
         self._metrics_dir = tempfile.mkdtemp(prefix="smki-metrics-")
         os.environ[metrics.MULTIPROCESS_ENV] = self._metrics_dir  # before any worker starts: each inherits it
         self._spec = WorkerSpec(self.settings.path, self.port, secrets, logging.getLogger("smki").getEffectiveLevel())
-        for index in range(self.settings.workers):
+        indexes = set(range(self.settings.workers))
+        if self.settings.issuing_dca is not None and self.settings.batches.processor:
+            indexes.add(PROCESSOR)
+        for index in sorted(indexes):
             self._spawn(index)
-        self._await_ready(set(range(self.settings.workers)))
+        self._await_ready(indexes)
         host = self.settings.address if ":" not in self.settings.address else f"[{self.settings.address}]"
         return f"{self.settings.scheme}://{host}:{self.port}"
 
     def _spawn(self, index: int) -> None:
-        process = self._context.Process(target=worker_main, args=(self._spec, index, self._events), name=f"smki-worker-{index}")
+        target, name = (processor_main, "smki-batch-processor") if index == PROCESSOR else (worker_main, f"smki-worker-{index}")
+        process = self._context.Process(target=target, args=(self._spec, index, self._events), name=name)
         with children_get_allowed_environment(also=worker_environment_names()):
             process.start()  # the secrets travel in the spawn pipe; the environment holds none of them
         self._workers[index] = process

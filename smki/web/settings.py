@@ -17,6 +17,7 @@ must be of their kind.
     repository: {api_key_source: env:REPO_API_KEY, published: published/, public_crl: true, public_search: false}
     limits: {max_body_bytes: 67108864, max_connections: 1024, request_timeout: 20, keepalive_timeout: 5}
     access_log: stderr                   # or a file
+    batches: {processor: true, poll_seconds: 2}   # a batch processor process beside the workers (with issuing_dca)
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from smki.store.postgres import has_password, is_database_url
 STDERR = "stderr"
 DEFAULT_PORT = 8443
 DEFAULT_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class BatchProcessing:
+    """The batch processor `smki serve` runs beside its workers when it hosts the Issuing DCA: one process that
+    claims approved batches from the queue (several services on one PostgreSQL store share the queue, each batch
+    claimed by one). `processor: false` leaves processing to `smki ca batches process` elsewhere."""
+
+    processor: bool = True
+    poll_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
     access_log: str | None = None  # a file, STDERR, or None (no access log)
     build: str = smki.__version__
+    batches: BatchProcessing = field(default_factory=lambda: BatchProcessing())
 
     @property
     def scheme(self) -> str:
@@ -137,6 +149,8 @@ SCHEMA = {
             "max_connections_per_client": _POSITIVE, "request_timeout": _SECONDS, "keepalive_timeout": _SECONDS}},
         "access_log": _TEXT,
         "build": _TEXT,
+        "batches": {"type": "object", "additionalProperties": False, "properties": {
+            "processor": {"type": "boolean"}, "poll_seconds": _SECONDS}},
     },
 }
 
@@ -163,7 +177,8 @@ def load_service_settings(path: Path | str) -> ServiceSettings:
         repository=_repository(reader, data.get("repository", {})),
         limits=_limits(reader, data.get("limits", {}), behind_proxy=bool(data.get("tls", {}).get("proxy"))),
         access_log=_access_log(reader, data["access_log"]) if "access_log" in data else None,
-        build=data.get("build", smki.__version__))
+        build=data.get("build", smki.__version__),
+        batches=BatchProcessing(**data.get("batches", {})))
 
 
 class _Reader:
