@@ -511,3 +511,54 @@ def test_markup_in_a_user_name_is_shown_escaped_on_the_login_page(world):
     response, text = run_portal(world, scenario)[0]
     assert response.status == 401 and "wrong user name or password" in text
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
+
+
+def test_smki_serve_serves_the_portal_over_mutual_tls(world, tmp_path):
+    """The portal in `smki serve` itself (worker processes, its own TLS): the address the demo prints."""
+    import http.client
+    import json
+    import os
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    credentials = world.credentials
+    (tmp_path / "librarian.yaml").write_text(f"kind: librarian\ndatabase: {world.pki.librarian.database}\n")
+    (tmp_path / "service.yaml").write_text(f"""\
+kind: service
+listen: {{address: 127.0.0.1, port: 0}}
+workers: 1
+tls: {{certificate: {credentials.server_certificate}, key: {credentials.server_key}, client_ca: {credentials.ca_certificate}}}
+database: {world.database}
+librarian: librarian.yaml
+repository: {{api_key_source: env:PORTAL_TEST_KEY}}
+""")
+    process = subprocess.Popen([sys.executable, "-m", "smki.cli.main", "serve", "--config", str(tmp_path / "service.yaml"), "--json"],
+                               stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr.log", "wb"), env={**os.environ, "PORTAL_TEST_KEY": API_KEY})
+    try:
+        line = process.stdout.readline()
+        assert line, (tmp_path / "stderr.log").read_text()
+        port = int(json.loads(line)["url"].rsplit(":", 1)[1])
+
+        def get(path: str, client: str | None = None) -> tuple[int, str]:
+            context = ssl.create_default_context(cafile=str(credentials.ca_certificate))
+            if client:
+                lab_client = world.clients[client]
+                context.load_cert_chain(str(lab_client.certificate), str(lab_client.key))
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read().decode()
+            connection.close()
+            return response.status, body
+        status, body = get("/portal/login")
+        assert status == 200 and "<h1>Log in</h1>" in body
+        status, body = get("/portal/", "lab-supplier")
+        assert status == 200 and "lab-supplier" in body
+        status, body = get("/portal/repository/crls")
+        assert status == 200 and "<h1>CRLs and ARLs</h1>" in body
+        assert get("/portal/static/portal.css")[0] == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    assert "Traceback" not in (tmp_path / "stderr.log").read_text()
