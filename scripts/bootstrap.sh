@@ -17,6 +17,8 @@ compgen -G "/usr/lib/*/p11-kit-proxy.so" >/dev/null || compgen -G "/usr/lib/p11-
 [ -e /usr/share/zoneinfo/Europe/London ] || need_apt+=(tzdata)
 # PostgreSQL server binaries: the tests run the store on a throwaway server (tests/postgres_server.py).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
+# The portal's browser tests (tests/test_portal_browser.py): Debian's Chromium, driven headless by Playwright.
+command -v chromium     >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt-get)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -29,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating virtualenv .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest, psycopg, hypothesis" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
+if ! .venv/bin/python -c "import smki, pkcs11, pkilint, pytest, psycopg, hypothesis, playwright, jinja2, argon2" 2>/dev/null || [ pyproject.toml -nt .venv/.smki-installed ]; then
   echo "== installing smki into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.smki-installed

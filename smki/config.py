@@ -200,17 +200,10 @@ def _hsm_values(reader: _Reader, hsm: dict) -> Iterator[ConfiguredValue]:
 
 
 def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
-    if "state" in data:
-        yield reader.place(Setting.STATE, ("state",), data["state"])
-    if "database" in data:
-        database = data["database"]
-        if not is_database_url(database):
-            yield reader.place(Setting.DATABASE, ("database",), database)
-        elif has_password(database):
-            raise reader.error(("database",), "a password is never written in a configuration file: give the URL without it "
-                                              "(PostgreSQL reads it from PGPASSWORD or ~/.pgpass)")
-        else:
-            yield reader.value(Setting.DATABASE, ("database",), database)
+    # A state is a directory or a postgresql:// URL (several services on several hosts share one); a database a file or a URL.
+    for setting, key in ((Setting.STATE, "state"), (Setting.DATABASE, "database")):
+        if key in data:
+            yield _place_or_url(reader, setting, key, data[key])
     if "policy" in data:
         policy = data["policy"]
         # A shipped policy (builtin:NAME) stands as it is; an unknown name is refused here, at its line.
@@ -220,6 +213,15 @@ def _authority_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:
         yield reader.value(Setting.ENVIRONMENT, ("environment",), data["environment"])
     if "issuer_certificate" in data:
         yield reader.input_path(Setting.ISSUER_CERTIFICATE, ("issuer_certificate",), data["issuer_certificate"])
+
+
+def _place_or_url(reader: _Reader, setting: Setting, key: str, text: str) -> ConfiguredValue:
+    if not is_database_url(text):
+        return reader.place(setting, (key,), text)
+    if has_password(text):
+        raise reader.error((key,), "a password is never written in a configuration file: give the URL without it "
+                                   "(PostgreSQL reads it from PGPASSWORD or ~/.pgpass)")
+    return reader.value(setting, (key,), text)
 
 
 def _audit_values(reader: _Reader, data: dict) -> Iterator[ConfiguredValue]:

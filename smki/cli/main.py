@@ -40,6 +40,7 @@ COMMANDS = {
     "audit": "smki.cli.audit:audit_group",
     "subscribers": "smki.cli.subscribers:subscribers_group",
     "tls": "smki.cli.tls:tls_group",
+    "portal": "smki.cli.portal:portal_group",
     "lint": "smki.cli.lint:lint_command",
     "verify": "smki.cli.lint:verify_command",
 }

@@ -43,6 +43,7 @@ from smki.profiles.files import load_certificate, read_certificate
 from smki.profiles.pem import PemLabel, single_object
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, list_certificates
 from smki.store.database import open_database
+from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
 from smki.store.postgres import is_database_url
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,11 @@ class Librarian:
                        key_usage=_optional(usage, lambda v: parsed(KeyUsage, v).value),
                        status=_optional(status, lambda v: repository_status(v).value))
         return list_certificates(self._open(), **filters, limit=_limit(limit))
+
+    def current_crls(self) -> list[LodgedCrl]:
+        """Every issuer's current CRL or ARL as lodged (the highest cRLNumber), in issuer order: what relying
+        parties fetch (the SMKI Portal lists them with their numbers, dates and entry counts)."""
+        return current_lodged_crls(self._open())
 
     def status_of(self, serial: int | str, *, issuer_key_id: str | None = None) -> RepositoryStatus:
         """The repository status parties see now for the certificate with this serial (and issuer, when

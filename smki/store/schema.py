@@ -298,6 +298,50 @@ _POSTGRESQL_9 = """
     CREATE INDEX adhoc_submissions_subscriber ON adhoc_submissions (subscriber, channel, submitted_at)
 """
 
+_SQLITE_10 = """
+        CREATE TABLE portal_accounts (
+            username      TEXT PRIMARY KEY,      -- the SMKI Portal user's login name
+            subscriber    TEXT NOT NULL,         -- the Authorised Subscriber (register name) it acts for
+            password_hash TEXT NOT NULL,         -- argon2id, PHC string
+            status        TEXT NOT NULL,         -- active, locked (by an operator), removed
+            locked_until  TEXT,                  -- locked after 5 wrong passwords within an hour, until then
+            created_at    TEXT NOT NULL,
+            changed_at    TEXT NOT NULL
+        );
+        CREATE TABLE portal_login_failures (
+            username  TEXT NOT NULL,
+            failed_at TEXT NOT NULL
+        );
+        CREATE INDEX portal_login_failures_username ON portal_login_failures (username, failed_at);
+        CREATE TABLE portal_sessions (
+            token_sha256 TEXT PRIMARY KEY,       -- SHA-256 of the cookie's token (the token itself is never stored)
+            kind         TEXT NOT NULL,          -- password, certificate
+            subscriber   TEXT NOT NULL,
+            username     TEXT,                   -- a password session's account
+            fingerprint  TEXT,                   -- a certificate session's client certificate (SHA-256)
+            csrf_token   TEXT NOT NULL,
+            created_at   TEXT NOT NULL,
+            expires_at   TEXT NOT NULL
+        );
+        CREATE INDEX portal_sessions_expires ON portal_sessions (expires_at)
+    """
+
+_POSTGRESQL_10 = """
+    CREATE TABLE portal_accounts (
+        username TEXT COLLATE "C" PRIMARY KEY, subscriber TEXT COLLATE "C" NOT NULL, password_hash TEXT COLLATE "C" NOT NULL,
+        status TEXT COLLATE "C" NOT NULL, locked_until TEXT COLLATE "C", created_at TEXT COLLATE "C" NOT NULL,
+        changed_at TEXT COLLATE "C" NOT NULL
+    );
+    CREATE TABLE portal_login_failures (username TEXT COLLATE "C" NOT NULL, failed_at TEXT COLLATE "C" NOT NULL);
+    CREATE INDEX portal_login_failures_username ON portal_login_failures (username, failed_at);
+    CREATE TABLE portal_sessions (
+        token_sha256 TEXT COLLATE "C" PRIMARY KEY, kind TEXT COLLATE "C" NOT NULL, subscriber TEXT COLLATE "C" NOT NULL,
+        username TEXT COLLATE "C", fingerprint TEXT COLLATE "C", csrf_token TEXT COLLATE "C" NOT NULL,
+        created_at TEXT COLLATE "C" NOT NULL, expires_at TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX portal_sessions_expires ON portal_sessions (expires_at)
+"""
+
 # (version, description, step): a step is DDL per dialect, or a callable run in the migration's
 # transaction (it reads connection.dialect where it differs). Append only: never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
@@ -311,5 +355,6 @@ MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
     (7, "serials named by lodged CRLs and ARLs", create_listed_serials),
     (8, "subscriber register: Authorised Subscribers and their client certificates", Ddl(_SQLITE_8, _POSTGRESQL_8)),
     (9, "the batch queue and the ad hoc submissions the usage rules count", Ddl(_SQLITE_9, _POSTGRESQL_9)),
+    (10, "SMKI Portal password accounts, login failures and sessions", Ddl(_SQLITE_10, _POSTGRESQL_10)),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

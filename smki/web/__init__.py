@@ -9,6 +9,9 @@
   schemas in smki/data/schemas.
 - adhoc, organisation, batches: the Ad Hoc and Batched Device CSR web services and Organisation CSR
   submission (the Issuing Authorities' answers).
+- portal: the SMKI Portal's web pages under /portal/ (Jinja2 templates, autoescaped; assets served by smki):
+  Organisation and ad hoc Device CSRs, batch ZIPs with live status, repository search and certificate pages,
+  CRLs and ARLs, the operator view; a client certificate or a password session (smki.register.accounts).
 
 A handler parses its input, calls one actor method and renders the result; it holds no check of its own.
 """

@@ -34,12 +34,14 @@ from smki.web.tls import PeerCertificate, peer_certificate
 
 log = logging.getLogger("smki.web")
 
-ROUTE_MODULES = ("smki.web.repository", "smki.web.adhoc", "smki.web.organisation", "smki.web.batches")
+ROUTE_MODULES = ("smki.web.repository", "smki.web.adhoc", "smki.web.organisation", "smki.web.batches", "smki.web.portal")
 # The authority each interface's handlers call: an interface whose authority the service does not host is not served (404).
+# The portal needs the service's own store (its accounts and sessions, beside the register).
 HOSTED_BY = {"smki.web.repository": "librarian", "smki.web.adhoc": "issuing_dca", "smki.web.organisation": "issuing_oca",
-             "smki.web.batches": "issuing_dca"}
+             "smki.web.batches": "issuing_dca", "smki.web.portal": "database"}
 REPOSITORY_ONLY = ("smki.web.repository",)
 BATCH_PREFIX = "/1.0/PortalCSRBatch/"  # the batch service takes large bodies (limits.max_body_bytes)
+PORTAL_PREFIX = "/portal/"  # and so do the portal's uploads (a batch ZIP), each form bounding its own fields
 SETTINGS = web.AppKey("smki.settings", ServiceSettings)
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
 _FLUSH_TASK = web.AppKey("smki.audit_flush", asyncio.Task)
@@ -177,7 +179,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
 
 def body_limit(request: web.Request) -> int:
     limits = request.app[SETTINGS].limits
-    return limits.max_body_bytes if request.path.startswith(BATCH_PREFIX) else limits.max_other_body_bytes
+    return limits.max_body_bytes if request.path.startswith((BATCH_PREFIX, PORTAL_PREFIX)) else limits.max_other_body_bytes
 
 
 def check_framing(request: web.Request) -> None:

@@ -392,6 +392,7 @@ def processor_main(spec: WorkerSpec, index: int, events) -> None:
         dca = services.issuing_dca()
         events.put(("ready", index, os.getpid()))
         workers = _value(settings.issuing_dca, Setting.WORKERS)
+        chunk = {"chunk_size": _value(settings.issuing_dca, Setting.CHUNK_SIZE)} if settings.issuing_dca.get(Setting.CHUNK_SIZE) else {}
     except SmkiError as exc:
         events.put(("failed", index, str(exc), exc.exit_code))
         sys.exit(exc.exit_code)
@@ -401,7 +402,7 @@ def processor_main(spec: WorkerSpec, index: int, events) -> None:
             if time.monotonic() - last_purge >= PURGE_EVERY:
                 last_purge = time.monotonic()
                 dca.purge_batches()
-            dca.process_batches(stop=stopping.is_set, workers=workers, once=True)
+            dca.process_batches(stop=stopping.is_set, workers=workers, once=True, lease_seconds=settings.batches.lease_seconds, **chunk)
         except SmkiError as exc:  # one batch's failure (audited by the actor) must not stop the queue: logged, retried at its lease's end
             log.error("batch processor: %s", exc)
         stopping.wait(settings.batches.poll_seconds)

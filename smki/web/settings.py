@@ -17,7 +17,7 @@ must be of their kind.
     repository: {api_key_source: env:REPO_API_KEY, published: published/, public_crl: true, public_search: false}
     limits: {max_body_bytes: 67108864, max_connections: 1024, request_timeout: 20, keepalive_timeout: 5}
     access_log: stderr                   # or a file
-    batches: {processor: true, poll_seconds: 2}   # a batch processor process beside the workers (with issuing_dca)
+    batches: {processor: true, poll_seconds: 2, lease_seconds: 60}   # a batch processor beside the workers (with issuing_dca)
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class BatchProcessing:
 
     processor: bool = True
     poll_seconds: float = 2.0
+    lease_seconds: float = 60.0  # a batch whose processor stopped renewing its lease this long is taken over
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ SCHEMA = {
         "access_log": _TEXT,
         "build": _TEXT,
         "batches": {"type": "object", "additionalProperties": False, "properties": {
-            "processor": {"type": "boolean"}, "poll_seconds": _SECONDS}},
+            "processor": {"type": "boolean"}, "poll_seconds": _SECONDS, "lease_seconds": _SECONDS}},
     },
 }
 
