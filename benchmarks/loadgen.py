@@ -73,14 +73,19 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _connection(host: str, port: int, tls: ssl.SSLContext, requests: Sequence[Request], start: int, stride: int,
-                      deadline: float, check: Callable[[int, bytes], bool], result: LoadResult) -> None:
-    """One keep-alive connection sending until the deadline; a connection the server closed counts as a failure
-    and is opened again (a server that drops connections must not look fast)."""
+                      deadline: float, check: Callable[[int, bytes], bool], result: LoadResult, once: bool = False) -> None:
+    """One keep-alive connection sending until the deadline (with `once`, also until its share of the requests is
+    sent: each request at most once); a connection the server closed counts as a failure and is opened again (a
+    server that drops connections must not look fast)."""
     index = start
-    while time.perf_counter() < deadline:
+
+    def more() -> bool:
+        return time.perf_counter() < deadline and not (once and index >= len(requests))
+
+    while more():
         reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
         try:
-            while time.perf_counter() < deadline:
+            while more():
                 request = requests[index % len(requests)]
                 index += stride
                 began = time.perf_counter()
@@ -99,20 +104,20 @@ async def _connection(host: str, port: int, tls: ssl.SSLContext, requests: Seque
 
 
 async def _run(host: str, port: int, tls: ClientTls, requests: Sequence[Request], connections: int, seconds: float,
-               offset: int, stride: int, check: Callable[[int, bytes], bool]) -> LoadResult:
+               offset: int, stride: int, check: Callable[[int, bytes], bool], once: bool = False) -> LoadResult:
     context = tls.context()
     result = LoadResult(0, 0, 0.0, [])
     began = time.perf_counter()
     deadline = began + seconds
-    await asyncio.gather(*(_connection(host, port, context, requests, offset + n, stride, deadline, check, result)
+    await asyncio.gather(*(_connection(host, port, context, requests, offset + n, stride, deadline, check, result, once)
                            for n in range(connections)))
     result.seconds = time.perf_counter() - began
     return result
 
 
 def _client_process(arguments) -> LoadResult:
-    host, port, tls, requests, connections, seconds, offset, stride, check = arguments
-    return asyncio.run(_run(host, port, tls, requests, connections, seconds, offset, stride, check))
+    host, port, tls, requests, connections, seconds, offset, stride, check, once = arguments
+    return asyncio.run(_run(host, port, tls, requests, connections, seconds, offset, stride, check, once))
 
 
 def status_200(status: int, body: bytes) -> bool:
@@ -120,12 +125,14 @@ def status_200(status: int, body: bytes) -> bool:
 
 
 def drive(host: str, port: int, tls: ClientTls, requests: Sequence[Request], *, connections: int, seconds: float,
-          processes: int = 1, check: Callable[[int, bytes], bool] = status_200) -> LoadResult:
+          processes: int = 1, check: Callable[[int, bytes], bool] = status_200, once: bool = False) -> LoadResult:
     """`connections` keep-alive connections (split over `processes` client processes) sending `requests` round-robin
-    for `seconds`; the merged counts and latencies. `check(status, body)` says whether an answer is a success."""
+    for `seconds`; the merged counts and latencies. `check(status, body)` says whether an answer is a success.
+    `once`: each request is sent at most once (requests that may not be repeated, e.g. CSRs), so the run also
+    ends when they are all sent."""
     processes = max(1, min(processes, connections))
     shares = [connections // processes + (1 if n < connections % processes else 0) for n in range(processes)]
-    jobs = [(host, port, tls, requests, share, seconds, sum(shares[:n]), connections, check) for n, share in enumerate(shares)]
+    jobs = [(host, port, tls, requests, share, seconds, sum(shares[:n]), connections, check, once) for n, share in enumerate(shares)]
     if processes == 1:
         return _client_process(jobs[0])
     with multiprocessing.get_context("spawn").Pool(processes) as pool:

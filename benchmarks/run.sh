@@ -14,6 +14,8 @@ for bench in benchmarks/bench_*.py; do
   if [ "$bench" = benchmarks/bench_repository.py ] && [ "${SMKI_BENCH_REPOSITORY_SIZE:-10000000}" = 0 ]; then
     echo "== $bench skipped (SMKI_BENCH_REPOSITORY_SIZE=0)"; continue
   fi
+  # bench_service.py serves a 2,000,000-certificate copy of that synthetic store (generated once, ~2 minutes):
+  # SMKI_BENCH_SERVICE_REPOSITORY_SIZE=N picks another size, 0 leaves the repository out of it.
   echo "== $bench"
   .venv/bin/python "$bench"
 done

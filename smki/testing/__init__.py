@@ -13,7 +13,9 @@
         assert "is revoked" in pki.verify(supplier, crls=[crl]).reason
 
 With pytest, the `smki` plugin (entry point pytest11) offers the fixtures `smki_pki` (one TestPKI
-per run), `smki_token` (a private token) and `smki_softhsm` (the process's SoftHSM store).
+per run), `smki_token` (a private token), `smki_softhsm` (the process's SoftHSM store) and `smki_service` (a real
+`smki serve` over mutual TLS with a client per role: smki.testing.TestService, whose ServiceClient speaks the CSR
+web services).
 """
 
 from smki.lazy import lazy_exports
@@ -23,5 +25,7 @@ from smki.testing.softhsm import SoftHsmStore, TestToken
 # installed, then costs no import of the actors until a test asks for a PKI.
 _EXPORTS = dict.fromkeys(("Hierarchy", "authority_name", "ServedRepository", "TestCertificate", "TestPKI", "TestRequest",
                           "shipped_policy"), "smki.testing.pki")
+_EXPORTS.update(dict.fromkeys(("BatchResult", "BatchSubmission", "ClientCredential", "CsrAnswer", "DeviceResult", "ResponseZip",
+                               "ServiceClient", "ServiceHttpError", "TestService", "lab_policies"), "smki.testing.service"))
 __all__ = [*sorted(_EXPORTS), "SoftHsmStore", "TestToken"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""The `smki` pytest plugin (entry point pytest11): a test PKI and a private SoftHSM token as fixtures.
+"""The `smki` pytest plugin (entry point pytest11): a test PKI, a private SoftHSM token and a served SMKI as fixtures.
 
 Nothing here touches SoftHSM until a fixture is asked for, so the plugin costs nothing in a run
 that does not use it. The store is chosen by `SoftHsmStore.for_process` (the one the PKCS#11
@@ -45,3 +45,18 @@ def smki_repository(smki_pki):
     served = smki_pki.serve_repository()
     yield served
     served.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smki_service(smki_token, tmp_path_factory):
+    """A real `smki serve` (one worker) for a lab test PKI, over mutual TLS, for the run (smki.testing.TestService).
+
+    `.url`, `.repository_url`, `.ca_file`, `.credentials[role]` (supplier, networkOperator, other, operator),
+    `.client(role)` (a ServiceClient: adhoc, organisation, submit_batch, wait_for_batch, ...), `.pki` (the TestPKI
+    it serves, with the lab's relaxed usage rules), `.replacement_csr()` (an ad hoc request for a known device).
+    Stopped (SIGTERM, as an operator stops it) when the run ends."""
+    from smki.testing.service import TestService
+
+    service = TestService.start(directory=tmp_path_factory.mktemp("smki-service"), token=smki_token)
+    yield service
+    service.stop()

@@ -45,6 +45,7 @@ PORTAL_PREFIX = "/portal/"  # and so do the portal's uploads (a batch ZIP), each
 SETTINGS = web.AppKey("smki.settings", ServiceSettings)
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
 _FLUSH_TASK = web.AppKey("smki.audit_flush", asyncio.Task)
+_ACCESS_LOG_TASK = web.AppKey("smki.access_log_flush", asyncio.Task)
 
 
 class Refusal(Exception):
@@ -107,17 +108,27 @@ async def _open_actors(app: web.Application) -> None:
 
 async def _start_audit_flush(app: web.Application) -> None:
     app[_FLUSH_TASK] = asyncio.get_running_loop().create_task(app[AUDIT].run(app[EXECUTOR]))
+    app[_ACCESS_LOG_TASK] = asyncio.get_running_loop().create_task(_flush_access_log())
+
+
+async def _flush_access_log() -> None:
+    """The access log's buffered lines written out on a beat, not per request (see access_log.BufferedFileHandler)."""
+    while True:
+        await asyncio.sleep(access_log.FLUSH_INTERVAL)
+        access_log.flush()
 
 
 async def _stop(app: web.Application) -> None:
     """At shutdown (in-flight requests answered): the last audit entries written, the actors closed, the actor thread stopped."""
-    task = app.get(_FLUSH_TASK)
-    if task is not None:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+    for key in (_FLUSH_TASK, _ACCESS_LOG_TASK):
+        task = app.get(key)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    access_log.flush()
     try:
         await app[AUDIT].flush(app[EXECUTOR])
     except Exception as exc:  # noqa: BLE001 - logged: the rest of the shutdown still runs
