@@ -23,6 +23,8 @@ from lxml import etree
 from smki import IssuingAuthority, KeyRef
 from smki.identifiers import EUI64, RemotePartyRole
 from smki.register import Interface, Subscriber, SubscriberStatus
+from smki.testing import TestPKI
+from smki.testing.service import lab_policies
 from smki.web import adhoc, context, organisation
 from smki.web import messages as m
 from smki.web.context import CALLER, SERVICES, Caller
@@ -70,6 +72,15 @@ class Services:
 async def caller_from_header(request, handler):
     request[CALLER] = Caller(CALLERS[request.headers.get("X-Test-Caller", SUPPLIER.name)], "ab" * 32, "127.0.0.1")
     return await handler(request)
+
+
+@pytest.fixture(scope="module")
+def smki_pki(smki_token, tmp_path_factory):
+    """This module's test PKI, under the lab's usage rules: the SEC's ad hoc interval (0.8 s per subscriber) would
+    refuse a test's quick requests (tests/test_usage_rules.py checks that interval)."""
+    directory = tmp_path_factory.mktemp("adhoc-lab-pki")
+    with TestPKI.create(directory / "pki", token=smki_token, policies=lab_policies(directory / "policies")) as pki:
+        yield pki
 
 
 @pytest.fixture(scope="module")
