@@ -252,6 +252,20 @@ def test_another_subscribers_batch_id_is_unknown_and_audited(smki_pki, tmp_path)
     assert len(refusals) == 10
 
 
+def test_a_batch_id_of_non_ascii_digits_is_unknown_not_a_fault(smki_pki, tmp_path):
+    """str.isdigit() takes "²" (int() refuses it: ValueError, a 500 on the portal) and Arabic-Indic digits (int() reads them)."""
+    dca = authority(smki_pki, tmp_path)
+    queued = dca.submit_batch(requests(smki_pki, 1), client_id="mine", subscriber=ALICE, requester="supplier")
+    arabic = "".join(chr(0x0660 + int(digit)) for digit in str(queued.number))
+    for number in ("\u00b2", "1\u00b9", arabic):
+        with pytest.raises(UnknownBatch):
+            dca.batch_result(number, ALICE)
+        with pytest.raises(UnknownBatch):
+            dca.batch_files(number, ALICE)
+    with pytest.raises(BadInputError):
+        dca.approve_batch("\u00b2")
+
+
 def test_results_are_purged_after_the_retention_period(smki_pki, tmp_path):
     dca = authority(smki_pki, tmp_path, LAB_RULES + "  result_retention_days: 30\n  auto_approved_requesters: ['*']\n")
     queued = dca.submit_batch(requests(smki_pki, 1), client_id="old", subscriber=ALICE, requester="supplier")

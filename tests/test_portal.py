@@ -562,3 +562,17 @@ repository: {{api_key_source: env:PORTAL_TEST_KEY}}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+# -- found by the hostile review (issue 15/16) ------------------------------------------------------------------
+
+def test_a_batch_number_of_non_ascii_digits_is_no_such_batch_not_a_fault(world):
+    """"²" passes str.isdigit() but not int(): it was an HTTP 500; now the page says there is no such batch."""
+    async def scenario(client, services):
+        browser = Browser(client, world.clients["lab-supplier"].certificate)
+        return [(await browser.get(f"/portal/batches/{quote(number)}{suffix}"))[0].status
+                for number in ("\u00b2", "1\u00b9") for suffix in ("", "/status.csv")]
+    statuses, services = run_portal(world, scenario)
+    assert statuses == [404] * 4
+    assert [e.code for e in audited(services, "portal-batch") + audited(services, "portal-batch-download")] == ["FM:AA3"] * 4
+

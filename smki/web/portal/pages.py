@@ -311,7 +311,7 @@ def _reference(form: MultiDictProxy, filename: str) -> str:
 
 def batch_number(request: web.Request) -> int:
     text = request.match_info["number"]
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # ASCII: isdigit() takes "²", which int() refuses
         raise PageError(HTTPStatus.NOT_FOUND, "No such batch", "A batch is named by its number.", code="FM:AA3")
     return int(text)
 
