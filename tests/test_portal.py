@@ -576,3 +576,27 @@ def test_a_batch_number_of_non_ascii_digits_is_no_such_batch_not_a_fault(world):
     assert statuses == [404] * 4
     assert [e.code for e in audited(services, "portal-batch") + audited(services, "portal-batch-download")] == ["FM:AA3"] * 4
 
+
+def portal_adhoc_count(world, subscriber: str) -> int:
+    """The ad hoc submissions the Issuing OCA's usage rules count for `subscriber` through the portal (its own store)."""
+    import sqlite3
+    with sqlite3.connect(world.pki.state("issuing-oca") / "smki.db") as connection:
+        return connection.execute("SELECT COUNT(*) FROM adhoc_submissions WHERE subscriber = ? AND channel = 'portal'",
+                                  (subscriber,)).fetchone()[0]
+
+
+def test_an_organisation_csr_from_the_portal_is_counted_by_the_usage_rules(world):
+    """The portal's Organisation CSR went to issue_organisation without its submitter: the usage rules (the portal's
+    daily cap) never saw it, while the Organisation CSR web service and the portal's ad hoc form are counted."""
+    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-21", role="supplier", usage="DS").der
+    before = portal_adhoc_count(world, "lab-supplier")
+
+    async def scenario(client, services):
+        browser = Browser(client, world.clients["lab-supplier"].certificate)
+        data = FormData()
+        data.add_field("csrf", await browser.csrf("/portal/organisation"))
+        data.add_field("csr", csr, filename="supplier.csr")
+        return await browser.post("/portal/organisation", data)
+    (response, text), services = run_portal(world, scenario)
+    assert response.status == 200, text
+    assert portal_adhoc_count(world, "lab-supplier") == before + 1

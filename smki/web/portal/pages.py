@@ -115,9 +115,10 @@ async def organisation_form(request: web.Request, visitor: Visitor, form) -> web
 async def organisation_submit(request: web.Request, visitor: Visitor, form: MultiDictProxy) -> web.Response:
     csr = csr_of(form)
     role = role_of(visitor, form)
-    oca = request.app[SERVICES].issuing_oca()
-    try:
-        issued = await run_blocking(request, lambda: oca.issue_organisation(csr, requester=role, source="SMKI Portal"))
+    oca, submitter = request.app[SERVICES].issuing_oca(), submitter_of(visitor)
+    try:  # the submitter: the usage rules count the portal's Organisation CSRs, as the web service's and the ad hoc form's
+        issued = await run_blocking(request, lambda: oca.issue_organisation(csr, requester=role, source="SMKI Portal",
+                                                                            submitter=submitter))
     except Exception as exc:  # noqa: BLE001 - every refusal is a page (the table logs what it did not expect)
         raise refused(exc) from None
     audit(request, "portal-organisation-submit", HTTPStatus.OK)
