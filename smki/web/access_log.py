@@ -8,12 +8,14 @@ bytes, milliseconds.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
 from smki.web.settings import STDERR
 
 LOGGER = "smki.web.access"
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII controls, the space and DEL
 FLUSH_INTERVAL = 0.2  # seconds a line may wait in the file's buffer (the worker's app flushes it on this beat)
 
 
@@ -51,8 +53,10 @@ def configure(destination: str | None) -> logging.Logger:
 
 def line(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> str:
     when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    # The path is printable ASCII by then (aiohttp refuses others); %-escape anything else, so no line can be forged.
-    safe = path.encode("ascii", "backslashreplace").decode().replace("\n", "\\n").replace(" ", "%20")
+    # The path is decoded (%0D, %1B and %20 arrive as themselves): non-ASCII backslash-escaped, every ASCII control
+    # character and the space %-escaped, so that no line can be forged (a CR is a line break to many readers,
+    # Python's universal newlines among them) and no terminal escape reaches whoever reads the log.
+    safe = _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", path.encode("ascii", "backslashreplace").decode())
     return f"{when} {address} {subscriber or '-'} {method} {safe} {status} {size if size is not None else '-'} {milliseconds:.1f}"
 
 
