@@ -203,6 +203,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     try:
         check_framing(request)
     except Refusal as refusal:
+        await audit_framing_refusal(request, refusal)
         return refusal.response()
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -217,8 +218,27 @@ async def framing(request: web.Request, handler) -> web.StreamResponse:
     try:
         check_framing(request)
     except Refusal as refusal:
+        await audit_framing_refusal(request, refusal)
         return refusal.response()
     return await handler(request)
+
+
+async def audit_framing_refusal(request: web.Request, refusal: Refusal) -> None:
+    """A CSR interface's request refused for its framing (413, 400, 411) leaves its audit entry, as every request to
+    an interface does: who (the certificate's subscriber when the register knows it, else its fingerprint), the refusal."""
+    interface = interface_of(request.match_info.handler)
+    if interface is None:
+        return
+    peer = peer_certificate(request, request.app[SETTINGS].tls)
+    subscriber = None
+    if peer is not None:
+        try:
+            subscriber = await _identify(request, peer, interface)
+        except SubscriberRefused:
+            pass  # refused for its framing first: the entry names its certificate by fingerprint
+    request[CALLER] = Caller(subscriber, peer.fingerprint if peer else None, request.remote or "")
+    request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(refusal.status.value),
+                                  outcome=Outcome.REFUSED)
 
 
 async def read_body(request: web.Request) -> bytes:
