@@ -257,3 +257,30 @@ def test_a_request_refused_for_its_framing_is_audited_with_its_caller(tls_servic
     assert all(entry.outcome is Outcome.REFUSED and entry.interface == "adhoc-device" for entry in entries)
     assert [entry.subscriber for entry in entries] == ["supplier-adhoc", "supplier-adhoc", None]
     assert entries[0].fingerprint == hashlib.sha256(_der(credentials["client"])).hexdigest() and entries[-1].fingerprint is None
+
+
+def test_a_fault_on_a_path_with_control_characters_logs_one_escaped_line(credentials, caplog):
+    """The errors middleware logged the decoded path and the exception's text as they were: a %0D%0A in the path (or
+    in a message quoting the input) forged lines in the service's log."""
+    async def broken(request: web.Request) -> web.Response:
+        raise ValueError(f"cannot read {request.match_info['name']!s}")
+
+    register = FakeRegister(_der(credentials["client"]))
+    tls = TlsSettings(certificate=credentials["server"], key=credentials["server_key"], client_ca=credentials["ca"])
+    settings = ServiceSettings(path=None, tls=tls, limits=Limits())
+    app = make_app(FakeServices(register), settings, route_modules=())
+    app.router.add_get("/broken/{name}", broken)
+    service = RunningService(app, settings.limits, "127.0.0.1", 0, server_context(tls)).start()
+    try:
+        context = ssl.create_default_context(cafile=str(credentials["ca"]))
+        connection = http.client.HTTPSConnection(*service.address, context=context, timeout=10)
+        with caplog.at_level("ERROR", logger="smki.web"):
+            connection.request("GET", "/broken/x%0D%0Asmki%20serve:%20worker%200:%20ERROR:%20forged%1B[2J")
+            response = connection.getresponse()
+            assert response.status == 500 and response.read() == b"internal error\n"
+        connection.close()
+    finally:
+        service.shutdown()
+    [message] = [record.getMessage() for record in caplog.records if "ValueError" in record.getMessage()]
+    assert not any(ord(character) < 0x20 or ord(character) == 0x7F for character in message), repr(message)
+    assert "/broken/x%0D%0Asmki serve" in message and "forged%1B[2J" in message

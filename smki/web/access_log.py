@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from smki.web.settings import STDERR
 
 LOGGER = "smki.web.access"
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")  # ASCII controls, the space and DEL
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # ASCII controls and DEL
 FLUSH_INTERVAL = 0.2  # seconds a line may wait in the file's buffer (the worker's app flushes it on this beat)
 
 
@@ -53,11 +53,15 @@ def configure(destination: str | None) -> logging.Logger:
 
 def line(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> str:
     when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    # The path is decoded (%0D, %1B and %20 arrive as themselves): non-ASCII backslash-escaped, every ASCII control
-    # character and the space %-escaped, so that no line can be forged (a CR is a line break to many readers,
-    # Python's universal newlines among them) and no terminal escape reaches whoever reads the log.
-    safe = _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", path.encode("ascii", "backslashreplace").decode())
+    safe = printable(path).replace(" ", "%20")  # the path decoded (%20 arrives as a space): one field of the line
     return f"{when} {address} {subscriber or '-'} {method} {safe} {status} {size if size is not None else '-'} {milliseconds:.1f}"
+
+
+def printable(text: object) -> str:
+    """`text` for a log line: non-ASCII backslash-escaped, every ASCII control character %-escaped, so that a value a
+    client chose (a decoded path, an exception's message) forges no line (a CR is a line break to many readers,
+    Python's universal newlines among them) and puts no terminal escape before whoever reads the log."""
+    return _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", str(text).encode("ascii", "backslashreplace").decode())
 
 
 def record(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> None:

@@ -174,7 +174,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except (web.HTTPException, asyncio.CancelledError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - a fault of the service: one line in the log, no detail to the client
-        log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        log.error("%s %s: %s: %s", request.method, access_log.printable(request.path), type(exc).__name__, access_log.printable(exc))
         return web.Response(status=HTTPStatus.INTERNAL_SERVER_ERROR, text="internal error\n")
 
 
@@ -262,7 +262,7 @@ async def caller(request: web.Request, handler) -> web.StreamResponse:
     except SubscriberRefused as exc:
         request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
                                       outcome=Outcome.REFUSED)
-        log.info("%s %s refused: %s", request.remote, request.path, exc)
+        log.info("%s %s refused: %s", request.remote, access_log.printable(request.path), exc)
         return web.Response(status=HTTPStatus.FORBIDDEN, text=f"refused: {exc}\n")
     request[CALLER] = Caller(subscriber, peer.fingerprint, request.remote or "")
     return await handler(request)
