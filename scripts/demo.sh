@@ -307,6 +307,7 @@ run "$SMKI" policy adopt --state state/issuing-dca --actor demo-operator --audit
   --audit-pin-source env:DEMO_PIN lab-device.yaml
 sed -i 's|^policy: builtin:device$|policy: lab-device.yaml|' issuing-dca.yaml
 echo "(lab transport credentials, as the IKI would issue them: a LAB ONLY CA, the server's certificate, one client per role)"
+run "$SMKI" tls lab-credentials tls --register --database service.db
 SPORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat > service.yaml <<CONFIG
 # smki serve's configuration (smki config template service prints a commented one)
@@ -322,7 +323,6 @@ repository: {api_key_source: env:DEMO_API_KEY, published: repository-www}
 batches: {processor: true, poll_seconds: 1}
 access_log: service-access.log
 CONFIG
-run "$SMKI" tls lab-credentials tls --register --config service.yaml
 run "$SMKI" subscribers list --config service.yaml
 export DEMO_PORTAL_PASSWORD=$(openssl rand -hex 12)
 run "$SMKI" portal users add jo --subscriber lab-supplier --config service.yaml --password-source env:DEMO_PORTAL_PASSWORD
@@ -394,7 +394,7 @@ echo '$ curl ... $URL/1.0/PortalCSRBatch/BatchResponseZip?BatchId=N   (the porta
 run unzip -l batch-response.zip
 echo "(the repository on the same service: the API key as a header; CRLs need none)"
 "${CURL[@]}" -H "X-API-Key: $DEMO_API_KEY" -X POST "$URL/services/certificatesearch" \
-  --data '<CertificateSearchRequest><CertificateSubjectAltName>00-DB-00-00-00-10-00-02</CertificateSubjectAltName></CertificateSearchRequest>'; echo
+  --data '<CertificateSearchRequest><CertificateSubjectAltName>00-DB-12-34-56-78-90-A0</CertificateSubjectAltName></CertificateSearchRequest>'; echo
 run curl -sS --cacert tls/lab-transport-ca.pem -o service-organisation.crl "$URL/crl/$OCA_SKI.crl"
 run openssl crl -inform DER -in service-organisation.crl -noout -crlnumber
 run curl -sS --cacert tls/lab-transport-ca.pem "$URL/metrics" -o metrics.txt
