@@ -400,7 +400,9 @@ run openssl crl -inform DER -in service-organisation.crl -noout -crlnumber
 run curl -sS --cacert tls/lab-transport-ca.pem "$URL/metrics" -o metrics.txt
 grep -m3 '^smki_' metrics.txt || true
 echo "(every request was audited in the service's own trail: who, what, the outcome; the access log holds no key)"
-run "$SMKI" audit show --db service.db --limit 5
+echo '$ smki audit show --db service.db --operation service.request | tail -4'
+"$SMKI" audit show --db service.db --operation service.request | tail -4
+run "$SMKI" audit verify --db service.db
 echo "The portal: $URL/portal/ (a browser presenting tls/client-supplier.pem, or user jo with \$DEMO_PORTAL_PASSWORD)"
 kill $SERVICE; wait $SERVICE 2>/dev/null || true
 
