@@ -296,6 +296,116 @@ printf '$ GET /crl/%s.crl?apikey=...\n' "$OCA_SKI"
 run openssl crl -inform DER -in downloaded-organisation.crl -noout -crlnumber -issuer
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
+step "9b. smki serve: the SMKI's online interfaces over mutual TLS (CSR web services, Organisation CSRs, the Repository, the portal)"
+echo "(a lab's Issuing DCA relaxes the SEC's usage rules (SEC Appendix N 3: batches only 20:00-08:00, one ad hoc CSR"
+echo " per 0.8 s): batches at any hour, no interval; the Registration Authority still approves each batch)"
+"$REPO/.venv/bin/python" - <<'PY' > lab-device.yaml
+from smki.testing.service import lab_policy_text
+print(lab_policy_text("device").replace('auto_approved_requesters: ["*"]', "auto_approved_requesters: []"), end="")
+PY
+run "$SMKI" policy adopt --state state/issuing-dca --actor demo-operator --audit-key-uri "pkcs11:token=SMKI-ISSUING-DCA;object=issuing-dca-audit;id=%02" \
+  --audit-pin-source env:DEMO_PIN lab-device.yaml
+sed -i 's|^policy: builtin:device$|policy: lab-device.yaml|' issuing-dca.yaml
+echo "(lab transport credentials, as the IKI would issue them: a LAB ONLY CA, the server's certificate, one client per role)"
+run "$SMKI" tls lab-credentials tls --register --database service.db
+SPORT=$("$REPO/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > service.yaml <<CONFIG
+# smki serve's configuration (smki config template service prints a commented one)
+kind: service
+listen: {address: 127.0.0.1, port: $SPORT}
+workers: 2
+tls: {certificate: tls/server.pem, key: tls/server.key.pem, client_ca: tls/lab-transport-ca.pem}
+database: service.db                  # the subscriber register, portal accounts and the request audit trail
+issuing_oca: issuing-oca.yaml
+issuing_dca: issuing-dca.yaml
+librarian: librarian.yaml
+repository: {api_key_source: env:DEMO_API_KEY, published: repository-www}
+batches: {processor: true, poll_seconds: 1}
+access_log: service-access.log
+CONFIG
+run "$SMKI" subscribers list --config service.yaml
+export DEMO_PORTAL_PASSWORD=$(openssl rand -hex 12)
+run "$SMKI" portal users add jo --subscriber lab-supplier --config service.yaml --password-source env:DEMO_PORTAL_PASSWORD
+"$SMKI" serve --config service.yaml --json > serve.json 2> serve.log &
+SERVICE=$!
+trap 'kill $SERVICE 2>/dev/null || true' EXIT
+for _ in $(seq 300); do [ -s serve.json ] && break; sleep 0.2; done
+URL=$("$REPO/.venv/bin/python" -c 'import json; print(json.load(open("serve.json"))["url"])')
+echo "serving on $URL (2 workers and a batch processor; the portal: $URL/portal/)"
+CURL=(curl -sS --fail-with-body --cacert tls/lab-transport-ca.pem --cert tls/client-supplier.pem --key tls/client-supplier.key.pem
+      -H "Content-Type: application/xml;charset=UTF-8")
+run curl -sS --cacert tls/lab-transport-ca.pem "$URL/health"; echo
+echo "(no client certificate: refused, and audited)"
+curl -sS --cacert tls/lab-transport-ca.pem -o /dev/null -w 'HTTP %{http_code}\n' -X POST "$URL/1.0/AdHocDeviceCSR" --data '<x/>'
+"$REPO/.venv/bin/python" - <<'PY'
+import base64
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from smki.identifiers import EUI64
+from smki.profiles.extensions import hardware_module_name
+def csr(device, ds=True):
+    san = x509.SubjectAlternativeName([hardware_module_name("1.2.826.0.1.8641679.1.2.2.1", EUI64(bytes.fromhex(device)))])
+    usage = x509.KeyUsage(ds, False, False, False, not ds, False, False, False, False)
+    request = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).add_extension(usage, critical=True) \
+        .add_extension(san, critical=True).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    return base64.b64encode(request.public_bytes(serialization.Encoding.DER)).decode()
+# ad hoc: a replacement key for a meter the night's batch certified (an ad hoc request replaces, policy 4.2)
+open("adhoc.xml", "w").write('<DeviceCertificateSigningRequest ID="demo-adhoc-1"><Version>1.0</Version>'
+                             f'<CertificateSigningRequest>{csr("00DB000000100002")}</CertificateSigningRequest></DeviceCertificateSigningRequest>')
+entries = "".join(f'<DeviceCSR ID="gsme-{n}">{csr(f"00DB0000002{n:05X}", n % 2 == 0)}</DeviceCSR>' for n in range(20))
+open("batch.xml", "w").write(f'<SubmitCSRBatch ID="demo-batch-1"><Version>1.0</Version>{entries}</SubmitCSRBatch>')
+PY
+echo '$ curl --cert tls/client-supplier.pem ... -X POST $URL/1.0/AdHocDeviceCSR --data @adhoc.xml'
+"${CURL[@]}" -X POST "$URL/1.0/AdHocDeviceCSR" --data @adhoc.xml > adhoc-response.xml
+"$REPO/.venv/bin/python" -c 'import sys, xml.etree.ElementTree as ET; r = ET.parse("adhoc-response.xml").getroot(); print("Status", r.findtext("Status"), "TransactionId", r.findtext("TransactionId")); open("adhoc.der", "wb").write(__import__("base64").b64decode(r.findtext("Certificate")))'
+run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem <(openssl x509 -inform DER -in adhoc.der)
+echo '$ curl ... -X POST $URL/1.0/OrganisationCSR?ID=demo-org-1 --data-binary @supplier-ds.csr   (any portal encoding: here PEM)'
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout supplier-ds.key -out supplier-ds.csr -sha256 \
+  -subj "/OU=02/x500UniqueIdentifier=" -addext "keyUsage=critical,digitalSignature" 2>/dev/null || true
+"$REPO/.venv/bin/python" - <<'PY'
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
+subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "02", _ASN1Type.UTF8String),
+                     x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, bytes.fromhex("0090B3D51F30010000"), _ASN1Type.BitString)])
+usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+csr = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(usage, critical=True).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+open("supplier-ds.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
+PY
+"${CURL[@]}" -X POST "$URL/1.0/OrganisationCSR?ID=demo-org-1" --data-binary @supplier-ds.csr > org-response.xml
+"$REPO/.venv/bin/python" -c 'import xml.etree.ElementTree as ET; r = ET.parse("org-response.xml").getroot(); print("Status", r.findtext("Status"))'
+echo '$ curl ... -X POST $URL/1.0/PortalCSRBatch/SubmitCSRBatch --data @batch.xml   (20 device CSRs)'
+"${CURL[@]}" -X POST "$URL/1.0/PortalCSRBatch/SubmitCSRBatch" --data @batch.xml > batch-status.xml
+cat batch-status.xml; echo
+BATCH=$("$REPO/.venv/bin/python" -c 'import xml.etree.ElementTree as ET; print(ET.parse("batch-status.xml").getroot().findtext("BatchId"))')
+echo "(PENDING: the Registration Authority approves it, from the CLI; the service's batch processor takes it from there)"
+run "$SMKI" ca batches list --config issuing-dca.yaml
+run "$SMKI" ca batches approve --config issuing-dca.yaml "$BATCH"
+for _ in $(seq 120); do
+  "${CURL[@]}" "$URL/1.0/PortalCSRBatch/CSRBatchResult?BatchId=$BATCH" > batch-result.xml
+  grep -q '<BatchStatus>COMPLETED</BatchStatus>' batch-result.xml && break; sleep 0.5
+done
+"$REPO/.venv/bin/python" -c 'import collections, xml.etree.ElementTree as ET; r = ET.parse("batch-result.xml").getroot(); print("BatchStatus", r.findtext("BatchStatus"), dict(collections.Counter(e.findtext("Status") for e in r.iter("DeviceCertificate"))))'
+echo '$ curl ... $URL/1.0/PortalCSRBatch/BatchResponseZip?BatchId=N   (the portal batch format: a .crt per request)'
+"${CURL[@]}" -o batch-response.zip "$URL/1.0/PortalCSRBatch/BatchResponseZip?BatchId=$BATCH"
+run unzip -l batch-response.zip
+echo "(the repository on the same service: the API key as a header; CRLs need none)"
+"${CURL[@]}" -H "X-API-Key: $DEMO_API_KEY" -X POST "$URL/services/certificatesearch" \
+  --data '<CertificateSearchRequest><CertificateSubjectAltName>00-DB-12-34-56-78-90-A0</CertificateSubjectAltName></CertificateSearchRequest>'; echo
+run curl -sS --cacert tls/lab-transport-ca.pem -o service-organisation.crl "$URL/crl/$OCA_SKI.crl"
+run openssl crl -inform DER -in service-organisation.crl -noout -crlnumber
+run curl -sS --cacert tls/lab-transport-ca.pem "$URL/metrics" -o metrics.txt
+grep -m3 '^smki_' metrics.txt || true
+echo "(every request was audited in the service's own trail: who, what, the outcome; the access log holds no key)"
+echo '$ smki audit show --db service.db --operation service.request | tail -4'
+"$SMKI" audit show --db service.db --operation service.request | tail -4
+run "$SMKI" audit verify --db service.db
+echo "The portal: $URL/portal/ (a browser presenting tls/client-supplier.pem, or user jo with \$DEMO_PORTAL_PASSWORD)"
+kill $SERVICE; wait $SERVICE 2>/dev/null || true
+
 step "10. An auditor checks the trail: every entry hash-chained, every checkpoint signed by the audit key in the HSM"
 run "$SMKI" hsm pubkey --key-uri "$AUDIT_KEY" --out librarian-audit.pub.pem
 run "$SMKI" audit show --config librarian.yaml

@@ -64,9 +64,10 @@ def test_device_single_request_needs_an_earlier_certificate(authority, tmp_path)
     (tmp_path / "d.csr").write_bytes(f.device_csr(key, eui64="00DB000000000001"))
     refused = device_issue(authority, tmp_path / "d.csr", tmp_path / "d.pem", check=False)
     assert refused.returncode == 1 and "single_request_requires_existing" in refused.stderr
-    # The first certificate comes the batch-equivalent way; then a replacement is allowed.
+    # The first certificate comes the batch-equivalent way, for the device's first key; then a replacement (a new key) is allowed.
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-    (tmp_path / "dev.pub").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    first_key = f.ec.generate_private_key(f.ec.SECP256R1())
+    (tmp_path / "dev.pub").write_bytes(first_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     smki("cert", "device", *issuing_options(authority), "--environment", "test", "--public-key", str(tmp_path / "dev.pub"), "--requester", "supplier",
          "--device-id", "00DB000000000001", "--device-type", "ESME", "--usage", "KA", "--not-before", "2026-02-01", "--out", str(tmp_path / "first.pem"))
     device_issue(authority, tmp_path / "d.csr", tmp_path / "d.pem")

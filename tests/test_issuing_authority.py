@@ -23,6 +23,7 @@ from smki.issuing import IssuingAuthority
 from smki.operations.audited import open_state
 from smki.policy import Environment, PolicyRefusal, load_policy
 from smki.profiles import issuing_ca_certificate, root_certificate, sign_certificate
+from smki.requests.outcomes import RequestRejected
 from smki.profiles.lint.crl_rules import lint_crl
 
 POLICIES = Path(__file__).resolve().parents[1] / "smki" / "data" / "policies"
@@ -142,10 +143,16 @@ def test_a_device_replacement_from_a_request(pki):
         with pytest.raises(PolicyRefusal, match="single_request_requires_existing"):
             authority.issue_device(f.device_csr(key, eui64="00DB0000000A0002"), requester="supplier", device_type="ESME")
         assert_refused_cleanly(pki.state, before, "certificate.issue.device", "single_request_requires_existing")
-        authority.certify_device(key.public_key(), device_id="00DB0000000A0002", device_type="ESME", usage="KA", requester="supplier")
+        first_key = ec.generate_private_key(ec.SECP256R1())
+        authority.certify_device(first_key.public_key(), device_id="00DB0000000A0002", device_type="ESME", usage="KA", requester="supplier")
         replaced = authority.issue_device(f.device_csr(key, eui64="00DB0000000A0002"), requester="supplier", device_type="ESME")
         assert replaced.record.entity_id == "00DB0000000A0002"
         assert len(authority.list(entity_id="00DB0000000A0002")) == 2
+        # A key already certified is a duplicate (CR:9999), as in a batch: refused, audited, nothing issued.
+        before = certificate_count(pki.state)
+        with pytest.raises(RequestRejected, match="CR:9999"):
+            authority.issue_device(f.device_csr(first_key, eui64="00DB0000000A0002"), requester="supplier", device_type="ESME")
+        assert_refused_cleanly(pki.state, before, "certificate.issue.device", "CR:9999")
 
 
 def test_a_batch(pki, tmp_path):

@@ -331,3 +331,27 @@ def test_a_bad_configuration_is_one_line_exit_3(tmp_path, run_smki):
     (tmp_path / "service.yaml").write_text("kind: service\nrepository: {api_key: hunter2}\n")
     result = run_smki("serve", "--config", str(tmp_path / "service.yaml"))
     assert result.returncode == 3 and "hunter2" not in result.stderr and "service.yaml:2" in result.stderr, result.stderr
+
+
+def test_a_wrong_pin_stops_the_service_at_its_start_exit_4(smki_pki, tmp_path):
+    """The Issuing Authorities are checked ready when the workers start (state, adopted policy, HSM login, the key
+    the certificate's): a wrong PIN is one line and exit 4 at once, not a CA_ERROR at the first request."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp_path / "issuing-dca.pem").write_bytes(smki_pki.issuing_dca_certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "issuing-dca.yaml").write_text(f"""\
+kind: issuing-dca
+state: "{smki_pki.state('issuing-dca')}"
+issuer_certificate: issuing-dca.pem
+hsm: {{key_uri: "{smki_pki.key('issuing-dca').uri}", pin_source: env:WRONG_PIN}}
+policy: "{smki_pki.policy_file('device')}"
+environment: test
+""")
+    (tmp_path / "service.yaml").write_text("kind: service\nlisten: {address: 127.0.0.1, port: 0}\nworkers: 1\n"
+                                           "issuing_dca: issuing-dca.yaml\nbatches: {processor: false}\n")
+    wrong = "0" * 12 if smki_pki.token.pin != "0" * 12 else "1" * 12
+    result = subprocess.run([sys.executable, "-m", "smki.cli.main", "serve", "--config", str(tmp_path / "service.yaml")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "WRONG_PIN": wrong})
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr and wrong not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("smki: error:"), result.stderr

@@ -305,6 +305,14 @@ class IssuingAuthority:
         """How many Device Certificates this authority already issued for the device (the per-device cap counts them)."""
         return device_certificate_counts(operation.connection, [device_id.hex]).get(device_id.hex, 0)
 
+    def check_ready(self) -> None:
+        """What every issuance needs, checked now rather than at the first request (a service's start): the state and
+        its adopted policy (the one given), the environment, the issuer certificate, and the HSM key, logged in, which
+        must be that certificate's key. The same SmkiError an issuance would raise, and nothing written."""
+        require_adopted(self._writable(create=False), self._loaded_policy())
+        self._environment()
+        require_key_of(self._signing_key(), self._issuer(), self._key_name())
+
     # -- policy ----------------------------------------------------------------------------------
     def adopt_policy(self, policy: CertificatePolicy | Path | str) -> dict:
         """Adopt a policy (a file, or `builtin:NAME` for one smki ships): from now on this state issues and revokes only under it."""

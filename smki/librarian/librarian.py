@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -38,13 +37,12 @@ from smki.librarian.publishing import Publication, publish_repository
 from smki.librarian.repository_service import RepositoryService
 from smki.times import moment
 from smki.operations.values import parsed, repository_status, serial_text
-from smki.operations.audited import one_checkpoint, open_audit_trail
+from smki.operations.audited import AuditedDatabase, one_checkpoint
 from smki.profiles.files import load_certificate, read_certificate
 from smki.profiles.pem import PemLabel, single_object
 from smki.store.certificates import CertificateRecord, RepositoryStatus, find_certificate, list_certificates
 from smki.store.database import open_database
 from smki.store.lodged_crls import LodgedCrl, current_lodged_crls
-from smki.store.postgres import is_database_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ CrlInput = x509.CertificateRevocationList | bytes | Path | str
 _Outcome = TypeVar("_Outcome", Lodgement, CrlLodgement)
 
 
-class Librarian:
+class Librarian(AuditedDatabase):
     """The Certificate Librarian over one repository database (an SQLite file or a postgresql:// URL).
 
     Opening does nothing: the database is opened by the first method that needs it (created only
@@ -69,33 +67,8 @@ class Librarian:
 
     def __init__(self, database: Path | str, *, actor: str = "librarian", audit_key: KeyRef | None = None,
                  audit_pin: PinSource | str | None = None) -> None:
-        self.database: Path | str = database if is_database_url(database) else Path(database)
-        self.actor, self._audit_key, self._audit_pin = actor, audit_key, PinSource.hidden(audit_pin)
-        self._connection: sqlite3.Connection | None = None
-        self._trail: AuditTrail | None = None
+        super().__init__(database, actor=actor, audit_key=audit_key, audit_pin=audit_pin)
 
-    # -- the database and the audit trail, opened when first needed --------------------------------
-
-    def _open(self, *, create: bool = False) -> sqlite3.Connection:
-        if self._connection is None:
-            self._connection = open_database(self.database, create=create)
-        return self._connection
-
-    def _audit(self, *, create: bool = False) -> AuditTrail:
-        if self._trail is None:
-            self._trail = open_audit_trail(self._open(create=create), self._audit_key, self._audit_pin)
-        return self._trail
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection, self._trail = None, None
-
-    def __enter__(self) -> "Librarian":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     # -- lodging ------------------------------------------------------------------------------------
 

@@ -120,6 +120,43 @@ def one_checkpoint(audit: AuditTrail, context: str) -> Iterator[None]:
         checkpoint(audit, context, anchor=succeeded)
 
 
+class AuditedDatabase:
+    """An actor whose state is one database and its audit trail (the Librarian, the subscriber register, the portal's
+    accounts), each opened when first needed; a context manager that closes them."""
+
+    def __init__(self, database: Path | str, *, actor: str, audit_key: KeyRef | None = None,
+                 audit_pin: PinSource | str | None = None) -> None:
+        from smki.store.postgres import is_database_url
+
+        self.database: Path | str = database if is_database_url(database) else Path(database)
+        self.actor, self._audit_key, self._audit_pin = actor, audit_key, PinSource.hidden(audit_pin)
+        self._connection = None
+        self._trail: AuditTrail | None = None
+
+    def _open(self, *, create: bool = False):
+        if self._connection is None:
+            from smki.store import open_database
+
+            self._connection = open_database(self.database, create=create)
+        return self._connection
+
+    def _audit(self, *, create: bool = False) -> AuditTrail:
+        if self._trail is None:
+            self._trail = open_audit_trail(self._open(create=create), self._audit_key, self._audit_pin)
+        return self._trail
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection, self._trail = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 class AuditedOperation:
     """One operation of an actor, as a context manager: on the way out, a refusal (SmkiError) or a
     failure (any other exception) is appended to the trail, and the run's checkpoint is signed.

@@ -35,13 +35,12 @@ from smki.audit.verify import VerificationReport, rows_from_database, verify_tra
 from smki.errors import BadInputError, ConflictError, RefusedError
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
-from smki.operations.audited import AuditedOperation, open_audit_trail
+from smki.operations.audited import AuditedDatabase, AuditedOperation
 from smki.register.model import Interface, Subscriber, SubscriberStatus
 from smki.register.register import _subscriber  # the register's one reading of a subscriber row
 from smki.store import portal_accounts as store
 from smki.store import subscribers as subscriber_store
-from smki.store.database import open_database, transaction
-from smki.store.postgres import is_database_url
+from smki.store.database import transaction
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class Session:
         return self.username if self.kind is SessionKind.PASSWORD else f"certificate {self.fingerprint[:16]}"
 
 
-class PortalAccounts:
+class PortalAccounts(AuditedDatabase):
     """The portal's accounts and sessions in one database (an SQLite file or a postgresql:// URL): the service's
     store. Opened when first used; one object per thread; any number may share a database."""
 
@@ -119,40 +118,19 @@ class PortalAccounts:
     def __init__(self, database: Path | str, *, audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None,
                  actor: str = "portal", session_seconds: int = SESSION_SECONDS,
                  clock: Callable[[], datetime] | None = None) -> None:
-        self.database: Path | str = database if is_database_url(database) else Path(database)
-        self.actor, self._audit_key, self._audit_pin = actor, audit_key, PinSource.hidden(audit_pin)
+        super().__init__(database, actor=actor, audit_key=audit_key, audit_pin=audit_pin)
         self.session_seconds = session_seconds
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._connection = None
-        self._trail: AuditTrail | None = None
         self._hasher = None
 
-    def _open(self):
-        if self._connection is None:
-            self._connection = open_database(self.database, create=True)
-        return self._connection
-
-    def _audit(self) -> AuditTrail:
-        if self._trail is None:
-            self._trail = open_audit_trail(self._open(), self._audit_key, self._audit_pin)
-        return self._trail
+    def _open(self, *, create: bool = True):
+        return super()._open(create=True)  # the service's store: made on first use, as the register makes it
 
     def _password_hasher(self):
         if self._hasher is None:
             from argon2 import PasswordHasher  # loaded when a password is first hashed or checked
             self._hasher = PasswordHasher()
         return self._hasher
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection, self._trail = None, None
-
-    def __enter__(self) -> "PortalAccounts":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     # -- the operator's changes, each audited ------------------------------------------------------
 

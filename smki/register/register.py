@@ -39,19 +39,18 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from smki.audit.trail import AuditEntry, AuditTrail
+from smki.audit.trail import AuditEntry
 from smki.errors import BadInputError, ConflictError
 from smki.files import MAX_CERTIFICATE_BYTES, read_input
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.identifiers import EUI64, RemotePartyRole
-from smki.operations.audited import AuditedOperation, open_audit_trail
+from smki.operations.audited import AuditedDatabase, AuditedOperation
 from smki.profiles.files import load_certificate
 from smki.profiles.pem import PemLabel, single_object
 from smki.register.model import Interface, RefusalReason, Subscriber, SubscriberRefused, SubscriberStatus
 from smki.store import subscribers as store
-from smki.store.database import open_database, transaction
-from smki.store.postgres import is_database_url
+from smki.store.database import transaction
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +214,7 @@ class _Identity:
     not_after: datetime
 
 
-class SubscriberRegister:
+class SubscriberRegister(AuditedDatabase):
     """The register of Authorised Subscribers in one database (an SQLite file or a postgresql:// URL): the
     service's own store, beside its request audit trail.
 
@@ -226,36 +225,11 @@ class SubscriberRegister:
 
     def __init__(self, database: Path | str, *, audit_key: KeyRef | None = None, audit_pin: PinSource | str | None = None,
                  actor: str = "register", cache_seconds: float = IDENTITY_CACHE_SECONDS) -> None:
-        self.database: Path | str = database if is_database_url(database) else Path(database)
-        self.actor, self._audit_key, self._audit_pin = actor, audit_key, PinSource.hidden(audit_pin)
+        super().__init__(database, actor=actor, audit_key=audit_key, audit_pin=audit_pin)
         self.cache_seconds = cache_seconds
-        self._connection = None
-        self._trail: AuditTrail | None = None
         self._identities: dict[str, tuple[float, _Identity]] = {}
         self._lock = threading.Lock()  # the cache only: a handler thread and the event loop may both identify
 
-    # -- the database and the audit trail, opened when first needed --------------------------------
-
-    def _open(self, *, create: bool = False):
-        if self._connection is None:
-            self._connection = open_database(self.database, create=create)
-        return self._connection
-
-    def _audit(self, *, create: bool = False) -> AuditTrail:
-        if self._trail is None:
-            self._trail = open_audit_trail(self._open(create=create), self._audit_key, self._audit_pin)
-        return self._trail
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-        self._connection, self._trail = None, None
-
-    def __enter__(self) -> "SubscriberRegister":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     # -- the operator's changes, each audited ------------------------------------------------------
 

@@ -277,11 +277,16 @@ class WorkerServices:
         return self._once("register", open_it)
 
     def open(self) -> None:
-        """Open what the service hosts that needs no HSM session yet: the repository's store, the register."""
+        """Open everything the service hosts before the first request: the repository's store, the register, and each
+        Issuing Authority checked ready (its state, adopted policy, HSM login and key): a wrong PIN or a missing key
+        stops the service's start (exit 4), not its first request."""
         if self.settings.librarian is not None:
             self.repository()
         if self.settings.database is not None:
             self.register()
+        for name in ("issuing_oca", "issuing_dca"):
+            if getattr(self.settings, name) is not None:
+                getattr(self, name)().check_ready()
 
     def health(self) -> dict[str, str]:
         """The cheapest checks: the repository's store answers a SELECT; each opened authority is reported open."""
@@ -291,7 +296,7 @@ class WorkerServices:
             checks["store"] = "ok"
         for name in ("issuing_oca", "issuing_dca"):
             if getattr(self.settings, name) is not None:
-                checks[name] = "open" if name in self._opened else "not opened yet"
+                checks[name] = "ready" if name in self._opened else "not opened yet"
         return checks
 
     def close(self) -> None:
@@ -390,6 +395,7 @@ def processor_main(spec: WorkerSpec, index: int, events) -> None:
         settings = load_service_settings(spec.settings_path)
         services = WorkerServices(settings, spec.secrets)
         dca = services.issuing_dca()
+        dca.check_ready()
         events.put(("ready", index, os.getpid()))
         workers = _value(settings.issuing_dca, Setting.WORKERS)
         chunk = {"chunk_size": _value(settings.issuing_dca, Setting.CHUNK_SIZE)} if settings.issuing_dca.get(Setting.CHUNK_SIZE) else {}
