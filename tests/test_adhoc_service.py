@@ -288,6 +288,16 @@ def test_an_organisation_body_that_is_no_csr_is_csr_error(smki_pki, services, re
     assert status_and_code(answer) == ("CSR_ERROR", code)
 
 
+@pytest.mark.parametrize("client_id", ["%01", "%EF%BF%BE", "%C2%85", "a%E2%80%AEb"])
+def test_an_organisation_id_that_is_not_printable_is_format_error_and_the_answer_stays_xml(smki_pki, services, recorder, client_id):
+    """The ID query parameter is echoed as the answer's ID attribute: "\x01" or U+FFFE made the answer not XML at all
+    (a SUCCESS the client could not read, with a certificate issued). Now refused whole, unechoed."""
+    request = smki_pki.organisation_csr(f"90B3D51F{next(_serial):08X}", role="supplier", usage="DS")
+    answer = refused(smki_pki, services, recorder, request.der, path=organisation.PATH + "?ID=" + client_id,
+                     schema=m.Schema.ORGANISATION)  # refused: well-formed, schema-valid, nothing issued, audited
+    assert status_and_code(answer) == ("FORMAT_ERROR", "FM:AA1") and answer.get("ID") is None
+
+
 def test_a_suspended_subscriber_value_is_not_what_the_handlers_check():
     """The caller middleware (web-core) refuses suspended subscribers before any handler runs; the handlers rely on it."""
     assert not SUPPLIER.__class__(SUPPLIER.name, SUPPLIER.eui64, SUPPLIER.roles, SUPPLIER.interfaces,

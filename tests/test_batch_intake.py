@@ -63,6 +63,10 @@ def test_a_directory_batch(tmp_path):
     ([("readme.txt", b"x")], "not a .csr file"),
     ([("a.csr", b"x"), ("a.csr", b"y")], "appears twice"),
     ([("big.csr", b"A" * 20000)], "over 16384"),
+    # a name becomes its request's ID in CSRBatchResult: these made the answer not well-formed XML (hostile review)
+    ([("a\x01b.csr", b"x")], "may not have"),
+    ([("c\ufffed.csr", b"x")], "may not have"),
+    ([("line\nbreak.csr", b"x")], "may not have"),
 ])
 def test_batch_level_faults(tmp_path, entries, fragment):
     import warnings

@@ -252,6 +252,36 @@ def test_another_subscribers_batch_id_is_unknown_and_audited(smki_pki, tmp_path)
     assert len(refusals) == 10
 
 
+def test_a_batch_id_of_non_ascii_digits_is_unknown_not_a_fault(smki_pki, tmp_path):
+    """str.isdigit() takes "²" (int() refuses it: ValueError, a 500 on the portal) and Arabic-Indic digits (int() reads them)."""
+    dca = authority(smki_pki, tmp_path)
+    queued = dca.submit_batch(requests(smki_pki, 1), client_id="mine", subscriber=ALICE, requester="supplier")
+    arabic = "".join(chr(0x0660 + int(digit)) for digit in str(queued.number))
+    for number in ("\u00b2", "1\u00b9", arabic):
+        with pytest.raises(UnknownBatch):
+            dca.batch_result(number, ALICE)
+        with pytest.raises(UnknownBatch):
+            dca.batch_files(number, ALICE)
+    with pytest.raises(BadInputError):
+        dca.approve_batch("\u00b2")
+
+
+def test_a_refused_upload_is_named_as_such_not_by_the_services_temporary_file(smki_pki, tmp_path):
+    """A ZIP's batch-level refusal goes back to its submitter (ErrorText, the portal's page): it named the temporary
+    file the upload was checked in (/tmp/smki-queued-batch-.../batch.zip)."""
+    dca = authority(smki_pki, tmp_path)
+    for entries in ([("../evil.csr", b"AAAA")], [("x.txt", b"AAAA")], [("x.csr", b"A" * 20000)]):
+        stream = io.BytesIO()
+        with zipfile.ZipFile(stream, "w") as archive:
+            for name, data in entries:
+                archive.writestr(name, data)
+        for upload in (stream.getvalue(), b"PK\x03\x04 not a zip at all"):
+            with pytest.raises(BatchRefused) as refused:
+                dca.submit_batch(upload, client_id="mine", subscriber=ALICE, requester="supplier")
+            assert str(refused.value).startswith("the uploaded batch: ") and "smki-queued-batch" not in str(refused.value), refused.value
+            assert "/tmp" not in str(refused.value)
+
+
 def test_results_are_purged_after_the_retention_period(smki_pki, tmp_path):
     dca = authority(smki_pki, tmp_path, LAB_RULES + "  result_retention_days: 30\n  auto_approved_requesters: ['*']\n")
     queued = dca.submit_batch(requests(smki_pki, 1), client_id="old", subscriber=ALICE, requester="supplier")

@@ -156,6 +156,33 @@ def test_a_zip_upload_is_queued_and_its_files_wait_for_completion(smki_pki, serv
     assert garbage.findtext("BatchStatus") == "FORMAT_ERROR" and error_code(garbage) == "FM:AA1"
 
 
+def test_a_zip_uploads_malformed_id_is_a_format_error_not_a_fault_of_the_service(smki_pki, service):
+    """An ID the actor refuses (over 256 characters, a control character) was answered WF:BB2 "not accepted" (a fault of
+    ours: resubmitting may work) and logged as the service's error; it is the client's FM:AA1, and nothing is queued."""
+    ra, call, recorder = service
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for csr_id, der in requests(smki_pki, 1):
+            archive.writestr(f"{csr_id}.csr", base64.b64encode(der))
+    for client_id in ("A" * 257, "%01"):
+        refused = answer(call("POST", f"{batches.ZIP_PATH}?ID={client_id}", stream.getvalue())[2])
+        assert (refused.findtext("BatchStatus"), error_code(refused), refused.get("ID")) == ("FORMAT_ERROR", "FM:AA1", None)
+    assert ra.batches() == [] and [e["code"] for e in recorder.entries[-2:]] == ["FM:AA1", "FM:AA1"]
+
+
+def test_a_zip_entry_name_with_a_control_character_is_refused_so_the_result_stays_xml(smki_pki, service):
+    """A ZIP entry's name is its request's ID in CSRBatchResult: "a\x01b.csr" was queued, issued, and then answered
+    with a result that was not well-formed XML (the subscriber could never read its certificates that way)."""
+    ra, call, _ = service
+    [(_, der)] = requests(smki_pki, 1)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.writestr("a\x01b.csr", base64.b64encode(der))
+    refused = answer(call("POST", f"{batches.ZIP_PATH}?ID=control", stream.getvalue())[2])
+    assert (refused.findtext("BatchStatus"), error_code(refused)) == ("FORMAT_ERROR", "FM:AA1")
+    assert ra.batches() == []
+
+
 def test_another_subscribers_or_an_unknown_batch_id_is_fm_aa3(smki_pki, service):
     ra, call, recorder = service
     batch_id = submit(call, requests(smki_pki, 1)).findtext("BatchId")

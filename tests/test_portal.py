@@ -22,9 +22,9 @@ from cryptography import x509
 from portal_support import API_KEY, PASSWORD, PortalServices, World, add_account, batch_zip, lab
 from smki.register.accounts import AccountLocked, LoginRefused, PortalAccounts, SessionExpired
 from smki.web.app import make_app
-from smki.web.context import EXECUTOR
+from smki.web.context import EXECUTOR, Outcome
 from smki.web.portal.visitors import ACCOUNTS, LOGIN_COOKIE, SESSION_COOKIE, WorkerAccounts
-from smki.web.settings import RepositorySettings, ServiceSettings, TlsSettings
+from smki.web.settings import Limits, RepositorySettings, ServiceSettings, TlsSettings
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -562,3 +562,71 @@ repository: {{api_key_source: env:PORTAL_TEST_KEY}}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+# -- found by the hostile review (issue 15/16) ------------------------------------------------------------------
+
+def test_a_batch_number_of_non_ascii_digits_is_no_such_batch_not_a_fault(world):
+    """"²" passes str.isdigit() but not int(): it was an HTTP 500; now the page says there is no such batch."""
+    async def scenario(client, services):
+        browser = Browser(client, world.clients["lab-supplier"].certificate)
+        return [(await browser.get(f"/portal/batches/{quote(number)}{suffix}"))[0].status
+                for number in ("\u00b2", "1\u00b9") for suffix in ("", "/status.csv")]
+    statuses, services = run_portal(world, scenario)
+    assert statuses == [404] * 4
+    assert [e.code for e in audited(services, "portal-batch") + audited(services, "portal-batch-download")] == ["FM:AA3"] * 4
+
+
+def portal_adhoc_count(world, subscriber: str) -> int:
+    """The ad hoc submissions the Issuing OCA's usage rules count for `subscriber` through the portal (its own store)."""
+    import sqlite3
+    with sqlite3.connect(world.pki.state("issuing-oca") / "smki.db") as connection:
+        return connection.execute("SELECT COUNT(*) FROM adhoc_submissions WHERE subscriber = ? AND channel = 'portal'",
+                                  (subscriber,)).fetchone()[0]
+
+
+def test_an_organisation_csr_from_the_portal_is_counted_by_the_usage_rules(world):
+    """The portal's Organisation CSR went to issue_organisation without its submitter: the usage rules (the portal's
+    daily cap) never saw it, while the Organisation CSR web service and the portal's ad hoc form are counted."""
+    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-21", role="supplier", usage="DS").der
+    before = portal_adhoc_count(world, "lab-supplier")
+
+    async def scenario(client, services):
+        browser = Browser(client, world.clients["lab-supplier"].certificate)
+        data = FormData()
+        data.add_field("csrf", await browser.csrf("/portal/organisation"))
+        data.add_field("csr", csr, filename="supplier.csr")
+        return await browser.post("/portal/organisation", data)
+    (response, text), services = run_portal(world, scenario)
+    assert response.status == 200, text
+    assert portal_adhoc_count(world, "lab-supplier") == before + 1
+
+
+def test_an_upload_over_the_services_body_limit_is_refused_and_audited(world):
+    """Issue 16: an oversized upload gets its status and an audit entry. Over the portal's body limit the framing check
+    answered 413 before the portal's pages ran, unaudited."""
+    services = PortalServices(world.pki, world.database)
+    settings = ServiceSettings(path=None, tls=TlsSettings(proxy=True), limits=Limits(max_body_bytes=4096))
+    before = world.issued()
+
+    async def main():
+        app = make_app(services, settings)
+        async with TestClient(TestServer(app, host="127.0.0.1"), cookie_jar=aiohttp.DummyCookieJar()) as client:
+            try:
+                browser = Browser(client, world.clients["lab-supplier"].certificate)
+                data = FormData()
+                data.add_field("csrf", await browser.csrf("/portal/batches"))
+                data.add_field("batch", b"PK\x03\x04" + b"A" * 8192, filename="big.zip", content_type="application/zip")
+                response, text = await browser.post("/portal/batches", data)
+                operator = Browser(client, world.clients["lab-operator"].certificate)
+                refused, _ = await operator.post("/portal/operator/batches/1/approve", {"csrf": "x", "reason": "A" * 8192})
+                return response.status, text, refused.status
+            finally:
+                await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], services.close)
+    status, text, operator_status = asyncio.run(main())
+    assert status == 413 and "over 4096 bytes" in text and operator_status == 413
+    entries = [entry for entry in services.register_object.entries if entry.status == "413"]
+    assert [(entry.interface, entry.operation, entry.subscriber, entry.outcome) for entry in entries] == [
+        ("portal", "/portal/batches", "lab-supplier", Outcome.REFUSED),
+        ("operator", "/portal/operator/batches/1/approve", "lab-operator", Outcome.REFUSED)]
+    assert world.issued() == before

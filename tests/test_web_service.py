@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from cryptography import x509
@@ -197,6 +198,25 @@ def test_the_access_log_never_holds_the_api_key(service):
         log = (service.directory / "access.log").read_text()
     assert " GET /index.json 402 " in log and " GET /certificates/0A.cer 402 " in log  # path and status, nothing found
     assert API_KEY not in log and "apikey" not in log
+
+
+def test_no_access_log_line_can_be_forged_nor_carry_a_terminal_escape(service):
+    """The path is logged decoded: a %0D (a line break to Python's universal newlines and to terminals) or a %1B
+    escape sequence in it must not reach the file as itself."""
+    forged = "2000-01-01T00:00:00.000+00:00 127.0.0.1 lab-operator POST /portal/operator/batches/1/approve 303 - 1.0"
+    paths = ["/crl/forged-cr%0D" + quote(forged), "/crl/forged-lf%0A" + quote(forged), "/crl/forged-esc%1B%5B2J%09%7F.crl"]
+    for path in paths:
+        service.get(path)
+    deadline = time.monotonic() + 5
+    raw = b""
+    while raw.count(b"/crl/forged-") < len(paths) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        raw = (service.directory / "access.log").read_bytes()
+    lines = [line for line in raw.decode().splitlines() if "/crl/forged-" in line]  # splitlines breaks on \r too
+    assert len(lines) == len(paths), lines
+    assert all(line.startswith(("19", "20")) for line in raw.decode().splitlines()), raw[-600:]  # every line a line of its own
+    assert not any(byte < 0x20 and byte != 0x0A or byte == 0x7F for byte in raw), raw[-600:]
+    assert "/crl/forged-cr%0D2000-01-01" in raw.decode() and "/crl/forged-esc%1B[2J%09%7F.crl" in raw.decode()
 
 
 def test_tls_1_1_is_refused_and_tls_1_2_taken(service):

@@ -126,7 +126,9 @@ AUTO_APPROVED = "policy"  # who decided a batch its policy approves as it is que
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and value.isdigit() and len(value) <= 18
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and other scripts' digits (which it reads).
+    return isinstance(value, int) and not isinstance(value, bool) or \
+        isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18
 
 
 def _batch_number(value, refusal: type[BadInputError] = BadInputError) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from smki.errors import BadInputError, ConflictError
 from smki.policy.model import CertificatePolicy
-from smki.requests.batch import SUFFIX, BatchTooLarge, StoredZipWriter, open_batch
+from smki.requests.batch import SUFFIX, BatchRefused, BatchTooLarge, StoredZipWriter, open_batch
 from smki.requests.outcomes import Outcome
 from smki.store.batch_queue import QueuedBatch
 from smki.store.batches import batch_outcomes
@@ -72,7 +72,19 @@ def count_entries(upload: bytes, policy: CertificatePolicy) -> int:
             return len(open_batch(path, policy.batch_limit).names)
         except BatchTooLarge as refusal:
             policy.check_batch_size(refusal.count)
-            raise
+            raise _without_path(refusal, path)
+        except BatchRefused as refusal:
+            raise _without_path(refusal, path) from None
+
+
+UPLOAD_NAME = "the uploaded batch"
+
+
+def _without_path(refusal: BatchRefused, path: Path) -> BatchRefused:
+    """The refusal naming the upload, not the temporary file it was checked in: its text goes back to the submitter
+    (ErrorText, the portal's page), who has no business knowing the service's file system."""
+    refusal.args = tuple(str(arg).replace(str(path), UPLOAD_NAME) if isinstance(arg, str) else arg for arg in refusal.args)
+    return refusal
 
 
 @contextmanager

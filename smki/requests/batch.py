@@ -169,6 +169,10 @@ def _check_name(source: Path, name: str) -> None:
         raise BatchRefused(f"{source}: entry {name!r} has a path; a batch holds plain .csr file names only")
     if not name.endswith(SUFFIX) or name == SUFFIX:
         raise BatchRefused(f"{source}: entry {name!r} is not a .csr file")
+    # Printable: a name becomes its request's ID in the answers (an XML attribute: "\x01" or U+FFFE there is no XML at
+    # all), the status file and the portal's pages.
+    if not name.isprintable():
+        raise BatchRefused(f"{source}: entry {name!r} has a character a file name may not have (a control or unassigned one)")
 
 
 def _check_count(source: Path, count: int, limit: int) -> None:

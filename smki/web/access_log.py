@@ -8,12 +8,14 @@ bytes, milliseconds.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
 from smki.web.settings import STDERR
 
 LOGGER = "smki.web.access"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # ASCII controls and DEL
 FLUSH_INTERVAL = 0.2  # seconds a line may wait in the file's buffer (the worker's app flushes it on this beat)
 
 
@@ -51,9 +53,15 @@ def configure(destination: str | None) -> logging.Logger:
 
 def line(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> str:
     when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    # The path is printable ASCII by then (aiohttp refuses others); %-escape anything else, so no line can be forged.
-    safe = path.encode("ascii", "backslashreplace").decode().replace("\n", "\\n").replace(" ", "%20")
+    safe = printable(path).replace(" ", "%20")  # the path decoded (%20 arrives as a space): one field of the line
     return f"{when} {address} {subscriber or '-'} {method} {safe} {status} {size if size is not None else '-'} {milliseconds:.1f}"
+
+
+def printable(text: object) -> str:
+    """`text` for a log line: non-ASCII backslash-escaped, every ASCII control character %-escaped, so that a value a
+    client chose (a decoded path, an exception's message) forges no line (a CR is a line break to many readers,
+    Python's universal newlines among them) and puts no terminal escape before whoever reads the log."""
+    return _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", str(text).encode("ascii", "backslashreplace").decode())
 
 
 def record(address: str, subscriber: str | None, method: str, path: str, status: int, size: int | None, milliseconds: float) -> None:

@@ -25,7 +25,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from smki.register import SubscriberRefused
+from smki.register import Interface, SubscriberRefused
 from smki.web import access_log, metrics
 from smki.web.context import (AUDIT, CALLER, EXECUTOR, SERVICES, AuditBuffer, Caller, Outcome, Services, interface_of,
                               run_blocking, single_thread_executor)
@@ -42,6 +42,7 @@ HOSTED_BY = {"smki.web.repository": "librarian", "smki.web.adhoc": "issuing_dca"
 REPOSITORY_ONLY = ("smki.web.repository",)
 BATCH_PREFIX = "/1.0/PortalCSRBatch/"  # the batch service takes large bodies (limits.max_body_bytes)
 PORTAL_PREFIX = "/portal/"  # and so do the portal's uploads (a batch ZIP), each form bounding its own fields
+OPERATOR_PREFIX = "/portal/operator"  # the operator view's pages (Interface.OPERATOR)
 SETTINGS = web.AppKey("smki.settings", ServiceSettings)
 _DIGITS = re.compile(r"[0-9]{1,15}")  # Content-Length: ASCII digits only (int() takes "+5", " 5", "1_0", Arabic digits)
 _FLUSH_TASK = web.AppKey("smki.audit_flush", asyncio.Task)
@@ -173,7 +174,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except (web.HTTPException, asyncio.CancelledError, ConnectionError):
         raise
     except Exception as exc:  # noqa: BLE001 - a fault of the service: one line in the log, no detail to the client
-        log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        log.error("%s %s: %s: %s", request.method, access_log.printable(request.path), type(exc).__name__, access_log.printable(exc))
         return web.Response(status=HTTPStatus.INTERNAL_SERVER_ERROR, text="internal error\n")
 
 
@@ -203,6 +204,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     try:
         check_framing(request)
     except Refusal as refusal:
+        await audit_framing_refusal(request, refusal)
         return refusal.response()
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -217,8 +219,27 @@ async def framing(request: web.Request, handler) -> web.StreamResponse:
     try:
         check_framing(request)
     except Refusal as refusal:
+        await audit_framing_refusal(request, refusal)
         return refusal.response()
     return await handler(request)
+
+
+async def audit_framing_refusal(request: web.Request, refusal: Refusal) -> None:
+    """A CSR interface's request refused for its framing (413, 400, 411) leaves its audit entry, as every request to
+    an interface does: who (the certificate's subscriber when the register knows it, else its fingerprint), the refusal."""
+    interface = interface_of(request.match_info.handler) or _portal_interface(request)
+    if interface is None:
+        return
+    peer = peer_certificate(request, request.app[SETTINGS].tls)
+    subscriber = None
+    if peer is not None:
+        try:
+            subscriber = await _identify(request, peer, interface)
+        except SubscriberRefused:
+            pass  # refused for its framing first: the entry names its certificate by fingerprint
+    request[CALLER] = Caller(subscriber, peer.fingerprint if peer else None, request.remote or "")
+    request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(refusal.status.value),
+                                  outcome=Outcome.REFUSED)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -241,10 +262,18 @@ async def caller(request: web.Request, handler) -> web.StreamResponse:
     except SubscriberRefused as exc:
         request.app[AUDIT].record_for(request, interface, operation=request.path, status=str(HTTPStatus.FORBIDDEN.value),
                                       outcome=Outcome.REFUSED)
-        log.info("%s %s refused: %s", request.remote, request.path, exc)
+        log.info("%s %s refused: %s", request.remote, access_log.printable(request.path), exc)
         return web.Response(status=HTTPStatus.FORBIDDEN, text=f"refused: {exc}\n")
     request[CALLER] = Caller(subscriber, peer.fingerprint, request.remote or "")
     return await handler(request)
+
+
+def _portal_interface(request: web.Request) -> Interface | None:
+    """A portal page's interface (its pages identify their visitors themselves, unmarked): an upload over the limit
+    is audited as the portal's other refusals are (issue 16: an oversized upload)."""
+    if not request.path.startswith(PORTAL_PREFIX):
+        return None
+    return Interface.OPERATOR if request.path.startswith(OPERATOR_PREFIX) else Interface.PORTAL
 
 
 async def _identify(request: web.Request, peer: PeerCertificate | None, interface):

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from smki.errors import BadInputError
 from smki.issuing.queued_batches import BatchAnswer, CsrAnswer, UnknownBatch
 from smki.policy import PolicyRefusal
 from smki.policy.usage import Channel, Submitter, UsageRule
@@ -67,6 +68,8 @@ def submission_refusal(exc: BaseException) -> tuple[BatchStatus, ErrorCode]:
         return BatchStatus.WORKFLOW_ERROR, Code.INELIGIBLE.error(str(exc))
     if isinstance(exc, BatchRefused):
         return BatchStatus.FORMAT_ERROR, Code.INVALID_XML.error(f"The batch file is refused: {exc}")
+    if isinstance(exc, BadInputError):  # a value of the request the actor refuses (a ZIP upload's ID): the client's to fix
+        return BatchStatus.FORMAT_ERROR, Code.INVALID_XML.error(str(exc))
     if isinstance(exc, RoleRefused):
         return BatchStatus.WORKFLOW_ERROR, Code.ROLE_NOT_HELD.error(str(exc))
     log.error("batch submission refused on %s: %s", type(exc).__name__, one_line(str(exc)))

@@ -29,8 +29,9 @@ def _client_id(request: web.Request) -> str | None:
     value = request.query.get(ID_PARAMETER)
     if value is None:
         return None
-    if not 1 <= len(value) <= ADHOC_ID_LENGTH:
-        raise MessageRefused(Code.INVALID_XML.error(f"the ID parameter is not 1-{ADHOC_ID_LENGTH} characters"))
+    # Printable only: the answer echoes it as an XML attribute, and "\x01" or U+FFFE would make the answer not XML at all.
+    if not 1 <= len(value) <= ADHOC_ID_LENGTH or not value.isprintable():
+        raise MessageRefused(Code.INVALID_XML.error(f"the ID parameter is not 1-{ADHOC_ID_LENGTH} printable characters"))
     return value
 
 

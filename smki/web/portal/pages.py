@@ -115,9 +115,10 @@ async def organisation_form(request: web.Request, visitor: Visitor, form) -> web
 async def organisation_submit(request: web.Request, visitor: Visitor, form: MultiDictProxy) -> web.Response:
     csr = csr_of(form)
     role = role_of(visitor, form)
-    oca = request.app[SERVICES].issuing_oca()
-    try:
-        issued = await run_blocking(request, lambda: oca.issue_organisation(csr, requester=role, source="SMKI Portal"))
+    oca, submitter = request.app[SERVICES].issuing_oca(), submitter_of(visitor)
+    try:  # the submitter: the usage rules count the portal's Organisation CSRs, as the web service's and the ad hoc form's
+        issued = await run_blocking(request, lambda: oca.issue_organisation(csr, requester=role, source="SMKI Portal",
+                                                                            submitter=submitter))
     except Exception as exc:  # noqa: BLE001 - every refusal is a page (the table logs what it did not expect)
         raise refused(exc) from None
     audit(request, "portal-organisation-submit", HTTPStatus.OK)
@@ -311,7 +312,7 @@ def _reference(form: MultiDictProxy, filename: str) -> str:
 
 def batch_number(request: web.Request) -> int:
     text = request.match_info["number"]
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # ASCII: isdigit() takes "²", which int() refuses
         raise PageError(HTTPStatus.NOT_FOUND, "No such batch", "A batch is named by its number.", code="FM:AA3")
     return int(text)
 

@@ -36,6 +36,7 @@ from multidict import MultiDict, MultiDictProxy
 
 from smki.register import Interface, Subscriber, SubscriberRefused
 from smki.register.accounts import PortalAccounts, Session, SessionExpired, SessionKind
+from smki.web.access_log import printable
 from smki.web.app import SETTINGS
 from smki.web.context import AUDIT, CALLER, SERVICES, Caller, Outcome, run_blocking
 from smki.web.portal.rendering import page
@@ -235,7 +236,8 @@ def portal_page(operation: str, *, interface: Interface = Interface.PORTAL, publ
                     audit(request, operation, HTTPStatus.SEE_OTHER, code="login", outcome=Outcome.REFUSED, interface=interface)
                 response = see_other(f"{PREFIX}/login")
             except PageError as error:
-                log.info("portal %s %s refused (%d): %s", request.method, request.path, error.status, error.message)
+                log.info("portal %s %s refused (%d): %s", request.method, printable(request.path), error.status,
+                         printable(error.message))
                 audit(request, operation, error.status, code=error.code, outcome=Outcome.REFUSED, interface=interface)
                 response = error_page(request, visitor, error)
                 if error.login:
