@@ -361,8 +361,6 @@ echo '$ curl --cert tls/client-supplier.pem ... -X POST $URL/1.0/AdHocDeviceCSR 
 "$REPO/.venv/bin/python" -c 'import sys, xml.etree.ElementTree as ET; r = ET.parse("adhoc-response.xml").getroot(); print("Status", r.findtext("Status"), "TransactionId", r.findtext("TransactionId")); open("adhoc.der", "wb").write(__import__("base64").b64decode(r.findtext("Certificate")))'
 run openssl verify -CAfile root-dca.pem -untrusted issuing-dca.pem <(openssl x509 -inform DER -in adhoc.der)
 echo '$ curl ... -X POST $URL/1.0/OrganisationCSR?ID=demo-org-1 --data-binary @supplier-ds.csr   (any portal encoding: here PEM)'
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout supplier-ds.key -out supplier-ds.csr -sha256 \
-  -subj "/OU=02/x500UniqueIdentifier=" -addext "keyUsage=critical,digitalSignature" 2>/dev/null || true
 "$REPO/.venv/bin/python" - <<'PY'
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -370,8 +368,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "02", _ASN1Type.UTF8String),
-                     x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, bytes.fromhex("0090B3D51F30010000"), _ASN1Type.BitString)])
-usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+                     x509.NameAttribute(NameOID.X500_UNIQUE_IDENTIFIER, bytes.fromhex("0000005EEF10000002"), _ASN1Type.BitString)])
+usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)  # lab-supplier's own EUI-64: online, a party asks only for its own
 csr = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(usage, critical=True).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
 open("supplier-ds.csr", "wb").write(csr.public_bytes(serialization.Encoding.PEM))
 PY

@@ -264,8 +264,7 @@ def _encodings(der: bytes) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("encoding", ["der", "pem-crlf-64", "new-pem-lf-76", "bare-one-line", "bare-lf-64"])
 def test_an_organisation_csr_in_each_portal_encoding_is_issued(smki_pki, services, recorder, tmp_path, encoding):
-    eui64 = f"90B3D51F{next(_serial):08X}"
-    request = smki_pki.organisation_csr(eui64, role="supplier", usage="DS")
+    request = smki_pki.organisation_csr(SUPPLIER.eui64, role="supplier", usage="DS")  # the caller's own Entity Identifier
     status, content_type, body = post(services, recorder, organisation.PATH + "?ID=org-1", _encodings(request.der)[encoding])
     answer = answer_of(body, m.Schema.ORGANISATION)
     assert (status, content_type, answer.get("ID"), answer.findtext("Status")) == (200, m.CONTENT_TYPE, "org-1", "SUCCESS")
@@ -292,7 +291,7 @@ def test_an_organisation_body_that_is_no_csr_is_csr_error(smki_pki, services, re
 def test_an_organisation_id_that_is_not_printable_is_format_error_and_the_answer_stays_xml(smki_pki, services, recorder, client_id):
     """The ID query parameter is echoed as the answer's ID attribute: "\x01" or U+FFFE made the answer not XML at all
     (a SUCCESS the client could not read, with a certificate issued). Now refused whole, unechoed."""
-    request = smki_pki.organisation_csr(f"90B3D51F{next(_serial):08X}", role="supplier", usage="DS")
+    request = smki_pki.organisation_csr(SUPPLIER.eui64, role="supplier", usage="DS")
     answer = refused(smki_pki, services, recorder, request.der, path=organisation.PATH + "?ID=" + client_id,
                      schema=m.Schema.ORGANISATION)  # refused: well-formed, schema-valid, nothing issued, audited
     assert status_and_code(answer) == ("FORMAT_ERROR", "FM:AA1") and answer.get("ID") is None
@@ -312,3 +311,16 @@ def test_the_same_request_twice_is_issued_once(smki_pki, services, recorder):
     assert first.findtext("Status") == "SUCCESS"
     answer = refused(smki_pki, services, recorder, adhoc_request(request.der))
     assert status_and_code(answer) == ("CSR_ERROR", "CR:9999")
+
+
+def test_an_organisation_csr_for_another_partys_entity_identifier_is_refused(smki_pki, services, recorder):
+    """Online, a party may request Organisation Certificates only for its own Entity Identifier (its register
+    entry's EUI-64): a supplier asking for one naming another supplier is refused, nothing issued, audited."""
+    request = smki_pki.organisation_csr("90-B3-D5-1F-30-01-00-7E", role="supplier", usage="DS")
+    before = issued_count(smki_pki)
+    status, _, body = post(services, recorder, organisation.PATH, request.der)
+    answer = answer_of(body, m.Schema.ORGANISATION)
+    assert (status, answer.findtext("Status"), answer.findtext("Error/ErrorCode")) == (200, "WORKFLOW_ERROR", "WF:WF2")
+    assert "90B3D51F3001007E" in answer.findtext("Error/ErrorText")
+    assert issued_count(smki_pki) == before
+    assert recorder.entries[-1]["code"] == "WF:WF2"

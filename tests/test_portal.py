@@ -20,11 +20,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 
 from portal_support import API_KEY, PASSWORD, PortalServices, World, add_account, batch_zip, lab
+from smki.identifiers import RemotePartyRole
 from smki.register.accounts import AccountLocked, LoginRefused, PortalAccounts, SessionExpired
+from smki.register.lab_credentials import lab_eui64
 from smki.web.app import make_app
 from smki.web.context import EXECUTOR, Outcome
 from smki.web.portal.visitors import ACCOUNTS, LOGIN_COOKIE, SESSION_COOKIE, WorkerAccounts
 from smki.web.settings import Limits, RepositorySettings, ServiceSettings, TlsSettings
+
+
+LAB_SUPPLIER_EUI64 = lab_eui64(RemotePartyRole.SUPPLIER)  # lab-supplier's own Entity Identifier: the only one it may request for online
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -225,7 +230,7 @@ def test_a_session_of_a_suspended_subscriber_ends(tmp_path, world):
 # -- forms: CSRF, bad input, escaping ---------------------------------------------------------------------------
 
 def test_a_form_without_its_csrf_token_is_refused_and_nothing_is_issued(world):
-    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-10", role="supplier", usage="DS").der
+    csr = world.pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="DS").der
     before = world.issued()
 
     async def scenario(client, services):
@@ -241,7 +246,7 @@ def test_a_form_without_its_csrf_token_is_refused_and_nothing_is_issued(world):
 
 
 def test_an_organisation_csr_is_issued_and_shown_with_its_downloads(world):
-    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-11", role="supplier", usage="KA").der
+    csr = world.pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="KA").der
     before = world.issued()
 
     async def scenario(client, services):
@@ -256,7 +261,7 @@ def test_an_organisation_csr_is_issued_and_shown_with_its_downloads(world):
     assert world.issued() == before + 1
     pem = re.search(r"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----", text).group(0)
     issued = x509.load_pem_x509_certificate(pem.encode())
-    assert f"{issued.serial_number:X}" in text and "90B3D51F30010011" in text
+    assert f"{issued.serial_number:X}" in text and LAB_SUPPLIER_EUI64.hex in text
     assert 'download="' in text and "data:application/pkix-cert;base64," in text
 
 
@@ -302,7 +307,7 @@ def test_markup_in_a_file_name_and_in_a_reference_is_shown_escaped(world):
 
 def test_markup_in_a_certificate_subject_is_shown_escaped(world):
     evil = '<img src=x onerror="alert(1)">'
-    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-12", role="supplier", usage="DS", common_name=evil).der
+    csr = world.pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="DS", common_name=evil).der
 
     async def scenario(client, services):
         browser = Browser(client)
@@ -437,7 +442,7 @@ def test_an_ad_hoc_device_csr_from_the_form_replaces_a_devices_certificate_and_a
 
 
 def test_a_subscriber_with_several_roles_names_one_it_holds(world, tmp_path):
-    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-13", role="supplier", usage="DS").der
+    csr = world.pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="DS").der
     before = world.issued()
 
     async def scenario(client, services):
@@ -588,7 +593,7 @@ def portal_adhoc_count(world, subscriber: str) -> int:
 def test_an_organisation_csr_from_the_portal_is_counted_by_the_usage_rules(world):
     """The portal's Organisation CSR went to issue_organisation without its submitter: the usage rules (the portal's
     daily cap) never saw it, while the Organisation CSR web service and the portal's ad hoc form are counted."""
-    csr = world.pki.organisation_csr("90-B3-D5-1F-30-01-00-21", role="supplier", usage="DS").der
+    csr = world.pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="DS").der
     before = portal_adhoc_count(world, "lab-supplier")
 
     async def scenario(client, services):

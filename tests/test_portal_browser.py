@@ -21,11 +21,16 @@ import pytest
 from cryptography import x509
 
 from portal_support import PASSWORD, PortalServices, World, add_account, batch_zip
+from smki.identifiers import RemotePartyRole
+from smki.register.lab_credentials import lab_eui64
 from smki.web.app import make_app
 from smki.web.context import EXECUTOR
 from smki.web.server import RunningService
 from smki.web.settings import RepositorySettings, ServiceSettings, TlsSettings
 from smki.web.tls import server_context
+
+
+LAB_SUPPLIER_EUI64 = lab_eui64(RemotePartyRole.SUPPLIER)  # lab-supplier's own Entity Identifier: the only one it may request for online
 
 playwright_api = pytest.importorskip("playwright.sync_api")  # the test extra; bootstrap installs it
 
@@ -156,7 +161,7 @@ def test_five_wrong_passwords_lock_the_account(portal):
 def test_uploading_an_organisation_csr_and_downloading_the_certificate(portal, tmp_path):
     pki = portal.world.pki
     csr = tmp_path / "supplier.csr"
-    csr.write_bytes(pki.organisation_csr("90-B3-D5-1F-30-01-00-20", role="supplier", usage="DS").der)
+    csr.write_bytes(pki.organisation_csr(LAB_SUPPLIER_EUI64, role="supplier", usage="DS").der)
     with portal.context("lab-supplier") as context:
         page = context.new_page()
         page.goto(f"{portal.url}/portal/organisation")

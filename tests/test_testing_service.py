@@ -40,14 +40,14 @@ def device_chain(service):
 
 def test_three_lines_get_an_organisation_certificate_over_mutual_tls(smki_service, tmp_path):
     client = smki_service.client("supplier")
-    answer = client.organisation(smki_service.pki.organisation_csr("90-B3-D5-1F-30-01-00-00", role="supplier", usage="KA"))
+    answer = client.organisation(smki_service.organisation_csr("supplier", usage="KA"))
     assert answer.ok, answer
 
     assert answer.status == "SUCCESS" and answer.code is None and answer.transaction_id > 0
     assert answer.certificate.issuer == smki_service.pki.issuing_oca_certificate.subject
     assert "OK" in verify_with_openssl(tmp_path, answer.certificate_der, smki_service.pki.root_oca_certificate,
                                        smki_service.pki.issuing_oca_certificate)
-    with_id = client.organisation(smki_service.pki.organisation_csr("90-B3-D5-1F-30-01-00-01", role="supplier"), id="org-7")
+    with_id = client.organisation(smki_service.organisation_csr("supplier"), id="org-7")
     assert with_id.ok and with_id.id == "org-7"
 
 
@@ -130,7 +130,7 @@ def test_stop_answers_sigterm_and_leaves_no_process_behind(smki_service, tmp_pat
     try:
         workers = service.worker_pids()
         assert len(workers) >= 2
-        assert service.client("other").organisation(service.pki.organisation_csr("90-B3-D5-1F-30-09-00-00", role="other")).ok
+        assert service.client("other").organisation(service.organisation_csr("other")).ok
     finally:
         status = service.stop()
     assert status == 0, service.log_file.read_text()

@@ -138,6 +138,15 @@ def _batch_number(value, refusal: type[BadInputError] = BadInputError) -> int:
     return int(value)
 
 
+def _require_own_entity(submitter: Submitter | None, entity_id: EUI64) -> None:
+    """A party submitting online may request Organisation Certificates only for its own Entity Identifier (its
+    register entry's EUI-64): one supplier must not get a certificate naming another. The CLI's operator (no
+    submitter) issues for any party, as the Registration Authority does."""
+    if submitter is not None and submitter.eui64 is not None and entity_id.hex.upper() != submitter.eui64.upper():
+        raise PolicyRefusal("4.1 eligibility", f"the request names Entity Identifier {entity_id}, not the submitting party's own "
+                                               f"({EUI64(bytes.fromhex(submitter.eui64))})")
+
+
 def _device_type(device_type: DeviceType | str | None) -> DeviceType | None:
     """A device type given, checked; None: each request's hwType decides."""
     return None if device_type is None else parsed(DeviceType, device_type)
@@ -339,6 +348,7 @@ class IssuingAuthority:
             data, source = self._request(csr, source)
             request = parse_organisation_request(data, source)
             operation.subject.update(request=source, entity_id=request.entity_id.hex, role=request.role.ou)
+            _require_own_entity(submitter, request.entity_id)
             params = signing.policy.organisation_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, requester), role=request.role, entity_id=request.entity_id,
                 key_usage=request.key_usage, common_name=request.common_name, not_before=signing.not_before)

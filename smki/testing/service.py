@@ -623,6 +623,12 @@ access_log: access.log
             raise BadInputError(f"no lab client certificate for {name} (there are: {', '.join(sorted(self.credentials))})")
         return self.credentials[name]
 
+    def organisation_csr(self, role: RemotePartyRole | str = "supplier", *, usage: str = "DS", **fields) -> TestRequest:
+        """An Organisation CSR for the role's lab subscriber: its own Entity Identifier (the only one a party may
+        request an Organisation Certificate for online) and role; `fields` as TestPKI.organisation_csr takes them."""
+        credential = self.credential(role)
+        return self.pki.organisation_csr(credential.eui64, role=credential.role, usage=usage, **fields)
+
     def client(self, role: RemotePartyRole | str | None = "supplier", *, timeout: float = 120.0) -> ServiceClient:
         """A ServiceClient presenting the role's client certificate (None: no client certificate), closed by `stop()`."""
         credential = self.credential(role) if role is not None else None
