@@ -64,3 +64,17 @@ def test_a_repeated_serial_from_one_issuer_is_refused_and_the_transaction_rolls_
     with transaction(connection):  # the same serial from another issuer is a different certificate
         insert_certificate(connection, record(issuer_key_id="47D40AF3412904A0"))
     assert len(find_certificate(connection, "4A" * 16)) == 2
+
+
+def test_a_new_database_is_readable_by_its_owner_only(tmp_path):
+    """The audit trail, password hashes and sessions live in these files: 0600 whatever the umask (hostile review)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        connection = open_database(tmp_path / "state" / "smki.db", create=True)
+        connection.close()
+    finally:
+        os.umask(old)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (tmp_path / "state").iterdir()}
+    assert modes and set(modes.values()) == {"0o600"}, modes

@@ -55,6 +55,7 @@ def open_database(path: Path | str, *, create: bool = False, read_only: bool = F
     if read_only:
         return _open_sqlite_read_only(path, any_schema)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _make_private(path)
     # Absolute: this SQLite reads a name starting "file:" as a URI, which opens another file.
     try:  # explicit transactions only
         connection = sqlite3.connect(path.absolute(), isolation_level=None, timeout=30, factory=SqliteConnection)
@@ -71,6 +72,17 @@ def open_database(path: Path | str, *, create: bool = False, read_only: bool = F
         connection.close()
         raise BadInputError(f"{path}: not an smki database ({exc.detail})") from None
     return connection
+
+
+def _make_private(path: Path) -> None:
+    """A new database file is made readable by its owner only (0600), whatever the umask: it holds the audit trail,
+    password hashes and sessions. SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot create ({exc.strerror})") from None
 
 
 def _open_sqlite_read_only(path: Path, any_schema: bool) -> SqliteConnection:
