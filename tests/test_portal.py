@@ -635,3 +635,40 @@ def test_an_upload_over_the_services_body_limit_is_refused_and_audited(world):
         ("portal", "/portal/batches", "lab-supplier", Outcome.REFUSED),
         ("operator", "/portal/operator/batches/1/approve", "lab-operator", Outcome.REFUSED)]
     assert world.issued() == before
+
+
+def test_guesses_sent_in_parallel_get_no_more_than_five_checks(tmp_path):
+    """Each attempt is counted before its password is checked (hostile review: two workers let 5 + 1 guesses through):
+    with four wrong passwords counted and two guesses in flight, the last guess is refused unchecked, even the right one."""
+    import threading
+
+    database = tmp_path / "service.db"
+    lab(tmp_path / "lab", database)
+    add_account(database, "pat", "lab-supplier")
+    with PortalAccounts(database) as accounts:
+        for _ in range(4):
+            with pytest.raises(LoginRefused):
+                accounts.login("pat", "wrong password!")
+    checking, release = threading.Event(), threading.Event()
+    outcomes = []
+
+    def slow_guess() -> None:  # the fifth guess, held while its password is being checked
+        with PortalAccounts(database) as accounts:
+            real_verify = accounts._verify
+            def held(hashed, password):
+                checking.set()
+                release.wait(30)
+                return real_verify(hashed, password)
+            accounts._verify = held
+            try:
+                accounts.login("pat", "wrong password!")
+            except LoginRefused as exc:
+                outcomes.append(type(exc).__name__)
+    guess = threading.Thread(target=slow_guess)
+    guess.start()
+    assert checking.wait(30)
+    with PortalAccounts(database) as accounts, pytest.raises(AccountLocked):
+        accounts.login("pat", PASSWORD)  # a sixth attempt while the fifth is in flight: refused, never checked
+    release.set()
+    guess.join(30)
+    assert outcomes == ["AccountLocked"]  # the fifth wrong password locked the account

@@ -217,14 +217,13 @@ class PortalAccounts(AuditedDatabase):
                     or not 0 < len(password) <= MAX_PASSWORD:
                 raise LoginRefused(REFUSED_LOGIN)
             operation.subject["username"] = username
-            row = store.find_account(audit.connection, username)
-            if row is None or row.status == AccountStatus.REMOVED:
+            now = self._clock()
+            row = self._take_attempt(audit, username, now)
+            if row is None:
                 self._verify(self._dummy_hash(), password)  # the same work as for a real account: no timing tells which names exist
                 raise LoginRefused(REFUSED_LOGIN)
-            now = self._clock()
-            self._refuse_locked(row, now)
             if not self._verify(row.password_hash, password):
-                self._count_failure(audit, operation, username, now)
+                self._lock_if_due(audit, operation, username, now)
             subscriber = self._portal_subscriber(audit.connection, row.subscriber)
             session, token = self._new_session(SessionKind.PASSWORD, subscriber, username=username, fingerprint=None)
             with transaction(audit.connection):
@@ -301,10 +300,23 @@ class PortalAccounts(AuditedDatabase):
         if row.locked_until is not None and now < _parse(row.locked_until):
             raise AccountLocked(f"this account is locked after {MAX_FAILURES} wrong passwords, until {row.locked_until}")
 
-    def _count_failure(self, audit: AuditTrail, operation: AuditedOperation, username: str, now: datetime) -> None:
-        """Record a wrong password (committed, whatever follows); the MAX_FAILURES-th within the window locks the account."""
+    def _take_attempt(self, audit: AuditTrail, username: str, now: datetime) -> store.AccountRow | None:
+        """The account (None: no such account), its attempt counted as a wrong password before the password is checked,
+        in one write transaction: guesses sent in parallel each take one of the MAX_FAILURES, and none is checked once
+        they are taken (a right password then clears the count). A locked account is refused without a check."""
         with transaction(audit.connection):
+            row = store.find_account(audit.connection, username)
+            if row is None or row.status == AccountStatus.REMOVED:
+                return None
+            self._refuse_locked(row, now)
+            if store.failures_since(audit.connection, username, _text(now - FAILURE_WINDOW)) >= MAX_FAILURES:
+                raise AccountLocked(f"{MAX_FAILURES} wrong passwords within an hour: this account is locked")
             store.record_failure(audit.connection, username, _text(now))
+        return row
+
+    def _lock_if_due(self, audit: AuditTrail, operation: AuditedOperation, username: str, now: datetime) -> None:
+        """A wrong password (already counted by _take_attempt): the MAX_FAILURES-th within the window locks the account."""
+        with transaction(audit.connection):
             failures = store.failures_since(audit.connection, username, _text(now - FAILURE_WINDOW))
             if failures >= MAX_FAILURES:
                 until = _text(now + LOCKOUT)
