@@ -199,7 +199,7 @@ def test_usage_rules_are_workflow_errors_with_their_codes(smki_pki, service):
     ra, call, _ = service
     first = submit(call, requests(smki_pki, 5))
     busy = submit(call, requests(smki_pki, 1), client_id="second")
-    assert busy.findtext("BatchStatus") == "WORKFLOW_ERROR" and error_code(busy) == "WF:BB2" and busy.get("ID") == "second"
+    assert busy.findtext("BatchStatus") == "WORKFLOW_ERROR" and error_code(busy) == "WF:BB4" and busy.get("ID") == "second"
     ra.approve_batch(int(first.findtext("BatchId")))
     ra.process_batches(once=True, workers=1)
     submit(call, requests(smki_pki, 5), client_id="third")  # 10 of the day's 12

@@ -108,7 +108,7 @@ def test_the_batch_submission_rules():
     rules.check_batch_submission(WEB, 50000, 0, 0)
     with pytest.raises(PolicyRefusal) as refused:
         rules.check_batch_submission(WEB, 1, 1, 0)
-    assert UsageRule.of(refused.value).code == "WF:BB2"
+    assert UsageRule.of(refused.value).code == "WF:BB4"
     with pytest.raises(PolicyRefusal) as refused:
         rules.check_batch_submission(WEB, 2, 0, 49999)
     assert UsageRule.of(refused.value) is UsageRule.BATCH_DAILY_CAP

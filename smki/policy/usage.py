@@ -55,7 +55,7 @@ class UsageRule(enum.StrEnum):
 
 
 _CODES = {UsageRule.ADHOC_INTERVAL: "WF:AH1", UsageRule.PORTAL_ADHOC_DAILY_CAP: "WF:AH2",
-          UsageRule.BATCHES_AT_A_TIME: "WF:BB2", UsageRule.BATCH_DAILY_CAP: "WF:BB3"}
+          UsageRule.BATCHES_AT_A_TIME: "WF:BB4", UsageRule.BATCH_DAILY_CAP: "WF:BB3"}  # WF:BB2 is the "not accepted" of Appendix D
 
 
 class Channel(enum.StrEnum):
