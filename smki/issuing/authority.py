@@ -404,10 +404,11 @@ class IssuingAuthority:
         the key, the store) is every request's answer, and nothing is issued."""
         requests = list(requests)
         audit = self._operation(Operation.ISSUE_DEVICE).audit
+        read = [self._read_device_request(request) for request in requests]  # before the write lock: CPU only (proof of possession)
         try:
             with transaction(audit.connection):
                 group = self._device_group(audit, device_type, not_before)
-                decided = [self._decide_device(group, request) for request in requests]
+                decided = [self._decide_device(group, request, checked) for request, checked in zip(requests, read)]
         except Exception as fault:  # noqa: BLE001 - the group's fault: every request's answer, each audited
             self._audit_group_fault(audit, requests, fault)
             decided = [fault] * len(requests)
@@ -427,7 +428,15 @@ class IssuingAuthority:
             self._templates = ProvenTemplates(issuer)
         return _DeviceGroup(audit, signing, _device_type(device_type), issuer, describe(issuer).subject_key_id.hex().upper(), signer, self._templates)
 
-    def _decide_device(self, group: _DeviceGroup, request: DeviceCsr) -> tuple | Exception:
+    def _read_device_request(self, request: DeviceCsr) -> tuple[str, Any] | Exception:
+        """The request read and checked (decoding, fields, proof of possession), or why not: raised in its turn by `_decide_device`."""
+        try:
+            data, source = self._request(request.csr, request.source)
+            return source, parse_device_request(data, source)
+        except Exception as refusal:  # noqa: BLE001 - this request's answer, given after its usage rules are counted
+            return refusal
+
+    def _decide_device(self, group: _DeviceGroup, request: DeviceCsr, read: tuple[str, Any] | Exception) -> tuple | Exception:
         """One request of a group: refused (the exception, its entry appended), or signed and recorded with its entry
         (a tuple for `_release_device`). Only the writes after the signature may fail the group."""
         operation = AuditedOperation(group.audit, self.actor, Operation.ISSUE_DEVICE)
@@ -435,9 +444,10 @@ class IssuingAuthority:
         try:
             if request.out is not None:
                 refuse_existing(request.out)
-            self._count_adhoc(operation, signing.policy, request.submitter)
-            data, source = self._request(request.csr, request.source)
-            parsed_request = parse_device_request(data, source)
+            self._count_adhoc(operation, signing.policy, request.submitter)  # counted first: a request that is no CSR counts too
+            if isinstance(read, Exception):
+                raise read
+            source, parsed_request = read
             operation.subject.update(request=source, device_id=parsed_request.device_id.hex)
             params = signing.policy.device_certificate_params(
                 signing.environment, requester=parsed(RemotePartyRole, request.requester), device_id=parsed_request.device_id,
