@@ -406,7 +406,7 @@ class IssuingAuthority:
         audit = self._operation(Operation.ISSUE_DEVICE).audit
         read = [self._read_device_request(request) for request in requests]  # before the write lock: CPU only (proof of possession)
         try:
-            with transaction(audit.connection):
+            with self._state.write_turn(), transaction(audit.connection):
                 group = self._device_group(audit, device_type, not_before)
                 decided = [self._decide_device(group, request, checked) for request, checked in zip(requests, read)]
         except Exception as fault:  # noqa: BLE001 - the group's fault: every request's answer, each audited
