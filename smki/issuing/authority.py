@@ -18,6 +18,7 @@ serial or cRLNumber is consumed; a refusal is the same refusal, recorded nowhere
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -29,14 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from smki.errors import BadInputError, ConflictError
-from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, refuse_same_file
+from smki.audit.trail import AuditEntry
+from smki.errors import BadInputError, ConflictError, SmkiError
+from smki.files import MAX_CSR_BYTES, read_input, refuse_existing, refuse_same_file, write_new_file
 from smki.hsm.config import KeyRef
 from smki.hsm.pins import PinSource
 from smki.hsm.signer import open_signer, require_key_of, signer_for
 from smki.identifiers import CertificateType, DeviceType, EUI64, KeyUsage, ListType, RemotePartyRole
-from smki.operations.audited import ActorState, AuditedOperation, DryRunOperation, open_audit_trail
+from smki.operations.audited import ActorState, AuditedOperation, DryRunOperation, checkpoint, open_audit_trail
 from smki.operations.lists import issue_list
 from smki.operations.names import Operation
 from smki.operations.release import record_and_release, would_issue
@@ -48,6 +51,8 @@ from smki.policy.model import CertificatePolicy
 from smki.policy.usage import DAY, Submitter
 from smki.profiles import device_certificate, organisation_certificate, sign_certificate
 from smki.profiles.describe import describe
+from smki.profiles.device_template import certificate_der, subject_key_identifier
+from smki.profiles.serials import new_serial_number, serial_hex
 from smki.times import precise_now, start_of_validity, utc_now
 from smki.profiles.files import read_certificate, read_public_key
 from smki.profiles.lint import pre_issuance_check
@@ -55,13 +60,14 @@ from smki.requests import parse_device_request, parse_organisation_request
 from smki.requests.outcomes import DUPLICATE_REASON, Outcome, RequestRejected
 from smki.profiles.keyids import key_identifier
 from smki.store import find_certificate, list_certificates
+from smki.issuing.adhoc_issuance import DeviceCsr, ProvenTemplates
 from smki.issuing.queued_batches import (MAX_CLIENT_ID, MAX_REASON, BatchAnswer, UnknownBatch, answers_of, checked_text, count_entries,
                                          sha256_hex, upload_of, worker_name)
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, adhoc_submissions_since, batched_requests_since, change_status, enqueue_batch,
                                     last_adhoc_submission, open_batch_count, parse_timestamp, parsed_status, purge_adhoc_submissions, purge_finished,
                                     queued_batch, queued_batches, record_adhoc_submission, response_files, timestamp)
 from smki.store.batches import device_certificate_counts, known_subject_keys
-from smki.store.certificates import CertificateRecord
+from smki.store.certificates import CertificateRecord, insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
 from smki.store.revocations import check_revocable, record_revocation
@@ -122,6 +128,33 @@ class _Signing:
     not_before: datetime
 
 
+@dataclass(frozen=True)
+class _DeviceGroup:
+    """What the requests of one `issue_devices` group share, checked once for the group."""
+
+    audit: Any  # the AuditTrail, in the group's transaction
+    signing: _Signing
+    device_type: DeviceType | None  # None: each request's hwType decides
+    issuer: x509.Certificate
+    issuer_key_id: str
+    signer: Any  # the HSM key's Signer (each signature verified before it is returned)
+    templates: ProvenTemplates
+
+
+@dataclass(frozen=True)
+class _SignedDevice:
+    serial: int
+    subject_key_id: str
+    der: bytes
+
+
+def _refusal_entry(operation: AuditedOperation, error: BaseException) -> AuditEntry:
+    """The entry a refused (SmkiError) or failed request leaves, as `AuditedOperation` writes it."""
+    outcome = "refused" if isinstance(error, SmkiError) else "failed"
+    reason = str(error) if isinstance(error, SmkiError) else type(error).__name__
+    return AuditEntry(operation.actor, operation.operation, outcome, dict(operation.subject), {"reason": reason})
+
+
 AUTO_APPROVED = "policy"  # who decided a batch its policy approves as it is queued (usage_rules.auto_approved_requesters)
 
 
@@ -171,6 +204,7 @@ class IssuingAuthority:
         self._audit = None
         self._signer = None
         self._policy: CertificatePolicy | None = None
+        self._templates: ProvenTemplates | None = None  # ad hoc Device Certificates' proved templates
 
     # -- context ---------------------------------------------------------------------------------
     def __enter__(self) -> "IssuingAuthority":
@@ -300,6 +334,9 @@ class IssuingAuthority:
 
         if isinstance(operation, DryRunOperation):
             return check()
+        if connection.in_transaction:  # a group's transaction (issue_devices): counted in it
+            check()
+            return record_adhoc_submission(connection, submitter.name, submitter.channel.value, timestamp(now))
         with transaction(connection):
             check()
             record_adhoc_submission(connection, submitter.name, submitter.channel.value, timestamp(now))
@@ -363,8 +400,126 @@ class IssuingAuthority:
         already hold a certificate from this authority (policy 4.2) and stays under the per-device cap;
         the request's hwType must be the device type's (7.1), or, with no device type (None), any device
         type's whose key usages allow the request's. `submitter`: who submitted it online (the usage
-        rules apply: the web service's interval, the portal's daily cap); None from the CLI."""
-        with self._operation(Operation.ISSUE_DEVICE, dry_run=dry_run) as operation:
+        rules apply: the web service's interval, the portal's daily cap); None from the CLI.
+        A real run is `issue_devices` with a group of one (one code path); a refusal is raised."""
+        if dry_run:
+            return self._device_dry_run(csr, requester=requester, device_type=device_type, not_before=not_before, out=out,
+                                        source=source, submitter=submitter)
+        answer, = self.issue_devices([DeviceCsr(csr, requester, submitter, source, out)], device_type=device_type, not_before=not_before)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def issue_devices(self, requests: Iterable[DeviceCsr], *, device_type: DeviceType | str | None = None,
+                      not_before: datetime | str | None = None) -> list[IssuedCertificate | Exception]:
+        """Ad hoc Device Certificates for a group of requests, in one transaction: one answer per request, in order.
+
+        Each request is decided on its own, as `issue_device` decides it (the usage rules and their counters
+        for its submitter, eligibility, hwType and usage, the replacement rule, the per-device cap, a key
+        already certified: CR:9999, against the store and the group's earlier requests); a refusal is that
+        request's answer (the exception, audited as refused), the others go on. Each certificate is written
+        from the batch's device template (proved by a lint of the first certificate of each hwType and
+        usage), its HSM signature verified, and recorded with its audit entry in the transaction that makes
+        it visible; nothing leaves before that commit. A fault of the group itself (the policy not adopted,
+        the key, the store) is every request's answer, and nothing is issued."""
+        requests = list(requests)
+        audit = self._operation(Operation.ISSUE_DEVICE).audit
+        read = [self._read_device_request(request) for request in requests]  # before the write lock: CPU only (proof of possession)
+        try:
+            with self._state.write_turn(), transaction(audit.connection):
+                group = self._device_group(audit, device_type, not_before)
+                decided = [self._decide_device(group, request, checked) for request, checked in zip(requests, read)]
+        except Exception as fault:  # noqa: BLE001 - the group's fault: every request's answer, each audited
+            self._audit_group_fault(audit, requests, fault)
+            decided = [fault] * len(requests)
+        answers = [self._release_device(group.signing.policy, answer) if isinstance(answer, tuple) else answer for answer in decided]
+        if audit.signer is not None and not audit.checkpoint_deferred:
+            checkpoint(audit, Operation.ISSUE_DEVICE, anchor=any(isinstance(answer, IssuedCertificate) for answer in answers))
+        return answers
+
+    def _device_group(self, audit, device_type, not_before) -> _DeviceGroup:
+        """What every request of a group shares, checked once: the adopted policy, the environment, the key, the issuer."""
+        operation = AuditedOperation(audit, self.actor, Operation.ISSUE_DEVICE)
+        signing = self._signing(operation, None, not_before)
+        issuer = self._issuer()
+        signer = self._signing_key()
+        require_key_of(signer, issuer, self._key_name())
+        if self._templates is None or self._templates.issuer is not issuer:
+            self._templates = ProvenTemplates(issuer)
+        return _DeviceGroup(audit, signing, _device_type(device_type), issuer, describe(issuer).subject_key_id.hex().upper(), signer, self._templates)
+
+    def _read_device_request(self, request: DeviceCsr) -> tuple[str, Any] | Exception:
+        """The request read and checked (decoding, fields, proof of possession), or why not: raised in its turn by `_decide_device`."""
+        try:
+            data, source = self._request(request.csr, request.source)
+            return source, parse_device_request(data, source)
+        except Exception as refusal:  # noqa: BLE001 - this request's answer, given after its usage rules are counted
+            return refusal
+
+    def _decide_device(self, group: _DeviceGroup, request: DeviceCsr, read: tuple[str, Any] | Exception) -> tuple | Exception:
+        """One request of a group: refused (the exception, its entry appended), or signed and recorded with its entry
+        (a tuple for `_release_device`). Only the writes after the signature may fail the group."""
+        operation = AuditedOperation(group.audit, self.actor, Operation.ISSUE_DEVICE)
+        signing = group.signing
+        try:
+            if request.out is not None:
+                refuse_existing(request.out)
+            self._count_adhoc(operation, signing.policy, request.submitter)  # counted first: a request that is no CSR counts too
+            if isinstance(read, Exception):
+                raise read
+            source, parsed_request = read
+            operation.subject.update(request=source, device_id=parsed_request.device_id.hex)
+            params = signing.policy.device_certificate_params(
+                signing.environment, requester=parsed(RemotePartyRole, request.requester), device_id=parsed_request.device_id,
+                device_type=group.device_type, key_usage=parsed_request.key_usage, not_before=signing.not_before,
+                existing_certificates=self._device_certificates(operation, parsed_request.device_id), single_request=True,
+                hw_type_oid=parsed_request.hw_type_oid)
+            self._refuse_certified_key(operation, parsed_request.public_key)
+            der = self._signed_device_certificate(group, params, parsed_request.public_key)
+        except Exception as refusal:  # noqa: BLE001 - this request's answer; a fault not ours to name is audited as failed
+            operation.audit.append(_refusal_entry(operation, refusal))
+            return refusal
+        record = CertificateRecord(
+            serial_hex=serial_hex(der.serial), issuer_key_id=group.issuer_key_id, certificate_type=CertificateType.DEVICE,
+            subject_key_id=der.subject_key_id, status="I", not_before=params.validity.not_before_utc.isoformat(),
+            not_after=params.validity.not_after_utc.isoformat(), der=der.der, entity_id=parsed_request.device_id.hex,
+            key_usage=params.key_usage.value, policy_name=signing.policy.name, policy_version=signing.policy.version,
+            policy_sha256=signing.policy.sha256, request_sha256=parsed_request.request_sha256)
+        operation.subject.update({"serial": record.serial_hex, "type": record.certificate_type, "entity_id": record.entity_id,
+                                  "issuer_key_id": record.issuer_key_id, **({"file": str(request.out)} if request.out is not None else {})})
+        insert_certificate(operation.connection, record)
+        operation.audit.append(operation.success_entry(StateChange().issue(record.issuer_key_id, record.serial_hex).details(),
+                                                       policy=signing.policy.identity))
+        return record, request.out
+
+    @staticmethod
+    def _signed_device_certificate(group: _DeviceGroup, params, public_key: ec.EllipticCurvePublicKey) -> _SignedDevice:
+        """The certificate from the proved template, signed in the HSM (the signature verified by the Signer)."""
+        template = group.templates.for_request(params, public_key)
+        point = public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        serial = new_serial_number()
+        tbs = template.tbs_certificate(serial, point, params.device_id.octets, params.hw_type_oid, params.key_usage.value)
+        signature = group.signer.sign_digest(hashlib.sha256(tbs).digest())
+        return _SignedDevice(serial, subject_key_identifier(point).hex().upper(), certificate_der(tbs, signature))
+
+    def _release_device(self, policy: CertificatePolicy, decided: tuple) -> IssuedCertificate:
+        """After the group's commit: write the certificate's file, if one was named, and answer it."""
+        record, out = decided
+        certificate = x509.load_der_x509_certificate(record.der)
+        if out is not None:
+            write_new_file(out, certificate.public_bytes(Encoding.PEM))
+        log.info("issued device certificate %s%s", record.serial_hex, f", wrote {out}" if out is not None else "")
+        return IssuedCertificate(certificate, record, policy.identity, Path(out) if out is not None else None)
+
+    def _audit_group_fault(self, audit, requests: list[DeviceCsr], fault: Exception) -> None:
+        entries = [_refusal_entry(AuditedOperation(audit, self.actor, Operation.ISSUE_DEVICE,
+                                                   {"request": request.source} if request.source else {}), fault) for request in requests]
+        with transaction(audit.connection):
+            audit.append(*entries)
+
+    def _device_dry_run(self, csr: bytes | Path, *, requester, device_type, not_before, out, source, submitter) -> IssuedCertificate:
+        """`issue_device`'s dry run: every check a real run makes, the exact draft linted; nothing signed or recorded."""
+        with self._operation(Operation.ISSUE_DEVICE, dry_run=True) as operation:
             signing = self._signing(operation, out, not_before)
             self._count_adhoc(operation, signing.policy, submitter)
             data, source = self._request(csr, source)

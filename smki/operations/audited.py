@@ -70,6 +70,25 @@ class ActorState:
             open_audit_trail(self.readable(), audit_key, audit_pin)
         return DryRunOperation(self.readable(), operation, subject)
 
+    @contextmanager
+    def write_turn(self) -> Iterator[None]:
+        """Wait in the kernel (an flock beside the SQLite file) for this process's turn to write, before BEGIN IMMEDIATE:
+        SQLite's own wait for its write lock sleeps in growing steps (up to 100 ms), so two processes that write
+        many short transactions (the service's workers) would each sleep while the other commits. PostgreSQL: no-op."""
+        from smki.store.postgres import is_database_url
+
+        if is_database_url(self.path):
+            yield
+            return
+        import fcntl
+
+        with open(Path(self.path) / f"{STATE_DATABASE}.write-turn", "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(turn, fcntl.LOCK_UN)
+
     def close(self) -> None:
         for connection in (self._writable, self._read_only):
             if connection is not None:

@@ -110,6 +110,17 @@ class CertificatePolicy:
         With a device type, its own OID and usages. Without one (`None`: the request's hwType decides),
         every device type of the policy counts: where several types share one OID (as in the test PKI),
         a request with that OID may hold any usage one of them allows."""
+        key = (environment, requester, device_type)
+        known = self._eligibilities.get(key)
+        if known is None:  # worked out once per (environment, requester, device type): every ad hoc request asks
+            known = self._eligibilities[key] = self._device_eligibility(environment, requester, device_type)
+        return known
+
+    @functools.cached_property
+    def _eligibilities(self) -> dict[tuple, "DeviceEligibility"]:
+        return {}  # the policy document never changes once loaded; a refusal raises and is not kept
+
+    def _device_eligibility(self, environment: Environment, requester: RemotePartyRole, device_type: DeviceType | None) -> "DeviceEligibility":
         self._require_hierarchy(PolicyKind.DEVICE)
         if requester.camel_name not in self.document["eligibility"]["requesters"]:
             raise PolicyRefusal("4.1 eligibility", f"a {requester.camel_name} may not request Device Certificates")

@@ -2,30 +2,37 @@
 
 One DeviceCertificateSigningRequest in, one DeviceCertificateSigningResponse out, always HTTP 200 with XML.
 The request is checked against Appendix B's schema (smki.web.messages), the certificate is issued by the
-Issuing DCA's `issue_device` (the same policy checks, records and audit entries as `smki ca issue-device`),
+Issuing DCA's `issue_devices` (the same policy checks, records and audit entries as `smki ca issue-device`;
+requests that arrive while the worker's actor thread is busy are issued together, each answered on its own),
 for the role the caller acts for (its only role, or the one X-SMKI-Role names among its roles), and every
 refusal is answered through the one table in smki.web.answers. Every request leaves a request audit entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
-from smki.identifiers import RemotePartyRole
-from smki.policy.usage import Channel, Submitter
+from smki.issuing.adhoc_issuance import DeviceCsr
+from smki.policy.usage import Channel
 from smki.register import Interface
 from smki.web.answers import (audit_request, read_body, refusal_answer, requester_role, submitter, transaction_id,
                               xml_answer)
-from smki.web.context import SERVICES, run_blocking, serves
+from smki.web.coalesce import Coalescer
+from smki.web.context import SERVICES, serves
 from smki.web.messages import ADHOC_BODY_LIMIT, VERSION, AdhocStatus, adhoc_response, parse_adhoc_request
 
 PATH = f"/{VERSION}/AdHocDeviceCSR"
 OPERATION = "adhoc-submit"
+SOURCE = "ad hoc web service"
+# The worker's queue of ad hoc requests: those arriving while its actor thread is busy are issued as one group.
+GROUPS = web.AppKey("smki.adhoc_groups", Coalescer)
 
 
-def _issue(dca, csr_der: bytes, role: RemotePartyRole, who: Submitter):
-    # device_type=None: the request's hwType decides; the submitter: the usage rules count the caller's requests.
-    return dca.issue_device(csr_der, requester=role, device_type=None, source="ad hoc web service", submitter=who)
+def _issue_group(services, requests: Sequence[DeviceCsr]) -> list:
+    # device_type=None: each request's hwType decides; each request's submitter: the usage rules count the caller's requests.
+    return services.issuing_dca().issue_devices(requests, device_type=None)
 
 
 @serves(Interface.ADHOC_DEVICE)
@@ -35,9 +42,10 @@ async def submit(request: web.Request) -> web.Response:
     try:
         message = parse_adhoc_request(await read_body(request, ADHOC_BODY_LIMIT))
         client_id = message.id
-        role = requester_role(request)
-        issued = await run_blocking(request, _issue, services.issuing_dca(), message.csr_der, role,
-                                    submitter(request, Channel.WEB_SERVICE))
+        csr = DeviceCsr(message.csr_der, requester_role(request), submitter(request, Channel.WEB_SERVICE), SOURCE)
+        issued = await request.app[GROUPS].submit(csr)
+        if isinstance(issued, BaseException):  # this request's refusal (its group went on)
+            raise issued
         status, certificate = AdhocStatus.SUCCESS, issued.der
     except Exception as exc:  # noqa: BLE001 - every refusal is an answer (the table logs what it did not expect)
         status, error = refusal_answer(exc)
@@ -49,4 +57,5 @@ async def submit(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[GROUPS] = Coalescer(app, lambda requests: _issue_group(app[SERVICES], requests))
     app.router.add_post(PATH, submit)

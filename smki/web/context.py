@@ -85,7 +85,12 @@ def _process_executor() -> concurrent.futures.ThreadPoolExecutor:
 
 async def run_blocking(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` on the worker's single actor thread, awaited without blocking the event loop."""
-    executor = request.app.get(EXECUTOR) or _process_executor()
+    return await run_in_actor_thread(request.app, fn, *args)
+
+
+async def run_in_actor_thread(app: web.Application, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on `app`'s single actor thread (for work not tied to one request: a coalesced group)."""
+    executor = app.get(EXECUTOR) or _process_executor()
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
