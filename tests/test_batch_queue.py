@@ -515,6 +515,7 @@ def test_a_running_batch_pauses_at_a_chunk_boundary_and_completes_after_resume_w
     assert dca.process_batches(worker="first", once=True, workers=1, chunk_size=5) == 1
     stopped = _answered(dca, queued.number)
     assert paused_at and 10 <= stopped < 60 and stopped % 5 == 0  # a chunk boundary, not the end
+    assert stopped > paused_at[0]  # the chunks signed or in flight when it paused were recorded, not dropped
     stored = dca._readable().execute("SELECT status, lease_owner FROM batch_queue WHERE batch_number = ?", (queued.number,)).fetchone()
     assert tuple(stored) == ("PAUSED", None)
     assert dca.batch_result(queued.number, ALICE).batch.status is BatchStatus.PAUSED
