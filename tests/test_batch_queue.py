@@ -452,3 +452,113 @@ def test_a_processor_whose_lease_was_taken_stops_and_the_run_is_resumed(smki_pki
     assert len(serials) == 100 == len(set(serials))
     operations = audit_operations(tmp_path / "state")
     assert ("batch.resume", "success") in operations and ("certificate.issue.device.batch", "refused") in operations
+
+
+# ---- pausing and resuming the processing -----------------------------------------------------------------------
+
+AUTO_RULES = 'usage_rules:\n  batch_window: always\n  auto_approved_requesters: ["*"]\n'
+
+
+def test_while_processing_is_paused_nothing_is_claimed_and_polls_answer_paused(smki_pki, tmp_path):
+    dca = authority(smki_pki, tmp_path, AUTO_RULES)
+    queued = dca.submit_batch(requests(smki_pki, 2), client_id="held", subscriber=ALICE, requester="supplier")
+    assert dca.processing_state().paused is False
+    paused = dca.pause_processing("HSM maintenance")
+    assert (paused.paused, paused.by, paused.reason) == (True, "ra-operator", "HSM maintenance") and paused.since
+    with pytest.raises(ConflictError, match="paused already"):
+        dca.pause_processing("again")
+    with pytest.raises(BadInputError, match="reason"):
+        dca.pause_processing("two\nlines")
+    # Another authority object on the same state (another processor) sees the pause and claims nothing.
+    other = IssuingAuthority(tmp_path / "state", certificate=smki_pki.issuing_dca_certificate, key=smki_pki.key("issuing-dca"),
+                             pin=smki_pki.token.pin, policy=tmp_path / "device-policy.yaml", environment="test", actor="processor")
+    assert other.process_batches(once=True, workers=1) == 0
+    assert dca.batch_result(queued.number, ALICE).batch.status is BatchStatus.PAUSED
+    shown = dca.show_batch(queued.number)
+    assert shown.status is BatchStatus.PAUSED and shown.as_dict()["processing"]["reason"] == "HSM maintenance"
+    assert [b.status for b in dca.batches()] == [BatchStatus.PAUSED]
+    assert dca.list(certificate_type="device") == []
+    resumed = dca.resume_processing()
+    assert (resumed.paused, resumed.by, resumed.reason) == (False, "ra-operator", None)
+    with pytest.raises(ConflictError, match="running already"):
+        dca.resume_processing()
+    assert other.process_batches(once=True, workers=1) == 1
+    assert dca.batch_result(queued.number, ALICE).batch.status is BatchStatus.COMPLETED
+    operations = audit_operations(tmp_path / "state")
+    assert ("batch.processing.pause", "success") in operations and ("batch.processing.resume", "success") in operations
+    assert ("batch.processing.pause", "refused") in operations and ("batch.processing.resume", "refused") in operations
+    other.close()
+
+
+def test_a_running_batch_pauses_at_a_chunk_boundary_and_completes_after_resume_with_every_answer_once(smki_pki, tmp_path, monkeypatch):
+    """The operator pauses (from another authority object, as from another host) while a batch is processed: the run
+    records what it has in flight, stops at a chunk boundary, and the batch waits PAUSED; resumed, it answers the rest."""
+    from smki.issuing.batch_processor import BatchProcessor
+
+    dca = authority(smki_pki, tmp_path, AUTO_RULES, batch_limit=1000)
+    queued = dca.submit_batch(requests(smki_pki, 60), client_id="paused", subscriber=ALICE, requester="supplier")
+    operator = IssuingAuthority(tmp_path / "state", actor="ra-operator")
+    original, paused_at = BatchProcessor._renewer, []
+
+    def renewer_paused_midway(self, number):
+        renew = original(self, number)
+
+        def progress(answered: int, total: int) -> None:
+            if not paused_at and _answered(dca, number) >= 10:  # a chunk recorded: the operator pauses now
+                paused_at.append(_answered(dca, number))
+                operator.pause_processing("pause test")
+            renew(answered, total)
+        return progress
+
+    monkeypatch.setattr(BatchProcessor, "_renewer", renewer_paused_midway)
+    monkeypatch.setattr(BatchProcessor, "pause_check_seconds", 0)
+    assert dca.process_batches(worker="first", once=True, workers=1, chunk_size=5) == 1
+    stopped = _answered(dca, queued.number)
+    assert paused_at and 10 <= stopped < 60 and stopped % 5 == 0  # a chunk boundary, not the end
+    assert stopped > paused_at[0]  # the chunks signed or in flight when it paused were recorded, not dropped
+    stored = dca._readable().execute("SELECT status, lease_owner FROM batch_queue WHERE batch_number = ?", (queued.number,)).fetchone()
+    assert tuple(stored) == ("PAUSED", None)
+    assert dca.batch_result(queued.number, ALICE).batch.status is BatchStatus.PAUSED
+    assert dca.process_batches(worker="second", once=True, workers=1) == 0  # paused: not claimed
+    assert len(dca.list(certificate_type="device")) == stopped  # nothing signed was left unrecorded
+    operator.resume_processing()
+    assert dca.process_batches(worker="second", once=True, workers=1, chunk_size=5) == 1
+    answer = dca.batch_result(queued.number, ALICE)
+    assert answer.batch.status is BatchStatus.COMPLETED and len(answer.answers) == 60
+    assert sorted(a.csr_id for a in answer.answers) == sorted(f"csr-{i}" for i in range(60))
+    assert {a.status for a in answer.answers} == {"success"}
+    serials = [record.serial_hex for record in dca.list(certificate_type="device")]
+    assert len(serials) == 60 == len(set(serials))
+    operations = [op for op, outcome in audit_operations(tmp_path / "state") if outcome == "success"]
+    pause = operations.index("batch.processing.pause")
+    assert operations.index("batch.pause", pause) < operations.index("batch.processing.resume") < operations.index("batch.resume")
+    assert operations[-1] == "batch.complete"
+    operator.close()
+
+
+def test_the_cli_pauses_and_resumes_the_processing(smki_pki, tmp_path, run_smki):
+    dca = authority(smki_pki, tmp_path, AUTO_RULES)
+    queued = dca.submit_batch(requests(smki_pki, 1), client_id="cli-pause", subscriber=ALICE, requester="supplier")
+    dca.close()
+    state = ["--state", str(tmp_path / "state"), "--actor", "ra-cli"]
+    assert run_smki("ca", "batches", "pause", *state).returncode == 2  # --reason is required
+    bad = run_smki("ca", "batches", "pause", *state, "--reason", "x" * 201)
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    paused = run_smki("ca", "batches", "pause", *state, "--reason", "key ceremony", "--json")
+    assert paused.returncode == 0, paused.stderr
+    state_json = json.loads(paused.stdout)
+    assert (state_json["paused"], state_json["by"], state_json["reason"]) == (True, "ra-cli", "key ceremony") and state_json["since"]
+    again = run_smki("ca", "batches", "pause", *state, "--reason", "again")
+    assert again.returncode == 5 and "paused already" in again.stderr and again.stderr.count("\n") == 1
+    listed = run_smki("ca", "batches", "list", *state)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[0].startswith("batch processing PAUSED since")
+    assert "by ra-cli: key ceremony" in listed.stdout.splitlines()[0] and "PAUSED" in listed.stdout.splitlines()[1]
+    rows = json.loads(run_smki("ca", "batches", "list", *state, "--json").stdout)
+    assert rows[0]["batch"] == queued.number and rows[0]["status"] == "PAUSED" and rows[0]["processing"]["paused"] is True
+    resumed = run_smki("ca", "batches", "resume", *state, "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["paused"] is False
+    assert run_smki("ca", "batches", "resume", *state).returncode == 5
+    text = run_smki("ca", "batches", "list", *state).stdout
+    assert "PAUSED" not in text and ("QUEUED" in text or "PARSING" in text)
+    operations = audit_operations(tmp_path / "state")
+    assert operations.count(("batch.processing.pause", "success")) == 1 and operations.count(("batch.processing.resume", "success")) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -383,7 +384,50 @@ def test_a_batch_is_approved_by_the_operator_and_another_subscribers_batch_is_re
     assert batch.decided_by == "lab-operator"
 
 
-# -- the repository's pages -------------------------------------------------------------------------------------
+def test_the_operator_pauses_and_resumes_the_batch_processing_and_a_non_operator_is_refused(world):
+    dca = world.pki.issuing_dca
+
+    async def scenario(client, services):
+        supplier = Browser(client, world.clients["lab-supplier"].certificate)
+        supplier_token = await supplier.csrf("/portal/batches")
+        by_supplier, _ = await supplier.post("/portal/operator/processing/pause", {"csrf": supplier_token, "reason": "not mine"})
+        operator = Browser(client, world.clients["lab-operator"].certificate)
+        response, page_text = await operator.get("/portal/operator")
+        token = CSRF.search(page_text).group(1)
+        running = 'id="processing-state"' in page_text and "Pause processing" in page_text
+        forged, _ = await operator.post("/portal/operator/processing/pause", {"csrf": "forged", "reason": "x"})
+        unreasoned, _ = await operator.post("/portal/operator/processing/pause", {"csrf": token, "reason": " "})
+        state_before = dca.processing_state().paused
+        paused, _ = await operator.post("/portal/operator/processing/pause", {"csrf": token, "reason": "<b>HSM swap</b>"})
+        state_paused = dca.processing_state()
+        again, _ = await operator.post("/portal/operator/processing/pause", {"csrf": token, "reason": "again"})
+        _, paused_page = await operator.get("/portal/operator")
+        resumed, _ = await operator.post("/portal/operator/processing/resume", {"csrf": token})
+        return (by_supplier.status, running, forged.status, unreasoned.status, state_before, paused.status, state_paused, again.status,
+                paused_page, resumed.status)
+    try:
+        (by_supplier, running, forged, unreasoned, state_before, paused, state_paused, again, paused_page,
+         resumed), services = run_portal(world, scenario)
+    finally:
+        if dca.processing_state().paused:  # the world is shared by this module's tests
+            dca.resume_processing()
+    assert by_supplier == 403 and running and forged == 403 and unreasoned == 400 and state_before is False
+    assert paused == 303 and (state_paused.paused, state_paused.by, state_paused.reason) == (True, "lab-operator", "<b>HSM swap</b>")
+    assert again == 409
+    assert "by lab-operator: &lt;b&gt;HSM swap&lt;/b&gt;" in paused_page and "Resume processing" in paused_page
+    assert resumed == 303 and dca.processing_state().paused is False
+    assert [e.status for e in audited(services, "portal-operator-pause")] == ["303"]
+    assert [e.status for e in audited(services, "portal-operator-resume")] == ["303"]
+    connection = sqlite3.connect(world.pki.state("issuing-dca") / "smki.db")
+    try:
+        trail = connection.execute("SELECT actor, operation, outcome FROM audit_entries WHERE operation LIKE 'batch.processing.%' "
+                                   "ORDER BY seq").fetchall()
+    finally:
+        connection.close()
+    assert trail == [("lab-operator", "batch.processing.pause", "success"), ("lab-operator", "batch.processing.pause", "refused"),
+                     ("lab-operator", "batch.processing.resume", "success")]
+
+
 
 def test_the_repository_pages_are_for_visitors_or_key_holders_unless_public(world):
     device, _ = world.pki.device_certificate("00-DB-12-34-56-78-90-F1")

@@ -24,13 +24,14 @@ _state = state_options(STATE, "The Issuing DCA's state: a state directory, or it
 
 @click.group("batches", cls=ConfiguredGroup)
 def batches_group() -> None:
-    """The queue of batches submitted online: list, show, approve, reject, process, purge.
+    """The queue of batches submitted online: list, show, approve, reject, process, pause, resume, purge.
 
     A batch submitted through the Batched Device CSR web service (or as a portal ZIP) is PENDING
     until the Registration Authority approves it (then PARSING, QUEUED, PROCESSING, COMPLETED; PAUSED
     outside the policy's processing window) or rejects it (REJECTED). A batch whose stored upload no
-    longer matches its digest is TAMPERED. Exit codes: 0 done, 1 refused, 3 bad input (no such batch),
-    5 the batch is no longer PENDING.
+    longer matches its digest is TAMPERED. The operator may pause the processing of every batch (on
+    every processor sharing the state) and resume it. Exit codes: 0 done, 1 refused, 3 bad input (no
+    such batch), 5 the batch is no longer PENDING, or the processing is paused (resumed) already.
     """
 
 
@@ -47,10 +48,13 @@ def _summary(batch) -> str:
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
 @json_option
 def list_command(status, subscriber, limit, as_json, **options):
-    """Queued batches, newest first (batches purged after the retention period are not listed)."""
+    """Queued batches, newest first (batches purged after the retention period are not listed); while the processing
+    is paused, a first line says since when, by whom and why (in --json, each batch's "processing")."""
     with issuing_authority(options) as authority:
         batches = authority.batches(subscriber=subscriber, status=status, limit=limit)
-    emit(as_json, [b.as_dict() for b in batches], lambda rows: "\n".join(_summary(r) for r in rows) or "no queued batches")
+        state = authority.processing_state()
+    paused = [_processing_line(state.as_dict())] if state.paused else []  # said first: every open batch waits on it
+    emit(as_json, [b.as_dict() for b in batches], lambda rows: "\n".join(paused + [_summary(r) for r in rows]) or "no queued batches")
 
 
 @batches_group.command("show")
@@ -120,6 +124,36 @@ def process_command(workers, chunk_size, once, lease_seconds, poll_seconds, as_j
     finally:
         signal.signal(signal.SIGTERM, previous)
     emit(as_json, {"batches_moved": moved}, lambda d: f"{d['batches_moved']} batch step(s) processed")
+
+
+def _processing_line(state: dict) -> str:
+    if not state["paused"]:
+        return "batch processing running" + (f" (resumed {state['since']} by {state['by']})" if state["since"] else "")
+    return f"batch processing PAUSED since {state['since']} by {state['by']}: {state['reason']}"
+
+
+@batches_group.command("pause")
+@_state
+@click.option("--reason", required=True, help="Why (one line, kept, shown to operators and audited).")
+@json_option
+def pause_command(reason, as_json, **options):
+    """Pause the processing of every queued batch (audited), on every processor sharing this state: nothing new is
+    claimed, a batch being processed stops at its next chunk boundary and waits PAUSED, and polls answer PAUSED.
+    Exit code 5 when it is paused already."""
+    with issuing_authority(options) as authority:
+        state = authority.pause_processing(reason)
+    emit(as_json, state.as_dict(), _processing_line)
+
+
+@batches_group.command("resume")
+@_state
+@json_option
+def resume_command(as_json, **options):
+    """Resume the processing of the queued batches (audited): paused batches go on where they stopped, with no request
+    answered twice and none left out. Exit code 5 when it is not paused."""
+    with issuing_authority(options) as authority:
+        state = authority.resume_processing()
+    emit(as_json, state.as_dict(), _processing_line)
 
 
 @batches_group.command("purge")

@@ -70,6 +70,7 @@ from smki.store.batches import device_certificate_counts, known_subject_keys
 from smki.store.certificates import CertificateRecord, insert_certificate
 from smki.store.database import transaction
 from smki.store.reconcile import StateChange, differences, issuers, reconcile_issuer
+from smki.store.batch_queue import ProcessingState, processing_state, set_processing
 from smki.store.revocations import check_revocable, record_revocation
 
 if TYPE_CHECKING:  # the batch's modules load only when a batch runs
@@ -686,14 +687,15 @@ class IssuingAuthority:
     def batches(self, *, subscriber: str | None = None, status: BatchStatus | str | None = None, limit: int = 1000) -> list[QueuedBatch]:
         """Queued batches, newest first (read-only); purged ones are not listed."""
         statuses = (parsed_status(status),) if status is not None else ()
-        return queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)
+        state = self.processing_state()
+        return [batch.under(state) for batch in queued_batches(self._readable(), subscriber=subscriber, statuses=statuses, limit=limit)]
 
     def show_batch(self, number: int) -> QueuedBatch:
         """One queued batch (read-only); refused when there is none."""
         found = queued_batch(self._readable(), _batch_number(number))
         if found is None:
             raise BadInputError(f"no queued batch {number} in this authority's records")
-        return found
+        return found.under(self.processing_state())
 
     def approve_batch(self, number: int) -> QueuedBatch:
         """The Registration Authority approves a PENDING batch: it goes on to be parsed and processed."""
@@ -728,6 +730,7 @@ class IssuingAuthority:
             batch = queued_batch(operation.connection, _batch_number(number, UnknownBatch)) if _is_number(number) else None
             if batch is None or batch.subscriber != name or batch.purged_at is not None:
                 raise UnknownBatch(f"Unknown BatchId {str(number)[:32]!r} for subscriber {name}")
+            batch = batch.under(processing_state(operation.connection))  # PAUSED while the processing is
             if batch.status is not BatchStatus.COMPLETED:
                 return BatchAnswer(batch)
             return BatchAnswer(batch, answers_of(operation.connection, batch))
@@ -858,3 +861,31 @@ class IssuingAuthority:
 
         with self._operation(Operation.ADOPT_STATE) as operation:
             return adopt_legacy_state(operation.audit, self.actor)
+
+    # -- pausing the batch queue's processing (the Registration Authority / operator) ---------------
+    def processing_state(self) -> ProcessingState:
+        """Whether the batch queue's processing is paused, since when, by whom and why (read-only)."""
+        return processing_state(self._readable())
+
+    def pause_processing(self, reason: str) -> ProcessingState:
+        """Pause the processing of every queued batch, on every processor sharing this state (audited): nothing new is
+        claimed, a batch being processed stops at its next chunk boundary and waits PAUSED, polls answer PAUSED.
+        Refused (ConflictError) when it is paused already."""
+        return self._set_processing(Operation.PROCESSING_PAUSE, True, checked_text(reason, "a pause's reason", MAX_REASON))
+
+    def resume_processing(self) -> ProcessingState:
+        """Resume the processing (audited): paused batches go on where they stopped. Refused (ConflictError) when it is not paused."""
+        return self._set_processing(Operation.PROCESSING_RESUME, False, None)
+
+    def _set_processing(self, name: Operation, paused: bool, reason: str | None) -> ProcessingState:
+        with self._operation(name, **({"reason": reason} if reason else {})) as operation:
+            connection = operation.connection
+            with transaction(connection):
+                current = processing_state(connection)
+                if not set_processing(connection, paused, timestamp(precise_now()), self.actor, reason):
+                    raise ConflictError(f"batch processing is {'paused' if current.paused else 'running'} already"
+                                        + (f" (since {current.since}, by {current.by})" if current.since else ""))
+                operation.audit.append(operation.success_entry({"paused": paused, **({"reason": reason} if reason else {})}))
+                changed = processing_state(connection)
+        log.info("batch processing %s by %s", "paused" if paused else "resumed", self.actor)
+        return changed

@@ -28,7 +28,7 @@ from cryptography import x509
 
 from smki.audit.trail import AuditEntry, AuditTrail
 from smki.issuing.batch_workers import check_requests, in_plain_data, sign_certificates, start_worker, task_result
-from smki.errors import BadInputError
+from smki.errors import BadInputError, ConflictError
 from smki.hsm.child_env import result_of, spawn_pool
 from smki.hsm.config import KeyRef
 from smki.hsm.signer import SoftwareSigner
@@ -53,6 +53,12 @@ from smki.store.reconcile import StateChange
 log = logging.getLogger(__name__)
 # Progress reaches the log (at INFO) every this many answered requests.
 LOG_PROGRESS_EVERY = 5000
+
+
+class ProcessingPaused(ConflictError):
+    """Raised by a run's progress callback when the queue's processing was paused: the run submits no new chunk,
+    records every chunk already in flight, and then raises it again (the batch stops at a chunk boundary, with
+    nothing signed left unrecorded; a later run answers only what is left)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class _Run:
         self.tasks_pending = 0
         self.transactions = 0
         self.answered = 0  # in this run, for the log's progress lines
+        self.paused: ProcessingPaused | None = None  # set by the progress callback: finish what is in flight, then stop
 
     # -- decisions -------------------------------------------------------------------------------
     def decide(self, parsed: list[tuple]) -> tuple[list[tuple], dict[str, _Accepted]]:
@@ -216,7 +223,10 @@ class _Run:
         if before // LOG_PROGRESS_EVERY != self.answered // LOG_PROGRESS_EVERY:
             log.info("batch %s: %d of %d requests answered in this run", self.summary.batch_id[:16], self.answered,
                      self.summary.entries - self.summary.answered_before)
-        self.progress(count)
+        try:
+            self.progress(count)
+        except ProcessingPaused as paused:
+            self.paused = paused
 
     # -- records ---------------------------------------------------------------------------------
     def record(self, signed: list[tuple[str, bytes]], accepted: dict[str, _Accepted]) -> None:
@@ -265,6 +275,8 @@ class _Run:
         limit, pool = 3 * workers.count, workers.pool
 
         def submit_check() -> None:
+            if self.paused is not None:  # no new chunk once paused: the ones in flight are still recorded
+                return
             chunk = next(chunks, None)
             if chunk is not None:
                 in_flight.append((_Stage.CHECK, pool.apply_async(in_plain_data, (check_requests, self.plan.batch.source, self.plan.batch.batch_id, chunk)), None))
@@ -282,6 +294,8 @@ class _Run:
             else:
                 self.record(result, accepted)
         self.flush()
+        if self.paused is not None:
+            raise self.paused
 
 
 class _Stage(enum.Enum):

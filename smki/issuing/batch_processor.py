@@ -15,11 +15,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from smki.errors import SmkiError
+from smki.issuing.batch_issuance import ProcessingPaused
 from smki.issuing.queued_batches import LeaseLost, processing_directory, read_file, sha256_hex
 from smki.operations.names import Operation
 from smki.requests.batch import open_batch
 from smki.store.batch_queue import (BatchStatus, QueuedBatch, batch_upload, change_status, claim_batch, queued_batch, release_lease,
-                                    renew_lease, store_response, timestamp)
+                                    processing_state, renew_lease, store_response, timestamp)
 from smki.store.database import transaction
 from smki.times import precise_now
 
@@ -35,6 +36,9 @@ _OUTSIDE_WINDOW = (BatchStatus.PARSING, BatchStatus.QUEUED, BatchStatus.PROCESSI
 
 
 class BatchProcessor:
+    # How often a running batch looks whether the operator paused the processing (a read of one row).
+    pause_check_seconds = 0.5
+
     def __init__(self, authority: IssuingAuthority, owner: str, lease_seconds: float, workers: int | None, chunk_size: int = 1000) -> None:
         if lease_seconds <= 0:
             raise ValueError("a lease lasts a positive number of seconds")
@@ -47,6 +51,8 @@ class BatchProcessor:
 
     def next(self) -> bool:
         """Claim one batch and move it on; False when there was none to claim."""
+        if self._paused():  # the operator paused the processing: nothing new is claimed, here or on any other host
+            return False
         rules = self.authority._loaded_policy().usage_rules
         now = precise_now()
         in_window = rules.in_batch_window(now)
@@ -89,9 +95,13 @@ class BatchProcessor:
             if batch.status is not BatchStatus.PROCESSING:
                 batch = self._step(Operation.BATCH_PROCESS, batch, BatchStatus.PROCESSING)
             response, status = directory / "response.zip", directory / "status.csv"
-            result = self.authority.issue_batch(path, response=response, status=status, requester=batch.requester,
-                                                device_type=None, workers=self.workers, chunk_size=self.chunk_size,
-                                                progress=self._renewer(batch.number))
+            try:
+                result = self.authority.issue_batch(path, response=response, status=status, requester=batch.requester,
+                                                    device_type=None, workers=self.workers, chunk_size=self.chunk_size,
+                                                    progress=self._renewer(batch.number))
+            except ProcessingPaused:  # stopped at a chunk boundary; resumed where it stopped once the processing is resumed
+                self._step(Operation.BATCH_PAUSE, batch, BatchStatus.PAUSED)
+                return
             self._complete(batch, read_file(response), read_file(status), result.totals)
 
     def _step(self, name: Operation, batch: QueuedBatch, status: BatchStatus, **columns: str | None) -> QueuedBatch:
@@ -115,17 +125,24 @@ class BatchProcessor:
                                                                 "response_sha256": sha256_hex(response_zip)}))
         log.info("batch %d: COMPLETED (%s)", batch.number, ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
 
+    def _paused(self) -> bool:
+        return processing_state(self.connection).paused
+
     def _renewer(self, number: int):
-        """The batch run's progress callback: renews the lease every third of its length; LeaseLost once another holds it."""
+        """The batch run's progress callback: renews the lease every third of its length (LeaseLost once another holds
+        it), and raises ProcessingPaused once the operator paused the processing (looked at every pause_check_seconds)."""
         every = self.lease.total_seconds() / 3
-        renewed = [time.monotonic()]
+        renewed, looked = [time.monotonic()], [float("-inf")]
 
         def renew(answered: int, total: int) -> None:
-            if time.monotonic() - renewed[0] < every:
-                return
-            with transaction(self.connection):
-                if not renew_lease(self.connection, number, self.owner, timestamp(precise_now() + self.lease)):
-                    raise LeaseLost(f"batch {number}: its lease ran out and another processor holds it now")
-            renewed[0] = time.monotonic()
+            if time.monotonic() - renewed[0] >= every:
+                with transaction(self.connection):
+                    if not renew_lease(self.connection, number, self.owner, timestamp(precise_now() + self.lease)):
+                        raise LeaseLost(f"batch {number}: its lease ran out and another processor holds it now")
+                renewed[0] = time.monotonic()
+            if time.monotonic() - looked[0] >= self.pause_check_seconds:
+                looked[0] = time.monotonic()
+                if self._paused():
+                    raise ProcessingPaused(f"batch {number}: the processing was paused; it stops at this chunk's end")
 
         return renew

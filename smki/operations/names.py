@@ -48,6 +48,8 @@ class Operation(enum.StrEnum):
     BATCH_COMPLETE = "batch.complete"
     BATCH_RESULT = "batch.result"  # recorded when refused (an unknown or another subscriber's batch)
     BATCH_PURGE = "batch.purge"
+    PROCESSING_PAUSE = "batch.processing.pause"  # the operator pauses the queue's processing (every batch)
+    PROCESSING_RESUME = "batch.processing.resume"
     REJECT = "certificate.reject"
     ISSUE_CRL = "crl.issue"
     ADOPT_STATE = "state.adopt"

@@ -17,7 +17,7 @@ text of one fixed width, so that text order is time order.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from smki.errors import BadInputError
@@ -86,13 +86,24 @@ class QueuedBatch:
     lease_until: str | None = None
     finished_at: str | None = None
     purged_at: str | None = None
+    processing: "ProcessingState | None" = None  # the queue's processing, as the views (list, show, poll) report it
+
+    def under(self, state: "ProcessingState") -> "QueuedBatch":
+        """The batch as seen while the processing is in `state`: one approved and waiting (or being processed) is PAUSED
+        while the processing is paused (the processor moves a running one there at its next chunk boundary)."""
+        held = state.paused and self.status in _HELD_BY_A_PAUSE
+        return replace(self, processing=state, status=BatchStatus.PAUSED if held else self.status)
 
     def as_dict(self) -> dict:
         return {"batch": self.number, "client_id": self.client_id, "subscriber": self.subscriber, "channel": self.channel,
                 "requester": self.requester, "entries": self.entry_count, "upload_sha256": self.upload_sha256,
                 "status": self.status.value, "submitted_at": self.submitted_at, "decided_at": self.decided_at,
                 "decided_by": self.decided_by, "reason": self.reason, "finished_at": self.finished_at,
-                "purged": self.purged_at is not None}
+                "purged": self.purged_at is not None,
+                **({"processing": self.processing.as_dict()} if self.processing is not None else {})}
+
+
+_HELD_BY_A_PAUSE = frozenset({BatchStatus.PARSING, BatchStatus.QUEUED, BatchStatus.PROCESSING})
 
 
 _COLUMNS = ("batch_number, client_id, subscriber, channel, requester, entry_count, upload_sha256, status, submitted_at, decided_at, "
@@ -242,3 +253,32 @@ def adhoc_submissions_since(connection: Connection, subscriber: str, channel: st
 
 def purge_adhoc_submissions(connection: Connection, before: str) -> int:
     return connection.execute("DELETE FROM adhoc_submissions WHERE submitted_at < ?", (before,)).rowcount
+
+
+# -- the queue's processing: paused or running, for every processor on every host ------------------
+@dataclass(frozen=True)
+class ProcessingState:
+    """Whether the operator has paused the queue's processing; since when, by whom and why (None: never paused or resumed)."""
+
+    paused: bool = False
+    since: str | None = None  # when it was last paused (or resumed)
+    by: str | None = None
+    reason: str | None = None  # why it was paused
+
+    def as_dict(self) -> dict:
+        return {"paused": self.paused, "since": self.since, "by": self.by, "reason": self.reason}
+
+
+def processing_state(connection: Connection) -> ProcessingState:
+    row = connection.execute("SELECT paused, changed_at, changed_by, reason FROM batch_processing WHERE singleton = 1").fetchone()
+    return ProcessingState(bool(row[0]), row[1], row[2], row[3]) if row else ProcessingState()
+
+
+def set_processing(connection: Connection, paused: bool, at: str, by: str, reason: str | None) -> bool:
+    """Pause (or resume) the processing, inside the caller's write transaction; False when it already was paused (or running)."""
+    if processing_state(connection).paused == paused:
+        return False
+    connection.execute("DELETE FROM batch_processing WHERE singleton = 1")
+    connection.execute("INSERT INTO batch_processing (singleton, paused, changed_at, changed_by, reason) VALUES (1, ?, ?, ?, ?)",
+                       (int(paused), at, by, reason if paused else None))
+    return True

@@ -342,6 +342,23 @@ _POSTGRESQL_10 = """
     CREATE INDEX portal_sessions_expires ON portal_sessions (expires_at)
 """
 
+_SQLITE_11 = """
+        CREATE TABLE batch_processing (
+            singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),  -- one row: the queue's processing, for every processor on every host
+            paused      INTEGER NOT NULL,        -- 1 while the operator has paused it
+            changed_at  TEXT NOT NULL,           -- when it was last paused or resumed
+            changed_by  TEXT NOT NULL,           -- by whom (the authority's actor)
+            reason      TEXT                     -- why it was paused
+        )
+    """
+
+_POSTGRESQL_11 = """
+    CREATE TABLE batch_processing (
+        singleton BIGINT PRIMARY KEY CHECK (singleton = 1), paused BIGINT NOT NULL, changed_at TEXT COLLATE "C" NOT NULL,
+        changed_by TEXT COLLATE "C" NOT NULL, reason TEXT COLLATE "C"
+    )
+"""
+
 # (version, description, step): a step is DDL per dialect, or a callable run in the migration's
 # transaction (it reads connection.dialect where it differs). Append only: never edit a migration that has shipped.
 MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
@@ -356,5 +373,6 @@ MIGRATIONS: list[tuple[int, str, Ddl | Callable]] = [
     (8, "subscriber register: Authorised Subscribers and their client certificates", Ddl(_SQLITE_8, _POSTGRESQL_8)),
     (9, "the batch queue and the ad hoc submissions the usage rules count", Ddl(_SQLITE_9, _POSTGRESQL_9)),
     (10, "SMKI Portal password accounts, login failures and sessions", Ddl(_SQLITE_10, _POSTGRESQL_10)),
+    (11, "the batch queue's processing, paused or resumed by the operator", Ddl(_SQLITE_11, _POSTGRESQL_11)),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
