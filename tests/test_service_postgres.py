@@ -31,6 +31,7 @@ from test_batch_queue import policy_file, requests
 pytest_plugins = ["postgres_server"]
 
 LEASE_SECONDS = 3
+BIG = 2000  # CSRs in the batch whose service is killed mid-batch
 RULES = ("usage_rules:\n  batch_window: always\n  batch_daily_cap: 50000\n  batches_at_a_time: 10\n"
          "  auto_approved_requesters: ['*']\n  adhoc_interval: [{start: \"00:00\", end: \"00:00\", seconds: 0}]\n")
 
@@ -99,7 +100,7 @@ def shared_store(smki_pki, tmp_path, postgres_server):
     """The Issuing DCA's state and the service database on one PostgreSQL server; the services' files; the lab's clients."""
     dca_url = postgres_server.url(schema=postgres_server.new_schema())
     service_url = postgres_server.url(schema=postgres_server.new_schema())
-    policy = policy_file(tmp_path, RULES, batch_limit=1000)
+    policy = policy_file(tmp_path, RULES, batch_limit=5000)
     dca = IssuingAuthority(dca_url, certificate=smki_pki.issuing_dca_certificate, key=smki_pki.key("issuing-dca"),
                            pin=smki_pki.token.pin, policy=policy, environment="test", actor="ra-operator")
     dca.adopt_policy(policy)
@@ -131,12 +132,12 @@ def _facts(dca: IssuingAuthority) -> dict:
     return {"serials": serials, "operations": operations}
 
 
-def _wait_for(condition, timeout: float) -> bool:
+def _wait_for(condition, timeout: float, every: float = 0.3) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.3)
+        time.sleep(every)
     return False
 
 
@@ -162,15 +163,16 @@ def test_two_services_share_the_queue_and_process_each_batch_once(smki_pki, shar
 def test_a_service_killed_mid_batch_loses_nothing(smki_pki, shared_store):
     dca, start = shared_store
     first = start("first")
-    batch = first.submit("big", requests(smki_pki, 300))
-    assert _wait_for(lambda: _answered(dca) >= 30, timeout=180), "the first service answered nothing"
+    batch = first.submit("big", requests(smki_pki, BIG))
+    # Polled often: the kill must land mid-batch (chunks of 10, each its own transaction, take long enough for that).
+    assert _wait_for(lambda: _answered(dca) >= 30, timeout=180, every=0.01), "the first service answered nothing"
     first.kill()  # mid-batch: the service, its batch processor and its signing processes
-    assert _answered(dca) < 300, "the batch finished before the kill: make it larger"
+    assert _answered(dca) < BIG, "the batch finished before the kill: make it larger"
     second = start("second")  # its processor takes the batch over once the dead one's lease has run out
     assert _wait_for(lambda: second.status(batch)[0] == "COMPLETED", timeout=240), second.log.read_text()[-2000:]
-    assert second.status(batch) == ("COMPLETED", ["SUCCESS"] * 300)
+    assert second.status(batch) == ("COMPLETED", ["SUCCESS"] * BIG)
     facts = _facts(dca)
-    assert len(facts["serials"]) == 300 == len(set(facts["serials"]))
+    assert len(facts["serials"]) == BIG == len(set(facts["serials"]))
     assert facts["operations"].count("batch.resume") == 1 and facts["operations"].count("batch.complete") == 1
     assert second.stop() == 0
 
