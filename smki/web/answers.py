@@ -133,10 +133,7 @@ def audit_request(request: web.Request, interface: Interface, operation: str, *,
     """The request's audit entry (the worker's buffered request audit, context.AUDIT): who (subscriber,
     fingerprint, address), what (interface, operation, the client's ID), the outcome (status, code). Never a
     CSR's bytes nor anything secret. An app without the buffer (a handler's unit test) logs it instead."""
-    caller: Caller | None = request.get(CALLER)
-    entry = dict(interface=interface, operation=operation, status=status, code=code, client_id=client_id,
-                 subscriber=caller.subscriber.name if caller and caller.subscriber else None,
-                 fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else request.remote)
+    entry = dict(interface=interface, operation=operation, status=status, code=code, client_id=client_id, **context.who_called(request))
     recorder = request.app.get(context.AUDIT)
     if recorder is not None:
         recorder.record(**entry)

@@ -11,7 +11,7 @@
 
 Handlers are thin: each calls one IssuingAuthority method (submit_batch, batch_result, batch_files) in the
 worker's executor thread, turns a refusal into the documented status and code, and leaves a request audit entry.
-`process_queued_batches(services)` is what a worker's background task calls to move the queue on.
+The queue itself is moved on by smki serve's batch processor process (smki.web.server.processor_main).
 """
 
 from __future__ import annotations
@@ -210,13 +210,3 @@ def add_routes(app: web.Application) -> None:
 
 
 # -- the queue's processing, for a worker's background task -----------------------------------------------
-def process_queued_batches(services, *, workers: int | None = None) -> int:
-    """Move the Issuing DCA's queue on as far as it can go now (blocking: run it in the worker's executor thread, the
-    one that touches the HSM): each approved batch claimed by one process among all that share the store."""
-    return services.issuing_dca().process_batches(once=True, workers=workers)
-
-
-def purge_expired_batches(services) -> list[int]:
-    """Drop the files of batches answered longer ago than the policy's retention period (blocking, as above; once a day
-    or so from one worker is plenty: a purge by several is harmless, each batch is purged once)."""
-    return services.issuing_dca().purge_batches()

@@ -119,6 +119,13 @@ class RequestAuditEntry:
     client_id: str | None = None  # the request's own ID attribute, when it had one
 
 
+def who_called(request: web.Request) -> dict[str, str | None]:
+    """A request audit entry's "who": the register's subscriber, the client certificate's fingerprint, the address."""
+    caller = request.get(CALLER)
+    return {"subscriber": caller.subscriber.name if caller and caller.subscriber else None,
+            "fingerprint": caller.fingerprint if caller else None, "address": caller.address if caller else request.remote}
+
+
 class AuditBuffer:
     """The worker's request-audit entries, written to the register in one transaction every
     FLUSH_INTERVAL seconds and at shutdown (`register.audit_requests(entries)`), on the actor thread."""
@@ -140,10 +147,8 @@ class AuditBuffer:
     def record_for(self, request: web.Request, interface: Interface, *, operation: str, status: str, code: str | None = None,
                    client_id: str | None = None, outcome: Outcome = Outcome.ANSWERED) -> None:
         """Append the entry for `request`: who sent it taken from request[CALLER]."""
-        caller = request.get(CALLER)
         self.record(interface=interface, operation=operation, status=status, code=code, client_id=client_id, outcome=outcome,
-                    subscriber=caller.subscriber.name if caller and caller.subscriber else None,
-                    fingerprint=caller.fingerprint if caller else None, address=caller.address if caller else request.remote)
+                    **who_called(request))
 
     def take(self) -> list[RequestAuditEntry]:
         entries, self._entries = self._entries, []
