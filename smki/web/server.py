@@ -396,8 +396,9 @@ PURGE_EVERY = 3600.0  # seconds between purges of batch results past the policy'
 def processor_main(spec: WorkerSpec, index: int, events) -> None:
     """The batch processor (spawned beside the workers when the service hosts the Issuing DCA): claims approved
     batches from the queue, one at a time, and runs each through the DCA's batch issuance (its own signing
-    processes); purges results past retention. SIGTERM stops it between chunks: a batch it held is resumed by
-    the next processor to take its lease (here after a restart, or on another host sharing the store)."""
+    processes); purges results past retention. SIGTERM stops it between batches; one still running when the
+    parent's grace runs out is killed with it, and resumed by the next processor to take its lease (here after a
+    restart, or on another host sharing the store), with no duplicate and no gap."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
